@@ -1,0 +1,325 @@
+//! The Logz.io client: the create endpoint, and how its answers are read.
+
+use std::future::Future;
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use reqwest::header::{ACCEPT, CONTENT_TYPE, LOCATION, RETRY_AFTER};
+use serde::Deserialize;
+
+use crate::secret::Secret;
+
+/// A token the API created.
+#[derive(Debug)]
+pub struct CreatedToken {
+    pub id: u64,
+    pub name: String,
+    pub token: Secret,
+    /// Epoch seconds.
+    pub created_at: i64,
+}
+
+/// Why a create did not return a token, classified by what it means for
+/// whether a token may exist.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CreateError {
+    /// The server answered and did not create anything (400, 404, 3xx).
+    #[error("refused ({status}): {message}")]
+    Refused { status: u16, message: String },
+    /// The owner token was rejected (401, 403); no further create can work.
+    #[error("owner token rejected ({status}): {message}")]
+    Unauthorized { status: u16, message: String },
+    /// The server did not process the request (429); it may be retried.
+    #[error("rate limited (429): {message}")]
+    RateLimited {
+        retry_after: Option<Duration>,
+        message: String,
+    },
+    /// No connection was made, so the request never left.
+    #[error("not sent: {detail}")]
+    NotSent { detail: String },
+    /// The request may have reached the server, but no definite answer came
+    /// back (timeout, reset, 5xx, unreadable success): a token may exist.
+    #[error("outcome unknown: {detail}")]
+    Ambiguous { detail: String },
+}
+
+/// The one API operation the reconciler needs.
+pub trait TokenApi {
+    /// Creates token `name` in sub-account `account_id`.
+    fn create(
+        &self,
+        account_id: u64,
+        name: &str,
+    ) -> impl Future<Output = Result<CreatedToken, CreateError>> + Send;
+}
+
+/// Timeouts for the HTTP client.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    pub connect: Duration,
+    pub request: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            connect: Duration::from_secs(10),
+            request: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The Logz.io HTTP API.
+pub struct HttpApi {
+    client: reqwest::Client,
+    base_url: String,
+    owner_token: Secret,
+}
+
+/// Why the HTTP client could not be built.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot set up the HTTP client: {0}")]
+pub struct ClientSetupError(String);
+
+impl HttpApi {
+    /// Returns a client for `base_url` acting with the owner-account token.
+    pub fn new(
+        base_url: &str,
+        owner_token: Secret,
+        timeouts: Timeouts,
+    ) -> Result<Self, ClientSetupError> {
+        let client = reqwest::Client::builder()
+            .user_agent(concat!("tokenctl/", env!("CARGO_PKG_VERSION")))
+            // A redirect would carry X-API-TOKEN to another address.
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(timeouts.connect)
+            .timeout(timeouts.request)
+            .build()
+            .map_err(|e| ClientSetupError(e.to_string()))?;
+        Ok(HttpApi {
+            client,
+            base_url: base_url.trim_end_matches('/').to_string(),
+            owner_token,
+        })
+    }
+}
+
+#[derive(Deserialize)]
+struct CreateResponse {
+    id: u64,
+    #[serde(default)]
+    name: String,
+    token: String,
+    #[serde(rename = "createdAt")]
+    created_at: serde_json::Number,
+}
+
+impl TokenApi for HttpApi {
+    fn create(
+        &self,
+        account_id: u64,
+        name: &str,
+    ) -> impl Future<Output = Result<CreatedToken, CreateError>> + Send {
+        let url = format!("{}/v1/api-tokens/sub-account", self.base_url);
+        let request = self
+            .client
+            .post(&url)
+            .header(CONTENT_TYPE, "application/json")
+            .header(ACCEPT, "application/json")
+            .header("X-API-TOKEN", self.owner_token.expose())
+            .json(&serde_json::json!({ "name": name, "accountId": account_id }));
+        async move {
+            let response = request.send().await.map_err(|err| send_error(&url, &err))?;
+            let status = response.status();
+            if status == StatusCode::OK {
+                return read_created(response).await;
+            }
+            let retry_after = retry_after(response.headers());
+            let location = response
+                .headers()
+                .get(LOCATION)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+            let body = response.text().await.unwrap_or_default();
+            Err(classify(status, &body, retry_after, location))
+        }
+    }
+}
+
+fn send_error(url: &str, err: &reqwest::Error) -> CreateError {
+    // A failed connect means nothing was sent; anything later is ambiguous.
+    if err.is_connect() {
+        CreateError::NotSent {
+            detail: format!("could not connect to {url}: {}", error_chain(err)),
+        }
+    } else if err.is_timeout() {
+        CreateError::Ambiguous {
+            detail: "no answer before the timeout".into(),
+        }
+    } else {
+        CreateError::Ambiguous {
+            detail: format!("the request failed after it was sent: {}", error_chain(err)),
+        }
+    }
+}
+
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+async fn read_created(response: reqwest::Response) -> Result<CreatedToken, CreateError> {
+    // The body holds the secret: errors below must never quote it.
+    let unreadable = |why: &str| CreateError::Ambiguous {
+        detail: format!("the server answered 200 but {why}; a token may have been created"),
+    };
+    let bytes = response
+        .bytes()
+        .await
+        .map_err(|_| unreadable("the body could not be read"))?;
+    let body: CreateResponse =
+        serde_json::from_slice(&bytes).map_err(|_| unreadable("the body is not the expected JSON"))?;
+    let created_at = epoch_seconds(&body.created_at)
+        .ok_or_else(|| unreadable("createdAt is not a time in seconds"))?;
+    Ok(CreatedToken {
+        id: body.id,
+        name: body.name,
+        token: Secret::new(body.token),
+        created_at,
+    })
+}
+
+/// Reads epoch seconds given as an integer or a decimal (`1621858311.000000000`).
+fn epoch_seconds(number: &serde_json::Number) -> Option<i64> {
+    if let Some(seconds) = number.as_i64() {
+        return Some(seconds);
+    }
+    let seconds = number.as_f64()?;
+    (seconds.is_finite() && seconds.abs() < 1e15).then(|| seconds.floor() as i64)
+}
+
+fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    let value = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
+    value.parse::<u64>().ok().map(Duration::from_secs)
+}
+
+/// Classifies a non-200 answer.
+fn classify(
+    status: StatusCode,
+    body: &str,
+    retry_after: Option<Duration>,
+    location: Option<String>,
+) -> CreateError {
+    let message = server_message(body);
+    let code = status.as_u16();
+    match code {
+        400 | 404 => CreateError::Refused {
+            status: code,
+            message,
+        },
+        401 | 403 => CreateError::Unauthorized {
+            status: code,
+            message,
+        },
+        429 => CreateError::RateLimited {
+            retry_after,
+            message,
+        },
+        300..=399 => CreateError::Refused {
+            status: code,
+            message: format!(
+                "the server redirected to {}; redirects are not followed, check the API URL",
+                location.as_deref().unwrap_or("another address")
+            ),
+        },
+        _ => CreateError::Ambiguous {
+            detail: format!("the server answered {code}: {message}"),
+        },
+    }
+}
+
+/// Extracts the server's message from an error body: JSON with `message`
+/// (plus `code`, `errorCode`, `requestId` when present), or plain text.
+pub fn server_message(body: &str) -> String {
+    #[derive(Deserialize)]
+    struct ErrorBody {
+        message: Option<String>,
+        code: Option<serde_json::Value>,
+        #[serde(rename = "errorCode")]
+        error_code: Option<serde_json::Value>,
+        #[serde(rename = "requestId")]
+        request_id: Option<String>,
+    }
+    let trimmed = body.trim();
+    if let Ok(parsed) = serde_json::from_str::<ErrorBody>(trimmed) {
+        let mut text = parsed.message.unwrap_or_else(|| "(no message)".into());
+        let code = parsed.error_code.or(parsed.code);
+        if let Some(code) = code {
+            let code = code.as_str().map(str::to_string).unwrap_or_else(|| code.to_string());
+            text.push_str(&format!(" [code {code}]"));
+        }
+        if let Some(id) = parsed.request_id {
+            text.push_str(&format!(" [request {id}]"));
+        }
+        return text;
+    }
+    if trimmed.is_empty() {
+        return "(empty body)".into();
+    }
+    const LIMIT: usize = 300;
+    match trimmed.char_indices().nth(LIMIT) {
+        Some((cut, _)) => format!("{}…", &trimmed[..cut]),
+        None => trimmed.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_integer_and_decimal_seconds() {
+        let n = |s: &str| serde_json::from_str::<serde_json::Number>(s).unwrap();
+        assert_eq!(epoch_seconds(&n("1621858311")), Some(1621858311));
+        assert_eq!(epoch_seconds(&n("1621858311.000000000")), Some(1621858311));
+        assert_eq!(epoch_seconds(&n("1621858311.9")), Some(1621858311));
+        assert_eq!(epoch_seconds(&n("1e300")), None);
+    }
+
+    #[test]
+    fn server_messages_are_read_leniently() {
+        assert_eq!(server_message(r#"{"message":"no such account"}"#), "no such account");
+        assert_eq!(
+            server_message(r#"{"code":"E1","message":"bad"}"#),
+            "bad [code E1]"
+        );
+        assert_eq!(
+            server_message(r#"{"errorCode":"X","message":"m","requestId":"r-1"}"#),
+            "m [code X] [request r-1]"
+        );
+        assert_eq!(server_message("Too Many Requests\n"), "Too Many Requests");
+        assert_eq!(server_message(""), "(empty body)");
+        assert_eq!(server_message(&"x".repeat(400)).chars().count(), 301);
+    }
+
+    #[test]
+    fn statuses_are_classified_by_what_they_mean() {
+        let c = |code: u16| classify(StatusCode::from_u16(code).unwrap(), "{}", None, None);
+        assert!(matches!(c(400), CreateError::Refused { status: 400, .. }));
+        assert!(matches!(c(404), CreateError::Refused { status: 404, .. }));
+        assert!(matches!(c(401), CreateError::Unauthorized { .. }));
+        assert!(matches!(c(403), CreateError::Unauthorized { .. }));
+        assert!(matches!(c(429), CreateError::RateLimited { .. }));
+        assert!(matches!(c(302), CreateError::Refused { .. }));
+        for code in [408, 409, 500, 502, 503, 504] {
+            assert!(matches!(c(code), CreateError::Ambiguous { .. }), "{code}");
+        }
+    }
+}

@@ -1,0 +1,20 @@
+//! tokenctl: declarative management of Logz.io sub-account API tokens.
+//!
+//! The core is pure — [`manifest`] parses, [`plan`] diffs, [`render`]
+//! writes — and the effects sit at the edges behind small interfaces:
+//! [`api`] (the Logz.io client), [`store`] (the state file), [`sink`]
+//! (where secrets go). [`apply`] sequences them; [`cli`] is the front door.
+
+pub mod address;
+pub mod api;
+pub mod apply;
+pub mod cli;
+pub mod fsutil;
+pub mod manifest;
+pub mod plan;
+pub mod planfile;
+pub mod render;
+pub mod secret;
+pub mod sink;
+pub mod state;
+pub mod store;

@@ -1,0 +1,27 @@
+use std::io::{self, BufRead, IsTerminal};
+use std::process::ExitCode;
+
+use tokenctl::cli::{self, Env, Io, Terminal};
+
+fn main() -> ExitCode {
+    let env = Env::from_process();
+    let stdin = io::stdin();
+    let terminal = Terminal {
+        stdin: stdin.is_terminal(),
+        stdout: io::stdout().is_terminal(),
+    };
+    let mut read_line = || {
+        let mut line = String::new();
+        stdin.lock().read_line(&mut line).map(|_| line)
+    };
+    let mut stdout = io::stdout().lock();
+    let mut stderr = io::stderr().lock();
+    let mut io = Io {
+        stdout: &mut stdout,
+        stderr: &mut stderr,
+        terminal,
+        read_line: &mut read_line,
+    };
+    let code = cli::run(std::env::args_os(), &env, &mut io);
+    ExitCode::from(u8::try_from(code).unwrap_or(1))
+}

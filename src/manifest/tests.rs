@@ -1,0 +1,207 @@
+use super::*;
+
+const GOOD: &str = "\
+version: 1
+region: eu
+secrets:
+  file: secrets/tokens.jsonl
+tokens:
+  - name: ci-shipper
+    accountId: 160343
+  - name: grafana-reader
+    accountId: 160344
+";
+
+fn reject(text: &str) -> ManifestError {
+    match Manifest::parse(text, "tokens.yaml") {
+        Ok(parsed) => panic!("accepted: {:?}", parsed.manifest),
+        Err(err) => err,
+    }
+}
+
+fn with_tokens(tokens: &str) -> String {
+    format!("version: 1\nregion: us\ntokens:\n{tokens}")
+}
+
+#[test]
+fn parses_a_valid_manifest() {
+    let parsed = Manifest::parse(GOOD, "tokens.yaml").unwrap();
+    assert!(parsed.warnings.is_empty());
+    let manifest = parsed.manifest;
+    assert_eq!(manifest.endpoint, Endpoint::Region(Region::Eu));
+    assert_eq!(manifest.endpoint.base_url(), "https://api-eu.logz.io");
+    assert_eq!(
+        manifest.secrets.file,
+        Some(PathBuf::from("secrets/tokens.jsonl"))
+    );
+    assert_eq!(
+        manifest.tokens,
+        [
+            Address::new(160343, "ci-shipper"),
+            Address::new(160344, "grafana-reader")
+        ]
+    );
+}
+
+#[test]
+fn accepts_an_empty_token_list() {
+    let parsed = Manifest::parse("version: 1\nregion: us\ntokens: []\n", "m").unwrap();
+    assert!(parsed.manifest.tokens.is_empty());
+}
+
+#[test]
+fn rejects_unknown_keys_with_their_place() {
+    let err = reject(&with_tokens("  - name: a\n    accountId: 1\n    acountId: 2\n"));
+    assert!(err.message.contains("unknown field `acountId`"), "{err}");
+    assert_eq!((err.line, err.column), (6, 5), "{err}");
+    assert!(err.hint.is_some());
+
+    let err = reject("version: 1\nregion: us\nregoin: eu\ntokens: []\n");
+    assert!(err.message.contains("unknown field `regoin`"), "{err}");
+}
+
+#[test]
+fn rejects_a_quoted_account_id() {
+    let err = reject(&with_tokens("  - name: a\n    accountId: \"160343\"\n"));
+    assert_eq!((err.line, err.column), (5, 16), "{err}");
+    assert!(err.message.contains("tokens[0].accountId"), "{err}");
+    assert!(err.message.contains("the string \"160343\""), "{err}");
+    assert!(err.hint.unwrap().contains("without quotes"));
+}
+
+#[test]
+fn rejects_non_positive_and_fractional_account_ids() {
+    for (value, expected) in [("0", "found 0"), ("-7", "found -7"), ("1.5", "floating point")] {
+        let err = reject(&with_tokens(&format!("  - name: a\n    accountId: {value}\n")));
+        assert!(err.message.contains(expected), "{value}: {err}");
+        assert_eq!(err.line, 5, "{err}");
+    }
+}
+
+#[test]
+fn rejects_a_number_or_boolean_as_name() {
+    for value in ["123", "true", "1.5", "~"] {
+        let err = reject(&with_tokens(&format!("  - name: {value}\n    accountId: 1\n")));
+        assert_eq!(err.line, 4, "{value}: {err}");
+        assert!(err.message.contains("tokens[0].name"), "{value}: {err}");
+        assert!(err.hint.as_deref().unwrap_or("").contains("quote"), "{err:?}");
+    }
+    // Quoted, the same text is a name.
+    let text = with_tokens("  - name: \"123\"\n    accountId: 1\n");
+    let parsed = Manifest::parse(&text, "m").unwrap();
+    assert_eq!(parsed.manifest.tokens, [Address::new(1, "123")]);
+}
+
+#[test]
+fn rejects_empty_blank_and_control_character_names() {
+    for (value, expected) in [
+        ("\"\"", "must not be empty"),
+        ("\"   \"", "must not be empty"),
+        ("\"a\\tb\"", "control character"),
+        ("\"bell\\a\"", "control character"),
+        ("\" padded\"", "white space"),
+    ] {
+        let err = reject(&with_tokens(&format!("  - name: {value}\n    accountId: 1\n")));
+        assert!(err.message.contains(expected), "{value}: {err}");
+        assert_eq!((err.line, err.column), (4, 11), "{value}: {err}");
+    }
+}
+
+#[test]
+fn rejects_a_duplicate_address_naming_both_lines() {
+    let err = reject(&with_tokens(
+        "  - name: a\n    accountId: 1\n  - name: b\n    accountId: 1\n  - name: a\n    accountId: 1\n",
+    ));
+    assert!(err.message.contains("1/a is declared twice"), "{err}");
+    assert!(err.message.contains("line 4 and again at line 8"), "{err}");
+    assert_eq!(err.line, 8);
+}
+
+#[test]
+fn same_name_in_two_accounts_is_fine() {
+    let text = with_tokens("  - name: a\n    accountId: 1\n  - name: a\n    accountId: 2\n");
+    assert_eq!(Manifest::parse(&text, "m").unwrap().manifest.tokens.len(), 2);
+}
+
+#[test]
+fn rejects_an_unknown_region_listing_valid_ones() {
+    let err = reject("version: 1\nregion: mars\ntokens: []\n");
+    assert_eq!((err.line, err.column), (2, 9));
+    assert!(err.message.contains("unknown region `mars`"), "{err}");
+    assert!(err.message.contains("us, eu, uk, ca, au"), "{err}");
+}
+
+#[test]
+fn warns_about_deprecated_regions() {
+    let parsed = Manifest::parse("version: 1\nregion: nl\ntokens: []\n", "m").unwrap();
+    assert_eq!(parsed.manifest.endpoint.base_url(), "https://api-nl.logz.io");
+    assert_eq!(parsed.warnings.len(), 1);
+    assert!(parsed.warnings[0].contains("deprecated"));
+}
+
+#[test]
+fn rejects_a_missing_version() {
+    let err = reject("region: us\ntokens: []\n");
+    assert!(err.message.contains("no `version`"), "{err}");
+    assert!(err.hint.unwrap().contains("version: 1"));
+}
+
+#[test]
+fn rejects_a_newer_version() {
+    let err = reject("version: 2\nregion: us\ntokens: []\n");
+    assert_eq!(err.line, 1);
+    assert!(err.message.contains("newer than this tokenctl"), "{err}");
+    assert!(err.message.contains("upgrade"), "{err}");
+}
+
+#[test]
+fn requires_exactly_one_of_region_and_api_url() {
+    let err = reject("version: 1\ntokens: []\n");
+    assert!(err.message.contains("neither"), "{err}");
+    let err = reject("version: 1\nregion: us\napi_url: https://x.example\ntokens: []\n");
+    assert!(err.message.contains("both"), "{err}");
+}
+
+#[test]
+fn accepts_https_and_loopback_http_api_urls() {
+    for (url, expected) in [
+        ("https://logz.example/", "https://logz.example"),
+        ("http://127.0.0.1:8080", "http://127.0.0.1:8080"),
+        ("http://localhost:9/api/", "http://localhost:9/api"),
+        ("http://[::1]:9", "http://[::1]:9"),
+    ] {
+        let text = format!("version: 1\napi_url: {url}\ntokens: []\n");
+        let parsed = Manifest::parse(&text, "m").unwrap();
+        assert_eq!(parsed.manifest.endpoint, Endpoint::Url(expected.into()));
+    }
+}
+
+#[test]
+fn refuses_http_to_a_remote_host() {
+    let err = reject("version: 1\napi_url: http://api.logz.io\ntokens: []\n");
+    assert_eq!(err.line, 2);
+    assert!(err.message.contains("not loopback"), "{err}");
+    let err = reject("version: 1\napi_url: ftp://x\ntokens: []\n");
+    assert!(err.message.contains("scheme"), "{err}");
+}
+
+#[test]
+fn reports_yaml_syntax_errors_with_their_place() {
+    let err = reject("version: 1\ntokens:\n  - name: a\n   accountId: [\n");
+    assert!(err.line >= 3, "{err}");
+    assert!(!err.message.contains(" at line "), "{err}");
+}
+
+#[test]
+fn rejects_an_empty_file() {
+    let err = reject("");
+    assert!(err.message.contains("empty"), "{err}");
+    assert!(err.hint.is_some());
+}
+
+#[test]
+fn missing_token_fields_are_named() {
+    let err = reject(&with_tokens("  - name: a\n"));
+    assert!(err.message.contains("missing field `accountId`"), "{err}");
+    assert_eq!(err.line, 4);
+}

@@ -1,0 +1,232 @@
+//! The planner: manifest + state → what would change. Pure: no I/O.
+
+use std::collections::HashSet;
+
+use serde::Serialize;
+
+use crate::address::Address;
+use crate::state::State;
+
+/// What a plan does with one address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    /// In the manifest, not in the state: will be created.
+    Create,
+    /// In both: nothing to do.
+    Unchanged,
+    /// In the state, not in the manifest: the API cannot delete it.
+    Orphaned,
+    /// A create whose outcome is unknown: blocked until resolved.
+    InDoubt,
+}
+
+/// One address and what happens to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    pub address: Address,
+    pub action: Action,
+    /// The token id, when the state knows it.
+    pub id: Option<u64>,
+}
+
+/// Counts of a plan's actions.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Summary {
+    pub create: usize,
+    pub unchanged: usize,
+    pub orphaned: usize,
+    pub in_doubt: usize,
+}
+
+impl std::fmt::Display for Summary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Plan: {} to create, {} unchanged, {} orphaned, {} in doubt.",
+            self.create, self.unchanged, self.orphaned, self.in_doubt
+        )
+    }
+}
+
+/// Every address of the manifest and the state, sorted, with its action.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    pub changes: Vec<Change>,
+}
+
+impl Plan {
+    /// Returns the counts of each action.
+    pub fn summary(&self) -> Summary {
+        let mut summary = Summary::default();
+        for change in &self.changes {
+            match change.action {
+                Action::Create => summary.create += 1,
+                Action::Unchanged => summary.unchanged += 1,
+                Action::Orphaned => summary.orphaned += 1,
+                Action::InDoubt => summary.in_doubt += 1,
+            }
+        }
+        summary
+    }
+
+    /// Returns the addresses to create, in plan order.
+    pub fn creates(&self) -> Vec<Address> {
+        self.with_action(Action::Create)
+    }
+
+    /// Returns the addresses with the given action, in plan order.
+    pub fn with_action(&self, action: Action) -> Vec<Address> {
+        self.changes
+            .iter()
+            .filter(|c| c.action == action)
+            .map(|c| c.address.clone())
+            .collect()
+    }
+
+    /// Tells whether applying the plan would change anything.
+    pub fn has_changes(&self) -> bool {
+        self.changes.iter().any(|c| c.action == Action::Create)
+    }
+}
+
+/// Plans the manifest's tokens against the state (`None`: no state yet).
+pub fn plan(desired: &[Address], state: Option<&State>) -> Plan {
+    let wanted: HashSet<&Address> = desired.iter().collect();
+    let mut known: HashSet<&Address> = HashSet::new();
+    let mut changes = Vec::with_capacity(desired.len());
+    if let Some(state) = state {
+        for token in &state.tokens {
+            known.insert(&token.address);
+            let action = if wanted.contains(&token.address) {
+                Action::Unchanged
+            } else {
+                Action::Orphaned
+            };
+            changes.push(Change {
+                address: token.address.clone(),
+                action,
+                id: Some(token.id),
+            });
+        }
+        for pending in &state.pending {
+            if known.insert(&pending.address) {
+                changes.push(Change {
+                    address: pending.address.clone(),
+                    action: Action::InDoubt,
+                    id: None,
+                });
+            }
+        }
+    }
+    for address in desired {
+        if !known.contains(address) {
+            changes.push(Change {
+                address: address.clone(),
+                action: Action::Create,
+                id: None,
+            });
+        }
+    }
+    changes.sort_by(|a, b| a.address.cmp(&b.address));
+    Plan { changes }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::{PendingCreate, TokenRecord};
+
+    fn addr(account: u64, name: &str) -> Address {
+        Address::new(account, name)
+    }
+
+    fn state_with(tokens: &[(Address, u64)], pending: &[Address]) -> State {
+        let mut state = State::new("l".into());
+        for (address, id) in tokens {
+            state.record_created(TokenRecord::created(address.clone(), *id, 0, "f".into()));
+        }
+        for address in pending {
+            state.record_pending(PendingCreate::new(address.clone(), 0, "timeout".into()));
+        }
+        state
+    }
+
+    fn actions(plan: &Plan) -> Vec<(String, Action)> {
+        plan.changes
+            .iter()
+            .map(|c| (c.address.to_string(), c.action))
+            .collect()
+    }
+
+    #[test]
+    fn everything_is_created_without_state() {
+        let plan = plan(&[addr(2, "b"), addr(1, "a")], None);
+        assert_eq!(
+            actions(&plan),
+            [("1/a".into(), Action::Create), ("2/b".into(), Action::Create)]
+        );
+        assert_eq!(plan.summary().create, 2);
+        assert!(plan.has_changes());
+    }
+
+    #[test]
+    fn classifies_create_unchanged_orphaned_and_in_doubt() {
+        let state = state_with(&[(addr(1, "a"), 10), (addr(1, "old"), 11)], &[addr(3, "c")]);
+        let desired = [addr(1, "a"), addr(2, "new"), addr(3, "c")];
+        let plan = plan(&desired, Some(&state));
+        assert_eq!(
+            actions(&plan),
+            [
+                ("1/a".into(), Action::Unchanged),
+                ("1/old".into(), Action::Orphaned),
+                ("2/new".into(), Action::Create),
+                ("3/c".into(), Action::InDoubt),
+            ]
+        );
+        assert_eq!(plan.changes[1].id, Some(11));
+        assert_eq!(
+            plan.summary(),
+            Summary {
+                create: 1,
+                unchanged: 1,
+                orphaned: 1,
+                in_doubt: 1
+            }
+        );
+        assert_eq!(
+            plan.summary().to_string(),
+            "Plan: 1 to create, 1 unchanged, 1 orphaned, 1 in doubt."
+        );
+        assert_eq!(plan.creates(), [addr(2, "new")]);
+    }
+
+    #[test]
+    fn in_doubt_entries_stay_blocked_even_when_dropped_from_the_manifest() {
+        let state = state_with(&[], &[addr(3, "c")]);
+        let plan = plan(&[], Some(&state));
+        assert_eq!(actions(&plan), [("3/c".into(), Action::InDoubt)]);
+        assert!(!plan.has_changes());
+    }
+
+    #[test]
+    fn planning_after_an_apply_yields_no_changes() {
+        let desired = [addr(1, "a"), addr(1, "b")];
+        let first = plan(&desired, None);
+        let mut state = State::new("l".into());
+        for (i, address) in first.creates().into_iter().enumerate() {
+            state.record_created(TokenRecord::created(address, i as u64, 0, "f".into()));
+        }
+        let second = plan(&desired, Some(&state));
+        assert!(!second.has_changes());
+        assert_eq!(second.summary().unchanged, 2);
+        assert_eq!(plan(&desired, Some(&state)), second);
+    }
+
+    #[test]
+    fn orders_by_account_id_numerically() {
+        let plan = plan(&[addr(10, "a"), addr(9, "a"), addr(100, "a")], None);
+        let order: Vec<String> = plan.changes.iter().map(|c| c.address.to_string()).collect();
+        assert_eq!(order, ["9/a", "10/a", "100/a"]);
+    }
+}

@@ -1,0 +1,341 @@
+//! Secret sinks: the only places a token value is ever written.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::address::Address;
+use crate::fsutil;
+use crate::secret::Secret;
+
+/// A token just created, with its secret, on its way to the sinks.
+pub struct NewToken<'a> {
+    pub address: &'a Address,
+    pub id: u64,
+    pub created_at: i64,
+    pub token: &'a Secret,
+}
+
+impl NewToken<'_> {
+    /// Returns the JSON object a sink receives, on one line.
+    fn to_json_line(&self) -> String {
+        let mut line = serde_json::json!({
+            "address": self.address.to_string(),
+            "accountId": self.address.account_id,
+            "name": self.address.name,
+            "id": self.id,
+            "createdAt": self.created_at,
+            "token": self.token.expose(),
+        })
+        .to_string();
+        line.push('\n');
+        line
+    }
+}
+
+/// Why a sink could not take a secret, or could not be set up.
+#[derive(Debug, thiserror::Error)]
+#[error("secret sink {sink}: {detail}")]
+pub struct SinkError {
+    pub sink: String,
+    pub detail: String,
+    pub hint: Option<String>,
+}
+
+/// Receives new secrets.
+pub trait SecretSink: Send {
+    /// Hands over one new token; returns once it is durable.
+    fn deliver(&mut self, token: &NewToken<'_>) -> Result<(), SinkError>;
+
+    /// Names the sink for messages.
+    fn describe(&self) -> String;
+}
+
+/// Appends one JSON object per token to a file of mode 0600, fsynced per
+/// token, so each token costs the same however large the file is.
+pub struct FileSink {
+    path: PathBuf,
+    file: File,
+}
+
+impl FileSink {
+    /// Opens (creating if needed) the sink file, after checking that it is
+    /// private and would not be committed to git.
+    pub fn open(path: &Path) -> Result<Self, SinkError> {
+        let fail = |detail: String, hint: Option<String>| SinkError {
+            sink: path.display().to_string(),
+            detail,
+            hint,
+        };
+        let dir = fsutil::parent_dir(path);
+        create_private_dir(dir).map_err(|e| {
+            fail(
+                format!("cannot create folder {}: {e}", dir.display()),
+                None,
+            )
+        })?;
+        check_git_ignored(path).map_err(|(detail, hint)| fail(detail, Some(hint)))?;
+        let file = open_private_append(path).map_err(|e| {
+            fail(
+                format!("cannot open for writing: {e}"),
+                Some("check the folder's permissions, or choose another file with --secrets-out".into()),
+            )
+        })?;
+        check_private(&file).map_err(|detail| {
+            fail(
+                detail,
+                Some(format!("run `chmod 600 {}` and check who could read it", path.display())),
+            )
+        })?;
+        Ok(FileSink {
+            path: path.to_path_buf(),
+            file,
+        })
+    }
+}
+
+impl SecretSink for FileSink {
+    fn deliver(&mut self, token: &NewToken<'_>) -> Result<(), SinkError> {
+        let line = token.to_json_line();
+        self.file
+            .write_all(line.as_bytes())
+            .and_then(|()| self.file.sync_data())
+            .map_err(|e| SinkError {
+                sink: self.describe(),
+                detail: format!("write failed: {e}"),
+                hint: None,
+            })
+    }
+
+    fn describe(&self) -> String {
+        self.path.display().to_string()
+    }
+}
+
+/// Keeps secrets that no sink would take, so they are not lost.
+#[derive(Debug, Clone)]
+pub struct Rescue {
+    dir: PathBuf,
+}
+
+impl Rescue {
+    /// Returns a rescue folder at `dir`.
+    pub fn new(dir: PathBuf) -> Self {
+        Rescue { dir }
+    }
+
+    /// Returns the per-user default: `$XDG_STATE_HOME/tokenctl/rescue`, else
+    /// `$HOME/.local/state/tokenctl/rescue`, else the temp folder.
+    pub fn default_dir(xdg_state_home: Option<&str>, home: Option<&str>) -> PathBuf {
+        let base = match (xdg_state_home, home) {
+            (Some(xdg), _) if !xdg.is_empty() => PathBuf::from(xdg),
+            (_, Some(home)) if !home.is_empty() => Path::new(home).join(".local/state"),
+            _ => std::env::temp_dir(),
+        };
+        base.join("tokenctl").join("rescue")
+    }
+
+    /// Writes the token to its own 0600 file and returns the file's path.
+    pub fn save(&self, token: &NewToken<'_>) -> io::Result<PathBuf> {
+        create_private_dir(&self.dir)?;
+        let safe_name: String = token
+            .address
+            .name
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+            .collect();
+        let path = self.dir.join(format!(
+            "{}-{}-{}-{}.json",
+            token.created_at, token.address.account_id, safe_name, token.id
+        ));
+        fsutil::write_atomic(&path, token.to_json_line().as_bytes(), 0o600)?;
+        Ok(path)
+    }
+}
+
+fn create_private_dir(dir: &Path) -> io::Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    let mut builder = fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        builder.mode(0o700);
+    }
+    builder.create(dir)
+}
+
+fn open_private_append(path: &Path) -> io::Result<File> {
+    let mut options = OpenOptions::new();
+    options.append(true).create(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    options.open(path)
+}
+
+#[cfg(unix)]
+fn check_private(file: &File) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = file.metadata().map_err(|e| e.to_string())?.permissions().mode();
+    if mode & 0o077 != 0 {
+        return Err(format!(
+            "the file is readable or writable by others (mode {:o}); secrets need mode 600",
+            mode & 0o777
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn check_private(_file: &File) -> Result<(), String> {
+    Ok(())
+}
+
+/// Refuses a path inside a git work tree that git would not ignore.
+/// Without git on the machine there is nothing to commit it, so it passes.
+fn check_git_ignored(path: &Path) -> Result<(), (String, String)> {
+    let dir = fsutil::parent_dir(path);
+    let git = |args: &[&str]| Command::new("git").arg("-C").arg(dir).args(args).output();
+    let Ok(toplevel) = git(&["rev-parse", "--show-toplevel"]) else {
+        return Ok(());
+    };
+    if !toplevel.status.success() {
+        return Ok(());
+    }
+    let Some(file_name) = path.file_name() else {
+        return Ok(());
+    };
+    let ignored = Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(["check-ignore", "-q", "--"])
+        .arg(file_name)
+        .status();
+    match ignored {
+        Ok(status) if status.success() => Ok(()),
+        Ok(status) if status.code() == Some(1) => {
+            let root = PathBuf::from(String::from_utf8_lossy(&toplevel.stdout).trim());
+            let absolute = fs::canonicalize(dir)
+                .map(|d| d.join(file_name))
+                .unwrap_or_else(|_| path.to_path_buf());
+            let relative = absolute.strip_prefix(&root).unwrap_or(&absolute);
+            Err((
+                "the file is inside a git work tree and git does not ignore it, so the secrets could be committed".into(),
+                format!(
+                    "add this line to {}: /{}",
+                    root.join(".gitignore").display(),
+                    relative.display()
+                ),
+            ))
+        }
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn token<'a>(secret: &'a Secret, address: &'a Address) -> NewToken<'a> {
+        NewToken {
+            address,
+            id: 7,
+            created_at: 1_600_000_000,
+            token: secret,
+        }
+    }
+
+    fn address() -> Address {
+        Address::new(160343, "ci/shipper")
+    }
+
+    #[test]
+    fn file_sink_appends_one_private_line_per_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("secrets/tokens.jsonl");
+        let secret = Secret::new("tok-1".into());
+        let mut sink = FileSink::open(&path).unwrap();
+        sink.deliver(&token(&secret, &address())).unwrap();
+        sink.deliver(&token(&secret, &address())).unwrap();
+        let text = fs::read_to_string(&path).unwrap();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 2);
+        assert_eq!(lines[0]["token"], "tok-1");
+        assert_eq!(lines[0]["address"], "160343/ci/shipper");
+        assert_eq!(lines[0]["id"], 7);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn file_sink_refuses_a_world_readable_file() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tokens.jsonl");
+        fs::write(&path, "").unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+        let err = FileSink::open(&path).err().unwrap();
+        assert!(err.detail.contains("mode 644"), "{err}");
+    }
+
+    #[test]
+    fn file_sink_refuses_a_file_git_would_commit() {
+        if Command::new("git").arg("--version").output().is_err() {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let status = Command::new("git")
+            .args(["init", "-q"])
+            .current_dir(dir.path())
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let path = dir.path().join("secrets/tokens.jsonl");
+        let err = FileSink::open(&path).err().unwrap();
+        assert!(err.detail.contains("git does not ignore it"), "{err}");
+        assert!(err.hint.unwrap().ends_with("/secrets/tokens.jsonl"));
+
+        fs::write(dir.path().join(".gitignore"), "secrets/\n").unwrap();
+        assert!(FileSink::open(&path).is_ok());
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn rescue_files_are_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let rescue = Rescue::new(dir.path().join("rescue"));
+        let secret = Secret::new("tok-2".into());
+        let path = rescue.save(&token(&secret, &address())).unwrap();
+        assert!(fs::read_to_string(&path).unwrap().contains("tok-2"));
+        let mode = fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert!(path.file_name().unwrap().to_str().unwrap().contains("ci_shipper"));
+    }
+
+    #[test]
+    fn rescue_dir_prefers_xdg_state_home() {
+        assert_eq!(
+            Rescue::default_dir(Some("/x"), Some("/h")),
+            PathBuf::from("/x/tokenctl/rescue")
+        );
+        assert_eq!(
+            Rescue::default_dir(None, Some("/h")),
+            PathBuf::from("/h/.local/state/tokenctl/rescue")
+        );
+    }
+}

@@ -1,0 +1,356 @@
+//! The state document: which tokens exist, with their ids. Never secrets.
+//!
+//! The document is deterministic (sorted, pretty-printed, trailing newline)
+//! so that it diffs well in pull requests.
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::address::Address;
+
+/// The state format version this tool writes and reads.
+pub const STATE_FORMAT_VERSION: u32 = 1;
+
+/// The tool version recorded in states and plan files.
+pub const TOOL_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// What exists, as far as this tool knows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct State {
+    pub format_version: u32,
+    pub tool_version: String,
+    /// Random id made when the state is first created; never changes.
+    pub lineage: String,
+    /// Incremented on every write that changes content.
+    pub serial: u64,
+    pub tokens: Vec<TokenRecord>,
+    #[serde(default)]
+    pub pending: Vec<PendingCreate>,
+}
+
+/// A token known to exist.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenRecord {
+    pub address: Address,
+    #[serde(rename = "accountId")]
+    pub account_id: u64,
+    pub name: String,
+    pub id: u64,
+    /// Creation time in epoch seconds, when known.
+    #[serde(rename = "createdAt", default, skip_serializing_if = "Option::is_none")]
+    pub created_at: Option<i64>,
+    pub origin: Origin,
+    /// Short one-way fingerprint of the secret, when this tool saw it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<String>,
+}
+
+/// How a token came to be in the state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Origin {
+    Created,
+    Imported,
+}
+
+/// A create that may or may not have happened: the request may have reached
+/// the server, but no definite answer came back.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingCreate {
+    pub address: Address,
+    #[serde(rename = "accountId")]
+    pub account_id: u64,
+    pub name: String,
+    /// When the create was sent, in epoch seconds.
+    pub since: i64,
+    /// What happened, e.g. `server answered 502`.
+    pub reason: String,
+}
+
+/// Why a state document could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StateParseError {
+    #[error("state format version {found} is newer than this tokenctl ({TOOL_VERSION}) understands ({STATE_FORMAT_VERSION})")]
+    Newer { found: u64 },
+    #[error("{0}")]
+    Corrupt(String),
+}
+
+impl TokenRecord {
+    /// Returns a record of a token this tool created.
+    pub fn created(address: Address, id: u64, created_at: i64, fingerprint: String) -> Self {
+        TokenRecord {
+            account_id: address.account_id,
+            name: address.name.clone(),
+            address,
+            id,
+            created_at: Some(created_at),
+            origin: Origin::Created,
+            fingerprint: Some(fingerprint),
+        }
+    }
+}
+
+impl PendingCreate {
+    /// Returns a record of a create left in doubt.
+    pub fn new(address: Address, since: i64, reason: String) -> Self {
+        PendingCreate {
+            account_id: address.account_id,
+            name: address.name.clone(),
+            address,
+            since,
+            reason,
+        }
+    }
+}
+
+impl State {
+    /// Returns an empty state with the given lineage.
+    pub fn new(lineage: String) -> Self {
+        State {
+            format_version: STATE_FORMAT_VERSION,
+            tool_version: TOOL_VERSION.to_string(),
+            lineage,
+            serial: 0,
+            tokens: Vec::new(),
+            pending: Vec::new(),
+        }
+    }
+
+    /// Returns an empty state with a fresh random lineage.
+    pub fn fresh() -> Self {
+        State::new(uuid::Uuid::new_v4().to_string())
+    }
+
+    /// Parses a state document.
+    pub fn from_json(text: &str) -> Result<State, StateParseError> {
+        match serde_json::from_str::<State>(text) {
+            Ok(state) if u64::from(state.format_version) > u64::from(STATE_FORMAT_VERSION) => {
+                Err(StateParseError::Newer {
+                    found: state.format_version.into(),
+                })
+            }
+            Ok(state) => {
+                state.check()?;
+                Ok(state)
+            }
+            Err(err) => {
+                // A newer format may not parse at all; say so rather than
+                // calling the file corrupt.
+                #[derive(Deserialize)]
+                struct Probe {
+                    format_version: u64,
+                }
+                match serde_json::from_str::<Probe>(text) {
+                    Ok(probe) if probe.format_version > u64::from(STATE_FORMAT_VERSION) => {
+                        Err(StateParseError::Newer {
+                            found: probe.format_version,
+                        })
+                    }
+                    _ => Err(StateParseError::Corrupt(err.to_string())),
+                }
+            }
+        }
+    }
+
+    fn check(&self) -> Result<(), StateParseError> {
+        let inconsistent = |address: &Address, account_id: u64, name: &str| {
+            (address.account_id != account_id || address.name != name).then(|| {
+                StateParseError::Corrupt(format!(
+                    "entry {address} disagrees with its accountId {account_id} and name {name:?}"
+                ))
+            })
+        };
+        for token in &self.tokens {
+            if let Some(err) = inconsistent(&token.address, token.account_id, &token.name) {
+                return Err(err);
+            }
+        }
+        for pending in &self.pending {
+            if let Some(err) = inconsistent(&pending.address, pending.account_id, &pending.name) {
+                return Err(err);
+            }
+        }
+        let mut seen = HashMap::with_capacity(self.tokens.len());
+        for address in self
+            .tokens
+            .iter()
+            .map(|t| &t.address)
+            .chain(self.pending.iter().map(|p| &p.address))
+        {
+            if seen.insert(address, ()).is_some() {
+                return Err(StateParseError::Corrupt(format!(
+                    "{address} appears more than once"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Returns the document: sorted, pretty-printed, with a trailing newline.
+    pub fn to_json(&self) -> String {
+        let mut sorted = self.clone();
+        sorted.normalize();
+        // Serializing plain data with string keys cannot fail.
+        let mut text = serde_json::to_string_pretty(&sorted).unwrap_or_default();
+        text.push('\n');
+        text
+    }
+
+    fn normalize(&mut self) {
+        self.tokens.sort_by(|a, b| a.address.cmp(&b.address));
+        self.pending.sort_by(|a, b| a.address.cmp(&b.address));
+    }
+
+    /// Tells whether two states record the same tokens and pending creates.
+    pub fn same_content(&self, other: &State) -> bool {
+        let mut a = self.clone();
+        let mut b = other.clone();
+        a.normalize();
+        b.normalize();
+        a.tokens == b.tokens && a.pending == b.pending
+    }
+
+    /// Returns the record for an address.
+    pub fn token(&self, address: &Address) -> Option<&TokenRecord> {
+        self.tokens.iter().find(|t| &t.address == address)
+    }
+
+    /// Returns the pending create for an address.
+    pub fn pending_create(&self, address: &Address) -> Option<&PendingCreate> {
+        self.pending.iter().find(|p| &p.address == address)
+    }
+
+    /// Records a created token, settling any pending create for it.
+    pub fn record_created(&mut self, record: TokenRecord) {
+        self.pending.retain(|p| p.address != record.address);
+        self.tokens.retain(|t| t.address != record.address);
+        self.tokens.push(record);
+    }
+
+    /// Records a create in doubt.
+    pub fn record_pending(&mut self, pending: PendingCreate) {
+        self.pending.retain(|p| p.address != pending.address);
+        self.pending.push(pending);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> State {
+        let mut state = State::new("lineage-1".into());
+        state.record_created(TokenRecord::created(
+            Address::new(20, "b"),
+            2,
+            1_700_000_000,
+            "sha256:00".into(),
+        ));
+        state.record_created(TokenRecord::created(
+            Address::new(3, "a"),
+            1,
+            1_600_000_000,
+            "sha256:11".into(),
+        ));
+        state.record_pending(PendingCreate::new(
+            Address::new(3, "c"),
+            1_700_000_001,
+            "server answered 502".into(),
+        ));
+        state
+    }
+
+    #[test]
+    fn round_trips_through_json() {
+        let state = sample();
+        let text = state.to_json();
+        let back = State::from_json(&text).unwrap();
+        assert!(back.same_content(&state));
+        assert_eq!(back.to_json(), text);
+    }
+
+    #[test]
+    fn document_is_sorted_pretty_and_ends_with_newline() {
+        let text = sample().to_json();
+        assert!(text.ends_with("}\n"));
+        let a = text.find("\"3/a\"").unwrap();
+        let b = text.find("\"20/b\"").unwrap();
+        assert!(a < b, "not sorted by account id:\n{text}");
+        assert!(text.contains("\n  \"tokens\": [\n"));
+        assert!(text.contains("\"accountId\": 3"));
+        assert!(text.contains("\"createdAt\": 1600000000"));
+        assert!(text.contains("\"origin\": \"created\""));
+    }
+
+    #[test]
+    fn refuses_a_newer_format() {
+        let text = sample().to_json().replace(
+            "\"format_version\": 1",
+            "\"format_version\": 2",
+        );
+        assert_eq!(
+            State::from_json(&text),
+            Err(StateParseError::Newer { found: 2 })
+        );
+        assert_eq!(
+            State::from_json("{\"format_version\": 9, \"other\": true}"),
+            Err(StateParseError::Newer { found: 9 })
+        );
+    }
+
+    #[test]
+    fn refuses_truncated_and_garbled_documents() {
+        let text = sample().to_json();
+        for bad in [&text[..text.len() / 2], "", "not json", "{}"] {
+            assert!(
+                matches!(State::from_json(bad), Err(StateParseError::Corrupt(_))),
+                "{bad:?} accepted"
+            );
+        }
+    }
+
+    #[test]
+    fn refuses_inconsistent_or_duplicate_entries() {
+        let text = sample()
+            .to_json()
+            .replacen("\"name\": \"a\"", "\"name\": \"z\"", 1);
+        assert!(matches!(
+            State::from_json(&text),
+            Err(StateParseError::Corrupt(m)) if m.contains("disagrees")
+        ));
+        let mut state = sample();
+        let copy = state.tokens[0].clone();
+        state.tokens.push(copy);
+        assert!(matches!(
+            State::from_json(&state.to_json()),
+            Err(StateParseError::Corrupt(m)) if m.contains("more than once")
+        ));
+    }
+
+    #[test]
+    fn created_settles_pending() {
+        let mut state = sample();
+        state.record_created(TokenRecord::created(
+            Address::new(3, "c"),
+            9,
+            1,
+            "sha256:22".into(),
+        ));
+        assert!(state.pending.is_empty());
+        assert_eq!(state.token(&Address::new(3, "c")).unwrap().id, 9);
+    }
+
+    #[test]
+    fn same_content_ignores_order_and_bookkeeping() {
+        let state = sample();
+        let mut other = state.clone();
+        other.tokens.reverse();
+        other.serial += 5;
+        other.tool_version = "0.0.0".into();
+        assert!(state.same_content(&other));
+        other.tokens.pop();
+        assert!(!state.same_content(&other));
+    }
+}

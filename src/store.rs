@@ -1,0 +1,233 @@
+//! Where the state lives. The file store is the only backend today; a shared
+//! database would implement [`StateStore`] too, without the planner knowing.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use crate::fsutil;
+use crate::state::{State, StateParseError, TOOL_VERSION};
+
+/// Why the state could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot read state {path}: {source}")]
+    Read { path: PathBuf, source: io::Error },
+    #[error("state {path} is corrupt or truncated: {detail}")]
+    Corrupt {
+        path: PathBuf,
+        detail: String,
+        backup: PathBuf,
+    },
+    #[error("state {path} was written by a newer tokenctl: {detail}")]
+    Newer { path: PathBuf, detail: String },
+    #[error("cannot write state {path}: {source}")]
+    Write { path: PathBuf, source: io::Error },
+}
+
+impl StoreError {
+    /// Returns what the user can do about the error.
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            StoreError::Corrupt { backup, .. } => Some(format!(
+                "the file was left untouched; repair it, or restore the version before the last write from {} (or from git), then run again",
+                backup.display()
+            )),
+            StoreError::Newer { .. } => Some(format!(
+                "this is tokenctl {TOOL_VERSION}; upgrade to the version that wrote the state"
+            )),
+            StoreError::Read { .. } | StoreError::Write { .. } => None,
+        }
+    }
+}
+
+/// Reads and writes the state.
+pub trait StateStore {
+    /// Returns the state, or `None` when none was ever written.
+    fn load(&self) -> Result<Option<State>, StoreError>;
+
+    /// Replaces the stored state, keeping the previous one as a backup.
+    fn save(&self, state: &State) -> Result<(), StoreError>;
+
+    /// Names the state for messages.
+    fn location(&self) -> String;
+
+    /// Stores `after` if its content differs from `before`, moving the
+    /// serial on; returns the state now stored and whether it was written.
+    fn commit(&self, before: Option<&State>, mut after: State) -> Result<(State, bool), StoreError> {
+        if let Some(before) = before {
+            if before.same_content(&after) {
+                return Ok((before.clone(), false));
+            }
+            after.serial = before.serial + 1;
+            after.lineage = before.lineage.clone();
+        } else {
+            after.serial = after.serial.max(1);
+        }
+        after.tool_version = TOOL_VERSION.to_string();
+        self.save(&after)?;
+        Ok((after, true))
+    }
+}
+
+/// The state as a JSON file, with its backup, journal and lock beside it.
+#[derive(Debug, Clone)]
+pub struct FileStore {
+    path: PathBuf,
+}
+
+impl FileStore {
+    /// Returns a store for the state file at `path`.
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        FileStore { path: path.into() }
+    }
+
+    /// Returns the state file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Returns `<state>.<suffix>`, the path of a file kept beside the state.
+    pub fn sibling(&self, suffix: &str) -> PathBuf {
+        let mut name = self.path.as_os_str().to_owned();
+        name.push(".");
+        name.push(suffix);
+        PathBuf::from(name)
+    }
+
+    /// Returns the path of the backup of the previous state.
+    pub fn backup_path(&self) -> PathBuf {
+        self.sibling("backup")
+    }
+}
+
+impl StateStore for FileStore {
+    fn load(&self) -> Result<Option<State>, StoreError> {
+        let text = match fs::read_to_string(&self.path) {
+            Ok(text) => text,
+            Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(err) if err.kind() == io::ErrorKind::InvalidData => {
+                return Err(StoreError::Corrupt {
+                    path: self.path.clone(),
+                    detail: "not UTF-8 text".into(),
+                    backup: self.backup_path(),
+                });
+            }
+            Err(source) => {
+                return Err(StoreError::Read {
+                    path: self.path.clone(),
+                    source,
+                });
+            }
+        };
+        State::from_json(&text).map(Some).map_err(|err| match err {
+            StateParseError::Newer { .. } => StoreError::Newer {
+                path: self.path.clone(),
+                detail: err.to_string(),
+            },
+            StateParseError::Corrupt(detail) => StoreError::Corrupt {
+                path: self.path.clone(),
+                detail,
+                backup: self.backup_path(),
+            },
+        })
+    }
+
+    fn save(&self, state: &State) -> Result<(), StoreError> {
+        let write_err = |source| StoreError::Write {
+            path: self.path.clone(),
+            source,
+        };
+        let dir = fsutil::parent_dir(&self.path);
+        fs::create_dir_all(dir).map_err(write_err)?;
+        if self.path.exists() {
+            fsutil::link_backup(&self.path, &self.backup_path()).map_err(write_err)?;
+        }
+        fsutil::write_atomic(&self.path, state.to_json().as_bytes(), 0o644).map_err(write_err)
+    }
+
+    fn location(&self) -> String {
+        self.path.display().to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::address::Address;
+    use crate::state::TokenRecord;
+
+    fn one_token(state: &mut State, name: &str, id: u64) {
+        state.record_created(TokenRecord::created(
+            Address::new(1, name),
+            id,
+            0,
+            "sha256:0".into(),
+        ));
+    }
+
+    #[test]
+    fn missing_state_loads_as_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FileStore::new(dir.path().join("state/tokens.state.json"));
+        assert!(store.load().unwrap().is_none());
+    }
+
+    #[test]
+    fn commit_writes_moves_serial_and_keeps_backup() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FileStore::new(dir.path().join("state/tokens.state.json"));
+        let mut first = State::fresh();
+        one_token(&mut first, "a", 1);
+        let (first, written) = store.commit(None, first).unwrap();
+        assert!(written);
+        assert_eq!(first.serial, 1);
+        let first_text = fs::read_to_string(store.path()).unwrap();
+
+        let mut second = first.clone();
+        one_token(&mut second, "b", 2);
+        let (second, _) = store.commit(Some(&first), second).unwrap();
+        assert_eq!(second.serial, 2);
+        assert_eq!(second.lineage, first.lineage);
+        assert_eq!(fs::read_to_string(store.backup_path()).unwrap(), first_text);
+        assert_eq!(store.load().unwrap().unwrap(), second);
+    }
+
+    #[test]
+    fn commit_without_change_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FileStore::new(dir.path().join("s.json"));
+        let (state, _) = store.commit(None, State::fresh()).unwrap();
+        let before = fs::metadata(store.path()).unwrap().modified().unwrap();
+        let (again, written) = store.commit(Some(&state), state.clone()).unwrap();
+        assert!(!written);
+        assert_eq!(again.serial, state.serial);
+        assert_eq!(fs::metadata(store.path()).unwrap().modified().unwrap(), before);
+        assert!(!store.backup_path().exists());
+    }
+
+    #[test]
+    fn corrupt_state_is_refused_and_left_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FileStore::new(dir.path().join("s.json"));
+        fs::write(store.path(), "{\"format_version\": 1, \"tok").unwrap();
+        let err = store.load().unwrap_err();
+        assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
+        assert!(err.to_string().contains("s.json"));
+        assert!(err.hint().unwrap().contains("s.json.backup"));
+        assert_eq!(
+            fs::read_to_string(store.path()).unwrap(),
+            "{\"format_version\": 1, \"tok"
+        );
+    }
+
+    #[test]
+    fn newer_state_is_refused_with_a_hint() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FileStore::new(dir.path().join("s.json"));
+        fs::write(store.path(), "{\"format_version\": 7}").unwrap();
+        let err = store.load().unwrap_err();
+        assert!(matches!(err, StoreError::Newer { .. }), "{err}");
+        assert!(err.hint().unwrap().contains("upgrade"));
+    }
+}
