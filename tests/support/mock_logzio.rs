@@ -1,0 +1,140 @@
+//! A stand-in for the Logz.io API: the create endpoint, answering like the
+//! real one and remembering every token it issued.
+
+#![allow(dead_code)]
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use wiremock::matchers::{method, path};
+use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
+
+/// The owner-account token the mock accepts.
+pub const OWNER_TOKEN: &str = "owner-token-for-tests";
+
+/// The create endpoint's path.
+pub const CREATE_PATH: &str = "/v1/api-tokens/sub-account";
+
+/// A token the mock created.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Issued {
+    pub id: u64,
+    pub account_id: u64,
+    pub name: String,
+    pub token: String,
+}
+
+/// The mock server and what it issued.
+pub struct MockLogzio {
+    pub server: MockServer,
+    issued: Arc<Mutex<Vec<Issued>>>,
+}
+
+/// How the mock answers creates.
+#[derive(Clone, Default)]
+pub struct Behaviour {
+    /// Accounts that answer 404, as an unknown sub-account does.
+    pub missing_accounts: HashSet<u64>,
+    /// Wait before answering.
+    pub delay: Duration,
+}
+
+struct CreateResponder {
+    next_id: AtomicU64,
+    issued: Arc<Mutex<Vec<Issued>>>,
+    behaviour: Behaviour,
+}
+
+impl Respond for CreateResponder {
+    fn respond(&self, request: &Request) -> ResponseTemplate {
+        let owner = request
+            .headers
+            .get("X-API-TOKEN")
+            .and_then(|v| v.to_str().ok());
+        if owner != Some(OWNER_TOKEN) {
+            return ResponseTemplate::new(401)
+                .set_body_json(serde_json::json!({"message": "Unauthorized: missing or insufficient credentials"}));
+        }
+        let body: serde_json::Value = match serde_json::from_slice(&request.body) {
+            Ok(body) => body,
+            Err(_) => {
+                return ResponseTemplate::new(400)
+                    .set_body_json(serde_json::json!({"message": "Malformed request body"}));
+            }
+        };
+        let (Some(name), Some(account_id)) = (body["name"].as_str(), body["accountId"].as_u64()) else {
+            return ResponseTemplate::new(400)
+                .set_body_json(serde_json::json!({"message": "name and accountId are required"}));
+        };
+        if self.behaviour.missing_accounts.contains(&account_id) {
+            return ResponseTemplate::new(404)
+                .set_body_json(serde_json::json!({"message": format!("Account {account_id} not found")}));
+        }
+        let id = self.next_id.fetch_add(1, Ordering::SeqCst);
+        let token = format!("mock-secret-{}", uuid::Uuid::new_v4());
+        self.issued.lock().unwrap().push(Issued {
+            id,
+            account_id,
+            name: name.to_string(),
+            token: token.clone(),
+        });
+        ResponseTemplate::new(200)
+            .set_delay(self.behaviour.delay)
+            .set_body_json(serde_json::json!({
+                "id": id,
+                "name": name,
+                "token": token,
+                "createdAt": 1_621_858_311u64 + id,
+            }))
+    }
+}
+
+impl MockLogzio {
+    /// Starts a mock that creates every token it is asked for.
+    pub async fn start() -> Self {
+        Self::start_with(Behaviour::default()).await
+    }
+
+    /// Starts a mock with the given behaviour.
+    pub async fn start_with(behaviour: Behaviour) -> Self {
+        let server = MockServer::start().await;
+        let issued = Arc::new(Mutex::new(Vec::new()));
+        Mock::given(method("POST"))
+            .and(path(CREATE_PATH))
+            .respond_with(CreateResponder {
+                next_id: AtomicU64::new(5001),
+                issued: issued.clone(),
+                behaviour,
+            })
+            .mount(&server)
+            .await;
+        MockLogzio { server, issued }
+    }
+
+    /// Returns the base URL to point tokenctl at.
+    pub fn url(&self) -> String {
+        self.server.uri()
+    }
+
+    /// Returns every token issued so far.
+    pub fn issued(&self) -> Vec<Issued> {
+        self.issued.lock().unwrap().clone()
+    }
+
+    /// Returns `accountId/name` of every create request received, in order.
+    pub async fn create_requests(&self) -> Vec<String> {
+        self.server
+            .received_requests()
+            .await
+            .unwrap_or_default()
+            .iter()
+            .filter(|r| r.url.path() == CREATE_PATH)
+            .map(|r| {
+                let body: serde_json::Value = serde_json::from_slice(&r.body).unwrap_or_default();
+                format!("{}/{}", body["accountId"], body["name"].as_str().unwrap_or(""))
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,2 @@
+pub mod mock_logzio;
+pub mod workspace;
