@@ -184,8 +184,8 @@ async fn read_created(response: reqwest::Response) -> Result<CreatedToken, Creat
         .bytes()
         .await
         .map_err(|_| unreadable("the body could not be read"))?;
-    let body: CreateResponse =
-        serde_json::from_slice(&bytes).map_err(|_| unreadable("the body is not the expected JSON"))?;
+    let body: CreateResponse = serde_json::from_slice(&bytes)
+        .map_err(|_| unreadable("the body is not the expected JSON"))?;
     let created_at = epoch_seconds(&body.created_at)
         .ok_or_else(|| unreadable("createdAt is not a time in seconds"))?;
     Ok(CreatedToken {
@@ -262,7 +262,10 @@ pub fn server_message(body: &str) -> String {
         let mut text = parsed.message.unwrap_or_else(|| "(no message)".into());
         let code = parsed.error_code.or(parsed.code);
         if let Some(code) = code {
-            let code = code.as_str().map(str::to_string).unwrap_or_else(|| code.to_string());
+            let code = code
+                .as_str()
+                .map(str::to_string)
+                .unwrap_or_else(|| code.to_string());
             text.push_str(&format!(" [code {code}]"));
         }
         if let Some(id) = parsed.request_id {
@@ -295,7 +298,10 @@ mod tests {
 
     #[test]
     fn server_messages_are_read_leniently() {
-        assert_eq!(server_message(r#"{"message":"no such account"}"#), "no such account");
+        assert_eq!(
+            server_message(r#"{"message":"no such account"}"#),
+            "no such account"
+        );
         assert_eq!(
             server_message(r#"{"code":"E1","message":"bad"}"#),
             "bad [code E1]"

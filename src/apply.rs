@@ -1,19 +1,27 @@
-//! Apply: creates the planned tokens, hands secrets to the sinks and records
-//! the outcome of each create in the state.
+//! Apply: creates the planned tokens concurrently, hands each secret to the
+//! sinks, and journals every step so that no create is lost or repeated.
 //!
-//! The create call is not idempotent and shows its secret once, so each
-//! outcome is classified by whether a token may exist: created (recorded),
-//! refused (nothing exists, will be planned again), or in doubt (recorded as
-//! pending; never retried until a person resolves it).
+//! The create call is not idempotent and shows its secret once. For each
+//! address: an `intent` is journaled (fsynced) before the request; after a
+//! 200 the secret goes to the sinks and then `created` is journaled; a
+//! definite refusal journals `failed`; anything ambiguous leaves the intent
+//! open, which the fold turns into a pending create, in doubt until resolved.
+//! The caller folds the journal into the state once, at the end.
 
+use std::cell::{Cell, RefCell};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
+use tokio::sync::{Semaphore, SemaphorePermit};
 
 use crate::address::Address;
 use crate::api::{CreateError, CreatedToken, TokenApi};
+use crate::failpoint;
+use crate::journal::{JournalWriter, Record};
 use crate::sink::{NewToken, Rescue, SecretSink, SinkError};
-use crate::state::{PendingCreate, State, TokenRecord};
-use crate::store::{StateStore, StoreError};
 
 /// How 429 answers are retried.
 #[derive(Debug, Clone)]
@@ -56,11 +64,17 @@ impl RetryPolicy {
 /// What happened to one planned create.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
-    Created { id: u64 },
+    Created {
+        id: u64,
+    },
     /// Definitely not created; the next plan creates it again.
-    Failed { reason: String },
+    Failed {
+        reason: String,
+    },
     /// Maybe created; pending until resolved.
-    InDoubt { reason: String },
+    InDoubt {
+        reason: String,
+    },
     /// Not attempted because the run stopped first.
     Skipped,
 }
@@ -74,20 +88,19 @@ pub enum Event<'a> {
     /// A sink failed; the secret went to the rescue file named, or, when
     /// none is named, could not be saved anywhere.
     SinkFailed(&'a Address, &'a SinkError, Option<&'a std::path::Path>),
-    Stopped(&'a str),
+    Stopping(&'a str),
 }
 
-/// The result of an apply.
-#[derive(Debug)]
+/// The result of the creates of one apply.
+#[derive(Debug, Default)]
 pub struct Report {
+    /// Every planned address with its outcome, in plan order.
     pub outcomes: Vec<(Address, Outcome)>,
     /// Secrets a sink refused, with the rescue file that holds each
     /// (`None`: the rescue file could not be written either).
     pub rescued: Vec<(Address, Option<PathBuf>)>,
     /// Why the run stopped early, if it did.
     pub stopped: Option<String>,
-    /// The state as stored at the end.
-    pub state: State,
 }
 
 impl Report {
@@ -106,157 +119,307 @@ impl Report {
     }
 }
 
-/// Why an apply could not go on: the state could not be written.
-#[derive(Debug, thiserror::Error)]
-#[error("{source}")]
-pub struct ApplyError {
-    #[source]
-    pub source: StoreError,
-    /// What had been done but could not be recorded.
-    pub unrecorded: Option<String>,
-}
-
 /// The effects an apply drives.
 pub struct Apply<'a, A> {
     pub api: &'a A,
-    pub store: &'a dyn StateStore,
+    pub journal: &'a JournalWriter,
     pub sinks: &'a mut [Box<dyn SecretSink>],
     pub rescue: &'a Rescue,
     pub retry: &'a RetryPolicy,
+    /// Most creates in flight at once.
+    pub parallelism: usize,
+    /// Set (by a signal handler) to start no further creates.
+    pub interrupt: &'a AtomicBool,
+}
+
+/// What the concurrent creates of one run share. Everything runs on one
+/// task, so plain cells suffice; no borrow is held across an await.
+struct Shared<'r, 'e> {
+    limiter: Limiter,
+    stopped: RefCell<Option<String>>,
+    events: RefCell<&'r mut dyn FnMut(Event<'_>)>,
+    sinks: RefCell<&'r mut [Box<dyn SecretSink>]>,
+    rescued: RefCell<Vec<(Address, Option<PathBuf>)>>,
+    interrupt: &'e AtomicBool,
+}
+
+impl Shared<'_, '_> {
+    fn emit(&self, event: Event<'_>) {
+        (self.events.borrow_mut())(event);
+    }
+
+    fn stop(&self, reason: String) {
+        let mut stopped = self.stopped.borrow_mut();
+        if stopped.is_none() {
+            self.emit(Event::Stopping(&reason));
+            *stopped = Some(reason);
+        }
+    }
+
+    fn should_stop(&self) -> bool {
+        if self.interrupt.load(Ordering::SeqCst) {
+            self.stop("interrupted".into());
+        }
+        self.stopped.borrow().is_some()
+    }
 }
 
 impl<A: TokenApi> Apply<'_, A> {
-    /// Creates each address in turn, recording each outcome in the state as
-    /// soon as it is known, so a crash loses at most the create in flight.
-    pub async fn run(
-        &mut self,
-        before: Option<State>,
-        creates: &[Address],
-        events: &mut dyn FnMut(Event<'_>),
-    ) -> Result<Report, ApplyError> {
-        let mut stored = before;
-        let mut state = stored.clone().unwrap_or_else(State::fresh);
-        let mut report_outcomes = Vec::with_capacity(creates.len());
-        let mut rescued = Vec::new();
-        let mut stopped = None;
-
-        for address in creates {
-            if stopped.is_some() {
-                report_outcomes.push((address.clone(), Outcome::Skipped));
-                continue;
-            }
-            events(Event::Creating(address));
-            let sent_at = now();
-            let outcome = match self.create_with_retries(address, events).await {
-                Ok(created) => {
-                    if let Some(rescue) = self.deliver(address, &created, events) {
-                        rescued.push((address.clone(), rescue));
-                    }
-                    state.record_created(TokenRecord::created(
-                        address.clone(),
-                        created.id,
-                        created.created_at,
-                        created.token.fingerprint(),
-                    ));
-                    Outcome::Created { id: created.id }
-                }
-                Err(CreateError::Unauthorized { status, message }) => {
-                    let reason = format!("owner token rejected ({status}): {message}");
-                    stopped = Some(reason.clone());
-                    Outcome::Failed { reason }
-                }
-                Err(
-                    err @ (CreateError::Refused { .. }
-                    | CreateError::NotSent { .. }
-                    | CreateError::RateLimited { .. }),
-                ) => Outcome::Failed {
-                    reason: err.to_string(),
-                },
-                Err(CreateError::Ambiguous { detail }) => {
-                    state.record_pending(PendingCreate::new(address.clone(), sent_at, detail.clone()));
-                    Outcome::InDoubt { reason: detail }
-                }
-            };
-            events(Event::Finished(address, &outcome));
-            if let Outcome::Created { .. } | Outcome::InDoubt { .. } = outcome {
-                let (now_stored, _) = self
-                    .store
-                    .commit(stored.as_ref(), state.clone())
-                    .map_err(|source| ApplyError {
-                        source,
-                        unrecorded: Some(match &outcome {
-                            Outcome::Created { id } => format!(
-                                "token {address} was created with id {id} and its secret delivered, but the state does not record it; \
-                                 once the state can be written, run `tokenctl import {address} --id {id}`"
-                            ),
-                            _ => format!(
-                                "the create of {address} is in doubt and the state does not record it; do not apply again before \
-                                 checking in the Logz.io UI whether the token exists"
-                            ),
-                        }),
-                    })?;
-                state = now_stored.clone();
-                stored = Some(now_stored);
-            }
-            report_outcomes.push((address.clone(), outcome));
-            if let Some(reason) = &stopped {
-                events(Event::Stopped(reason));
-            }
-        }
-        Ok(Report {
-            outcomes: report_outcomes,
-            rescued,
-            stopped,
-            state: stored.unwrap_or(state),
-        })
-    }
-
-    async fn create_with_retries(
-        &self,
-        address: &Address,
-        events: &mut dyn FnMut(Event<'_>),
-    ) -> Result<CreatedToken, CreateError> {
-        let mut retry = 0;
-        loop {
-            match self.api.create(address.account_id, &address.name).await {
-                Err(CreateError::RateLimited { retry_after, .. })
-                    if retry + 1 < self.retry.max_attempts =>
-                {
-                    let wait = self.retry.delay(retry, retry_after);
-                    events(Event::RateLimited(address, wait));
-                    tokio::time::sleep(wait).await;
-                    retry += 1;
-                }
-                result => return result,
-            }
-        }
-    }
-
-    /// Hands the secret to every sink. When one fails, the secret is
-    /// written to a rescue file; returns that file (`Some(None)` when even
-    /// the rescue failed), or `None` when every sink took it.
-    fn deliver(
-        &mut self,
-        address: &Address,
-        created: &CreatedToken,
-        events: &mut dyn FnMut(Event<'_>),
-    ) -> Option<Option<PathBuf>> {
-        let token = NewToken {
-            address,
-            id: created.id,
-            created_at: created.created_at,
-            token: &created.token,
+    /// Creates every address, at most `parallelism` at a time, journaling
+    /// each step. Returns each address's outcome in the order given.
+    pub async fn run(&mut self, creates: &[Address], events: &mut dyn FnMut(Event<'_>)) -> Report {
+        let shared = Shared {
+            limiter: Limiter::new(self.parallelism.max(1)),
+            stopped: RefCell::new(None),
+            events: RefCell::new(events),
+            sinks: RefCell::new(&mut *self.sinks),
+            rescued: RefCell::new(Vec::new()),
+            interrupt: self.interrupt,
         };
-        let mut rescued: Option<Option<PathBuf>> = None;
-        for sink in self.sinks.iter_mut() {
-            if let Err(err) = sink.deliver(&token) {
-                let path = rescued
-                    .get_or_insert_with(|| self.rescue.save(&token).ok())
-                    .clone();
-                events(Event::SinkFailed(address, &err, path.as_deref()));
+        let mut outcomes: Vec<Option<Outcome>> = vec![None; creates.len()];
+        let mut in_flight: FuturesUnordered<_> = creates
+            .iter()
+            .enumerate()
+            .map(|(index, address)| {
+                let shared = &shared;
+                let api = self.api;
+                let journal = self.journal;
+                let retry = self.retry;
+                let rescue = self.rescue;
+                async move {
+                    let outcome = create_one(api, journal, retry, rescue, shared, address).await;
+                    (index, outcome)
+                }
+            })
+            .collect();
+        while let Some((index, outcome)) = in_flight.next().await {
+            if outcome != Outcome::Skipped {
+                shared.emit(Event::Finished(&creates[index], &outcome));
+            }
+            outcomes[index] = Some(outcome);
+        }
+        drop(in_flight);
+        Report {
+            outcomes: creates
+                .iter()
+                .cloned()
+                .zip(outcomes.into_iter().map(|o| o.unwrap_or(Outcome::Skipped)))
+                .collect(),
+            rescued: shared.rescued.into_inner(),
+            stopped: shared.stopped.into_inner(),
+        }
+    }
+}
+
+async fn create_one<A: TokenApi>(
+    api: &A,
+    journal: &JournalWriter,
+    retry: &RetryPolicy,
+    rescue: &Rescue,
+    shared: &Shared<'_, '_>,
+    address: &Address,
+) -> Outcome {
+    let _permit = shared.limiter.acquire().await;
+    if shared.should_stop() {
+        return Outcome::Skipped;
+    }
+    shared.emit(Event::Creating(address));
+    let intent = Record::Intent {
+        address: address.clone(),
+        at: now(),
+    };
+    if let Err(err) = journal.append(&intent).await {
+        // Without a durable intent the create must not be sent.
+        shared.stop(err.to_string());
+        return Outcome::Skipped;
+    }
+    failpoint::hit("after-intent");
+    let result = create_with_retries(api, retry, shared, address).await;
+    failpoint::hit("after-response");
+    let (outcome, record) = match result {
+        Ok(created) => {
+            deliver(rescue, shared, address, &created);
+            failpoint::hit("after-sink");
+            let record = Record::Created {
+                address: address.clone(),
+                id: created.id,
+                created_at: created.created_at,
+                fingerprint: created.token.fingerprint(),
+            };
+            (Outcome::Created { id: created.id }, record)
+        }
+        Err(CreateError::Ambiguous { detail }) => (
+            Outcome::InDoubt {
+                reason: detail.clone(),
+            },
+            Record::Doubt {
+                address: address.clone(),
+                reason: detail,
+            },
+        ),
+        Err(err) => {
+            let reason = err.to_string();
+            if let CreateError::Unauthorized { .. } = err {
+                shared.stop(reason.clone());
+            }
+            let record = Record::Failed {
+                address: address.clone(),
+                reason: reason.clone(),
+            };
+            (Outcome::Failed { reason }, record)
+        }
+    };
+    if let Err(err) = journal.append(&record).await {
+        shared.stop(err.to_string());
+        // The intent stays open: the fold records the address in doubt,
+        // and `resolve` finds a created token's secret in the sink.
+        return match outcome {
+            Outcome::Failed { .. } => outcome,
+            _ => Outcome::InDoubt {
+                reason: format!("the outcome could not be journaled: {err}"),
+            },
+        };
+    }
+    failpoint::hit("after-outcome");
+    if let Outcome::Created { .. } = outcome {
+        shared.limiter.on_success();
+    }
+    outcome
+}
+
+async fn create_with_retries<A: TokenApi>(
+    api: &A,
+    retry: &RetryPolicy,
+    shared: &Shared<'_, '_>,
+    address: &Address,
+) -> Result<CreatedToken, CreateError> {
+    let mut attempt = 0;
+    loop {
+        match api.create(address.account_id, &address.name).await {
+            Err(CreateError::RateLimited { retry_after, .. })
+                if attempt + 1 < retry.max_attempts =>
+            {
+                // 429 means the request was not processed: safe to retry.
+                shared.limiter.on_rate_limited();
+                let wait = retry.delay(attempt, retry_after);
+                shared.emit(Event::RateLimited(address, wait));
+                tokio::time::sleep(wait).await;
+                attempt += 1;
+            }
+            result => return result,
+        }
+    }
+}
+
+/// Hands the secret to every sink; for each that fails, the secret is kept
+/// in a rescue file (written once per token) instead.
+fn deliver(rescue: &Rescue, shared: &Shared<'_, '_>, address: &Address, created: &CreatedToken) {
+    let token = NewToken {
+        address,
+        id: created.id,
+        created_at: created.created_at,
+        token: &created.token,
+    };
+    let mut rescued: Option<Option<PathBuf>> = None;
+    let mut failures = Vec::new();
+    for sink in shared.sinks.borrow_mut().iter_mut() {
+        if let Err(err) = sink.deliver(&token) {
+            let path = rescued
+                .get_or_insert_with(|| rescue.save(&token).ok())
+                .clone();
+            failures.push((err, path));
+        }
+    }
+    for (err, path) in &failures {
+        shared.emit(Event::SinkFailed(address, err, path.as_deref()));
+    }
+    if let Some(path) = rescued {
+        shared.rescued.borrow_mut().push((address.clone(), path));
+    }
+}
+
+/// Limits creates in flight, lowering the limit while the server answers
+/// 429 and raising it back after a run of successes.
+///
+/// A run starts with one create alone and opens up to the full limit only
+/// after it succeeds, so a wrong owner token, region or URL costs one
+/// request, not `parallelism` of them.
+struct Limiter {
+    semaphore: Semaphore,
+    max: usize,
+    limit: Cell<usize>,
+    probing: Cell<bool>,
+    /// Permits to retire as they come back, after the limit was lowered.
+    debt: Cell<usize>,
+    successes: Cell<usize>,
+}
+
+struct Permit<'a> {
+    limiter: &'a Limiter,
+    permit: Option<SemaphorePermit<'a>>,
+}
+
+impl Drop for Permit<'_> {
+    fn drop(&mut self) {
+        let debt = self.limiter.debt.get();
+        if debt > 0
+            && let Some(permit) = self.permit.take()
+        {
+            permit.forget();
+            self.limiter.debt.set(debt - 1);
+        }
+    }
+}
+
+impl Limiter {
+    fn new(max: usize) -> Self {
+        Limiter {
+            semaphore: Semaphore::new(1),
+            max,
+            limit: Cell::new(1),
+            probing: Cell::new(true),
+            debt: Cell::new(0),
+            successes: Cell::new(0),
+        }
+    }
+
+    async fn acquire(&self) -> Permit<'_> {
+        // The semaphore is never closed, so acquiring cannot fail.
+        let permit = self.semaphore.acquire().await.ok();
+        Permit {
+            limiter: self,
+            permit,
+        }
+    }
+
+    fn on_rate_limited(&self) {
+        self.successes.set(0);
+        if self.probing.get() {
+            return;
+        }
+        if self.limit.get() > 1 {
+            self.limit.set(self.limit.get() - 1);
+            self.debt.set(self.debt.get() + 1);
+        }
+    }
+
+    fn on_success(&self) {
+        if self.probing.replace(false) {
+            self.limit.set(self.max);
+            self.semaphore.add_permits(self.max - 1);
+            return;
+        }
+        let successes = self.successes.get() + 1;
+        self.successes.set(successes);
+        if successes >= self.limit.get() && self.limit.get() < self.max {
+            self.successes.set(0);
+            self.limit.set(self.limit.get() + 1);
+            if self.debt.get() > 0 {
+                self.debt.set(self.debt.get() - 1);
+            } else {
+                self.semaphore.add_permits(1);
             }
         }
-        rescued
     }
 }
 
@@ -266,4 +429,75 @@ pub fn now() -> i64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn limiter_probes_with_one_then_opens_up() {
+        let limiter = Limiter::new(4);
+        assert_eq!(limiter.semaphore.available_permits(), 1);
+        limiter.on_rate_limited();
+        assert_eq!(limiter.semaphore.available_permits(), 1);
+        limiter.on_success();
+        assert_eq!(limiter.semaphore.available_permits(), 4);
+    }
+
+    #[tokio::test]
+    async fn limiter_lowers_on_429_and_recovers_after_successes() {
+        let limiter = Limiter::new(4);
+        limiter.on_success();
+        limiter.on_rate_limited();
+        limiter.on_rate_limited();
+        assert_eq!(limiter.limit.get(), 2);
+        // Two permits retire as they come back.
+        for _ in 0..4 {
+            drop(limiter.acquire().await);
+        }
+        assert_eq!(limiter.semaphore.available_permits(), 2);
+        for _ in 0..2 {
+            limiter.on_success();
+        }
+        assert_eq!(limiter.limit.get(), 3);
+        assert_eq!(limiter.semaphore.available_permits(), 3);
+        for _ in 0..10 {
+            limiter.on_success();
+        }
+        assert_eq!(limiter.limit.get(), 4);
+        assert_eq!(limiter.semaphore.available_permits(), 4);
+    }
+
+    #[test]
+    fn limiter_never_goes_below_one() {
+        let limiter = Limiter::new(2);
+        limiter.on_success();
+        for _ in 0..5 {
+            limiter.on_rate_limited();
+        }
+        assert_eq!(limiter.limit.get(), 1);
+    }
+
+    #[test]
+    fn backoff_grows_is_jittered_and_capped() {
+        let policy = RetryPolicy {
+            max_attempts: 8,
+            base_delay: Duration::from_millis(100),
+            max_delay: Duration::from_secs(1),
+        };
+        for retry in 0..6 {
+            let full = Duration::from_millis(100 * 2u64.pow(retry)).min(Duration::from_secs(1));
+            let wait = policy.delay(retry, None);
+            assert!(wait >= full / 2 && wait <= full, "{retry}: {wait:?}");
+        }
+        assert_eq!(
+            policy.delay(0, Some(Duration::from_secs(3))),
+            Duration::from_secs(1)
+        );
+        assert_eq!(
+            policy.delay(0, Some(Duration::from_millis(5))),
+            Duration::from_millis(5)
+        );
+    }
 }

@@ -8,8 +8,8 @@ use std::collections::HashMap;
 use std::fmt;
 use std::path::PathBuf;
 
-use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
+use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
 use crate::address::Address;
 
@@ -47,6 +47,8 @@ impl Endpoint {
 pub struct SecretsConfig {
     /// JSON Lines file, relative to the manifest's folder.
     pub file: Option<PathBuf>,
+    /// A command that receives each new token as JSON on stdin.
+    pub exec: Option<Vec<String>>,
 }
 
 /// A Logz.io region.
@@ -146,7 +148,9 @@ impl Manifest {
         if raw.version.is_none() {
             return Err(at_top(
                 "the manifest has no `version`".into(),
-                Some(format!("add `version: {MANIFEST_VERSION}` as the first line")),
+                Some(format!(
+                    "add `version: {MANIFEST_VERSION}` as the first line"
+                )),
             ));
         }
         let mut warnings = Vec::new();
@@ -154,7 +158,10 @@ impl Manifest {
             (Some(_), Some(_)) => {
                 return Err(at_top(
                     "the manifest sets both `region` and `api_url`".into(),
-                    Some("keep one: `region` for Logz.io's regions, `api_url` for any other address".into()),
+                    Some(
+                        "keep one: `region` for Logz.io's regions, `api_url` for any other address"
+                            .into(),
+                    ),
                 ));
             }
             (None, None) => {
@@ -178,9 +185,13 @@ impl Manifest {
             }
             (None, Some(ApiUrlField(url))) => Endpoint::Url(url),
         };
-        let secrets = SecretsConfig {
-            file: raw.secrets.and_then(|s| s.file).map(PathBuf::from),
-        };
+        let secrets = raw
+            .secrets
+            .map(|s| SecretsConfig {
+                file: s.file.map(PathBuf::from),
+                exec: s.exec.map(|ExecField(argv)| argv),
+            })
+            .unwrap_or_default();
         let tokens: Vec<Address> = raw
             .tokens
             .into_iter()
@@ -211,7 +222,10 @@ fn check_duplicates(tokens: &[Address], text: &str, origin: &str) -> Result<(), 
                 message: format!(
                     "token {address} is declared twice: at line {first_line} and again at line {line}"
                 ),
-                hint: Some("remove one of the two entries; an address (accountId/name) must be unique".into()),
+                hint: Some(
+                    "remove one of the two entries; an address (accountId/name) must be unique"
+                        .into(),
+                ),
             });
         }
     }
@@ -343,6 +357,33 @@ struct RawManifest {
 #[serde(deny_unknown_fields)]
 struct RawSecrets {
     file: Option<String>,
+    exec: Option<ExecField>,
+}
+
+struct ExecField(Vec<String>);
+impl<'de> Deserialize<'de> for ExecField {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct ArgvVisitor;
+        impl<'de> Visitor<'de> for ArgvVisitor {
+            type Value = ExecField;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a command as a list of strings, e.g. [vault-put, --path, logzio]")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<ExecField, A::Error> {
+                let mut argv = Vec::new();
+                while let Some(arg) = seq.next_element::<String>()? {
+                    argv.push(arg);
+                }
+                if argv.first().is_none_or(|program| program.trim().is_empty()) {
+                    return Err(de::Error::custom(
+                        "secrets.exec needs at least the program to run, e.g. [vault-put, --path, logzio]",
+                    ));
+                }
+                Ok(ExecField(argv))
+            }
+        }
+        d.deserialize_seq(ArgvVisitor)
+    }
 }
 
 #[derive(Deserialize)]
@@ -482,7 +523,9 @@ impl<'de> Deserialize<'de> for RegionField {
 struct ApiUrlField(String);
 impl<'de> Deserialize<'de> for ApiUrlField {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        checked_string(d, "an API base URL", |url| check_api_url(url).map(ApiUrlField))
+        checked_string(d, "an API base URL", |url| {
+            check_api_url(url).map(ApiUrlField)
+        })
     }
 }
 
@@ -491,7 +534,8 @@ impl<'de> Deserialize<'de> for ApiUrlField {
 /// `https://` is required, except for loopback hosts, which tests and local
 /// mocks use; plain HTTP elsewhere would send the owner token in the clear.
 pub fn check_api_url(text: &str) -> Result<String, String> {
-    let url = reqwest::Url::parse(text).map_err(|e| format!("api_url `{text}` is not a URL: {e}"))?;
+    let url =
+        reqwest::Url::parse(text).map_err(|e| format!("api_url `{text}` is not a URL: {e}"))?;
     let Some(host) = url.host_str() else {
         return Err(format!("api_url `{text}` has no host"));
     };
@@ -509,10 +553,16 @@ pub fn check_api_url(text: &str) -> Result<String, String> {
                 "api_url `{text}` uses http:// for a host that is not loopback; use https://"
             ));
         }
-        other => return Err(format!("api_url `{text}` has scheme `{other}`; use https://")),
+        other => {
+            return Err(format!(
+                "api_url `{text}` has scheme `{other}`; use https://"
+            ));
+        }
     }
     if url.query().is_some() || url.fragment().is_some() {
-        return Err(format!("api_url `{text}` must not have a query or fragment"));
+        return Err(format!(
+            "api_url `{text}` must not have a query or fragment"
+        ));
     }
     Ok(url.as_str().trim_end_matches('/').to_string())
 }

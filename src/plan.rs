@@ -164,7 +164,10 @@ mod tests {
         let plan = plan(&[addr(2, "b"), addr(1, "a")], None);
         assert_eq!(
             actions(&plan),
-            [("1/a".into(), Action::Create), ("2/b".into(), Action::Create)]
+            [
+                ("1/a".into(), Action::Create),
+                ("2/b".into(), Action::Create)
+            ]
         );
         assert_eq!(plan.summary().create, 2);
         assert!(plan.has_changes());

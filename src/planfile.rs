@@ -178,25 +178,46 @@ mod tests {
 
         let mut later = state.clone();
         later.serial = 5;
-        assert!(matches!(file.check(b"manifest", Some(&later)), Err(PlanFileError::Stale(_))));
+        assert!(matches!(
+            file.check(b"manifest", Some(&later)),
+            Err(PlanFileError::Stale(_))
+        ));
 
         let other = State::new("l2".into());
-        assert!(matches!(file.check(b"manifest", Some(&other)), Err(PlanFileError::Lineage { .. })));
+        assert!(matches!(
+            file.check(b"manifest", Some(&other)),
+            Err(PlanFileError::Lineage { .. })
+        ));
 
-        assert_eq!(file.check(b"changed", Some(&state)), Err(PlanFileError::Manifest));
+        assert_eq!(
+            file.check(b"changed", Some(&state)),
+            Err(PlanFileError::Manifest)
+        );
 
         let mut old = file.clone();
         old.tool_version = "0.0.1".into();
-        assert!(matches!(old.check(b"manifest", Some(&state)), Err(PlanFileError::ToolVersion { .. })));
+        assert!(matches!(
+            old.check(b"manifest", Some(&state)),
+            Err(PlanFileError::ToolVersion { .. })
+        ));
 
-        assert!(matches!(file.check(b"manifest", None), Err(PlanFileError::Stale(_))));
+        assert!(matches!(
+            file.check(b"manifest", None),
+            Err(PlanFileError::Stale(_))
+        ));
         let fresh = saved(None);
-        assert!(matches!(fresh.check(b"manifest", Some(&state)), Err(PlanFileError::Stale(_))));
+        assert!(matches!(
+            fresh.check(b"manifest", Some(&state)),
+            Err(PlanFileError::Stale(_))
+        ));
         assert_eq!(fresh.check(b"manifest", None), Ok(()));
     }
 
     #[test]
     fn refuses_garbage() {
-        assert!(matches!(PlanFile::from_json("{"), Err(PlanFileError::Unreadable(_))));
+        assert!(matches!(
+            PlanFile::from_json("{"),
+            Err(PlanFileError::Unreadable(_))
+        ));
     }
 }

@@ -63,7 +63,11 @@ pub fn plan_text(plan: &Plan, style: Style, w: &mut dyn Write) -> io::Result<()>
     } else {
         writeln!(w, "tokenctl will perform the following actions:")?;
         writeln!(w)?;
-        for change in plan.changes.iter().filter(|c| c.action != Action::Unchanged) {
+        for change in plan
+            .changes
+            .iter()
+            .filter(|c| c.action != Action::Unchanged)
+        {
             change_text(change, style, w)?;
         }
         writeln!(w)?;
@@ -175,6 +179,47 @@ pub fn utc(epoch_seconds: i64) -> String {
     )
 }
 
+/// Parses epoch seconds, or an RFC 3339 UTC time such as
+/// `2021-05-24T12:11:51Z`, into epoch seconds.
+pub fn parse_time(text: &str) -> Result<i64, String> {
+    let text = text.trim();
+    if let Ok(seconds) = text.parse::<i64>() {
+        return Ok(seconds);
+    }
+    let bad =
+        || format!("`{text}` is not a time; write epoch seconds or e.g. 2021-05-24T12:11:51Z");
+    let (date, time) = text
+        .strip_suffix('Z')
+        .and_then(|t| t.split_once('T'))
+        .ok_or_else(bad)?;
+    let numbers = |part: &str, sep: char| -> Result<Vec<i64>, String> {
+        part.split(sep)
+            .map(|n| n.parse::<i64>().map_err(|_| bad()))
+            .collect()
+    };
+    let (d, t) = (numbers(date, '-')?, numbers(time, ':')?);
+    let (&[year, month, day], &[hour, minute, second]) = (&d[..], &t[..]) else {
+        return Err(bad());
+    };
+    if !(1..=12).contains(&month)
+        || !(1..=31).contains(&day)
+        || hour > 23
+        || minute > 59
+        || second > 60
+    {
+        return Err(bad());
+    }
+    // Inverse of the days-to-civil algorithm in `utc`.
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Ok(days * 86_400 + hour * 3_600 + minute * 60 + second)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -191,9 +236,18 @@ mod tests {
     fn mixed_plan() -> Plan {
         let mut state = State::new("l".into());
         for (name, id) in [("kept", 1), ("old", 17)] {
-            state.record_created(TokenRecord::created(Address::new(160343, name), id, 0, "f".into()));
+            state.record_created(TokenRecord::created(
+                Address::new(160343, name),
+                id,
+                0,
+                "f".into(),
+            ));
         }
-        state.record_pending(PendingCreate::new(Address::new(160345, "flaky"), 0, "502".into()));
+        state.record_pending(PendingCreate::new(
+            Address::new(160345, "flaky"),
+            0,
+            "502".into(),
+        ));
         let desired = [
             Address::new(160343, "kept"),
             Address::new(160343, "ci-shipper"),
@@ -230,6 +284,16 @@ mod tests {
         assert_eq!(utc(0), "1970-01-01T00:00:00Z");
         assert_eq!(utc(1_621_858_311), "2021-05-24T12:11:51Z");
         assert_eq!(utc(951_782_400), "2000-02-29T00:00:00Z");
+    }
+
+    #[test]
+    fn parses_times_back() {
+        for seconds in [0, 951_782_400, 1_621_858_311] {
+            assert_eq!(parse_time(&utc(seconds)), Ok(seconds));
+        }
+        assert_eq!(parse_time("1621858311"), Ok(1_621_858_311));
+        assert!(parse_time("yesterday").is_err());
+        assert!(parse_time("2021-13-01T00:00:00Z").is_err());
     }
 
     #[test]

@@ -1,9 +1,10 @@
 //! Secret sinks: the only places a token value is ever written.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, Read, Seek, Write};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use crate::address::Address;
 use crate::fsutil;
@@ -69,23 +70,25 @@ impl FileSink {
             hint,
         };
         let dir = fsutil::parent_dir(path);
-        create_private_dir(dir).map_err(|e| {
-            fail(
-                format!("cannot create folder {}: {e}", dir.display()),
-                None,
-            )
-        })?;
+        create_private_dir(dir)
+            .map_err(|e| fail(format!("cannot create folder {}: {e}", dir.display()), None))?;
         check_git_ignored(path).map_err(|(detail, hint)| fail(detail, Some(hint)))?;
         let file = open_private_append(path).map_err(|e| {
             fail(
                 format!("cannot open for writing: {e}"),
-                Some("check the folder's permissions, or choose another file with --secrets-out".into()),
+                Some(
+                    "check the folder's permissions, or choose another file with --secrets-out"
+                        .into(),
+                ),
             )
         })?;
         check_private(&file).map_err(|detail| {
             fail(
                 detail,
-                Some(format!("run `chmod 600 {}` and check who could read it", path.display())),
+                Some(format!(
+                    "run `chmod 600 {}` and check who could read it",
+                    path.display()
+                )),
             )
         })?;
         Ok(FileSink {
@@ -111,6 +114,109 @@ impl SecretSink for FileSink {
     fn describe(&self) -> String {
         self.path.display().to_string()
     }
+}
+
+/// Runs a command per token with the token's JSON object on its stdin; a
+/// non-zero exit or a timeout is a failure.
+pub struct ExecSink {
+    argv: Vec<String>,
+    timeout: Duration,
+}
+
+impl ExecSink {
+    /// Returns a sink running `argv`, after checking that the program exists.
+    pub fn new(argv: Vec<String>, timeout: Duration) -> Result<Self, SinkError> {
+        let program = argv.first().cloned().unwrap_or_default();
+        if find_program(&program).is_none() {
+            return Err(SinkError {
+                sink: format!("exec {program}"),
+                detail: format!("program `{program}` was not found"),
+                hint: Some("check `secrets.exec` in the manifest: the first item is the program, found on PATH or by path".into()),
+            });
+        }
+        Ok(ExecSink { argv, timeout })
+    }
+}
+
+impl SecretSink for ExecSink {
+    fn deliver(&mut self, token: &NewToken<'_>) -> Result<(), SinkError> {
+        let fail = |detail: String| SinkError {
+            sink: self.describe(),
+            detail,
+            hint: None,
+        };
+        // The program's stderr goes to a file rather than a pipe, so a
+        // chatty program cannot block on a full pipe while we wait.
+        let mut stderr = tempfile::tempfile().map_err(|e| fail(e.to_string()))?;
+        let mut child = Command::new(&self.argv[0])
+            .args(&self.argv[1..])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(stderr.try_clone().map_err(|e| fail(e.to_string()))?)
+            .spawn()
+            .map_err(|e| fail(format!("cannot start: {e}")))?;
+        let written = child
+            .stdin
+            .take()
+            .map(|mut stdin| stdin.write_all(token.to_json_line().as_bytes()))
+            .unwrap_or(Ok(()));
+        let deadline = Instant::now() + self.timeout;
+        let status = loop {
+            match child.try_wait() {
+                Ok(Some(status)) => break status,
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(5))
+                }
+                Ok(None) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err(fail(format!(
+                        "no exit within {:?}; it was killed",
+                        self.timeout
+                    )));
+                }
+                Err(e) => return Err(fail(e.to_string())),
+            }
+        };
+        if status.success() && written.is_ok() {
+            return Ok(());
+        }
+        let mut text = String::new();
+        let _ = stderr.seek(io::SeekFrom::Start(0));
+        let _ = stderr.read_to_string(&mut text);
+        // Whatever the program printed must not carry the secret onward.
+        let text = text.replace(token.token.expose(), "<redacted>");
+        let tail: Vec<&str> = text.lines().rev().take(3).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        let detail = match written {
+            Err(e) if status.success() => format!("could not write to its stdin: {e}"),
+            _ => format!("exited with {status}"),
+        };
+        Err(fail(if tail.is_empty() {
+            detail
+        } else {
+            format!("{detail}: {}", tail.join(" / "))
+        }))
+    }
+
+    fn describe(&self) -> String {
+        format!("exec {}", self.argv.join(" "))
+    }
+}
+
+fn find_program(program: &str) -> Option<PathBuf> {
+    if program.is_empty() {
+        return None;
+    }
+    if program.contains('/') {
+        let path = PathBuf::from(program);
+        return path.is_file().then_some(path);
+    }
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join(program))
+            .find(|candidate| candidate.is_file())
+    })
 }
 
 /// Keeps secrets that no sink would take, so they are not lost.
@@ -143,7 +249,13 @@ impl Rescue {
             .address
             .name
             .chars()
-            .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                    c
+                } else {
+                    '_'
+                }
+            })
             .collect();
         let path = self.dir.join(format!(
             "{}-{}-{}-{}.json",
@@ -182,7 +294,11 @@ fn open_private_append(path: &Path) -> io::Result<File> {
 #[cfg(unix)]
 fn check_private(file: &File) -> Result<(), String> {
     use std::os::unix::fs::PermissionsExt;
-    let mode = file.metadata().map_err(|e| e.to_string())?.permissions().mode();
+    let mode = file
+        .metadata()
+        .map_err(|e| e.to_string())?
+        .permissions()
+        .mode();
     if mode & 0o077 != 0 {
         return Err(format!(
             "the file is readable or writable by others (mode {:o}); secrets need mode 600",
@@ -324,7 +440,67 @@ mod tests {
         assert!(fs::read_to_string(&path).unwrap().contains("tok-2"));
         let mode = fs::metadata(&path).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
-        assert!(path.file_name().unwrap().to_str().unwrap().contains("ci_shipper"));
+        assert!(
+            path.file_name()
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .contains("ci_shipper")
+        );
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn exec_sink_pipes_the_record_and_reports_failures_without_the_secret() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("got.json");
+        let script = format!("cat > '{}'", out.display());
+        let mut sink = ExecSink::new(
+            vec!["sh".into(), "-c".into(), script],
+            Duration::from_secs(30),
+        )
+        .unwrap();
+        let secret = Secret::new("tok-3".into());
+        sink.deliver(&token(&secret, &address())).unwrap();
+        let got: serde_json::Value =
+            serde_json::from_str(&fs::read_to_string(&out).unwrap()).unwrap();
+        assert_eq!(got["token"], "tok-3");
+
+        let mut failing = ExecSink::new(
+            vec![
+                "sh".into(),
+                "-c".into(),
+                "read line; echo \"vault said no to $line\" >&2; exit 3".into(),
+            ],
+            Duration::from_secs(30),
+        )
+        .unwrap();
+        let err = failing.deliver(&token(&secret, &address())).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("exit status: 3"), "{text}");
+        assert!(text.contains("vault said no"), "{text}");
+        assert!(!text.contains("tok-3"), "{text}");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn exec_sink_times_out() {
+        let mut sink = ExecSink::new(
+            vec!["sleep".into(), "30".into()],
+            Duration::from_millis(100),
+        )
+        .unwrap();
+        let secret = Secret::new("tok-4".into());
+        let err = sink.deliver(&token(&secret, &address())).unwrap_err();
+        assert!(err.detail.contains("killed"), "{err}");
+    }
+
+    #[test]
+    fn exec_sink_needs_an_existing_program() {
+        let err = ExecSink::new(vec!["no-such-program-xyz".into()], Duration::from_secs(1))
+            .err()
+            .unwrap();
+        assert!(err.detail.contains("not found"), "{err}");
     }
 
     #[test]

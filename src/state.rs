@@ -71,7 +71,9 @@ pub struct PendingCreate {
 /// Why a state document could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StateParseError {
-    #[error("state format version {found} is newer than this tokenctl ({TOOL_VERSION}) understands ({STATE_FORMAT_VERSION})")]
+    #[error(
+        "state format version {found} is newer than this tokenctl ({TOOL_VERSION}) understands ({STATE_FORMAT_VERSION})"
+    )]
     Newer { found: u64 },
     #[error("{0}")]
     Corrupt(String),
@@ -286,10 +288,9 @@ mod tests {
 
     #[test]
     fn refuses_a_newer_format() {
-        let text = sample().to_json().replace(
-            "\"format_version\": 1",
-            "\"format_version\": 2",
-        );
+        let text = sample()
+            .to_json()
+            .replace("\"format_version\": 1", "\"format_version\": 2");
         assert_eq!(
             State::from_json(&text),
             Err(StateParseError::Newer { found: 2 })

@@ -54,7 +54,11 @@ pub trait StateStore {
 
     /// Stores `after` if its content differs from `before`, moving the
     /// serial on; returns the state now stored and whether it was written.
-    fn commit(&self, before: Option<&State>, mut after: State) -> Result<(State, bool), StoreError> {
+    fn commit(
+        &self,
+        before: Option<&State>,
+        mut after: State,
+    ) -> Result<(State, bool), StoreError> {
         if let Some(before) = before {
             if before.same_content(&after) {
                 return Ok((before.clone(), false));
@@ -98,6 +102,16 @@ impl FileStore {
     /// Returns the path of the backup of the previous state.
     pub fn backup_path(&self) -> PathBuf {
         self.sibling("backup")
+    }
+
+    /// Returns the path of the apply journal.
+    pub fn journal_path(&self) -> PathBuf {
+        self.sibling("journal")
+    }
+
+    /// Returns the path of the lock file.
+    pub fn lock_path(&self) -> PathBuf {
+        self.sibling("lock")
     }
 }
 
@@ -143,7 +157,10 @@ impl StateStore for FileStore {
         if self.path.exists() {
             fsutil::link_backup(&self.path, &self.backup_path()).map_err(write_err)?;
         }
-        fsutil::write_atomic(&self.path, state.to_json().as_bytes(), 0o644).map_err(write_err)
+        crate::failpoint::hit("before-state-write");
+        fsutil::write_atomic(&self.path, state.to_json().as_bytes(), 0o644).map_err(write_err)?;
+        crate::failpoint::hit("after-state-write");
+        Ok(())
     }
 
     fn location(&self) -> String {
@@ -202,7 +219,10 @@ mod tests {
         let (again, written) = store.commit(Some(&state), state.clone()).unwrap();
         assert!(!written);
         assert_eq!(again.serial, state.serial);
-        assert_eq!(fs::metadata(store.path()).unwrap().modified().unwrap(), before);
+        assert_eq!(
+            fs::metadata(store.path()).unwrap().modified().unwrap(),
+            before
+        );
         assert!(!store.backup_path().exists());
     }
 

@@ -44,7 +44,9 @@ async fn sends_exactly_the_documented_request() {
             "User-Agent",
             concat!("tokenctl/", env!("CARGO_PKG_VERSION")),
         ))
-        .and(body_json(serde_json::json!({"name": "ci-shipper", "accountId": 160343})))
+        .and(body_json(
+            serde_json::json!({"name": "ci-shipper", "accountId": 160343}),
+        ))
         .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({
             "id": 17, "name": "ci-shipper", "token": "secret-1", "createdAt": 1621858311
         })))
@@ -104,7 +106,10 @@ async fn unauthorized_and_forbidden_reject_the_owner_token() {
         )
         .await
         .unwrap_err();
-        assert!(matches!(err, CreateError::Unauthorized { status: s, .. } if s == status), "{err:?}");
+        assert!(
+            matches!(err, CreateError::Unauthorized { status: s, .. } if s == status),
+            "{err:?}"
+        );
     }
 }
 
@@ -128,10 +133,9 @@ async fn too_many_requests_with_plain_text_and_retry_after() {
 
 #[tokio::test]
 async fn server_errors_are_in_doubt_with_status_and_message() {
-    let err = answer(
-        ResponseTemplate::new(500)
-            .set_body_json(serde_json::json!({"errorCode": "E9", "message": "boom", "requestId": "r1"})),
-    )
+    let err = answer(ResponseTemplate::new(500).set_body_json(
+        serde_json::json!({"errorCode": "E9", "message": "boom", "requestId": "r1"}),
+    ))
     .await
     .unwrap_err();
     let CreateError::Ambiguous { detail } = err else {
@@ -162,7 +166,10 @@ async fn redirects_are_not_followed() {
     )
     .await
     .unwrap_err();
-    assert!(matches!(err, CreateError::Refused { status: 307, .. }), "{err:?}");
+    assert!(
+        matches!(err, CreateError::Refused { status: 307, .. }),
+        "{err:?}"
+    );
     assert!(err.to_string().contains("not followed"), "{err}");
     assert!(target.received_requests().await.unwrap().is_empty());
 }

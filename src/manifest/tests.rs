@@ -51,7 +51,9 @@ fn accepts_an_empty_token_list() {
 
 #[test]
 fn rejects_unknown_keys_with_their_place() {
-    let err = reject(&with_tokens("  - name: a\n    accountId: 1\n    acountId: 2\n"));
+    let err = reject(&with_tokens(
+        "  - name: a\n    accountId: 1\n    acountId: 2\n",
+    ));
     assert!(err.message.contains("unknown field `acountId`"), "{err}");
     assert_eq!((err.line, err.column), (6, 5), "{err}");
     assert!(err.hint.is_some());
@@ -71,8 +73,14 @@ fn rejects_a_quoted_account_id() {
 
 #[test]
 fn rejects_non_positive_and_fractional_account_ids() {
-    for (value, expected) in [("0", "found 0"), ("-7", "found -7"), ("1.5", "floating point")] {
-        let err = reject(&with_tokens(&format!("  - name: a\n    accountId: {value}\n")));
+    for (value, expected) in [
+        ("0", "found 0"),
+        ("-7", "found -7"),
+        ("1.5", "floating point"),
+    ] {
+        let err = reject(&with_tokens(&format!(
+            "  - name: a\n    accountId: {value}\n"
+        )));
         assert!(err.message.contains(expected), "{value}: {err}");
         assert_eq!(err.line, 5, "{err}");
     }
@@ -81,10 +89,15 @@ fn rejects_non_positive_and_fractional_account_ids() {
 #[test]
 fn rejects_a_number_or_boolean_as_name() {
     for value in ["123", "true", "1.5", "~"] {
-        let err = reject(&with_tokens(&format!("  - name: {value}\n    accountId: 1\n")));
+        let err = reject(&with_tokens(&format!(
+            "  - name: {value}\n    accountId: 1\n"
+        )));
         assert_eq!(err.line, 4, "{value}: {err}");
         assert!(err.message.contains("tokens[0].name"), "{value}: {err}");
-        assert!(err.hint.as_deref().unwrap_or("").contains("quote"), "{err:?}");
+        assert!(
+            err.hint.as_deref().unwrap_or("").contains("quote"),
+            "{err:?}"
+        );
     }
     // Quoted, the same text is a name.
     let text = with_tokens("  - name: \"123\"\n    accountId: 1\n");
@@ -101,7 +114,9 @@ fn rejects_empty_blank_and_control_character_names() {
         ("\"bell\\a\"", "control character"),
         ("\" padded\"", "white space"),
     ] {
-        let err = reject(&with_tokens(&format!("  - name: {value}\n    accountId: 1\n")));
+        let err = reject(&with_tokens(&format!(
+            "  - name: {value}\n    accountId: 1\n"
+        )));
         assert!(err.message.contains(expected), "{value}: {err}");
         assert_eq!((err.line, err.column), (4, 11), "{value}: {err}");
     }
@@ -120,7 +135,10 @@ fn rejects_a_duplicate_address_naming_both_lines() {
 #[test]
 fn same_name_in_two_accounts_is_fine() {
     let text = with_tokens("  - name: a\n    accountId: 1\n  - name: a\n    accountId: 2\n");
-    assert_eq!(Manifest::parse(&text, "m").unwrap().manifest.tokens.len(), 2);
+    assert_eq!(
+        Manifest::parse(&text, "m").unwrap().manifest.tokens.len(),
+        2
+    );
 }
 
 #[test]
@@ -134,7 +152,10 @@ fn rejects_an_unknown_region_listing_valid_ones() {
 #[test]
 fn warns_about_deprecated_regions() {
     let parsed = Manifest::parse("version: 1\nregion: nl\ntokens: []\n", "m").unwrap();
-    assert_eq!(parsed.manifest.endpoint.base_url(), "https://api-nl.logz.io");
+    assert_eq!(
+        parsed.manifest.endpoint.base_url(),
+        "https://api-nl.logz.io"
+    );
     assert_eq!(parsed.warnings.len(), 1);
     assert!(parsed.warnings[0].contains("deprecated"));
 }
@@ -204,4 +225,18 @@ fn missing_token_fields_are_named() {
     let err = reject(&with_tokens("  - name: a\n"));
     assert!(err.message.contains("missing field `accountId`"), "{err}");
     assert_eq!(err.line, 4);
+}
+
+#[test]
+fn reads_an_exec_sink() {
+    let text =
+        "version: 1\nregion: us\nsecrets:\n  exec: [vault-put, --path, logzio]\ntokens: []\n";
+    let parsed = Manifest::parse(text, "m").unwrap();
+    assert_eq!(
+        parsed.manifest.secrets.exec,
+        Some(vec!["vault-put".into(), "--path".into(), "logzio".into()])
+    );
+    let err = reject("version: 1\nregion: us\nsecrets:\n  exec: []\ntokens: []\n");
+    assert_eq!(err.line, 4, "{err}");
+    assert!(err.message.contains("at least the program"), "{err}");
 }

@@ -54,8 +54,9 @@ impl Respond for CreateResponder {
             .get("X-API-TOKEN")
             .and_then(|v| v.to_str().ok());
         if owner != Some(OWNER_TOKEN) {
-            return ResponseTemplate::new(401)
-                .set_body_json(serde_json::json!({"message": "Unauthorized: missing or insufficient credentials"}));
+            return ResponseTemplate::new(401).set_body_json(
+                serde_json::json!({"message": "Unauthorized: missing or insufficient credentials"}),
+            );
         }
         let body: serde_json::Value = match serde_json::from_slice(&request.body) {
             Ok(body) => body,
@@ -64,13 +65,15 @@ impl Respond for CreateResponder {
                     .set_body_json(serde_json::json!({"message": "Malformed request body"}));
             }
         };
-        let (Some(name), Some(account_id)) = (body["name"].as_str(), body["accountId"].as_u64()) else {
+        let (Some(name), Some(account_id)) = (body["name"].as_str(), body["accountId"].as_u64())
+        else {
             return ResponseTemplate::new(400)
                 .set_body_json(serde_json::json!({"message": "name and accountId are required"}));
         };
         if self.behaviour.missing_accounts.contains(&account_id) {
-            return ResponseTemplate::new(404)
-                .set_body_json(serde_json::json!({"message": format!("Account {account_id} not found")}));
+            return ResponseTemplate::new(404).set_body_json(
+                serde_json::json!({"message": format!("Account {account_id} not found")}),
+            );
         }
         let id = self.next_id.fetch_add(1, Ordering::SeqCst);
         let token = format!("mock-secret-{}", uuid::Uuid::new_v4());
@@ -133,7 +136,11 @@ impl MockLogzio {
             .filter(|r| r.url.path() == CREATE_PATH)
             .map(|r| {
                 let body: serde_json::Value = serde_json::from_slice(&r.body).unwrap_or_default();
-                format!("{}/{}", body["accountId"], body["name"].as_str().unwrap_or(""))
+                format!(
+                    "{}/{}",
+                    body["accountId"],
+                    body["name"].as_str().unwrap_or("")
+                )
             })
             .collect()
     }

@@ -138,7 +138,10 @@ impl Workspace {
         assert!(!secrets.is_empty(), "no secrets to look for");
         for (i, output) in self.runs.iter().enumerate() {
             for secret in secrets {
-                assert!(!output.contains(secret.as_str()), "run {i} printed a secret:\n{output}");
+                assert!(
+                    !output.contains(secret.as_str()),
+                    "run {i} printed a secret:\n{output}"
+                );
             }
         }
         let sink = self.path("secrets/logzio-tokens.jsonl");

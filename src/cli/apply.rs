@@ -1,0 +1,391 @@
+//! The `apply` command: plan, confirm, create with the journal, fold.
+
+use std::fs;
+use std::io::Write;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use super::{
+    ApplyArgs, CommandResult, EXIT_IN_DOUBT, EXIT_INTERRUPTED, EXIT_OK, Failure, Session,
+    check_budget,
+};
+use crate::api::{HttpApi, Timeouts};
+use crate::apply::{Apply, Event, Outcome, Report, RetryPolicy, now};
+use crate::failpoint;
+use crate::journal::{self, JournalError, JournalWriter, Record};
+use crate::manifest::{self, Manifest};
+use crate::plan;
+use crate::planfile::PlanFile;
+use crate::render::{self, Style};
+use crate::secret::Secret;
+use crate::sink::{ExecSink, FileSink, Rescue, SecretSink};
+use crate::state::State;
+use crate::store::{FileStore, StateStore};
+
+/// How long an exec sink may take for one token.
+const EXEC_SINK_TIMEOUT: Duration = Duration::from_secs(60);
+
+impl Session<'_, '_> {
+    pub(super) fn apply(&mut self, args: &ApplyArgs) -> CommandResult {
+        let loaded = self.load_manifest()?;
+        let store = self.store();
+        let _lock = self.lock(&store)?;
+        let state = self.load_state_locked(&store)?;
+        if let Some(path) = &args.plan_file {
+            let text = fs::read_to_string(path).map_err(|err| {
+                Failure::new(format!("cannot read plan file {}: {err}", path.display()))
+            })?;
+            PlanFile::from_json(&text)?.check(&loaded.bytes, state.as_ref())?;
+        }
+        let plan = plan::plan(&loaded.manifest.tokens, state.as_ref());
+        render::plan_text(&plan, self.style, self.io.stdout)?;
+        let creates = plan.creates();
+        if creates.is_empty() {
+            writeln!(self.io.stdout, "\nNothing to create.")?;
+            return Ok(if plan.summary().in_doubt > 0 {
+                EXIT_IN_DOUBT
+            } else {
+                EXIT_OK
+            });
+        }
+        check_budget(&plan, &args.budget)?;
+        let mut sinks = self.open_sinks(args, &loaded.manifest)?;
+        let owner_token = self.owner_token(args)?;
+        let base_url = self.base_url(args, &loaded.manifest)?;
+        if args.plan_file.is_none() && !args.auto_approve {
+            self.confirm(creates.len())?;
+        }
+        let api = HttpApi::new(&base_url, owner_token, Timeouts::default())
+            .map_err(|err| Failure::new(err.to_string()))?;
+        let rescue = Rescue::new(Rescue::default_dir(
+            self.env.xdg_state_home.as_deref(),
+            self.env.home.as_deref(),
+        ));
+        let mut retry = RetryPolicy::default();
+        if let Some(ms) = self.env.backoff_ms {
+            retry.base_delay = Duration::from_millis(ms);
+        }
+
+        let lineage = state
+            .as_ref()
+            .map(|s| s.lineage.clone())
+            .unwrap_or_else(|| State::fresh().lineage);
+        let journal_path = store.journal_path();
+        let journal = JournalWriter::create(
+            &journal_path,
+            &Record::Begin {
+                lineage: lineage.clone(),
+                serial: state.as_ref().map_or(0, |s| s.serial),
+                started: now(),
+                pid: std::process::id(),
+            },
+        )?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|err| Failure::new(format!("cannot start the async runtime: {err}")))?;
+        let interrupt = Arc::new(AtomicBool::new(false));
+        runtime.spawn(watch_signals(interrupt.clone()));
+        writeln!(self.io.stdout)?;
+        let style = self.style;
+        let (stdout, stderr) = (&mut *self.io.stdout, &mut *self.io.stderr);
+        let mut events = |event: Event<'_>| print_event(event, style, stdout, stderr);
+        let mut apply = Apply {
+            api: &api,
+            journal: &journal,
+            sinks: &mut sinks,
+            rescue: &rescue,
+            retry: &retry,
+            parallelism: usize::from(args.parallelism),
+            interrupt: &interrupt,
+        };
+        let report = runtime.block_on(apply.run(&creates, &mut events));
+        drop(journal);
+
+        let stored = fold_journal(&store, state.as_ref(), &lineage)?;
+        self.finish(&store, state.as_ref(), stored.as_ref(), &report, &sinks)
+    }
+
+    fn finish(
+        &mut self,
+        store: &FileStore,
+        before: Option<&State>,
+        after: Option<&State>,
+        report: &Report,
+        sinks: &[Box<dyn SecretSink>],
+    ) -> CommandResult {
+        let (created, failed, in_doubt, skipped) = report.counts();
+        let style = self.style;
+        let out = &mut *self.io.stdout;
+        writeln!(out)?;
+        let before_text = before.map(State::to_json).unwrap_or_default();
+        let after_text = after.map(State::to_json).unwrap_or_default();
+        render::state_diff(&store.location(), &before_text, &after_text, style, out)?;
+        writeln!(out)?;
+        let headline = format!(
+            "Apply finished: {created} created, {failed} failed, {in_doubt} in doubt, {skipped} not attempted."
+        );
+        let healthy = failed + in_doubt + skipped == 0 && report.rescued.is_empty();
+        writeln!(
+            out,
+            "{}",
+            if healthy {
+                style.good(&headline)
+            } else {
+                style.warn(&headline)
+            }
+        )?;
+        if created > 0 {
+            let names: Vec<String> = sinks.iter().map(|s| s.describe()).collect();
+            writeln!(out, "New secrets were delivered to: {}", names.join(", "))?;
+        }
+        let pending = after.map_or(0, |s| s.pending.len());
+        if pending > 0 {
+            writeln!(
+                out,
+                "{pending} create(s) in doubt: nothing more is created for them until `tokenctl resolve` settles each; `tokenctl plan` says how."
+            )?;
+        }
+        match report.stopped.as_deref() {
+            Some("interrupted") => {
+                let mut failure = Failure::new(format!(
+                    "interrupted: {created} created, {skipped} not attempted; the state records every outcome"
+                ))
+                .hint("run apply again to create the rest");
+                failure.code = EXIT_INTERRUPTED;
+                return Err(failure);
+            }
+            Some(reason) => {
+                return Err(Failure::new(format!("the apply stopped early: {reason}")).hint(
+                    "check the owner-account token (LOGZIO_API_TOKEN or --api-token-file) and that the region or API URL matches its account",
+                ));
+            }
+            None => {}
+        }
+        if !report.rescued.is_empty() {
+            let lost = report
+                .rescued
+                .iter()
+                .filter(|(_, path)| path.is_none())
+                .count();
+            let mut message = format!(
+                "{} secret(s) could not be delivered to every sink and were saved to rescue files (paths above)",
+                report.rescued.len()
+            );
+            if lost > 0 {
+                message.push_str(&format!("; {lost} could not be saved at all"));
+            }
+            return Err(Failure::new(message).hint(
+                "the tokens are recorded in the state; move each rescued secret to where it belongs, then delete its rescue file",
+            ));
+        }
+        if failed > 0 {
+            return Err(Failure::new(format!("{failed} create(s) failed; see above")).hint(
+                "fix the cause and run apply again: a failed create made no token and is planned again",
+            ));
+        }
+        Ok(if pending > 0 { EXIT_IN_DOUBT } else { EXIT_OK })
+    }
+
+    fn open_sinks(
+        &mut self,
+        args: &ApplyArgs,
+        manifest: &Manifest,
+    ) -> Result<Vec<Box<dyn SecretSink>>, Failure> {
+        let mut sinks: Vec<Box<dyn SecretSink>> = Vec::new();
+        let file = match (&args.secrets_out, &manifest.secrets.file) {
+            (Some(path), _) => Some(path.clone()),
+            (None, Some(relative)) => Some(self.manifest_relative(relative)),
+            (None, None) => None,
+        };
+        if let Some(path) = file {
+            sinks.push(Box::new(FileSink::open(&path)?));
+        }
+        if let Some(argv) = &manifest.secrets.exec {
+            sinks.push(Box::new(ExecSink::new(argv.clone(), EXEC_SINK_TIMEOUT)?));
+        }
+        if sinks.is_empty() {
+            return Err(Failure::new(
+                "no secret sink is configured, so new secrets would have nowhere to go; nothing was created",
+            )
+            .hint(
+                "add `secrets: {file: secrets/logzio-tokens.jsonl}` (git-ignored) or `secrets: {exec: [program, args]}` to the manifest, or pass --secrets-out PATH",
+            ));
+        }
+        Ok(sinks)
+    }
+
+    fn owner_token(&mut self, args: &ApplyArgs) -> Result<Secret, Failure> {
+        let token = match (&args.api_token_file, &self.env.api_token) {
+            (Some(path), _) => fs::read_to_string(path)
+                .map_err(|err| {
+                    Failure::new(format!(
+                        "cannot read the API token file {}: {err}",
+                        path.display()
+                    ))
+                })?
+                .trim()
+                .to_string(),
+            (None, Some(token)) => token.trim().to_string(),
+            (None, None) => String::new(),
+        };
+        if token.is_empty() {
+            return Err(Failure::new("no owner-account API token was given").hint(
+                "set LOGZIO_API_TOKEN, or pass --api-token-file PATH (a file holding the token)",
+            ));
+        }
+        Ok(Secret::new(token))
+    }
+
+    fn base_url(&mut self, args: &ApplyArgs, manifest: &Manifest) -> Result<String, Failure> {
+        match args.api_url.as_ref().or(self.env.api_url.as_ref()) {
+            Some(url) => manifest::check_api_url(url).map_err(|err| {
+                Failure::new(err).hint("pass an https:// URL, or http:// to a loopback address")
+            }),
+            None => Ok(manifest.endpoint.base_url().to_string()),
+        }
+    }
+
+    fn confirm(&mut self, creates: usize) -> Result<(), Failure> {
+        if !self.io.terminal.stdin {
+            return Err(Failure::new(
+                "apply needs confirmation, and standard input is not a terminal",
+            )
+            .hint(
+                "review the plan above and pass --auto-approve, or save it with `tokenctl plan -o FILE` and run `tokenctl apply FILE`",
+            ));
+        }
+        write!(
+            self.io.stderr,
+            "\nCreate {creates} token(s)? Each create is final: tokens can only be revoked in the Logz.io UI.\n  Only 'yes' will be accepted: "
+        )?;
+        self.io.stderr.flush()?;
+        let answer = (self.io.read_line)()
+            .map_err(|err| Failure::new(format!("cannot read the answer: {err}")))?;
+        if answer.trim() != "yes" {
+            return Err(Failure::new("apply cancelled; nothing was created"));
+        }
+        Ok(())
+    }
+}
+
+/// Records the run's journal in the state, once, and removes the journal.
+/// Returns the state as stored.
+fn fold_journal(
+    store: &FileStore,
+    before: Option<&State>,
+    lineage: &str,
+) -> Result<Option<State>, Failure> {
+    let path = store.journal_path();
+    let keep_journal = |failure: Failure| {
+        failure.hint(format!(
+            "every outcome is kept in {}; the next tokenctl command records it in the state once the state can be written",
+            path.display()
+        ))
+    };
+    let records = journal::read(&path)
+        .map_err(|e| keep_journal(e.into()))?
+        .unwrap_or_default();
+    let base = before
+        .cloned()
+        .unwrap_or_else(|| State::new(lineage.to_string()));
+    let (folded, _) = journal::fold(base, &records);
+    let stored = if before.is_none() && folded.tokens.is_empty() && folded.pending.is_empty() {
+        None
+    } else {
+        Some(
+            store
+                .commit(before, folded)
+                .map_err(|e| keep_journal(e.into()))?
+                .0,
+        )
+    };
+    journal::remove(&path).map_err(|source| {
+        Failure::from(JournalError::Io {
+            path: path.clone(),
+            source,
+        })
+    })?;
+    failpoint::hit("after-journal-removed");
+    Ok(stored)
+}
+
+/// Stops new creates at the first Ctrl-C or SIGTERM; exits at once on the
+/// second (the journal keeps the next run correct).
+async fn watch_signals(interrupt: Arc<AtomicBool>) {
+    let eprint = |text: &str| {
+        let _ = writeln!(std::io::stderr(), "{text}");
+    };
+    wait_for_signal().await;
+    interrupt.store(true, Ordering::SeqCst);
+    eprint(
+        "Interrupted: starting no more creates; waiting for those in flight, then recording every outcome. Interrupt again to exit at once.",
+    );
+    wait_for_signal().await;
+    eprint(
+        "Interrupted again: exiting now. The journal records what was done; the next tokenctl command folds it into the state.",
+    );
+    std::process::exit(EXIT_INTERRUPTED);
+}
+
+#[cfg(unix)]
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+#[cfg(not(unix))]
+async fn wait_for_signal() {
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+fn print_event(event: Event<'_>, style: Style, stdout: &mut dyn Write, stderr: &mut dyn Write) {
+    // Progress output is best effort: a closed pipe must not stop an apply.
+    let _ = match event {
+        Event::Creating(_) => Ok(()),
+        Event::RateLimited(address, wait) => writeln!(
+            stderr,
+            "{address}: rate limited (429), retrying in {:.1}s",
+            wait.as_secs_f64()
+        ),
+        Event::Finished(address, outcome) => match outcome {
+            Outcome::Created { id } => {
+                writeln!(stdout, "  {} {address}: created, id {id}", style.good("+"))
+            }
+            Outcome::Failed { reason } => {
+                writeln!(stdout, "  {} {address}: failed: {reason}", style.bad("x"))
+            }
+            Outcome::InDoubt { reason } => writeln!(
+                stdout,
+                "  {} {address}: in doubt ({reason}); it will not be retried until resolved",
+                style.warn("?")
+            ),
+            Outcome::Skipped => Ok(()),
+        },
+        Event::SinkFailed(address, err, rescue) => match rescue {
+            Some(path) => writeln!(
+                stderr,
+                "{} {address}: {err}; the secret was saved to the rescue file {} (mode 0600)",
+                style.bad("error:"),
+                path.display()
+            ),
+            None => writeln!(
+                stderr,
+                "{} {address}: {err}; the rescue file could not be written either: the secret is lost, revoke the token in the Logz.io UI",
+                style.bad("error:")
+            ),
+        },
+        Event::Stopping(reason) => writeln!(stderr, "{} stopping: {reason}", style.bad("error:")),
+    };
+}

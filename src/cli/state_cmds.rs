@@ -1,0 +1,288 @@
+//! Commands that read or edit the state by hand: resolve, import, forget,
+//! state list and state show. Each edit runs under the lock and shows the
+//! state diff.
+
+use std::fs;
+use std::path::Path;
+
+use super::{CommandResult, EXIT_OK, Failure, ImportArgs, ResolveArgs, Session};
+use crate::address::Address;
+use crate::render;
+use crate::secret::fingerprint_of;
+use crate::state::{Origin, State, TokenRecord};
+use crate::store::{FileStore, StateStore};
+
+/// A token found in a secrets file.
+struct SinkRecord {
+    id: u64,
+    created_at: Option<i64>,
+    fingerprint: String,
+}
+
+impl Session<'_, '_> {
+    /// Loads the state under the lock, or fails when there is none.
+    fn existing_state(&mut self, store: &FileStore) -> Result<State, Failure> {
+        self.load_state_locked(store)?.ok_or_else(|| {
+            Failure::new(format!("there is no state at {}", store.location()))
+                .hint("check --state; `tokenctl apply` creates the state")
+        })
+    }
+
+    pub(super) fn resolve(&mut self, args: &ResolveArgs) -> CommandResult {
+        let store = self.store();
+        let _lock = self.lock(&store)?;
+        let before = self.existing_state(&store)?;
+        let address = &args.address;
+        let Some(pending) = before.pending_create(address).cloned() else {
+            return Err(Failure::new(format!("{address} is not in doubt"))
+                .hint("`tokenctl plan` marks the creates in doubt with `?`"));
+        };
+        let mut after = before.clone();
+        let done = if args.abandon {
+            after.pending.retain(|p| &p.address != address);
+            format!(
+                "{address} was abandoned; the next apply creates it if the manifest still lists it."
+            )
+        } else {
+            let record = match args.adopt {
+                Some(id) => SinkRecord {
+                    id,
+                    created_at: None,
+                    fingerprint: String::new(),
+                },
+                None => self.find_in_sink(args, address, &before)?,
+            };
+            after.record_created(TokenRecord {
+                account_id: pending.account_id,
+                name: pending.name.clone(),
+                address: address.clone(),
+                id: record.id,
+                created_at: record.created_at,
+                origin: Origin::Created,
+                fingerprint: (!record.fingerprint.is_empty()).then_some(record.fingerprint),
+            });
+            format!("{address} is recorded as token id {}.", record.id)
+        };
+        self.commit_and_show(&store, &before, after)?;
+        writeln!(self.io.stdout, "{done}")?;
+        Ok(EXIT_OK)
+    }
+
+    /// Finds the secret an in-doubt create delivered before its run died:
+    /// the last record for the address in the secrets file, unless its id is
+    /// already in the state.
+    fn find_in_sink(
+        &mut self,
+        args: &ResolveArgs,
+        address: &Address,
+        state: &State,
+    ) -> Result<SinkRecord, Failure> {
+        let path = match &args.secrets_out {
+            Some(path) => path.clone(),
+            None => {
+                let loaded = self.load_manifest()?;
+                let relative = loaded.manifest.secrets.file.ok_or_else(|| {
+                    Failure::new("the manifest has no secrets.file to look in")
+                        .hint("pass --adopt ID, --abandon, or --secrets-out PATH")
+                })?;
+                self.manifest_relative(&relative)
+            }
+        };
+        let found = last_sink_record(&path, address).ok_or_else(|| {
+            Failure::new(format!("{} holds no token for {address}", path.display())).hint(format!(
+                "look for the token in the Logz.io UI of account {}: if it exists, run `tokenctl resolve {address} --adopt ID`; if not, `--abandon`",
+                address.account_id
+            ))
+        })?;
+        if state.tokens.iter().any(|t| t.id == found.id) {
+            return Err(Failure::new(format!(
+                "the last token for {address} in {} (id {}) is already recorded in the state",
+                path.display(),
+                found.id
+            ))
+            .hint("the in-doubt create left no secret there; check the Logz.io UI and use --adopt ID or --abandon"));
+        }
+        Ok(found)
+    }
+
+    pub(super) fn import(&mut self, args: &ImportArgs) -> CommandResult {
+        let store = self.store();
+        let _lock = self.lock(&store)?;
+        let before = self.load_state_locked(&store)?;
+        let address = &args.address;
+        if let Some(before) = &before {
+            if let Some(existing) = before.token(address) {
+                return Err(Failure::new(format!(
+                    "{address} is already in the state (token id {})",
+                    existing.id
+                ))
+                .hint(
+                    "to replace it, revoke the old token in the UI and run `tokenctl forget` first",
+                ));
+            }
+            if before.pending_create(address).is_some() {
+                return Err(
+                    Failure::new(format!("{address} has a create in doubt")).hint(format!(
+                        "settle it with `tokenctl resolve {address} --adopt {}`",
+                        args.id
+                    )),
+                );
+            }
+        }
+        if let Ok(loaded) = self.load_manifest()
+            && !loaded.manifest.tokens.contains(address)
+        {
+            self.warn(&format!(
+                "{address} is not in the manifest; plans will show it as orphaned until you add it"
+            ));
+        }
+        let base = before.clone().unwrap_or_else(State::fresh);
+        let mut after = base.clone();
+        after.record_created(TokenRecord {
+            account_id: address.account_id,
+            name: address.name.clone(),
+            address: address.clone(),
+            id: args.id,
+            created_at: args.created_at,
+            origin: Origin::Imported,
+            fingerprint: None,
+        });
+        self.commit_and_show_from(&store, before.as_ref(), after)?;
+        writeln!(
+            self.io.stdout,
+            "{address} was imported as token id {}.",
+            args.id
+        )?;
+        Ok(EXIT_OK)
+    }
+
+    pub(super) fn forget(&mut self, address: &Address) -> CommandResult {
+        let loaded = self.load_manifest()?;
+        if loaded.manifest.tokens.contains(address) {
+            return Err(Failure::new(format!("{address} is still in the manifest")).hint(
+                "remove it from the manifest first; forget is for tokens revoked in the Logz.io UI",
+            ));
+        }
+        let store = self.store();
+        let _lock = self.lock(&store)?;
+        let before = self.existing_state(&store)?;
+        if before.token(address).is_none() {
+            return Err(Failure::new(format!("{address} is not in the state"))
+                .hint("`tokenctl state list` shows the addresses it holds"));
+        }
+        let mut after = before.clone();
+        after.tokens.retain(|t| &t.address != address);
+        self.commit_and_show(&store, &before, after)?;
+        writeln!(self.io.stdout, "{address} was removed from the state.")?;
+        Ok(EXIT_OK)
+    }
+
+    fn commit_and_show(
+        &mut self,
+        store: &FileStore,
+        before: &State,
+        after: State,
+    ) -> Result<(), Failure> {
+        self.commit_and_show_from(store, Some(before), after)
+    }
+
+    fn commit_and_show_from(
+        &mut self,
+        store: &FileStore,
+        before: Option<&State>,
+        after: State,
+    ) -> Result<(), Failure> {
+        let (stored, _) = store.commit(before, after)?;
+        let before_text = before.map(State::to_json).unwrap_or_default();
+        render::state_diff(
+            &store.location(),
+            &before_text,
+            &stored.to_json(),
+            self.style,
+            self.io.stdout,
+        )?;
+        Ok(())
+    }
+
+    pub(super) fn state_list(&mut self) -> CommandResult {
+        let store = self.store();
+        let Some(state) = self.load_state_for_reading(&store)? else {
+            writeln!(
+                self.io.stderr,
+                "There is no state at {} yet.",
+                store.location()
+            )?;
+            return Ok(EXIT_OK);
+        };
+        for token in &state.tokens {
+            writeln!(self.io.stdout, "{}\t{}", token.address, token.id)?;
+        }
+        for pending in &state.pending {
+            writeln!(self.io.stdout, "{}\t(in doubt)", pending.address)?;
+        }
+        Ok(EXIT_OK)
+    }
+
+    pub(super) fn state_show(&mut self, address: &Address) -> CommandResult {
+        let store = self.store();
+        let state = self
+            .load_state_for_reading(&store)?
+            .unwrap_or_else(|| State::new(String::new()));
+        let out = &mut *self.io.stdout;
+        if let Some(token) = state.token(address) {
+            let created = token
+                .created_at
+                .map(render::utc)
+                .unwrap_or_else(|| "unknown".into());
+            let origin = match token.origin {
+                Origin::Created => "created",
+                Origin::Imported => "imported",
+            };
+            writeln!(out, "address:     {}", token.address)?;
+            writeln!(out, "accountId:   {}", token.account_id)?;
+            writeln!(out, "name:        {}", token.name)?;
+            writeln!(out, "id:          {}", token.id)?;
+            writeln!(out, "createdAt:   {created}")?;
+            writeln!(out, "origin:      {origin}")?;
+            writeln!(
+                out,
+                "fingerprint: {}",
+                token.fingerprint.as_deref().unwrap_or("unknown")
+            )?;
+            return Ok(EXIT_OK);
+        }
+        if let Some(pending) = state.pending_create(address) {
+            writeln!(out, "address:     {}", pending.address)?;
+            writeln!(
+                out,
+                "status:      in doubt since {}",
+                render::utc(pending.since)
+            )?;
+            writeln!(out, "reason:      {}", pending.reason)?;
+            return Ok(EXIT_OK);
+        }
+        Err(Failure::new(format!("{address} is not in the state"))
+            .hint("`tokenctl state list` shows the addresses it holds"))
+    }
+}
+
+/// Returns the last record for `address` in a JSON Lines secrets file.
+/// The token value is read only to compute its fingerprint.
+fn last_sink_record(path: &Path, address: &Address) -> Option<SinkRecord> {
+    let text = fs::read_to_string(path).ok()?;
+    let wanted = address.to_string();
+    text.lines()
+        .rev()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .find(|record| record["address"].as_str() == Some(wanted.as_str()))
+        .and_then(|record| {
+            Some(SinkRecord {
+                id: record["id"].as_u64()?,
+                created_at: record["createdAt"].as_i64(),
+                fingerprint: record["token"]
+                    .as_str()
+                    .map(fingerprint_of)
+                    .unwrap_or_default(),
+            })
+        })
+}

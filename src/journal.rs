@@ -1,0 +1,470 @@
+//! The apply journal: an append-only record of creates in progress.
+//!
+//! Each create appends an `intent` before its request and a `created` or
+//! `failed` record after it, each fsynced before the next step. At the end
+//! of a run (or at the start of the next one, after a crash) the journal is
+//! folded into the state: created tokens are recorded, and intents with no
+//! outcome become pending creates, in doubt until a person resolves them.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::thread;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
+
+use crate::address::Address;
+use crate::fsutil;
+use crate::state::{PendingCreate, State, TokenRecord};
+
+/// One journal line.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Record {
+    /// First line: which state the apply started from.
+    Begin {
+        lineage: String,
+        serial: u64,
+        started: i64,
+        pid: u32,
+    },
+    /// A create is about to be sent.
+    Intent { address: Address, at: i64 },
+    /// The create succeeded and its secret reached the sinks.
+    Created {
+        address: Address,
+        id: u64,
+        #[serde(rename = "createdAt")]
+        created_at: i64,
+        fingerprint: String,
+    },
+    /// The create was definitely refused; nothing exists.
+    Failed { address: Address, reason: String },
+    /// The create got no definite answer; why, for the pending entry.
+    Doubt { address: Address, reason: String },
+}
+
+/// Why a journal could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    #[error("cannot use the journal {path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("the journal {path} is damaged at line {line}: {detail}")]
+    Corrupt {
+        path: PathBuf,
+        line: usize,
+        detail: String,
+    },
+    #[error(
+        "the journal {path} belongs to another state (lineage {journal}, the state has {state})"
+    )]
+    Lineage {
+        path: PathBuf,
+        journal: String,
+        state: String,
+    },
+}
+
+impl JournalError {
+    /// Returns what the user can do about it.
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            JournalError::Io { .. } => None,
+            JournalError::Corrupt { path, .. } | JournalError::Lineage { path, .. } => {
+                Some(format!(
+                    "the journal was left untouched; it records creates that may have happened. Check --state, \
+                 then look at {} and settle each address with the Logz.io UI before moving the file away",
+                    path.display()
+                ))
+            }
+        }
+    }
+}
+
+/// What folding a journal did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FoldSummary {
+    pub created: usize,
+    pub failed: usize,
+    pub in_doubt: usize,
+}
+
+/// Folds journal records into the state: pure, and idempotent, so folding
+/// the same journal twice (a crash between the state write and the
+/// journal's removal) records the same result.
+pub fn fold(mut state: State, records: &[Record]) -> (State, FoldSummary) {
+    let mut open: BTreeMap<&Address, (i64, String)> = BTreeMap::new();
+    let mut summary = FoldSummary::default();
+    for record in records {
+        match record {
+            Record::Begin { .. } => {}
+            Record::Intent { address, at } => {
+                open.insert(
+                    address,
+                    (*at, "the run ended before an answer was recorded".into()),
+                );
+            }
+            Record::Created {
+                address,
+                id,
+                created_at,
+                fingerprint,
+            } => {
+                open.remove(address);
+                state.record_created(TokenRecord::created(
+                    address.clone(),
+                    *id,
+                    *created_at,
+                    fingerprint.clone(),
+                ));
+                summary.created += 1;
+            }
+            Record::Failed { address, .. } => {
+                open.remove(address);
+                summary.failed += 1;
+            }
+            Record::Doubt { address, reason } => {
+                if let Some(entry) = open.get_mut(address) {
+                    entry.1 = reason.clone();
+                }
+            }
+        }
+    }
+    for (address, (at, reason)) in open {
+        state.record_pending(PendingCreate::new(address.clone(), at, reason));
+        summary.in_doubt += 1;
+    }
+    (state, summary)
+}
+
+/// Reads the journal at `path`; `None` when there is none.
+///
+/// A last line without its newline was being written when the process died,
+/// was never acknowledged, and is ignored. Any other bad line is an error.
+pub fn read(path: &Path) -> Result<Option<Vec<Record>>, JournalError> {
+    let text = match fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => {
+            return Err(JournalError::Io {
+                path: path.to_path_buf(),
+                source,
+            });
+        }
+    };
+    let complete = match text.rfind('\n') {
+        Some(end) => &text[..=end],
+        None => "",
+    };
+    let mut records = Vec::new();
+    for (index, line) in complete.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let record: Record = serde_json::from_str(line).map_err(|err| JournalError::Corrupt {
+            path: path.to_path_buf(),
+            line: index + 1,
+            detail: err.to_string(),
+        })?;
+        records.push(record);
+    }
+    match records.first() {
+        Some(Record::Begin { .. }) | None => Ok(Some(records)),
+        Some(_) => Err(JournalError::Corrupt {
+            path: path.to_path_buf(),
+            line: 1,
+            detail: "the first record is not `begin`".into(),
+        }),
+    }
+}
+
+/// Checks that a journal was written against `state`.
+pub fn check_lineage(
+    path: &Path,
+    records: &[Record],
+    state: Option<&State>,
+) -> Result<(), JournalError> {
+    if let (Some(Record::Begin { lineage, .. }), Some(state)) = (records.first(), state)
+        && lineage != &state.lineage
+    {
+        return Err(JournalError::Lineage {
+            path: path.to_path_buf(),
+            journal: lineage.clone(),
+            state: state.lineage.clone(),
+        });
+    }
+    Ok(())
+}
+
+/// Returns the lineage a journal's `begin` record names.
+pub fn lineage(records: &[Record]) -> Option<&str> {
+    match records.first() {
+        Some(Record::Begin { lineage, .. }) => Some(lineage),
+        _ => None,
+    }
+}
+
+type Batch = (Vec<u8>, oneshot::Sender<io::Result<()>>);
+
+/// Appends records durably, from any number of concurrent creates.
+///
+/// Appends go to one writer thread, which writes everything queued and
+/// fsyncs once for the lot (group commit): each `append` returns only after
+/// its record is on disk, and records stay in the order they were appended.
+pub struct JournalWriter {
+    path: PathBuf,
+    sender: Option<mpsc::Sender<Batch>>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl JournalWriter {
+    /// Creates the journal with its `begin` record. Fails if one exists:
+    /// it must be folded first.
+    pub fn create(path: &Path, begin: &Record) -> Result<Self, JournalError> {
+        let io_err = |source| JournalError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let mut file = OpenOptions::new()
+            .create_new(true)
+            .append(true)
+            .open(path)
+            .map_err(io_err)?;
+        file.write_all(&line(begin)).map_err(io_err)?;
+        file.sync_all().map_err(io_err)?;
+        fsutil::sync_dir(fsutil::parent_dir(path)).map_err(io_err)?;
+        let (sender, receiver) = mpsc::channel::<Batch>();
+        let thread = thread::Builder::new()
+            .name("journal".into())
+            .spawn(move || write_batches(file, receiver))
+            .map_err(io_err)?;
+        Ok(JournalWriter {
+            path: path.to_path_buf(),
+            sender: Some(sender),
+            thread: Some(thread),
+        })
+    }
+
+    /// Appends one record and waits until it is durable.
+    pub async fn append(&self, record: &Record) -> Result<(), JournalError> {
+        let (done, wait) = oneshot::channel();
+        let closed = || JournalError::Io {
+            path: self.path.clone(),
+            source: io::Error::other("the journal writer stopped"),
+        };
+        self.sender
+            .as_ref()
+            .ok_or_else(closed)?
+            .send((line(record), done))
+            .map_err(|_| closed())?;
+        wait.await
+            .map_err(|_| closed())?
+            .map_err(|source| JournalError::Io {
+                path: self.path.clone(),
+                source,
+            })
+    }
+
+    /// Returns the journal's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for JournalWriter {
+    fn drop(&mut self) {
+        self.sender.take();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn line(record: &Record) -> Vec<u8> {
+    let mut bytes = serde_json::to_vec(record).unwrap_or_default();
+    bytes.push(b'\n');
+    bytes
+}
+
+fn write_batches(mut file: File, receiver: mpsc::Receiver<Batch>) {
+    while let Ok(first) = receiver.recv() {
+        let mut batch = vec![first];
+        batch.extend(receiver.try_iter());
+        let mut bytes = Vec::new();
+        for (line, _) in &batch {
+            bytes.extend_from_slice(line);
+        }
+        let result = file.write_all(&bytes).and_then(|()| file.sync_data());
+        for (_, done) in batch {
+            let _ = done.send(match &result {
+                Ok(()) => Ok(()),
+                Err(err) => Err(io::Error::new(err.kind(), err.to_string())),
+            });
+        }
+    }
+}
+
+/// Removes the journal after its records reached the state.
+pub fn remove(path: &Path) -> io::Result<()> {
+    match fs::remove_file(path) {
+        Ok(()) => fsutil::sync_dir(fsutil::parent_dir(path)),
+        Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(err) => Err(err),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(name: &str) -> Address {
+        Address::new(1, name)
+    }
+
+    fn begin() -> Record {
+        Record::Begin {
+            lineage: "l".into(),
+            serial: 3,
+            started: 0,
+            pid: 1,
+        }
+    }
+
+    fn created(name: &str, id: u64) -> Record {
+        Record::Created {
+            address: addr(name),
+            id,
+            created_at: 10,
+            fingerprint: "sha256:f".into(),
+        }
+    }
+
+    fn intent(name: &str) -> Record {
+        Record::Intent {
+            address: addr(name),
+            at: 5,
+        }
+    }
+
+    #[test]
+    fn fold_records_created_drops_failed_and_keeps_open_intents_in_doubt() {
+        let records = [
+            begin(),
+            intent("a"),
+            intent("b"),
+            intent("c"),
+            intent("d"),
+            created("a", 7),
+            Record::Failed {
+                address: addr("b"),
+                reason: "404".into(),
+            },
+            Record::Doubt {
+                address: addr("c"),
+                reason: "server answered 502".into(),
+            },
+        ];
+        let (state, summary) = fold(State::new("l".into()), &records);
+        assert_eq!(
+            summary,
+            FoldSummary {
+                created: 1,
+                failed: 1,
+                in_doubt: 2
+            }
+        );
+        assert_eq!(state.token(&addr("a")).unwrap().id, 7);
+        assert!(state.token(&addr("b")).is_none());
+        assert!(state.pending_create(&addr("b")).is_none());
+        assert_eq!(
+            state.pending_create(&addr("c")).unwrap().reason,
+            "server answered 502"
+        );
+        assert_eq!(state.pending_create(&addr("d")).unwrap().since, 5);
+    }
+
+    #[test]
+    fn folding_twice_gives_the_same_state() {
+        let records = [begin(), intent("a"), created("a", 7), intent("b")];
+        let (once, _) = fold(State::new("l".into()), &records);
+        let (twice, _) = fold(once.clone(), &records);
+        assert!(once.same_content(&twice));
+    }
+
+    #[tokio::test]
+    async fn writes_read_back_and_a_torn_last_line_is_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.json.journal");
+        let writer = JournalWriter::create(&path, &begin()).unwrap();
+        writer.append(&intent("a")).await.unwrap();
+        writer.append(&created("a", 7)).await.unwrap();
+        drop(writer);
+        let mut file = OpenOptions::new().append(true).open(&path).unwrap();
+        file.write_all(b"{\"type\":\"intent\",\"addr").unwrap();
+        let records = read(&path).unwrap().unwrap();
+        assert_eq!(records, [begin(), intent("a"), created("a", 7)]);
+    }
+
+    #[test]
+    fn a_damaged_middle_line_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j");
+        fs::write(
+            &path,
+            format!(
+                "{}garbage\n{}",
+                String::from_utf8(line(&begin())).unwrap(),
+                String::from_utf8(line(&intent("a"))).unwrap()
+            ),
+        )
+        .unwrap();
+        let err = read(&path).unwrap_err();
+        assert!(
+            matches!(err, JournalError::Corrupt { line: 2, .. }),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn refuses_to_start_over_an_existing_journal() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j");
+        fs::write(&path, "").unwrap();
+        assert!(JournalWriter::create(&path, &begin()).is_err());
+        assert!(read(&dir.path().join("missing")).unwrap().is_none());
+    }
+
+    #[test]
+    fn lineage_must_match_the_state() {
+        let records = [begin()];
+        let path = Path::new("j");
+        assert!(check_lineage(path, &records, Some(&State::new("l".into()))).is_ok());
+        assert!(check_lineage(path, &records, None).is_ok());
+        assert!(matches!(
+            check_lineage(path, &records, Some(&State::new("other".into()))),
+            Err(JournalError::Lineage { .. })
+        ));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_appends_are_all_durable_and_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j");
+        let writer = std::sync::Arc::new(JournalWriter::create(&path, &begin()).unwrap());
+        let mut tasks = Vec::new();
+        for i in 0..200 {
+            let writer = writer.clone();
+            tasks.push(tokio::spawn(async move {
+                writer.append(&intent(&format!("t{i}"))).await.unwrap();
+            }));
+        }
+        for task in tasks {
+            task.await.unwrap();
+        }
+        let records = read(&path).unwrap().unwrap();
+        assert_eq!(records.len(), 201);
+    }
+}
