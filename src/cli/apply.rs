@@ -56,7 +56,11 @@ impl Session<'_, '_> {
         if args.plan_file.is_none() && !args.auto_approve {
             self.confirm(creates.len())?;
         }
-        let api = HttpApi::new(&base_url, owner_token, Timeouts::default())
+        let timeouts = Timeouts {
+            request: args.request_timeout,
+            ..Timeouts::default()
+        };
+        let api = HttpApi::new(&base_url, owner_token, timeouts)
             .map_err(|err| Failure::new(err.to_string()))?;
         let rescue = Rescue::new(Rescue::default_dir(
             self.env.xdg_state_home.as_deref(),

@@ -53,7 +53,7 @@ struct Cli {
     #[arg(long, global = true, value_enum, default_value_t = ColorChoice::Auto)]
     color: ColorChoice,
     /// How long to wait for the state lock held by another command (e.g. 30s, 5m).
-    #[arg(long, global = true, value_name = "DURATION", default_value = "0s", value_parser = lock::parse_duration)]
+    #[arg(long, global = true, value_name = "DURATION", default_value = "0s", value_parser = parse_duration)]
     lock_timeout: Duration,
     #[command(subcommand)]
     command: Command,
@@ -130,17 +130,19 @@ struct ApplyArgs {
     /// Most creates in flight at once; lowered automatically while the API answers 429.
     #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
     parallelism: u16,
+    /// How long one create may take before its outcome counts as in doubt.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    request_timeout: Duration,
     #[command(flatten)]
     budget: Budget,
 }
 
 #[derive(Debug, Args)]
-#[group(id = "settle", multiple = false, args = ["adopt", "abandon"])]
 struct ResolveArgs {
     /// The address in doubt, <accountId>/<name>.
     address: Address,
     /// The token exists: record it with this id (find it in the Logz.io UI).
-    #[arg(long, value_name = "ID")]
+    #[arg(long, value_name = "ID", conflicts_with = "abandon")]
     adopt: Option<u64>,
     /// No token exists (or it was revoked): forget the create, so the next
     /// apply makes it again.
@@ -595,4 +597,44 @@ fn check_budget(plan: &Plan, budget: &Budget) -> Result<(), Failure> {
         .hint(format!("if this many tokens are intended, pass --max-creates {creates}")));
     }
     Ok(())
+}
+
+/// Parses a duration such as `30s`, `5m`, `1h`, `250ms` or `10` (seconds).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a duration; write e.g. 30s, 5m or 1h"))?;
+    let seconds = match unit.trim() {
+        "" | "s" => value,
+        "ms" => value / 1000.0,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        other => {
+            return Err(format!(
+                "unknown unit `{other}` in `{text}`; use ms, s, m or h"
+            ));
+        }
+    };
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_durations() {
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("5d").is_err());
+    }
 }

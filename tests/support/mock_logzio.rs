@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use wiremock::matchers::{method, path};
+use wiremock::matchers::{body_partial_json, method, path};
 use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
 
 /// The owner-account token the mock accepts.
@@ -114,6 +114,44 @@ impl MockLogzio {
             .mount(&server)
             .await;
         MockLogzio { server, issued }
+    }
+
+    /// Answers the next `times` creates with `template` instead (for all
+    /// accounts, or only for `account`), then goes back to creating.
+    pub async fn answer_first(&self, times: u64, account: Option<u64>, template: ResponseTemplate) {
+        let mock = Mock::given(method("POST")).and(path(CREATE_PATH));
+        let mock = match account {
+            Some(account) => mock.and(body_partial_json(
+                serde_json::json!({ "accountId": account }),
+            )),
+            None => mock,
+        };
+        mock.respond_with(template)
+            .up_to_n_times(times)
+            .with_priority(1)
+            .mount(&self.server)
+            .await;
+    }
+
+    /// Returns how many creates were sent for `address` (`accountId/name`).
+    pub async fn requests_for(&self, address: &str) -> usize {
+        self.create_requests()
+            .await
+            .iter()
+            .filter(|a| a.as_str() == address)
+            .count()
+    }
+
+    /// Waits (up to 30 s) until `count` create requests have arrived.
+    pub async fn wait_for_requests(&self, count: usize) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while self.create_requests().await.len() < count {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the mock did not receive {count} creates in time"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Returns the base URL to point tokenctl at.

@@ -104,8 +104,8 @@ impl Workspace {
         self.run_with(args, &[])
     }
 
-    /// Runs tokenctl with extra environment variables.
-    pub fn run_with(&mut self, args: &[&str], env: &[(&str, &str)]) -> Run {
+    /// Returns the command to run tokenctl in the folder, not yet started.
+    pub fn command(&self, args: &[&str], env: &[(&str, &str)]) -> Command {
         let home = self.path("home");
         let mut command = Command::new(env!("CARGO_BIN_EXE_tokenctl"));
         command
@@ -114,15 +114,23 @@ impl Workspace {
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("HOME", &home)
+            .env("USER", "tester")
             .env("NO_COLOR", "1")
             .env("LOGZIO_API_TOKEN", OWNER_TOKEN)
             .env("LOGZIO_API_URL", &self.api_url)
             .env("TOKENCTL_BACKOFF_MS", "1")
-            .stdin(Stdio::null());
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
         for (key, value) in env {
             command.env(key, value);
         }
-        let output = command.output().unwrap();
+        command
+    }
+
+    /// Waits for a started run and records its output.
+    pub fn finish(&mut self, child: std::process::Child) -> Run {
+        let output = child.wait_with_output().unwrap();
         let run = Run {
             code: output.status.code().unwrap_or(-1),
             stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
@@ -130,6 +138,25 @@ impl Workspace {
         };
         self.runs.push(run.all());
         run
+    }
+
+    /// Runs tokenctl with extra environment variables.
+    pub fn run_with(&mut self, args: &[&str], env: &[(&str, &str)]) -> Run {
+        let child = self.command(args, env).spawn().unwrap();
+        self.finish(child)
+    }
+
+    /// Returns the addresses the state holds as in doubt, sorted.
+    pub fn pending_addresses(&self) -> Vec<String> {
+        let state = self.state();
+        let mut addresses: Vec<String> = state["pending"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["address"].as_str().unwrap().to_string())
+            .collect();
+        addresses.sort();
+        addresses
     }
 
     /// Fails if any secret appears in any output of any run so far or in
