@@ -105,6 +105,54 @@ impl HttpApi {
     }
 }
 
+/// The owner account an API token belongs to.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Owner {
+    #[serde(rename = "accountId")]
+    pub account_id: u64,
+    #[serde(rename = "accountName", default)]
+    pub account_name: String,
+}
+
+/// An account associated with the owner account.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct AssociatedAccount {
+    #[serde(rename = "accountId")]
+    pub account_id: u64,
+    #[serde(rename = "accountName", default)]
+    pub account_name: String,
+    #[serde(rename = "type", default)]
+    pub kind: String,
+}
+
+/// Why a pre-flight call failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PreflightError {
+    #[error("{call} answered {status}: {message}")]
+    Refused {
+        call: &'static str,
+        status: u16,
+        message: String,
+    },
+    #[error("{call} failed: {detail}")]
+    Failed { call: &'static str, detail: String },
+}
+
+impl PreflightError {
+    /// Returns what the user can do about it.
+    pub fn hint(&self) -> String {
+        match self {
+            PreflightError::Refused { message, .. } if message.to_lowercase().contains("region") => {
+                "the owner token belongs to another Logz.io region: set the manifest's `region` to the token's region".into()
+            }
+            PreflightError::Refused { status: 401 | 403, .. } => {
+                "check the owner-account API token (LOGZIO_API_TOKEN or --api-token-file): it must be an API token of the owner account, in the manifest's region".into()
+            }
+            _ => "check the region or API URL and the network; --skip-preflight skips these checks".into(),
+        }
+    }
+}
+
 #[derive(Deserialize)]
 struct CreateResponse {
     id: u64,
@@ -113,6 +161,62 @@ struct CreateResponse {
     token: String,
     #[serde(rename = "createdAt")]
     created_at: serde_json::Number,
+}
+
+impl HttpApi {
+    async fn get_json<T: serde::de::DeserializeOwned>(
+        &self,
+        call: &'static str,
+        path: &str,
+    ) -> Result<T, PreflightError> {
+        let failed = |detail: String| PreflightError::Failed { call, detail };
+        let response = self
+            .client
+            .get(format!("{}{path}", self.base_url))
+            .header(ACCEPT, "application/json")
+            .header("X-API-TOKEN", self.owner_token.expose())
+            .send()
+            .await
+            .map_err(|e| failed(error_chain(&e)))?;
+        let status = response.status();
+        let body = response.text().await.map_err(|e| failed(error_chain(&e)))?;
+        if status != StatusCode::OK {
+            return Err(PreflightError::Refused {
+                call,
+                status: status.as_u16(),
+                message: server_message(&body),
+            });
+        }
+        serde_json::from_str(&body).map_err(|e| failed(format!("unexpected answer: {e}")))
+    }
+
+    /// Returns the owner account of the API token (`GET /v2/whoami`).
+    pub async fn whoami(&self) -> Result<Owner, PreflightError> {
+        self.get_json("whoami", "/v2/whoami").await
+    }
+
+    /// Returns the accounts associated with the owner (`GET /v1/associated-accounts`).
+    pub async fn associated_accounts(&self) -> Result<Vec<AssociatedAccount>, PreflightError> {
+        self.get_json("associated-accounts", "/v1/associated-accounts")
+            .await
+    }
+}
+
+/// Returns the accounts of `wanted` that are not sub-accounts in `associated`.
+pub fn not_sub_accounts(wanted: &[u64], associated: &[AssociatedAccount]) -> Vec<u64> {
+    let subs: std::collections::HashSet<u64> = associated
+        .iter()
+        .filter(|a| a.kind == "SUB_ACCOUNT")
+        .map(|a| a.account_id)
+        .collect();
+    let mut missing: Vec<u64> = wanted
+        .iter()
+        .copied()
+        .filter(|id| !subs.contains(id))
+        .collect();
+    missing.sort_unstable();
+    missing.dedup();
+    missing
 }
 
 impl TokenApi for HttpApi {
@@ -313,6 +417,44 @@ mod tests {
         assert_eq!(server_message("Too Many Requests\n"), "Too Many Requests");
         assert_eq!(server_message(""), "(empty body)");
         assert_eq!(server_message(&"x".repeat(400)).chars().count(), 301);
+    }
+
+    #[test]
+    fn only_sub_accounts_pass_the_pre_flight() {
+        let account = |id: u64, kind: &str| AssociatedAccount {
+            account_id: id,
+            account_name: format!("a{id}"),
+            kind: kind.into(),
+        };
+        let associated = [
+            account(1, "OWNER_ACCOUNT"),
+            account(2, "SUB_ACCOUNT"),
+            account(3, "TIME_BASED_ACCOUNT"),
+        ];
+        assert_eq!(not_sub_accounts(&[2, 2], &associated), Vec::<u64>::new());
+        assert_eq!(not_sub_accounts(&[3, 1, 2, 9], &associated), [1, 3, 9]);
+    }
+
+    #[test]
+    fn pre_flight_hints_name_the_likely_cause() {
+        let refused = |status, message: &str| PreflightError::Refused {
+            call: "whoami",
+            status,
+            message: message.into(),
+        };
+        assert!(
+            refused(
+                403,
+                "Account region us differs from current server region eu"
+            )
+            .hint()
+            .contains("region")
+        );
+        assert!(
+            refused(401, "Unauthorized")
+                .hint()
+                .contains("LOGZIO_API_TOKEN")
+        );
     }
 
     #[test]

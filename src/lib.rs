@@ -17,6 +17,7 @@ pub mod manifest;
 pub mod plan;
 pub mod planfile;
 pub mod render;
+pub mod schema;
 pub mod secret;
 pub mod sink;
 pub mod state;

@@ -9,6 +9,7 @@ fn main() -> ExitCode {
     let terminal = Terminal {
         stdin: stdin.is_terminal(),
         stdout: io::stdout().is_terminal(),
+        stderr: io::stderr().is_terminal(),
     };
     let mut read_line = || {
         let mut line = String::new();

@@ -28,6 +28,8 @@ pub struct Change {
     pub action: Action,
     /// The token id, when the state knows it.
     pub id: Option<u64>,
+    /// For a create in doubt: since when (epoch seconds) and why.
+    pub doubt: Option<(i64, String)>,
 }
 
 /// Counts of a plan's actions.
@@ -90,6 +92,79 @@ impl Plan {
     }
 }
 
+/// Which addresses a targeted plan keeps: `--target` and `--exclude`
+/// patterns, each an address or `<accountId>/*` for a whole sub-account.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Targeting {
+    pub targets: Vec<Pattern>,
+    pub excludes: Vec<Pattern>,
+}
+
+/// An address, or every address of one sub-account.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Pattern {
+    Address(Address),
+    Account(u64),
+}
+
+impl std::str::FromStr for Pattern {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if let Some(account) = s.strip_suffix("/*") {
+            return account
+                .parse::<u64>()
+                .ok()
+                .filter(|id| *id > 0)
+                .map(Pattern::Account)
+                .ok_or_else(|| {
+                    format!("`{s}` is not a target; write <accountId>/<name> or <accountId>/*")
+                });
+        }
+        s.parse()
+            .map(Pattern::Address)
+            .map_err(|e: crate::address::AddressParseError| e.to_string())
+    }
+}
+
+impl Pattern {
+    fn matches(&self, address: &Address) -> bool {
+        match self {
+            Pattern::Address(wanted) => wanted == address,
+            Pattern::Account(id) => *id == address.account_id,
+        }
+    }
+}
+
+impl Targeting {
+    /// Tells whether any targeting is in effect.
+    pub fn is_active(&self) -> bool {
+        !self.targets.is_empty() || !self.excludes.is_empty()
+    }
+
+    /// Tells whether the address is kept.
+    pub fn keeps(&self, address: &Address) -> bool {
+        (self.targets.is_empty() || self.targets.iter().any(|p| p.matches(address)))
+            && !self.excludes.iter().any(|p| p.matches(address))
+    }
+}
+
+impl Plan {
+    /// Returns the plan restricted to the targeted addresses.
+    pub fn restrict(self, targeting: &Targeting) -> Plan {
+        if !targeting.is_active() {
+            return self;
+        }
+        Plan {
+            changes: self
+                .changes
+                .into_iter()
+                .filter(|c| targeting.keeps(&c.address))
+                .collect(),
+        }
+    }
+}
+
 /// Plans the manifest's tokens against the state (`None`: no state yet).
 pub fn plan(desired: &[Address], state: Option<&State>) -> Plan {
     let wanted: HashSet<&Address> = desired.iter().collect();
@@ -107,6 +182,7 @@ pub fn plan(desired: &[Address], state: Option<&State>) -> Plan {
                 address: token.address.clone(),
                 action,
                 id: Some(token.id),
+                doubt: None,
             });
         }
         for pending in &state.pending {
@@ -115,6 +191,7 @@ pub fn plan(desired: &[Address], state: Option<&State>) -> Plan {
                     address: pending.address.clone(),
                     action: Action::InDoubt,
                     id: None,
+                    doubt: Some((pending.since, pending.reason.clone())),
                 });
             }
         }
@@ -125,6 +202,7 @@ pub fn plan(desired: &[Address], state: Option<&State>) -> Plan {
                 address: address.clone(),
                 action: Action::Create,
                 id: None,
+                doubt: None,
             });
         }
     }
@@ -224,6 +302,33 @@ mod tests {
         assert!(!second.has_changes());
         assert_eq!(second.summary().unchanged, 2);
         assert_eq!(plan(&desired, Some(&state)), second);
+    }
+
+    #[test]
+    fn targeting_keeps_targets_and_drops_excludes() {
+        let desired = [addr(1, "a"), addr(1, "b"), addr(2, "a"), addr(3, "x")];
+        let full = plan(&desired, None);
+        let targeting = Targeting {
+            targets: vec!["1/*".parse().unwrap(), "3/x".parse().unwrap()],
+            excludes: vec!["1/b".parse().unwrap()],
+        };
+        let restricted = full.clone().restrict(&targeting);
+        assert_eq!(restricted.creates(), [addr(1, "a"), addr(3, "x")]);
+        let only_exclude = Targeting {
+            targets: vec![],
+            excludes: vec!["2/*".parse().unwrap()],
+        };
+        assert_eq!(full.clone().restrict(&only_exclude).creates().len(), 3);
+        assert_eq!(full.clone().restrict(&Targeting::default()), full);
+        assert!("x/*".parse::<Pattern>().is_err());
+        assert!("0/*".parse::<Pattern>().is_err());
+    }
+
+    #[test]
+    fn in_doubt_changes_carry_since_and_reason() {
+        let state = state_with(&[], &[addr(3, "c")]);
+        let plan = plan(&[], Some(&state));
+        assert_eq!(plan.changes[0].doubt, Some((0, "timeout".into())));
     }
 
     #[test]

@@ -4,7 +4,9 @@ use std::io::{self, Write};
 
 use similar::{Algorithm, TextDiff};
 
-use crate::plan::{Action, Change, Plan};
+use serde::Serialize;
+
+use crate::plan::{Action, Change, Plan, Summary};
 
 /// Whether to colour output.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -80,27 +82,13 @@ fn change_text(change: &Change, style: Style, w: &mut dyn Write) -> io::Result<(
     match change.action {
         Action::Create => writeln!(w, "  {} {address}", style.good("+")),
         Action::Orphaned => {
-            let id = change
-                .id
-                .map(|id| format!("token id {id}"))
-                .unwrap_or_else(|| "the token".into());
             writeln!(
                 w,
-                "  {} {address} ({id}): orphaned, in the state but not in the manifest",
-                style.warn("!")
+                "  {} {address} ({}): orphaned, in the state but not in the manifest",
+                style.warn("!"),
+                token_id(change)
             )?;
-            writeln!(
-                w,
-                "{}",
-                style.paint(
-                    DIM,
-                    &format!(
-                        "      The API cannot delete tokens. Revoke {id} in the Logz.io UI of account {} \
-                         (Settings > Manage tokens > API tokens),\n      then run: tokenctl forget {address}",
-                        address.account_id
-                    )
-                )
-            )
+            writeln!(w, "{}", style.paint(DIM, &indent(&orphan_hint(change))))
         }
         Action::InDoubt => {
             writeln!(
@@ -108,22 +96,223 @@ fn change_text(change: &Change, style: Style, w: &mut dyn Write) -> io::Result<(
                 "  {} {address}: in doubt, a create was sent but its outcome is unknown",
                 style.paint(MAGENTA, "?")
             )?;
-            writeln!(
-                w,
-                "{}",
-                style.paint(
-                    DIM,
-                    &format!(
-                        "      Nothing is created for it until it is resolved. Look for the token in the Logz.io UI of account {}, then run\n      \
-                         tokenctl resolve {address} --adopt <id>   (it exists)\n      \
-                         tokenctl resolve {address} --abandon      (it does not; the next apply creates it)",
-                        address.account_id
-                    )
-                )
-            )
+            writeln!(w, "{}", style.paint(DIM, &indent(&doubt_hint(change))))
         }
         Action::Unchanged => Ok(()),
     }
+}
+
+fn token_id(change: &Change) -> String {
+    change
+        .id
+        .map(|id| format!("token id {id}"))
+        .unwrap_or_else(|| "the token".into())
+}
+
+fn indent(text: &str) -> String {
+    text.lines()
+        .map(|line| format!("      {line}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Returns what a person must do about an orphaned token.
+pub fn orphan_hint(change: &Change) -> String {
+    format!(
+        "The API cannot delete tokens. Revoke {} in the Logz.io UI of account {} (Settings > Manage tokens > API tokens),\n\
+         then run: tokenctl forget {}",
+        token_id(change),
+        change.address.account_id,
+        change.address
+    )
+}
+
+/// Returns what a person must do about a create in doubt.
+pub fn doubt_hint(change: &Change) -> String {
+    let address = &change.address;
+    format!(
+        "Nothing is created for it until it is resolved. Look for the token in the Logz.io UI of account {}, then run\n\
+         tokenctl resolve {address} --adopt <id>   (it exists)\n\
+         tokenctl resolve {address} --abandon      (it does not; the next apply creates it)",
+        address.account_id
+    )
+}
+
+/// Returns, on one line, how to settle a create in doubt.
+fn doubt_action(address: &crate::address::Address) -> String {
+    format!(
+        "Look for the token in the Logz.io UI of account {}: if it exists, run `tokenctl resolve {address} --adopt <id>`; \
+         if not, `tokenctl resolve {address} --abandon` and the next apply creates it.",
+        address.account_id
+    )
+}
+
+/// The version of the JSON documents and events tokenctl prints.
+pub const OUTPUT_FORMAT_VERSION: u32 = 1;
+
+#[derive(Serialize)]
+struct PlanDocument<'a> {
+    format_version: u32,
+    tool_version: &'static str,
+    summary: Summary,
+    max_creates: usize,
+    over_budget: bool,
+    changes: Vec<ChangeDocument<'a>>,
+}
+
+#[derive(Serialize)]
+struct ChangeDocument<'a> {
+    address: String,
+    #[serde(rename = "accountId")]
+    account_id: u64,
+    name: &'a str,
+    action: Action,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    in_doubt_since: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    hint: Option<String>,
+}
+
+/// Writes the plan as one versioned JSON document: the summary, and every
+/// change (unchanged tokens are only counted).
+pub fn plan_json(plan: &Plan, max_creates: usize, w: &mut dyn Write) -> io::Result<()> {
+    let summary = plan.summary();
+    let document = PlanDocument {
+        format_version: OUTPUT_FORMAT_VERSION,
+        tool_version: crate::state::TOOL_VERSION,
+        summary,
+        max_creates,
+        over_budget: summary.create > max_creates,
+        changes: plan
+            .changes
+            .iter()
+            .filter(|c| c.action != Action::Unchanged)
+            .map(|c| ChangeDocument {
+                address: c.address.to_string(),
+                account_id: c.address.account_id,
+                name: &c.address.name,
+                action: c.action,
+                id: c.id,
+                in_doubt_since: c.doubt.as_ref().map(|(since, _)| *since),
+                reason: c.doubt.as_ref().map(|(_, reason)| reason.as_str()),
+                hint: match c.action {
+                    Action::Orphaned => Some(orphan_hint(c).replace('\n', " ")),
+                    Action::InDoubt => Some(doubt_action(&c.address)),
+                    _ => None,
+                },
+            })
+            .collect(),
+    };
+    serde_json::to_writer_pretty(&mut *w, &document)?;
+    writeln!(w)
+}
+
+/// The marker a CI job looks for to update one sticky pull-request comment.
+pub const MARKDOWN_MARKER: &str = "<!-- tokenctl-plan -->";
+
+/// Writes the plan as Markdown for a pull-request comment: a summary, a
+/// table per sub-account with changes, and what a person must do about
+/// orphans and creates in doubt. Output longer than `limit` characters is
+/// cut at a row, with a note.
+pub fn plan_markdown(plan: &Plan, limit: usize, w: &mut dyn Write) -> io::Result<()> {
+    let summary = plan.summary();
+    let mut head = format!("{MARKDOWN_MARKER}\n### tokenctl plan\n\n**{summary}**\n");
+    let changed: Vec<&Change> = plan
+        .changes
+        .iter()
+        .filter(|c| c.action != Action::Unchanged)
+        .collect();
+    if changed.is_empty() {
+        head.push_str("\nNo changes. The state matches the manifest.\n");
+        return w.write_all(head.as_bytes());
+    }
+    if summary.orphaned > 0 {
+        head.push_str(&format!(
+            "\n> [!WARNING]\n> {} orphaned token(s): in the state but not in the manifest. The API cannot delete tokens: \
+             revoke each in the Logz.io UI of its account, then run `tokenctl forget <address>`.\n",
+            summary.orphaned
+        ));
+    }
+    if summary.in_doubt > 0 {
+        head.push_str(&format!(
+            "\n> [!CAUTION]\n> {} create(s) in doubt: the request was sent but its outcome is unknown, and nothing is created for them \
+             until resolved. Look for each token in the Logz.io UI, then run `tokenctl resolve <address> --adopt <id>` if it exists, \
+             or `--abandon` if it does not.\n",
+            summary.in_doubt
+        ));
+    }
+    let mut rows: Vec<String> = Vec::new();
+    let mut account = None;
+    for change in &changed {
+        if account != Some(change.address.account_id) {
+            account = Some(change.address.account_id);
+            rows.push(format!(
+                "\n#### Sub-account {}\n\n| | Token | Action |\n|---|---|---|",
+                change.address.account_id
+            ));
+        }
+        let name = markdown_cell(&change.address.name);
+        let address = change.address.to_string();
+        let row = match change.action {
+            Action::Create => format!("| ➕ | {name} | create |"),
+            Action::Orphaned => format!(
+                "| ⚠️ | {name} | orphaned ({}): revoke it in the UI, then {} |",
+                token_id(change),
+                markdown_code(&format!("tokenctl forget {address}"))
+            ),
+            Action::InDoubt => format!(
+                "| ❓ | {name} | in doubt: check the UI, then {} or {} |",
+                markdown_code(&format!("tokenctl resolve {address} --adopt <id>")),
+                markdown_code("--abandon")
+            ),
+            Action::Unchanged => continue,
+        };
+        rows.push(row);
+    }
+    let mut body = head;
+    let total = rows.len();
+    for (shown, row) in rows.iter().enumerate() {
+        // Leave room for the note that says what was cut.
+        if body.len() + row.len() + 200 > limit {
+            body.push_str(&format!(
+                "\n\n_The plan is too long for a comment: {} more row(s) are not shown. Run `tokenctl plan` for all of it._\n",
+                total - shown
+            ));
+            return w.write_all(body.as_bytes());
+        }
+        body.push_str(row);
+        body.push('\n');
+    }
+    w.write_all(body.as_bytes())
+}
+
+/// Returns text as a code span fit for a table cell.
+fn markdown_code(text: &str) -> String {
+    let text = text.replace('|', "\\|");
+    if text.contains('`') {
+        format!("`` {text} ``")
+    } else {
+        format!("`{text}`")
+    }
+}
+
+/// Escapes text for a Markdown table cell.
+fn markdown_cell(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '|' | '\\' | '`' | '*' | '_' | '<' | '>' | '[' | ']' => {
+                out.push('\\');
+                out.push(c);
+            }
+            _ => out.push(c),
+        }
+    }
+    out
 }
 
 /// Writes the unified diff of the state document, before → after.
@@ -260,6 +449,45 @@ mod tests {
     #[test]
     fn text_plan_snapshot() {
         insta::assert_snapshot!(render(&mixed_plan(), Style::default()));
+    }
+
+    #[test]
+    fn json_plan_snapshot() {
+        let mut out = Vec::new();
+        plan_json(&mixed_plan(), 50, &mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        insta::assert_snapshot!(text.replace(crate::state::TOOL_VERSION, "<version>"));
+    }
+
+    #[test]
+    fn markdown_plan_snapshot() {
+        let mut out = Vec::new();
+        plan_markdown(&mixed_plan(), 60_000, &mut out).unwrap();
+        insta::assert_snapshot!(String::from_utf8(out).unwrap());
+    }
+
+    #[test]
+    fn markdown_is_cut_at_the_limit_with_a_note() {
+        let desired: Vec<Address> = (0..5_000)
+            .map(|i| Address::new(1 + i % 7, format!("token-{i}")))
+            .collect();
+        let plan = plan(&desired, None);
+        let mut out = Vec::new();
+        plan_markdown(&plan, 60_000, &mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.len() <= 60_000, "{}", text.len());
+        assert!(text.starts_with(MARKDOWN_MARKER));
+        assert!(text.contains("more row(s) are not shown"));
+        assert!(text.contains("5000 to create"));
+    }
+
+    #[test]
+    fn markdown_escapes_names() {
+        let plan = plan(&[Address::new(1, "a|b`c")], None);
+        let mut out = Vec::new();
+        plan_markdown(&plan, 60_000, &mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.contains("| ➕ | a\\|b\\`c | create |"), "{text}");
     }
 
     #[test]

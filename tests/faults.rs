@@ -259,7 +259,7 @@ async fn a_reset_connection_after_sending_is_in_doubt() {
     });
     let mut ws = Workspace::new(&url);
     ws.manifest(&["1/a"]);
-    let apply = ws.run(&["apply", "--auto-approve"]);
+    let apply = ws.run(&["apply", "--auto-approve", "--skip-preflight"]);
     assert_eq!(server.join().unwrap(), 1, "exactly one connection");
     assert_eq!(apply.code, 3, "{}", apply.all());
     assert_eq!(ws.pending_addresses(), ["1/a"]);
@@ -275,7 +275,7 @@ async fn a_refused_connection_is_a_definite_failure() {
         .port();
     let mut ws = Workspace::new(&format!("http://127.0.0.1:{port}"));
     ws.manifest(&["1/a"]);
-    let apply = ws.run(&["apply", "--auto-approve"]);
+    let apply = ws.run(&["apply", "--auto-approve", "--skip-preflight"]);
     assert_eq!(apply.code, 1, "{}", apply.all());
     assert!(
         apply.stdout.contains("1/a: failed: not sent"),

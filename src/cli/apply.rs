@@ -1,21 +1,23 @@
 //! The `apply` command: plan, confirm, create with the journal, fold.
 
 use std::fs;
-use std::io::Write;
+use std::io::{self, Write};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use super::{
-    ApplyArgs, CommandResult, EXIT_IN_DOUBT, EXIT_INTERRUPTED, EXIT_OK, Failure, Session,
+    ApplyArgs, CommandResult, EXIT_IN_DOUBT, EXIT_INTERRUPTED, EXIT_OK, Failure, Format, Session,
     check_budget,
 };
-use crate::api::{HttpApi, Timeouts};
+use crate::address::Address;
+use crate::api::{self, HttpApi, Timeouts};
 use crate::apply::{Apply, Event, Outcome, Report, RetryPolicy, now};
 use crate::failpoint;
 use crate::journal::{self, JournalError, JournalWriter, Record};
 use crate::manifest::{self, Manifest};
-use crate::plan;
+use crate::plan::{self, Plan};
 use crate::planfile::PlanFile;
 use crate::render::{self, Style};
 use crate::secret::Secret;
@@ -26,42 +28,63 @@ use crate::store::{FileStore, StateStore};
 /// How long an exec sink may take for one token.
 const EXEC_SINK_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// Applies with more creates than this show a progress bar on a terminal.
+const PROGRESS_MIN: usize = 3;
+
 impl Session<'_, '_> {
     pub(super) fn apply(&mut self, args: &ApplyArgs) -> CommandResult {
         let loaded = self.load_manifest()?;
         let store = self.store();
         let _lock = self.lock(&store)?;
         let state = self.load_state_locked(&store)?;
-        if let Some(path) = &args.plan_file {
-            let text = fs::read_to_string(path).map_err(|err| {
-                Failure::new(format!("cannot read plan file {}: {err}", path.display()))
-            })?;
-            PlanFile::from_json(&text)?.check(&loaded.bytes, state.as_ref())?;
+        let targeting = self.targeting(&args.targeting);
+        let plan = plan::plan(&loaded.manifest.tokens, state.as_ref()).restrict(&targeting);
+        let creates = match &args.plan_file {
+            Some(path) => self.saved_creates(path, &loaded.bytes, state.as_ref(), &plan)?,
+            None => plan.creates(),
+        };
+        let json = args.output == Format::Json;
+        if !json {
+            render::plan_text(&plan, self.style, self.io.stdout)?;
         }
-        let plan = plan::plan(&loaded.manifest.tokens, state.as_ref());
-        render::plan_text(&plan, self.style, self.io.stdout)?;
-        let creates = plan.creates();
         if creates.is_empty() {
-            writeln!(self.io.stdout, "\nNothing to create.")?;
-            return Ok(if plan.summary().in_doubt > 0 {
+            let code = if plan.summary().in_doubt > 0 {
                 EXIT_IN_DOUBT
             } else {
                 EXIT_OK
-            });
+            };
+            if json {
+                json_line(self.io.stdout, &start_event(&plan, 0))?;
+                json_line(
+                    self.io.stdout,
+                    &serde_json::json!({"event": "summary", "created": 0, "failed": 0,
+                    "in_doubt": 0, "not_attempted": 0, "pending_total": plan.summary().in_doubt, "exit_code": code}),
+                )?;
+            } else {
+                writeln!(self.io.stdout, "\nNothing to create.")?;
+            }
+            return Ok(code);
         }
         check_budget(&plan, &args.budget)?;
         let mut sinks = self.open_sinks(args, &loaded.manifest)?;
         let owner_token = self.owner_token(args)?;
         let base_url = self.base_url(args, &loaded.manifest)?;
-        if args.plan_file.is_none() && !args.auto_approve {
-            self.confirm(creates.len())?;
-        }
         let timeouts = Timeouts {
             request: args.request_timeout,
             ..Timeouts::default()
         };
         let api = HttpApi::new(&base_url, owner_token, timeouts)
             .map_err(|err| Failure::new(err.to_string()))?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|err| Failure::new(format!("cannot start the async runtime: {err}")))?;
+        if !args.skip_preflight {
+            runtime.block_on(preflight(&api, &creates))?;
+        }
+        if args.plan_file.is_none() && !args.auto_approve {
+            self.confirm(creates.len())?;
+        }
         let rescue = Rescue::new(Rescue::default_dir(
             self.env.xdg_state_home.as_deref(),
             self.env.home.as_deref(),
@@ -75,9 +98,8 @@ impl Session<'_, '_> {
             .as_ref()
             .map(|s| s.lineage.clone())
             .unwrap_or_else(|| State::fresh().lineage);
-        let journal_path = store.journal_path();
         let journal = JournalWriter::create(
-            &journal_path,
+            &store.journal_path(),
             &Record::Begin {
                 lineage: lineage.clone(),
                 serial: state.as_ref().map_or(0, |s| s.serial),
@@ -85,16 +107,32 @@ impl Session<'_, '_> {
                 pid: std::process::id(),
             },
         )?;
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|err| Failure::new(format!("cannot start the async runtime: {err}")))?;
         let interrupt = Arc::new(AtomicBool::new(false));
         runtime.spawn(watch_signals(interrupt.clone()));
-        writeln!(self.io.stdout)?;
+        let progress = (!json && self.io.terminal.stderr && creates.len() > PROGRESS_MIN)
+            .then(|| progress_bar(creates.len()));
+        if json {
+            json_line(self.io.stdout, &start_event(&plan, creates.len()))?;
+        } else {
+            writeln!(self.io.stdout)?;
+        }
         let style = self.style;
         let (stdout, stderr) = (&mut *self.io.stdout, &mut *self.io.stderr);
-        let mut events = |event: Event<'_>| print_event(event, style, stdout, stderr);
+        let mut events = |event: Event<'_>| {
+            if json {
+                let _ = json_line(stdout, &json_event(&event));
+                return;
+            }
+            match &progress {
+                Some(bar) => {
+                    if let Event::Finished(..) = event {
+                        bar.inc(1);
+                    }
+                    bar.suspend(|| print_event(event, style, stdout, stderr));
+                }
+                None => print_event(event, style, stdout, stderr),
+            }
+        };
         let mut apply = Apply {
             api: &api,
             journal: &journal,
@@ -106,9 +144,45 @@ impl Session<'_, '_> {
         };
         let report = runtime.block_on(apply.run(&creates, &mut events));
         drop(journal);
+        if let Some(bar) = progress {
+            bar.finish_and_clear();
+        }
 
         let stored = fold_journal(&store, state.as_ref(), &lineage)?;
-        self.finish(&store, state.as_ref(), stored.as_ref(), &report, &sinks)
+        self.finish(
+            &store,
+            state.as_ref(),
+            stored.as_ref(),
+            &report,
+            &sinks,
+            json,
+        )
+    }
+
+    /// Returns the creates of a saved plan, after checking that it was made
+    /// from exactly the current manifest and state.
+    fn saved_creates(
+        &mut self,
+        path: &Path,
+        manifest_bytes: &[u8],
+        state: Option<&State>,
+        plan: &Plan,
+    ) -> Result<Vec<Address>, Failure> {
+        let text = fs::read_to_string(path).map_err(|err| {
+            Failure::new(format!("cannot read plan file {}: {err}", path.display()))
+        })?;
+        let saved = PlanFile::from_json(&text)?;
+        saved.check(manifest_bytes, state)?;
+        let planned = plan.creates();
+        // Same inputs give the same plan; a saved plan may be narrower
+        // (made with --target), never wider.
+        if let Some(extra) = saved.creates.iter().find(|a| !planned.contains(a)) {
+            return Err(Failure::new(format!(
+                "the plan file creates {extra}, which the current plan does not"
+            ))
+            .hint("make a new plan with the same --target/--exclude options you apply with"));
+        }
+        Ok(saved.creates)
     }
 
     fn finish(
@@ -118,8 +192,37 @@ impl Session<'_, '_> {
         after: Option<&State>,
         report: &Report,
         sinks: &[Box<dyn SecretSink>],
+        json: bool,
     ) -> CommandResult {
         let (created, failed, in_doubt, skipped) = report.counts();
+        let pending = after.map_or(0, |s| s.pending.len());
+        let result = apply_result(report, pending);
+        if json {
+            let code = result.as_ref().map_or_else(|f| f.code, |code| *code);
+            let rescued: Vec<_> = report
+                .rescued
+                .iter()
+                .map(|(address, path)| {
+                    serde_json::json!({
+                        "address": address.to_string(),
+                        "rescue_file": path.as_ref().map(|p| p.display().to_string()),
+                    })
+                })
+                .collect();
+            let summary = serde_json::json!({
+                "event": "summary",
+                "created": created,
+                "failed": failed,
+                "in_doubt": in_doubt,
+                "not_attempted": skipped,
+                "pending_total": pending,
+                "rescued": rescued,
+                "stopped": report.stopped,
+                "exit_code": code,
+            });
+            json_line(self.io.stdout, &summary)?;
+            return result;
+        }
         let style = self.style;
         let out = &mut *self.io.stdout;
         writeln!(out)?;
@@ -131,67 +234,24 @@ impl Session<'_, '_> {
             "Apply finished: {created} created, {failed} failed, {in_doubt} in doubt, {skipped} not attempted."
         );
         let healthy = failed + in_doubt + skipped == 0 && report.rescued.is_empty();
-        writeln!(
-            out,
-            "{}",
-            if healthy {
-                style.good(&headline)
-            } else {
-                style.warn(&headline)
-            }
-        )?;
+        let headline = if healthy {
+            style.good(&headline)
+        } else {
+            style.warn(&headline)
+        };
+        writeln!(out, "{headline}")?;
         if created > 0 {
             let names: Vec<String> = sinks.iter().map(|s| s.describe()).collect();
             writeln!(out, "New secrets were delivered to: {}", names.join(", "))?;
         }
-        let pending = after.map_or(0, |s| s.pending.len());
         if pending > 0 {
             writeln!(
                 out,
                 "{pending} create(s) in doubt: nothing more is created for them until `tokenctl resolve` settles each; `tokenctl plan` says how."
             )?;
         }
-        match report.stopped.as_deref() {
-            Some("interrupted") => {
-                let mut failure = Failure::new(format!(
-                    "interrupted: {created} created, {skipped} not attempted; the state records every outcome"
-                ))
-                .hint("run apply again to create the rest");
-                failure.code = EXIT_INTERRUPTED;
-                return Err(failure);
-            }
-            Some(reason) => {
-                return Err(Failure::new(format!("the apply stopped early: {reason}")).hint(
-                    "check the owner-account token (LOGZIO_API_TOKEN or --api-token-file) and that the region or API URL matches its account",
-                ));
-            }
-            None => {}
-        }
-        if !report.rescued.is_empty() {
-            let lost = report
-                .rescued
-                .iter()
-                .filter(|(_, path)| path.is_none())
-                .count();
-            let mut message = format!(
-                "{} secret(s) could not be delivered to every sink and were saved to rescue files (paths above)",
-                report.rescued.len()
-            );
-            if lost > 0 {
-                message.push_str(&format!("; {lost} could not be saved at all"));
-            }
-            return Err(Failure::new(message).hint(
-                "the tokens are recorded in the state; move each rescued secret to where it belongs, then delete its rescue file",
-            ));
-        }
-        if failed > 0 {
-            return Err(Failure::new(format!("{failed} create(s) failed; see above")).hint(
-                "fix the cause and run apply again: a failed create made no token and is planned again",
-            ));
-        }
-        Ok(if pending > 0 { EXIT_IN_DOUBT } else { EXIT_OK })
+        result
     }
-
     fn open_sinks(
         &mut self,
         args: &ApplyArgs,
@@ -272,6 +332,50 @@ impl Session<'_, '_> {
         }
         Ok(())
     }
+}
+
+/// Returns the exit code of a finished apply, or the failure to report.
+fn apply_result(report: &Report, pending: usize) -> CommandResult {
+    let (created, failed, _, skipped) = report.counts();
+    match report.stopped.as_deref() {
+        Some("interrupted") => {
+            let mut failure = Failure::new(format!(
+                "interrupted: {created} created, {skipped} not attempted; the state records every outcome"
+            ))
+            .hint("run apply again to create the rest");
+            failure.code = EXIT_INTERRUPTED;
+            return Err(failure);
+        }
+        Some(reason) => {
+            return Err(Failure::new(format!("the apply stopped early: {reason}")).hint(
+                "check the owner-account token (LOGZIO_API_TOKEN or --api-token-file) and that the region or API URL matches its account",
+            ));
+        }
+        None => {}
+    }
+    if !report.rescued.is_empty() {
+        let lost = report
+            .rescued
+            .iter()
+            .filter(|(_, path)| path.is_none())
+            .count();
+        let mut message = format!(
+            "{} secret(s) could not be delivered to every sink and were saved to rescue files (paths above)",
+            report.rescued.len()
+        );
+        if lost > 0 {
+            message.push_str(&format!("; {lost} could not be saved at all"));
+        }
+        return Err(Failure::new(message).hint(
+            "the tokens are recorded in the state; move each rescued secret to where it belongs, then delete its rescue file",
+        ));
+    }
+    if failed > 0 {
+        return Err(Failure::new(format!("{failed} create(s) failed; see above")).hint(
+            "fix the cause and run apply again: a failed create made no token and is planned again",
+        ));
+    }
+    Ok(if pending > 0 { EXIT_IN_DOUBT } else { EXIT_OK })
 }
 
 /// Records the run's journal in the state, once, and removes the journal.
@@ -392,4 +496,83 @@ fn print_event(event: Event<'_>, style: Style, stdout: &mut dyn Write, stderr: &
         },
         Event::Stopping(reason) => writeln!(stderr, "{} stopping: {reason}", style.bad("error:")),
     };
+}
+
+/// Checks, before the first create, that the owner token works in this
+/// region and that every target account is one of its sub-accounts.
+async fn preflight(api: &HttpApi, creates: &[Address]) -> Result<(), Failure> {
+    let owner = api.whoami().await.map_err(|e| {
+        Failure::new(format!("pre-flight: {e}; nothing was created")).hint(e.hint())
+    })?;
+    let accounts = api.associated_accounts().await.map_err(|e| {
+        Failure::new(format!("pre-flight: {e}; nothing was created")).hint(e.hint())
+    })?;
+    let wanted: Vec<u64> = creates.iter().map(|a| a.account_id).collect();
+    let missing = api::not_sub_accounts(&wanted, &accounts);
+    if !missing.is_empty() {
+        let list: Vec<String> = missing.iter().map(u64::to_string).collect();
+        return Err(Failure::new(format!(
+            "pre-flight: account(s) {} are not sub-accounts of owner account {} ({}); nothing was created",
+            list.join(", "),
+            owner.account_id,
+            owner.account_name
+        ))
+        .hint("check the accountId values in the manifest, and that the owner token is for the right owner account"));
+    }
+    Ok(())
+}
+
+fn progress_bar(total: usize) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(total as u64);
+    if let Ok(style) =
+        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} tokens ({eta} left)")
+    {
+        bar.set_style(style);
+    }
+    bar
+}
+
+fn json_line(out: &mut dyn Write, value: &serde_json::Value) -> io::Result<()> {
+    writeln!(out, "{value}")?;
+    out.flush()
+}
+
+fn start_event(plan: &Plan, creates: usize) -> serde_json::Value {
+    serde_json::json!({
+        "format_version": render::OUTPUT_FORMAT_VERSION,
+        "event": "start",
+        "tool_version": crate::state::TOOL_VERSION,
+        "summary": plan.summary(),
+        "creates": creates,
+    })
+}
+
+fn json_event(event: &Event<'_>) -> serde_json::Value {
+    use serde_json::json;
+    match event {
+        Event::Creating(address) => {
+            json!({"event": "create_started", "address": address.to_string()})
+        }
+        Event::RateLimited(address, wait) => {
+            json!({"event": "rate_limited", "address": address.to_string(),
+            "retry_in_ms": wait.as_millis() as u64})
+        }
+        Event::Finished(address, outcome) => match outcome {
+            Outcome::Created { id } => {
+                json!({"event": "created", "address": address.to_string(), "id": id})
+            }
+            Outcome::Failed { reason } => {
+                json!({"event": "failed", "address": address.to_string(), "reason": reason})
+            }
+            Outcome::InDoubt { reason } => {
+                json!({"event": "in_doubt", "address": address.to_string(), "reason": reason})
+            }
+            Outcome::Skipped => json!({"event": "not_attempted", "address": address.to_string()}),
+        },
+        Event::SinkFailed(address, err, rescue) => {
+            json!({"event": "sink_failed", "address": address.to_string(),
+            "error": err.to_string(), "rescue_file": rescue.map(|p| p.display().to_string())})
+        }
+        Event::Stopping(reason) => json!({"event": "stopping", "reason": reason}),
+    }
 }

@@ -16,7 +16,7 @@ use crate::address::Address;
 use crate::journal::{self, JournalError};
 use crate::lock::{self, Holder, LockError, LockGuard};
 use crate::manifest::{Manifest, ManifestError};
-use crate::plan::{self, Plan};
+use crate::plan::{self, Pattern, Plan, Targeting};
 use crate::planfile::{PlanFile, PlanFileError};
 use crate::render::{self, Style};
 use crate::sink::SinkError;
@@ -33,6 +33,9 @@ pub const EXIT_CHANGES: i32 = 2;
 pub const EXIT_IN_DOUBT: i32 = 3;
 /// Exit code: interrupted by a signal, after recording what was done.
 pub const EXIT_INTERRUPTED: i32 = 130;
+
+/// Longest Markdown plan, to fit a pull-request comment (GitHub allows 65,536).
+const MARKDOWN_LIMIT: usize = 60_000;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -86,6 +89,40 @@ enum Command {
     /// Read the state.
     #[command(subcommand)]
     State(StateCommand),
+    /// Print the JSON Schema of the manifest (for editors and yaml-language-server).
+    Schema,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum PlanFormat {
+    Text,
+    Json,
+    Markdown,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Format {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Args)]
+struct TargetArgs {
+    /// Only plan/apply this address, or `<accountId>/*` (repeatable; not for routine use).
+    #[arg(long = "target", value_name = "ADDRESS")]
+    targets: Vec<Pattern>,
+    /// Leave this address, or `<accountId>/*`, out (repeatable; not for routine use).
+    #[arg(long = "exclude", value_name = "ADDRESS")]
+    excludes: Vec<Pattern>,
+}
+
+impl TargetArgs {
+    fn targeting(&self) -> Targeting {
+        Targeting {
+            targets: self.targets.clone(),
+            excludes: self.excludes.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -99,8 +136,13 @@ struct PlanArgs {
     /// Also show the diff of the state document before → after.
     #[arg(long)]
     diff: bool,
+    /// Output format: text, a versioned JSON document, or Markdown for a pull-request comment.
+    #[arg(long, value_enum, default_value_t = PlanFormat::Text)]
+    output: PlanFormat,
     #[command(flatten)]
     budget: Budget,
+    #[command(flatten)]
+    targeting: TargetArgs,
 }
 
 #[derive(Debug, Args)]
@@ -133,8 +175,16 @@ struct ApplyArgs {
     /// How long one create may take before its outcome counts as in doubt.
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
     request_timeout: Duration,
+    /// Skip the checks of the owner token and sub-accounts before the first create.
+    #[arg(long)]
+    skip_preflight: bool,
+    /// Output format: text, or one JSON event per line.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    output: Format,
     #[command(flatten)]
     budget: Budget,
+    #[command(flatten)]
+    targeting: TargetArgs,
 }
 
 #[derive(Debug, Args)]
@@ -169,7 +219,11 @@ struct ImportArgs {
 #[derive(Debug, Subcommand)]
 enum StateCommand {
     /// List the tokens in the state.
-    List,
+    List {
+        /// Output format: text, or the state as a versioned JSON document.
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        output: Format,
+    },
     /// Show one token of the state.
     Show {
         /// The token's address, <accountId>/<name>.
@@ -237,6 +291,7 @@ impl Env {
 pub struct Terminal {
     pub stdin: bool,
     pub stdout: bool,
+    pub stderr: bool,
 }
 
 /// The streams and environment a command runs with.
@@ -383,7 +438,11 @@ impl Session<'_, '_> {
             Command::Resolve(args) => self.resolve(args),
             Command::Import(args) => self.import(args),
             Command::Forget { address } => self.forget(address),
-            Command::State(StateCommand::List) => self.state_list(),
+            Command::State(StateCommand::List { output }) => self.state_list(*output),
+            Command::Schema => {
+                writeln!(self.io.stdout, "{}", crate::schema::manifest_schema_text())?;
+                Ok(EXIT_OK)
+            }
             Command::State(StateCommand::Show { address }) => self.state_show(address),
         }
     }
@@ -518,8 +577,13 @@ impl Session<'_, '_> {
         let loaded = self.load_manifest()?;
         let store = self.store();
         let state = self.load_state_for_reading(&store)?;
-        let plan = plan::plan(&loaded.manifest.tokens, state.as_ref());
-        render::plan_text(&plan, self.style, self.io.stdout)?;
+        let targeting = self.targeting(&args.targeting);
+        let plan = plan::plan(&loaded.manifest.tokens, state.as_ref()).restrict(&targeting);
+        match args.output {
+            PlanFormat::Text => render::plan_text(&plan, self.style, self.io.stdout)?,
+            PlanFormat::Json => render::plan_json(&plan, args.budget.max_creates, self.io.stdout)?,
+            PlanFormat::Markdown => render::plan_markdown(&plan, MARKDOWN_LIMIT, self.io.stdout)?,
+        }
         if args.diff {
             self.preview_diff(&store, state.as_ref(), &plan)?;
         }
@@ -528,11 +592,15 @@ impl Session<'_, '_> {
             crate::fsutil::write_atomic(out, file.to_json().as_bytes(), 0o644).map_err(|err| {
                 Failure::new(format!("cannot write plan file {}: {err}", out.display()))
             })?;
-            writeln!(
-                self.io.stdout,
-                "\nSaved the plan to {0}. To apply exactly this plan: tokenctl apply {0}",
+            let saved = format!(
+                "Saved the plan to {0}. To apply exactly this plan: tokenctl apply {0}",
                 out.display()
-            )?;
+            );
+            if args.output == PlanFormat::Text {
+                writeln!(self.io.stdout, "\n{saved}")?;
+            } else {
+                writeln!(self.io.stderr, "{saved}")?;
+            }
         }
         check_budget(&plan, &args.budget)?;
         Ok(if args.detailed_exitcode && plan.has_changes() {
@@ -579,6 +647,17 @@ impl Session<'_, '_> {
             self.style,
             self.io.stdout,
         )
+    }
+
+    /// Returns the targeting asked for, warning that it is not for routine use.
+    fn targeting(&mut self, args: &TargetArgs) -> Targeting {
+        let targeting = args.targeting();
+        if targeting.is_active() {
+            self.warn(
+                "--target/--exclude plan only part of the manifest; use them for exceptional cases, not routinely",
+            );
+        }
+        targeting
     }
 
     /// Resolves a path from the manifest, which is relative to its folder.

@@ -5,7 +5,7 @@
 use std::fs;
 use std::path::Path;
 
-use super::{CommandResult, EXIT_OK, Failure, ImportArgs, ResolveArgs, Session};
+use super::{CommandResult, EXIT_OK, Failure, Format, ImportArgs, ResolveArgs, Session};
 use crate::address::Address;
 use crate::render;
 use crate::secret::fingerprint_of;
@@ -204,7 +204,7 @@ impl Session<'_, '_> {
         Ok(())
     }
 
-    pub(super) fn state_list(&mut self) -> CommandResult {
+    pub(super) fn state_list(&mut self, output: Format) -> CommandResult {
         let store = self.store();
         let Some(state) = self.load_state_for_reading(&store)? else {
             writeln!(
@@ -214,6 +214,12 @@ impl Session<'_, '_> {
             )?;
             return Ok(EXIT_OK);
         };
+        if output == Format::Json {
+            // The state document is itself versioned (format_version) and
+            // holds no secrets.
+            write!(self.io.stdout, "{}", state.to_json())?;
+            return Ok(EXIT_OK);
+        }
         for token in &state.tokens {
             writeln!(self.io.stdout, "{}\t{}", token.address, token.id)?;
         }

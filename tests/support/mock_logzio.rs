@@ -17,6 +17,12 @@ pub const OWNER_TOKEN: &str = "owner-token-for-tests";
 /// The create endpoint's path.
 pub const CREATE_PATH: &str = "/v1/api-tokens/sub-account";
 
+/// The owner account the mock's owner token belongs to.
+pub const OWNER_ACCOUNT: u64 = 1000;
+
+/// Sub-accounts of the owner, as `GET /v1/associated-accounts` lists them.
+pub const SUB_ACCOUNTS: [u64; 12] = [1, 2, 3, 7, 9, 100, 101, 102, 160343, 160344, 160345, 999];
+
 /// A token the mock created.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Issued {
@@ -39,6 +45,55 @@ pub struct Behaviour {
     pub missing_accounts: HashSet<u64>,
     /// Wait before answering.
     pub delay: Duration,
+    /// A message that whoami answers with 403, e.g. a region mismatch.
+    pub whoami_refusal: Option<String>,
+}
+
+fn owner_ok(request: &Request) -> bool {
+    request
+        .headers
+        .get("X-API-TOKEN")
+        .and_then(|v| v.to_str().ok())
+        == Some(OWNER_TOKEN)
+}
+
+fn unauthorized() -> ResponseTemplate {
+    ResponseTemplate::new(401).set_body_json(
+        serde_json::json!({"message": "Unauthorized: missing or insufficient credentials"}),
+    )
+}
+
+struct WhoamiResponder(Option<String>);
+
+impl Respond for WhoamiResponder {
+    fn respond(&self, request: &Request) -> ResponseTemplate {
+        if let Some(message) = &self.0 {
+            return ResponseTemplate::new(403)
+                .set_body_json(serde_json::json!({ "message": message }));
+        }
+        if !owner_ok(request) {
+            return unauthorized();
+        }
+        ResponseTemplate::new(200)
+            .set_body_json(serde_json::json!({"accountName": "owner", "accountId": OWNER_ACCOUNT}))
+    }
+}
+
+struct AccountsResponder;
+
+impl Respond for AccountsResponder {
+    fn respond(&self, request: &Request) -> ResponseTemplate {
+        if !owner_ok(request) {
+            return unauthorized();
+        }
+        let mut accounts = vec![serde_json::json!({
+            "accountId": OWNER_ACCOUNT, "accountName": "owner", "type": "OWNER_ACCOUNT"
+        })];
+        accounts.extend(SUB_ACCOUNTS.iter().map(|id| {
+            serde_json::json!({"accountId": id, "accountName": format!("sub-{id}"), "type": "SUB_ACCOUNT"})
+        }));
+        ResponseTemplate::new(200).set_body_json(accounts)
+    }
 }
 
 struct CreateResponder {
@@ -104,6 +159,16 @@ impl MockLogzio {
     pub async fn start_with(behaviour: Behaviour) -> Self {
         let server = MockServer::start().await;
         let issued = Arc::new(Mutex::new(Vec::new()));
+        Mock::given(method("GET"))
+            .and(path("/v2/whoami"))
+            .respond_with(WhoamiResponder(behaviour.whoami_refusal.clone()))
+            .mount(&server)
+            .await;
+        Mock::given(method("GET"))
+            .and(path("/v1/associated-accounts"))
+            .respond_with(AccountsResponder)
+            .mount(&server)
+            .await;
         Mock::given(method("POST"))
             .and(path(CREATE_PATH))
             .respond_with(CreateResponder {

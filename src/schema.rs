@@ -1,0 +1,143 @@
+//! The JSON Schema of the manifest, for editors (yaml-language-server) and
+//! CI linters. The manifest parser stays the authority; a test keeps the two
+//! in step.
+
+use serde_json::{Value, json};
+
+/// Returns the JSON Schema (draft-07) of a version 1 manifest.
+pub fn manifest_schema() -> Value {
+    json!({
+        "$schema": "http://json-schema.org/draft-07/schema#",
+        "$id": "https://github.com/tokenctl/tokenctl/tokenctl.schema.json",
+        "title": "tokenctl manifest",
+        "description": "Logz.io sub-account API tokens that should exist.",
+        "type": "object",
+        "additionalProperties": false,
+        "required": ["version", "tokens"],
+        "oneOf": [
+            { "required": ["region"], "not": { "required": ["api_url"] } },
+            { "required": ["api_url"], "not": { "required": ["region"] } }
+        ],
+        "properties": {
+            "version": {
+                "description": "Manifest format version.",
+                "const": 1
+            },
+            "region": {
+                "description": "Logz.io region of the owner account (nl and wa are deprecated).",
+                "enum": ["us", "eu", "uk", "ca", "au", "nl", "wa"]
+            },
+            "api_url": {
+                "description": "API base URL instead of a region: https://, or http:// to a loopback host.",
+                "type": "string",
+                "pattern": "^https?://"
+            },
+            "secrets": {
+                "description": "Where new token values go.",
+                "type": "object",
+                "additionalProperties": false,
+                "properties": {
+                    "file": {
+                        "description": "JSON Lines file, relative to the manifest's folder; mode 0600; must be git-ignored.",
+                        "type": "string",
+                        "minLength": 1
+                    },
+                    "exec": {
+                        "description": "Command run once per new token, with its JSON object on stdin.",
+                        "type": "array",
+                        "items": { "type": "string" },
+                        "minItems": 1
+                    }
+                }
+            },
+            "tokens": {
+                "description": "The tokens that should exist; each address accountId/name is unique.",
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "additionalProperties": false,
+                    "required": ["name", "accountId"],
+                    "properties": {
+                        "name": {
+                            "description": "Token name: printable, not blank, no surrounding white space.",
+                            "type": "string",
+                            "minLength": 1,
+                            "pattern": "^\\S(.*\\S)?$"
+                        },
+                        "accountId": {
+                            "description": "Sub-account id.",
+                            "type": "integer",
+                            "minimum": 1
+                        }
+                    }
+                }
+            }
+        }
+    })
+}
+
+/// Returns the schema as pretty-printed JSON.
+pub fn manifest_schema_text() -> String {
+    serde_json::to_string_pretty(&manifest_schema()).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::Manifest;
+
+    fn keys(value: &Value) -> Vec<String> {
+        let mut keys: Vec<String> = value["properties"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .cloned()
+            .collect();
+        keys.sort();
+        keys
+    }
+
+    #[test]
+    fn every_key_the_schema_allows_the_parser_accepts() {
+        let schema = manifest_schema();
+        assert_eq!(
+            keys(&schema),
+            ["api_url", "region", "secrets", "tokens", "version"]
+        );
+        assert_eq!(keys(&schema["properties"]["secrets"]), ["exec", "file"]);
+        assert_eq!(
+            keys(&schema["properties"]["tokens"]["items"]),
+            ["accountId", "name"]
+        );
+        let full = "version: 1\nregion: eu\nsecrets:\n  file: s.jsonl\n  exec: [x]\ntokens:\n  - name: a\n    accountId: 1\n";
+        assert!(Manifest::parse(full, "m").is_ok());
+        let regions = schema["properties"]["region"]["enum"].as_array().unwrap();
+        for region in regions {
+            let text = format!(
+                "version: 1\nregion: {}\ntokens: []\n",
+                region.as_str().unwrap()
+            );
+            assert!(Manifest::parse(&text, "m").is_ok(), "{region}");
+        }
+    }
+
+    #[test]
+    fn keys_outside_the_schema_are_rejected_by_the_parser_too() {
+        for extra in ["owner: x\n", "secrets:\n  vault: x\n"] {
+            let text = format!("version: 1\nregion: eu\n{extra}tokens: []\n");
+            assert!(Manifest::parse(&text, "m").is_err(), "{extra}");
+        }
+        let text = "version: 1\nregion: eu\ntokens:\n  - name: a\n    accountId: 1\n    scope: x\n";
+        assert!(Manifest::parse(text, "m").is_err());
+    }
+
+    #[test]
+    fn the_committed_schema_file_is_current() {
+        let committed = include_str!("../tokenctl.schema.json");
+        assert_eq!(
+            committed.trim_end(),
+            manifest_schema_text(),
+            "run `cargo run -- schema > tokenctl.schema.json`"
+        );
+    }
+}
