@@ -21,7 +21,7 @@ use crate::address::Address;
 use crate::api::{CreateError, CreatedToken, TokenApi};
 use crate::failpoint;
 use crate::journal::{JournalWriter, Record};
-use crate::sink::{NewToken, Rescue, SecretSink, SinkError};
+use crate::sink::{Rescue, SecretSink, SinkError, SinkWorker};
 
 /// How 429 answers are retried.
 #[derive(Debug, Clone)]
@@ -123,7 +123,8 @@ impl Report {
 pub struct Apply<'a, A> {
     pub api: &'a A,
     pub journal: &'a JournalWriter,
-    pub sinks: &'a mut [Box<dyn SecretSink>],
+    /// The sinks; they run on a thread of their own during the run.
+    pub sinks: Vec<Box<dyn SecretSink>>,
     pub rescue: &'a Rescue,
     pub retry: &'a RetryPolicy,
     /// Most creates in flight at once.
@@ -138,7 +139,7 @@ struct Shared<'r, 'e> {
     limiter: Limiter,
     stopped: RefCell<Option<String>>,
     events: RefCell<&'r mut dyn FnMut(Event<'_>)>,
-    sinks: RefCell<&'r mut [Box<dyn SecretSink>]>,
+    sinks: SinkWorker,
     rescued: RefCell<Vec<(Address, Option<PathBuf>)>>,
     interrupt: &'e AtomicBool,
 }
@@ -167,12 +168,22 @@ impl Shared<'_, '_> {
 impl<A: TokenApi> Apply<'_, A> {
     /// Creates every address, at most `parallelism` at a time, journaling
     /// each step. Returns each address's outcome in the order given.
-    pub async fn run(&mut self, creates: &[Address], events: &mut dyn FnMut(Event<'_>)) -> Report {
+    pub async fn run(self, creates: &[Address], events: &mut dyn FnMut(Event<'_>)) -> Report {
+        let sinks = match SinkWorker::start(self.sinks, self.rescue.clone()) {
+            Ok(sinks) => sinks,
+            Err(err) => {
+                return Report {
+                    outcomes: creates.iter().map(|a| (a.clone(), Outcome::Skipped)).collect(),
+                    rescued: Vec::new(),
+                    stopped: Some(format!("cannot start the sink thread: {err}")),
+                };
+            }
+        };
         let shared = Shared {
             limiter: Limiter::new(self.parallelism.max(1)),
             stopped: RefCell::new(None),
             events: RefCell::new(events),
-            sinks: RefCell::new(&mut *self.sinks),
+            sinks,
             rescued: RefCell::new(Vec::new()),
             interrupt: self.interrupt,
         };
@@ -185,9 +196,8 @@ impl<A: TokenApi> Apply<'_, A> {
                 let api = self.api;
                 let journal = self.journal;
                 let retry = self.retry;
-                let rescue = self.rescue;
                 async move {
-                    let outcome = create_one(api, journal, retry, rescue, shared, address).await;
+                    let outcome = create_one(api, journal, retry, shared, address).await;
                     (index, outcome)
                 }
             })
@@ -199,6 +209,7 @@ impl<A: TokenApi> Apply<'_, A> {
             outcomes[index] = Some(outcome);
         }
         drop(in_flight);
+        shared.sinks.finish();
         Report {
             outcomes: creates
                 .iter()
@@ -215,11 +226,10 @@ async fn create_one<A: TokenApi>(
     api: &A,
     journal: &JournalWriter,
     retry: &RetryPolicy,
-    rescue: &Rescue,
     shared: &Shared<'_, '_>,
     address: &Address,
 ) -> Outcome {
-    let _permit = shared.limiter.acquire().await;
+    let permit = shared.limiter.acquire().await;
     if shared.should_stop() {
         return Outcome::Skipped;
     }
@@ -236,16 +246,34 @@ async fn create_one<A: TokenApi>(
     failpoint::hit("after-intent");
     let result = create_with_retries(api, retry, shared, address).await;
     failpoint::hit("after-response");
+    match &result {
+        Ok(_) => shared.limiter.on_success(),
+        Err(err @ CreateError::Unauthorized { .. }) => shared.stop(err.to_string()),
+        Err(_) => {}
+    }
+    // The API call is over: the next one may start while this one's secret
+    // and outcome are made durable, which keeps fsyncs off the critical path.
+    drop(permit);
     let (outcome, record) = match result {
         Ok(created) => {
-            deliver(rescue, shared, address, &created);
-            failpoint::hit("after-sink");
             let record = Record::Created {
                 address: address.clone(),
                 id: created.id,
                 created_at: created.created_at,
                 fingerprint: created.token.fingerprint(),
             };
+            let delivery = shared
+                .sinks
+                .deliver(address, created.id, created.created_at, created.token)
+                .await;
+            for err in &delivery.failures {
+                let rescue = delivery.rescue.as_ref().and_then(|p| p.as_deref());
+                shared.emit(Event::SinkFailed(address, err, rescue));
+            }
+            if let Some(rescue) = delivery.rescue {
+                shared.rescued.borrow_mut().push((address.clone(), rescue));
+            }
+            failpoint::hit("after-sink");
             (Outcome::Created { id: created.id }, record)
         }
         Err(CreateError::Ambiguous { detail }) => (
@@ -259,9 +287,6 @@ async fn create_one<A: TokenApi>(
         ),
         Err(err) => {
             let reason = err.to_string();
-            if let CreateError::Unauthorized { .. } = err {
-                shared.stop(reason.clone());
-            }
             let record = Record::Failed {
                 address: address.clone(),
                 reason: reason.clone(),
@@ -271,19 +296,14 @@ async fn create_one<A: TokenApi>(
     };
     if let Err(err) = journal.append(&record).await {
         shared.stop(err.to_string());
-        // The intent stays open: the fold records the address in doubt,
-        // and `resolve` finds a created token's secret in the sink.
-        return match outcome {
-            Outcome::Failed { .. } => outcome,
-            _ => Outcome::InDoubt {
-                reason: format!("the outcome could not be journaled: {err}"),
-            },
+        // The intent stays open, so the fold records the address in doubt
+        // (and `resolve` finds a created token's secret in the sink): say
+        // the same here.
+        return Outcome::InDoubt {
+            reason: format!("the outcome could not be journaled: {err}"),
         };
     }
     failpoint::hit("after-outcome");
-    if let Outcome::Created { .. } = outcome {
-        shared.limiter.on_success();
-    }
     outcome
 }
 
@@ -308,33 +328,6 @@ async fn create_with_retries<A: TokenApi>(
             }
             result => return result,
         }
-    }
-}
-
-/// Hands the secret to every sink; for each that fails, the secret is kept
-/// in a rescue file (written once per token) instead.
-fn deliver(rescue: &Rescue, shared: &Shared<'_, '_>, address: &Address, created: &CreatedToken) {
-    let token = NewToken {
-        address,
-        id: created.id,
-        created_at: created.created_at,
-        token: &created.token,
-    };
-    let mut rescued: Option<Option<PathBuf>> = None;
-    let mut failures = Vec::new();
-    for sink in shared.sinks.borrow_mut().iter_mut() {
-        if let Err(err) = sink.deliver(&token) {
-            let path = rescued
-                .get_or_insert_with(|| rescue.save(&token).ok())
-                .clone();
-            failures.push((err, path));
-        }
-    }
-    for (err, path) in &failures {
-        shared.emit(Event::SinkFailed(address, err, path.as_deref()));
-    }
-    if let Some(path) = rescued {
-        shared.rescued.borrow_mut().push((address.clone(), path));
     }
 }
 

@@ -97,7 +97,15 @@ async fn a_crash_at_any_step_loses_nothing_and_duplicates_nothing() {
             &[("TOKENCTL_FAILPOINT", point)],
         );
         assert_ne!(crash.code, 0, "{point}: the failpoint did not fire");
-        assert_eq!(mock.issued().len(), issued_before_crash, "{point}");
+        // --parallelism bounds API calls in flight: once a response is in,
+        // the next create may start while this one's secret is made durable,
+        // so a crash after a response may catch one more create under way.
+        let slack = usize::from(matches!(point, "after-sink" | "after-outcome"));
+        let issued = mock.issued().len();
+        assert!(
+            (issued_before_crash..=issued_before_crash + slack).contains(&issued),
+            "{point}: {issued} issued"
+        );
 
         // The next command records what the crashed run left.
         let plan = ws.run(&["plan"]);
@@ -107,25 +115,33 @@ async fn a_crash_at_any_step_loses_nothing_and_duplicates_nothing() {
             "{point}"
         );
         assert_sound(&ws, &mock, &[]).await;
-        assert_eq!(
-            ws.pending_addresses().len(),
-            in_doubt,
+        let pending = ws.pending_addresses().len();
+        assert!(
+            (in_doubt..=in_doubt + slack).contains(&pending),
             "{point}: {}",
             plan.stdout
         );
-        if in_doubt > 0 {
-            assert!(
-                plan.stdout.contains("? 1/a: in doubt"),
-                "{point}: {}",
-                plan.stdout
-            );
+        if pending > 0 {
+            for address in ws.pending_addresses() {
+                assert!(
+                    plan.stdout.contains(&format!("? {address}: in doubt")),
+                    "{point}: {}",
+                    plan.stdout
+                );
+            }
+            let mut sent_before = Vec::new();
+            for address in ws.pending_addresses() {
+                sent_before.push((mock.requests_for(&address).await, address));
+            }
             let blocked = ws.run(&["apply", "--auto-approve"]);
             assert_eq!(blocked.code, 3, "{point}: {}", blocked.all());
-            assert_eq!(
-                mock.requests_for("1/a").await,
-                issued_before_crash.min(1),
-                "{point}: resent"
-            );
+            for (sent, address) in sent_before {
+                assert_eq!(
+                    mock.requests_for(&address).await,
+                    sent,
+                    "{point}: {address}, in doubt, was resent"
+                );
+            }
         }
 
         let adopted = resolve_all(&mut ws, &mock);

@@ -66,7 +66,8 @@ impl Session<'_, '_> {
             return Ok(code);
         }
         check_budget(&plan, &args.budget)?;
-        let mut sinks = self.open_sinks(args, &loaded.manifest)?;
+        let sinks = self.open_sinks(args, &loaded.manifest)?;
+        let sink_names: Vec<String> = sinks.iter().map(|s| s.describe()).collect();
         let owner_token = self.owner_token(args)?;
         let base_url = self.base_url(args, &loaded.manifest)?;
         let timeouts = Timeouts {
@@ -133,10 +134,10 @@ impl Session<'_, '_> {
                 None => print_event(event, style, stdout, stderr),
             }
         };
-        let mut apply = Apply {
+        let apply = Apply {
             api: &api,
             journal: &journal,
-            sinks: &mut sinks,
+            sinks,
             rescue: &rescue,
             retry: &retry,
             parallelism: usize::from(args.parallelism),
@@ -154,7 +155,7 @@ impl Session<'_, '_> {
             state.as_ref(),
             stored.as_ref(),
             &report,
-            &sinks,
+            &sink_names,
             json,
         )
     }
@@ -191,7 +192,7 @@ impl Session<'_, '_> {
         before: Option<&State>,
         after: Option<&State>,
         report: &Report,
-        sinks: &[Box<dyn SecretSink>],
+        sink_names: &[String],
         json: bool,
     ) -> CommandResult {
         let (created, failed, in_doubt, skipped) = report.counts();
@@ -241,8 +242,7 @@ impl Session<'_, '_> {
         };
         writeln!(out, "{headline}")?;
         if created > 0 {
-            let names: Vec<String> = sinks.iter().map(|s| s.describe()).collect();
-            writeln!(out, "New secrets were delivered to: {}", names.join(", "))?;
+            writeln!(out, "New secrets were delivered to: {}", sink_names.join(", "))?;
         }
         if pending > 0 {
             writeln!(

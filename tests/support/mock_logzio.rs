@@ -47,6 +47,8 @@ pub struct Behaviour {
     pub delay: Duration,
     /// A message that whoami answers with 403, e.g. a region mismatch.
     pub whoami_refusal: Option<String>,
+    /// Sub-accounts to list instead of `SUB_ACCOUNTS`.
+    pub sub_accounts: Option<Vec<u64>>,
 }
 
 fn owner_ok(request: &Request) -> bool {
@@ -79,7 +81,7 @@ impl Respond for WhoamiResponder {
     }
 }
 
-struct AccountsResponder;
+struct AccountsResponder(Vec<u64>);
 
 impl Respond for AccountsResponder {
     fn respond(&self, request: &Request) -> ResponseTemplate {
@@ -89,7 +91,7 @@ impl Respond for AccountsResponder {
         let mut accounts = vec![serde_json::json!({
             "accountId": OWNER_ACCOUNT, "accountName": "owner", "type": "OWNER_ACCOUNT"
         })];
-        accounts.extend(SUB_ACCOUNTS.iter().map(|id| {
+        accounts.extend(self.0.iter().map(|id| {
             serde_json::json!({"accountId": id, "accountName": format!("sub-{id}"), "type": "SUB_ACCOUNT"})
         }));
         ResponseTemplate::new(200).set_body_json(accounts)
@@ -166,7 +168,12 @@ impl MockLogzio {
             .await;
         Mock::given(method("GET"))
             .and(path("/v1/associated-accounts"))
-            .respond_with(AccountsResponder)
+            .respond_with(AccountsResponder(
+                behaviour
+                    .sub_accounts
+                    .clone()
+                    .unwrap_or_else(|| SUB_ACCOUNTS.to_vec()),
+            ))
             .mount(&server)
             .await;
         Mock::given(method("POST"))

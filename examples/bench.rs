@@ -1,0 +1,548 @@
+//! Benchmarks of the whole `tokenctl` process, and of Terraform doing the
+//! same amount of work where `terraform` is installed.
+//!
+//! `cargo run --release --example bench` (see BENCHMARKS.md). Options:
+//! `--runs N` (default 5), `--sizes 1000,10000,100000`, `--apply-n 2000`,
+//! `--delay-ms 20`, `--skip-apply`, `--skip-terraform`.
+//!
+//! Every measurement runs the release binary as a child process and reads its
+//! wall time and peak resident memory (`wait4`); the table shows the median
+//! of the runs. Network traffic stays on loopback: the API is a local mock.
+
+#[path = "../tests/support/mock_logzio.rs"]
+mod mock_logzio;
+
+use std::fmt::Write as _;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokenctl::address::Address;
+use tokenctl::journal::{JournalWriter, Record};
+use tokenctl::secret::Secret;
+use tokenctl::sink::{FileSink, NewToken, SecretSink};
+use tokenctl::state::{State, TokenRecord};
+
+const ACCOUNTS: u64 = 1_000;
+const FIRST_ACCOUNT: u64 = 10_001;
+
+struct Options {
+    runs: usize,
+    sizes: Vec<usize>,
+    apply_n: usize,
+    delay: Duration,
+    apply: bool,
+    terraform: bool,
+}
+
+fn options() -> Options {
+    let mut options = Options {
+        runs: 5,
+        sizes: vec![1_000, 10_000, 100_000],
+        apply_n: 2_000,
+        delay: Duration::from_millis(20),
+        apply: true,
+        terraform: true,
+    };
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut i = 0;
+    while i < args.len() {
+        let value = args.get(i + 1).cloned().unwrap_or_default();
+        match args[i].as_str() {
+            "--runs" => options.runs = value.parse().expect("--runs N"),
+            "--sizes" => {
+                options.sizes = value
+                    .split(',')
+                    .map(|s| s.parse().expect("--sizes 1000,10000"))
+                    .collect()
+            }
+            "--apply-n" => options.apply_n = value.parse().expect("--apply-n N"),
+            "--delay-ms" => {
+                options.delay = Duration::from_millis(value.parse().expect("--delay-ms N"))
+            }
+            "--skip-apply" => {
+                options.apply = false;
+                i -= 1;
+            }
+            "--skip-terraform" => {
+                options.terraform = false;
+                i -= 1;
+            }
+            other => panic!("unknown option {other}"),
+        }
+        i += 2;
+    }
+    options
+}
+
+/// Wall time and peak resident memory of one child process.
+#[derive(Clone, Copy)]
+struct Sample {
+    wall: Duration,
+    peak_kib: u64,
+    success: bool,
+}
+
+/// Runs a command to completion and measures it.
+// The child is reaped by wait4, which std's Child does not know about.
+#[allow(clippy::zombie_processes)]
+fn measure(command: &mut Command) -> Sample {
+    command.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+    let start = Instant::now();
+    let child = command.spawn().expect("spawn");
+    let mut status = 0;
+    // SAFETY: rusage is plain data that wait4 fills in.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: waits for our own child, once; `child` is never waited on again.
+    let pid = unsafe { libc::wait4(child.id() as libc::pid_t, &mut status, 0, &mut usage) };
+    let wall = start.elapsed();
+    assert!(pid > 0, "wait4 failed");
+    Sample {
+        wall,
+        peak_kib: usage.ru_maxrss as u64,
+        success: libc::WIFEXITED(status) && matches!(libc::WEXITSTATUS(status), 0 | 2),
+    }
+}
+
+/// Measures `runs` times and returns the median wall time and peak memory.
+fn median(runs: usize, mut make: impl FnMut() -> Command) -> Sample {
+    let mut samples: Vec<Sample> = (0..runs).map(|_| measure(&mut make())).collect();
+    assert!(samples.iter().all(|s| s.success), "a benchmarked command failed");
+    samples.sort_by_key(|s| s.wall);
+    let mut peaks: Vec<u64> = samples.iter().map(|s| s.peak_kib).collect();
+    peaks.sort_unstable();
+    Sample {
+        wall: samples[samples.len() / 2].wall,
+        peak_kib: peaks[peaks.len() / 2],
+        success: true,
+    }
+}
+
+fn addresses(n: usize) -> Vec<Address> {
+    (0..n)
+        .map(|i| {
+            Address::new(
+                FIRST_ACCOUNT + (i as u64 % ACCOUNTS),
+                format!("service-token-{i:06}"),
+            )
+        })
+        .collect()
+}
+
+fn write_manifest(path: &Path, tokens: &[Address]) {
+    let mut text =
+        String::from("version: 1\nregion: eu\nsecrets:\n  file: secrets/tokens.jsonl\ntokens:\n");
+    for address in tokens {
+        let _ = writeln!(
+            text,
+            "  - name: {}\n    accountId: {}",
+            address.name, address.account_id
+        );
+    }
+    fs::write(path, text).expect("write manifest");
+}
+
+fn write_state(path: &Path, tokens: &[Address]) {
+    let mut state = State::fresh();
+    state.serial = 1;
+    for (i, address) in tokens.iter().enumerate() {
+        state.tokens.push(TokenRecord::created(
+            address.clone(),
+            100_000 + i as u64,
+            1_700_000_000 + i as i64,
+            tokenctl::secret::fingerprint_of(&address.to_string()),
+        ));
+    }
+    fs::create_dir_all(path.parent().expect("state folder")).expect("mkdir");
+    fs::write(path, state.to_json()).expect("write state");
+}
+
+fn ms(duration: Duration) -> String {
+    format!("{:.1}", duration.as_secs_f64() * 1000.0)
+}
+
+fn mib(kib: u64) -> String {
+    format!("{:.1}", kib as f64 / 1024.0)
+}
+
+fn binary() -> PathBuf {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .args(["build", "--release", "--quiet", "--bin", "tokenctl"])
+        .status()
+        .expect("cargo build");
+    assert!(status.success(), "building the release binary failed");
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"));
+    target.join("release/tokenctl")
+}
+
+fn tokenctl(bin: &Path, dir: &Path, args: &[&str]) -> Command {
+    let mut command = Command::new(bin);
+    command
+        .args(args)
+        .current_dir(dir)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("HOME", dir.join("home"))
+        .env("NO_COLOR", "1");
+    command
+}
+
+fn terraform_available() -> bool {
+    Command::new("terraform")
+        .arg("version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn terraform(dir: &Path, args: &[&str]) -> Command {
+    let mut command = Command::new("terraform");
+    command
+        .args(args)
+        .current_dir(dir)
+        .env_remove("TF_CLI_CONFIG_FILE")
+        .env("TF_IN_AUTOMATION", "1")
+        .env("CHECKPOINT_DISABLE", "1");
+    command
+}
+
+/// Times Terraform on `n` `terraform_data` resources: apply of all of them
+/// (once: it is slow), then the median of no-op plans.
+fn terraform_rows(n: usize, runs: usize) -> Option<(Sample, Sample)> {
+    let dir = tempfile::tempdir().ok()?;
+    fs::write(
+        dir.path().join("main.tf"),
+        format!(
+            "resource \"terraform_data\" \"token\" {{\n  count = {n}\n  input = \"service-token-${{count.index}}\"\n}}\n"
+        ),
+    )
+    .ok()?;
+    let init = measure(&mut terraform(dir.path(), &["init", "-input=false"]));
+    if !init.success {
+        return None;
+    }
+    let apply = measure(&mut terraform(
+        dir.path(),
+        &["apply", "-auto-approve", "-input=false", "-parallelism=16"],
+    ));
+    if !apply.success {
+        return None;
+    }
+    let plan = median(runs, || {
+        terraform(dir.path(), &["plan", "-input=false", "-detailed-exitcode"])
+    });
+    Some((apply, plan))
+}
+
+fn plan_benchmarks(bin: &Path, options: &Options, report: &mut String) {
+    let tf = options.terraform && terraform_available();
+    let _ = writeln!(
+        report,
+        "\n### Whole-process plan commands (median of {} runs)\n",
+        options.runs
+    );
+    let _ = writeln!(
+        report,
+        "| tokens | command | wall ms | peak RSS MiB | Terraform wall ms | ratio |"
+    );
+    let _ = writeln!(report, "|---:|---|---:|---:|---:|---:|");
+    let mut noop_walls = Vec::new();
+    for &n in &options.sizes {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let all = addresses(n + n / 100);
+        write_state(&dir.path().join("state/tokens.state.json"), &all[..n]);
+        write_manifest(&dir.path().join("same.yaml"), &all[..n]);
+        write_manifest(&dir.path().join("grown.yaml"), &all);
+        let tf_rows = if tf { terraform_rows(n, options.runs) } else { None };
+        let cases: [(&str, &[&str]); 4] = [
+            ("validate", &["-f", "same.yaml", "validate"]),
+            ("plan (no changes)", &["-f", "same.yaml", "plan"]),
+            (
+                "plan (1% new)",
+                &["-f", "grown.yaml", "plan", "--max-creates", "100000"],
+            ),
+            (
+                "plan --output json (1% new)",
+                &[
+                    "-f",
+                    "grown.yaml",
+                    "plan",
+                    "--output",
+                    "json",
+                    "--max-creates",
+                    "100000",
+                ],
+            ),
+        ];
+        for (name, args) in cases {
+            let sample = median(options.runs, || tokenctl(bin, dir.path(), args));
+            if name == "plan (no changes)" {
+                noop_walls.push((n, sample.wall));
+            }
+            let (tf_wall, ratio) = match (&tf_rows, name) {
+                (Some((_, plan)), "plan (no changes)") => (
+                    ms(plan.wall),
+                    format!("{:.0}×", plan.wall.as_secs_f64() / sample.wall.as_secs_f64()),
+                ),
+                _ => ("".into(), "".into()),
+            };
+            let _ = writeln!(
+                report,
+                "| {n} | `{name}` | {} | {} | {tf_wall} | {ratio} |",
+                ms(sample.wall),
+                mib(sample.peak_kib)
+            );
+            eprintln!("{n} {name}: {} ms", ms(sample.wall));
+        }
+        if let Some((apply, _)) = tf_rows {
+            let _ = writeln!(
+                report,
+                "| {n} | Terraform `apply` of {n} `terraform_data` (1 run) | | | {} | |",
+                ms(apply.wall)
+            );
+        }
+    }
+    if let (Some((n1, w1)), Some((n2, w2))) = (
+        noop_walls.iter().find(|(n, _)| *n == 10_000),
+        noop_walls.iter().find(|(n, _)| *n == 100_000),
+    ) {
+        let _ = writeln!(
+            report,
+            "\nNo-op plan growth {n1} → {n2} tokens: {:.1}× the time for {}× the tokens.",
+            w2.as_secs_f64() / w1.as_secs_f64(),
+            n2 / n1
+        );
+    }
+    if !tf {
+        let _ = writeln!(
+            report,
+            "\nTerraform was not measured (`terraform` not found or --skip-terraform)."
+        );
+    }
+}
+
+fn apply_benchmarks(bin: &Path, options: &Options, report: &mut String) {
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let n = options.apply_n;
+    let accounts: Vec<u64> = (0..100).map(|i| FIRST_ACCOUNT + i).collect();
+    let tokens: Vec<Address> = (0..n)
+        .map(|i| Address::new(accounts[i % accounts.len()], format!("new-token-{i:05}")))
+        .collect();
+    let _ = writeln!(
+        report,
+        "\n### Apply of {n} creates against a mock API (median of {} runs)\n",
+        options.runs
+    );
+    let _ = writeln!(
+        report,
+        "| server delay | parallelism | wall s | latency bound s | bound / wall | creates/s | bare client s | bare / wall |"
+    );
+    let _ = writeln!(report, "|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let mut cases: Vec<(Duration, usize)> =
+        [1, 4, 16].iter().map(|&p| (options.delay, p)).collect();
+    cases.push((Duration::ZERO, 16));
+    for (delay, parallelism) in cases {
+        let mock = runtime.block_on(mock_logzio::MockLogzio::start_with(
+            mock_logzio::Behaviour {
+                delay,
+                sub_accounts: Some(accounts.clone()),
+                ..Default::default()
+            },
+        ));
+        let mut walls = Vec::new();
+        for _ in 0..options.runs {
+            let dir = tempfile::tempdir().expect("tempdir");
+            write_manifest(&dir.path().join("tokens.yaml"), &tokens);
+            let p = parallelism.to_string();
+            let mut command = tokenctl(
+                bin,
+                dir.path(),
+                &[
+                    "apply",
+                    "--auto-approve",
+                    "--parallelism",
+                    &p,
+                    "--max-creates",
+                    "100000",
+                ],
+            );
+            command
+                .env("LOGZIO_API_TOKEN", mock_logzio::OWNER_TOKEN)
+                .env("LOGZIO_API_URL", mock.url());
+            let sample = measure(&mut command);
+            assert!(sample.success, "apply failed");
+            walls.push(sample.wall);
+        }
+        walls.sort();
+        let wall = walls[walls.len() / 2];
+        let bare = runtime.block_on(bare_client(&mock.url(), n, parallelism));
+        let bound = delay.as_secs_f64() * n as f64 / parallelism as f64;
+        let ratio = if bound > 0.0 {
+            format!("{:.0}%", 100.0 * bound / wall.as_secs_f64())
+        } else {
+            "".into()
+        };
+        let _ = writeln!(
+            report,
+            "| {} ms | {parallelism} | {:.2} | {:.2} | {ratio} | {:.0} | {:.2} | {:.0}% |",
+            delay.as_millis(),
+            wall.as_secs_f64(),
+            bound,
+            n as f64 / wall.as_secs_f64(),
+            bare.as_secs_f64(),
+            100.0 * bare.as_secs_f64() / wall.as_secs_f64()
+        );
+        eprintln!("apply delay {delay:?} p{parallelism}: {:.2} s", wall.as_secs_f64());
+    }
+    durability_costs(n, report, &runtime);
+}
+
+/// Times a bare HTTP client sending `n` creates, `parallelism` at a time,
+/// with no journal, sinks or state: what the mock server itself allows.
+async fn bare_client(base: &str, n: usize, parallelism: usize) -> Duration {
+    let client = reqwest::Client::new();
+    let url = format!("{base}/v1/api-tokens/sub-account");
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..parallelism {
+        let (client, url, next) = (client.clone(), url.clone(), next.clone());
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                if i >= n {
+                    break;
+                }
+                let body = serde_json::json!({"name": format!("bare-{i}"), "accountId": FIRST_ACCOUNT});
+                let response = client
+                    .post(&url)
+                    .header("X-API-TOKEN", mock_logzio::OWNER_TOKEN)
+                    .json(&body)
+                    .send()
+                    .await
+                    .expect("bare create");
+                let _ = response.bytes().await;
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.expect("bare task");
+    }
+    start.elapsed()
+}
+
+/// Measures in-process what durability costs per create: the journal's two
+/// fsynced records (group commit, 16 creates at a time) and the sink's
+/// fsynced append.
+fn durability_costs(n: usize, report: &mut String, runtime: &tokio::runtime::Runtime) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let journal = Arc::new(
+        JournalWriter::create(
+            &dir.path().join("journal"),
+            &Record::Begin {
+                lineage: "bench".into(),
+                serial: 0,
+                started: 0,
+                pid: 0,
+            },
+        )
+        .expect("journal"),
+    );
+    let start = Instant::now();
+    runtime.block_on(async {
+        let mut tasks = Vec::new();
+        for worker in 0..16 {
+            let journal = journal.clone();
+            tasks.push(tokio::spawn(async move {
+                for i in (worker..n).step_by(16) {
+                    let address = Address::new(1, format!("t{i}"));
+                    journal
+                        .append(&Record::Intent {
+                            address: address.clone(),
+                            at: 0,
+                        })
+                        .await
+                        .expect("append");
+                    journal
+                        .append(&Record::Created {
+                            address,
+                            id: i as u64,
+                            created_at: 0,
+                            fingerprint: "sha256:0".into(),
+                        })
+                        .await
+                        .expect("append");
+                }
+            }));
+        }
+        for task in tasks {
+            task.await.expect("task");
+        }
+    });
+    let journal_cost = start.elapsed();
+
+    let mut sink = FileSink::open(&dir.path().join("tokens.jsonl")).expect("sink");
+    let secret = Secret::new("x".repeat(36));
+    let start = Instant::now();
+    for i in 0..n {
+        let address = Address::new(1, format!("t{i}"));
+        sink.deliver(&NewToken {
+            address: &address,
+            id: i as u64,
+            created_at: 0,
+            token: &secret,
+        })
+        .expect("deliver");
+    }
+    let sink_cost = start.elapsed();
+    let per = |d: Duration| d.as_secs_f64() * 1000.0 / n as f64;
+    let _ = writeln!(
+        report,
+        "\nDurability per create, measured in-process over {n} creates: journal (intent + created, 16 creates in flight, group commit) {:.3} ms; file sink append + fsync {:.3} ms.",
+        per(journal_cost),
+        per(sink_cost)
+    );
+}
+
+fn machine() -> String {
+    let cpu = fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|s| s.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let memory = fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .next()
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kib| kib.parse::<u64>().ok())
+        })
+        .map_or("?".into(), |kib| format!("{:.0} GiB", kib as f64 / 1_048_576.0));
+    format!("{cores} cores ({cpu}), {memory} RAM")
+}
+
+fn main() {
+    let options = options();
+    let bin = binary();
+    let mut report = format!(
+        "## Results\n\nMachine: {}. Command: `cargo run --release --example bench`.\n",
+        machine()
+    );
+    plan_benchmarks(&bin, &options, &mut report);
+    if options.apply {
+        apply_benchmarks(&bin, &options, &mut report);
+    }
+    println!("{report}");
+}
