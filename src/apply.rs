@@ -173,7 +173,10 @@ impl<A: TokenApi> Apply<'_, A> {
             Ok(sinks) => sinks,
             Err(err) => {
                 return Report {
-                    outcomes: creates.iter().map(|a| (a.clone(), Outcome::Skipped)).collect(),
+                    outcomes: creates
+                        .iter()
+                        .map(|a| (a.clone(), Outcome::Skipped))
+                        .collect(),
                     rescued: Vec::new(),
                     stopped: Some(format!("cannot start the sink thread: {err}")),
                 };

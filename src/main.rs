@@ -16,7 +16,9 @@ fn main() -> ExitCode {
         stdin.lock().read_line(&mut line).map(|_| line)
     };
     let mut stdout = io::stdout().lock();
-    let mut stderr = io::stderr().lock();
+    // Not locked for the whole run: the progress bar's thread writes to
+    // stderr too, and would wait forever for a lock this thread holds.
+    let mut stderr = io::stderr();
     let mut io = Io {
         stdout: &mut stdout,
         stderr: &mut stderr,

@@ -231,7 +231,11 @@ pub struct Delivery {
 
 /// Hands `token` to every sink; for each that fails, the secret is kept in
 /// a rescue file (written once per token) instead.
-pub fn deliver_all(sinks: &mut [Box<dyn SecretSink>], rescue: &Rescue, token: &NewToken<'_>) -> Delivery {
+pub fn deliver_all(
+    sinks: &mut [Box<dyn SecretSink>],
+    rescue: &Rescue,
+    token: &NewToken<'_>,
+) -> Delivery {
     let mut delivery = Delivery::default();
     for sink in sinks.iter_mut() {
         if let Err(err) = sink.deliver(token) {
@@ -289,7 +293,13 @@ impl SinkWorker {
 
     /// Hands a new token to the sinks and waits until every sink has it
     /// (or its rescue file does).
-    pub async fn deliver(&self, address: &Address, id: u64, created_at: i64, token: Secret) -> Delivery {
+    pub async fn deliver(
+        &self,
+        address: &Address,
+        id: u64,
+        created_at: i64,
+        token: Secret,
+    ) -> Delivery {
         let (done, wait) = tokio::sync::oneshot::channel();
         let handover = Handover {
             address: address.clone(),

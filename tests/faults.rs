@@ -371,6 +371,16 @@ async fn two_applies_at_once_one_proceeds_the_other_fails_fast_or_waits() {
         second.stderr
     );
 
+    // A plan needs no lock; one made now sees the apply's journal so far and
+    // is refused as stale once the apply has recorded its outcome.
+    let during = ws.run(&["plan", "-o", "during.plan"]);
+    assert_eq!(during.code, 0, "{}", during.all());
+    assert!(
+        during.stderr.contains("an apply is running"),
+        "{}",
+        during.stderr
+    );
+
     // A waiter gets the lock when the first finishes, and finds nothing to do.
     let waiter = ws
         .command(&["apply", "--auto-approve", "--lock-timeout", "60s"], &[])
@@ -384,6 +394,13 @@ async fn two_applies_at_once_one_proceeds_the_other_fails_fast_or_waits() {
         waiter.stdout.contains("Nothing to create."),
         "{}",
         waiter.stdout
+    );
+    let stale = ws.run(&["apply", "during.plan"]);
+    assert_eq!(stale.code, 1, "{}", stale.all());
+    assert!(
+        stale.stderr.contains("the plan is stale"),
+        "{}",
+        stale.stderr
     );
     assert_sound(&ws, &mock, &[]).await;
     assert_eq!(mock.create_requests().await.len(), 3);
@@ -540,4 +557,70 @@ async fn resolve_refuses_an_address_that_is_not_in_doubt() {
     assert!(run.stderr.contains("1/a is not in doubt"), "{}", run.stderr);
     let both = ws.run(&["resolve", "1/a", "--abandon", "--adopt", "3"]);
     assert_eq!(both.code, 1, "--adopt and --abandon exclude each other");
+}
+
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_interrupt_exits_at_once_and_the_journal_keeps_the_next_run_correct() {
+    use std::io::{BufRead, BufReader};
+
+    let mock = MockLogzio::start_with(Behaviour {
+        delay: Duration::from_secs(20),
+        ..Behaviour::default()
+    })
+    .await;
+    let mut ws = Workspace::new(&mock.url());
+    ws.manifest(&THREE);
+    let mut child = ws
+        .command(&["apply", "--auto-approve", "--parallelism", "1"], &[])
+        .spawn()
+        .unwrap();
+    mock.wait_for_requests(1).await;
+    let stderr = child.stderr.take().unwrap();
+    let (lines, received) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = lines.send(line);
+        }
+    });
+    let signal = |name: &str| {
+        let status = std::process::Command::new("kill")
+            .args([name, &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    };
+    signal("-TERM");
+    // The second signal must reach a process that has seen the first.
+    loop {
+        let line = received
+            .recv_timeout(Duration::from_secs(30))
+            .expect("no word of the first interrupt");
+        if line.contains("Interrupted:") {
+            break;
+        }
+    }
+    signal("-INT");
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130));
+    // It left without waiting for the create in flight, so nothing was
+    // folded: the journal is still there...
+    assert!(ws.path("state/tokens.state.json.journal").exists());
+    assert!(!ws.state_path().exists());
+
+    // ...and the next command records the create in flight as in doubt.
+    let plan = ws.run(&["plan"]);
+    assert!(
+        plan.stderr.contains("journal of an interrupted apply"),
+        "{}",
+        plan.stderr
+    );
+    assert_eq!(ws.pending_addresses(), ["1/a"]);
+    assert!(
+        plan.stdout
+            .contains("2 to create, 0 unchanged, 0 orphaned, 1 in doubt"),
+        "{}",
+        plan.stdout
+    );
+    assert_sound(&ws, &mock, &[]).await;
 }

@@ -329,3 +329,36 @@ async fn schema_prints_the_committed_json_schema() {
         serde_json::from_str(include_str!("../tokenctl.schema.json")).unwrap();
     assert_eq!(schema, committed);
 }
+
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_terminal_gets_a_progress_bar_on_stderr() {
+    let mock = MockLogzio::start_with(Behaviour {
+        delay: std::time::Duration::from_millis(150),
+        ..Behaviour::default()
+    })
+    .await;
+    let ws = Workspace::new(&mock.url());
+    let tokens: Vec<String> = (0..6).map(|i| format!("1/t{i}")).collect();
+    let tokens: Vec<&str> = tokens.iter().map(String::as_str).collect();
+    ws.manifest(&tokens);
+    // `script` runs the command on a pseudo-terminal, as a person would;
+    // `timeout` bounds the test should drawing ever block the process.
+    let command = format!(
+        "timeout 60 {} apply --auto-approve --parallelism 1",
+        env!("CARGO_BIN_EXE_tokenctl")
+    );
+    let base = ws.command(&[], &[]);
+    let mut script = std::process::Command::new("script");
+    script
+        .args(["-qec", &command, "/dev/null"])
+        .current_dir(ws.dir.path())
+        .env_clear()
+        .envs(base.get_envs().filter_map(|(k, v)| Some((k, v?))))
+        .env("TERM", "xterm");
+    let output = script.output().unwrap();
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{text}");
+    assert!(text.contains("/6 tokens"), "no progress bar drawn:\n{text}");
+    assert!(text.contains("Apply finished: 6 created"), "{text}");
+}

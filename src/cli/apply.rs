@@ -9,13 +9,12 @@ use std::time::Duration;
 
 use super::{
     ApplyArgs, CommandResult, EXIT_IN_DOUBT, EXIT_INTERRUPTED, EXIT_OK, Failure, Format, Session,
-    check_budget,
+    check_budget, record_journal,
 };
 use crate::address::Address;
 use crate::api::{self, HttpApi, Timeouts};
 use crate::apply::{Apply, Event, Outcome, Report, RetryPolicy, now};
-use crate::failpoint;
-use crate::journal::{self, JournalError, JournalWriter, Record};
+use crate::journal::{JournalWriter, Record};
 use crate::manifest::{self, Manifest};
 use crate::plan::{self, Plan};
 use crate::planfile::PlanFile;
@@ -95,6 +94,8 @@ impl Session<'_, '_> {
             retry.base_delay = Duration::from_millis(ms);
         }
 
+        // A first apply makes the state's lineage here; the fold reads it
+        // back from the journal.
         let lineage = state
             .as_ref()
             .map(|s| s.lineage.clone())
@@ -102,7 +103,7 @@ impl Session<'_, '_> {
         let journal = JournalWriter::create(
             &store.journal_path(),
             &Record::Begin {
-                lineage: lineage.clone(),
+                lineage,
                 serial: state.as_ref().map_or(0, |s| s.serial),
                 started: now(),
                 pid: std::process::id(),
@@ -149,7 +150,10 @@ impl Session<'_, '_> {
             bar.finish_and_clear();
         }
 
-        let stored = fold_journal(&store, state.as_ref(), &lineage)?;
+        let stored = match record_journal(&store, state.as_ref())? {
+            Some((stored, _)) => stored,
+            None => state.clone(),
+        };
         self.finish(
             &store,
             state.as_ref(),
@@ -242,7 +246,11 @@ impl Session<'_, '_> {
         };
         writeln!(out, "{headline}")?;
         if created > 0 {
-            writeln!(out, "New secrets were delivered to: {}", sink_names.join(", "))?;
+            writeln!(
+                out,
+                "New secrets were delivered to: {}",
+                sink_names.join(", ")
+            )?;
         }
         if pending > 0 {
             writeln!(
@@ -378,47 +386,6 @@ fn apply_result(report: &Report, pending: usize) -> CommandResult {
     Ok(if pending > 0 { EXIT_IN_DOUBT } else { EXIT_OK })
 }
 
-/// Records the run's journal in the state, once, and removes the journal.
-/// Returns the state as stored.
-fn fold_journal(
-    store: &FileStore,
-    before: Option<&State>,
-    lineage: &str,
-) -> Result<Option<State>, Failure> {
-    let path = store.journal_path();
-    let keep_journal = |failure: Failure| {
-        failure.hint(format!(
-            "every outcome is kept in {}; the next tokenctl command records it in the state once the state can be written",
-            path.display()
-        ))
-    };
-    let records = journal::read(&path)
-        .map_err(|e| keep_journal(e.into()))?
-        .unwrap_or_default();
-    let base = before
-        .cloned()
-        .unwrap_or_else(|| State::new(lineage.to_string()));
-    let (folded, _) = journal::fold(base, &records);
-    let stored = if before.is_none() && folded.tokens.is_empty() && folded.pending.is_empty() {
-        None
-    } else {
-        Some(
-            store
-                .commit(before, folded)
-                .map_err(|e| keep_journal(e.into()))?
-                .0,
-        )
-    };
-    journal::remove(&path).map_err(|source| {
-        Failure::from(JournalError::Io {
-            path: path.clone(),
-            source,
-        })
-    })?;
-    failpoint::hit("after-journal-removed");
-    Ok(stored)
-}
-
 /// Stops new creates at the first Ctrl-C or SIGTERM; exits at once on the
 /// second (the journal keeps the next run correct).
 async fn watch_signals(interrupt: Arc<AtomicBool>) {
@@ -524,6 +491,8 @@ async fn preflight(api: &HttpApi, creates: &[Address]) -> Result<(), Failure> {
 
 fn progress_bar(total: usize) -> indicatif::ProgressBar {
     let bar = indicatif::ProgressBar::new(total as u64);
+    // Redraw on a clock too, so the time estimate moves while creates wait.
+    bar.enable_steady_tick(Duration::from_millis(200));
     if let Ok(style) =
         indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} tokens ({eta} left)")
     {

@@ -13,7 +13,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::address::Address;
-use crate::journal::{self, JournalError};
+use crate::journal::{self, FoldSummary, JournalError};
 use crate::lock::{self, Holder, LockError, LockGuard};
 use crate::manifest::{Manifest, ManifestError};
 use crate::plan::{self, Pattern, Plan, Targeting};
@@ -477,19 +477,23 @@ impl Session<'_, '_> {
         FileStore::new(&self.cli.state)
     }
 
-    /// Takes the state lock for a command that writes the state.
-    fn lock(&mut self, store: &FileStore) -> Result<LockGuard, Failure> {
-        let holder = Holder {
+    /// Returns who this command is, for the lock file.
+    fn holder(&self) -> Holder {
+        Holder {
             user: self.env.user.clone().unwrap_or_else(|| "unknown".into()),
             host: self.env.host.clone().unwrap_or_else(|| "unknown".into()),
             pid: std::process::id(),
             command: self.command_line.clone(),
             started: crate::apply::now(),
             ci_job_url: self.env.ci_job_url.clone(),
-        };
+        }
+    }
+
+    /// Takes the state lock for a command that writes the state.
+    fn lock(&mut self, store: &FileStore) -> Result<LockGuard, Failure> {
         Ok(lock::acquire(
             &store.lock_path(),
-            &holder,
+            &self.holder(),
             self.cli.lock_timeout,
         )?)
     }
@@ -498,24 +502,9 @@ impl Session<'_, '_> {
     /// it any journal an interrupted apply left behind.
     fn load_state_locked(&mut self, store: &FileStore) -> Result<Option<State>, Failure> {
         let state = store.load()?;
-        let path = store.journal_path();
-        let Some(records) = journal::read(&path)? else {
+        let Some((stored, summary)) = record_journal(store, state.as_ref())? else {
             return Ok(state);
         };
-        journal::check_lineage(&path, &records, state.as_ref())?;
-        let base = state.clone().unwrap_or_else(|| {
-            State::new(journal::lineage(&records).unwrap_or_default().to_string())
-        });
-        let (folded, summary) = journal::fold(base, &records);
-        let stored = if state.is_none() && folded.tokens.is_empty() && folded.pending.is_empty() {
-            None
-        } else {
-            Some(store.commit(state.as_ref(), folded)?.0)
-        };
-        journal::remove(&path).map_err(|source| JournalError::Io {
-            path: path.clone(),
-            source,
-        })?;
         self.note(&format!(
             "recorded the journal of an interrupted apply in the state: {} created, {} failed, {} in doubt",
             summary.created, summary.failed, summary.in_doubt
@@ -529,15 +518,7 @@ impl Session<'_, '_> {
         if !store.journal_path().exists() {
             return Ok(store.load()?);
         }
-        let holder = Holder {
-            user: String::new(),
-            host: String::new(),
-            pid: std::process::id(),
-            command: self.command_line.clone(),
-            started: crate::apply::now(),
-            ci_job_url: None,
-        };
-        match lock::acquire(&store.lock_path(), &holder, Duration::ZERO) {
+        match lock::acquire(&store.lock_path(), &self.holder(), Duration::ZERO) {
             Ok(_guard) => self.load_state_locked(store),
             Err(LockError::Held { holder, .. }) => {
                 let state = store.load()?;
@@ -664,6 +645,46 @@ impl Session<'_, '_> {
     fn manifest_relative(&self, path: &Path) -> PathBuf {
         crate::fsutil::parent_dir(&self.cli.manifest).join(path)
     }
+}
+
+/// Records the journal beside the state in the state, in one atomic write,
+/// then removes it. Returns the state as stored and what the journal held,
+/// or `None` when there is no journal. Needs the lock.
+fn record_journal(
+    store: &FileStore,
+    before: Option<&State>,
+) -> Result<Option<(Option<State>, FoldSummary)>, Failure> {
+    let path = store.journal_path();
+    let keep_journal = |failure: Failure| {
+        failure.hint(format!(
+            "the journal {} was kept and still records every outcome; the next tokenctl command records it once the problem is fixed",
+            path.display()
+        ))
+    };
+    let Some(records) = journal::read(&path)? else {
+        return Ok(None);
+    };
+    journal::check_lineage(&path, &records, before)?;
+    let base = before
+        .cloned()
+        .unwrap_or_else(|| State::new(journal::lineage(&records).unwrap_or_default().to_string()));
+    let (folded, summary) = journal::fold(base, &records);
+    let stored = if before.is_none() && folded.tokens.is_empty() && folded.pending.is_empty() {
+        None
+    } else {
+        Some(
+            store
+                .commit(before, folded)
+                .map_err(|e| keep_journal(e.into()))?
+                .0,
+        )
+    };
+    journal::remove(&path).map_err(|source| JournalError::Io {
+        path: path.clone(),
+        source,
+    })?;
+    crate::failpoint::hit("after-journal-removed");
+    Ok(Some((stored, summary)))
 }
 
 fn check_budget(plan: &Plan, budget: &Budget) -> Result<(), Failure> {
