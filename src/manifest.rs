@@ -4,7 +4,7 @@
 //! returns a validated [`Manifest`] or an error that names file, line and
 //! column and says what would be accepted.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 use std::fmt;
 use std::path::PathBuf;
 
@@ -210,7 +210,8 @@ impl Manifest {
 }
 
 fn check_duplicates(tokens: &[Address], text: &str, origin: &str) -> Result<(), ManifestError> {
-    let mut seen: HashMap<&Address, usize> = HashMap::with_capacity(tokens.len());
+    let mut seen: FxHashMap<&Address, usize> =
+        FxHashMap::with_capacity_and_hasher(tokens.len(), Default::default());
     for (index, address) in tokens.iter().enumerate() {
         if let Some(first) = seen.insert(address, index) {
             let (first_line, _) = locate_token(text, first).unwrap_or((0, 0));

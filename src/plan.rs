@@ -1,6 +1,6 @@
 //! The planner: manifest + state → what would change. Pure: no I/O.
 
-use std::collections::HashSet;
+use rustc_hash::FxHashSet;
 
 use serde::Serialize;
 
@@ -167,8 +167,13 @@ impl Plan {
 
 /// Plans the manifest's tokens against the state (`None`: no state yet).
 pub fn plan(desired: &[Address], state: Option<&State>) -> Plan {
-    let wanted: HashSet<&Address> = desired.iter().collect();
-    let mut known: HashSet<&Address> = HashSet::new();
+    // Fx hashing: addresses come from the project's own files, so there is
+    // no untrusted input to defend against, and it makes 100k-token plans
+    // markedly faster than SipHash.
+    let wanted: FxHashSet<&Address> = desired.iter().collect();
+    let state_len = state.map_or(0, |s| s.tokens.len() + s.pending.len());
+    let mut known: FxHashSet<&Address> =
+        FxHashSet::with_capacity_and_hasher(state_len, Default::default());
     let mut changes = Vec::with_capacity(desired.len());
     if let Some(state) = state {
         for token in &state.tokens {

@@ -3,7 +3,7 @@
 //! The document is deterministic (sorted, pretty-printed, trailing newline)
 //! so that it diffs well in pull requests.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashSet;
 
 use serde::{Deserialize, Serialize};
 
@@ -174,14 +174,17 @@ impl State {
                 return Err(err);
             }
         }
-        let mut seen = HashMap::with_capacity(self.tokens.len());
+        let mut seen = FxHashSet::with_capacity_and_hasher(
+            self.tokens.len() + self.pending.len(),
+            Default::default(),
+        );
         for address in self
             .tokens
             .iter()
             .map(|t| &t.address)
             .chain(self.pending.iter().map(|p| &p.address))
         {
-            if seen.insert(address, ()).is_some() {
+            if !seen.insert(address) {
                 return Err(StateParseError::Corrupt(format!(
                     "{address} appears more than once"
                 )));
