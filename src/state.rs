@@ -80,17 +80,34 @@ pub enum StateParseError {
 }
 
 impl TokenRecord {
-    /// Returns a record of a token this tool created.
-    pub fn created(address: Address, id: u64, created_at: i64, fingerprint: String) -> Self {
+    /// Returns a record of the token at `address`.
+    pub fn new(
+        address: Address,
+        id: u64,
+        created_at: Option<i64>,
+        origin: Origin,
+        fingerprint: Option<String>,
+    ) -> Self {
         TokenRecord {
             account_id: address.account_id,
             name: address.name.clone(),
             address,
             id,
-            created_at: Some(created_at),
-            origin: Origin::Created,
-            fingerprint: Some(fingerprint),
+            created_at,
+            origin,
+            fingerprint,
         }
+    }
+
+    /// Returns a record of a token this tool created and saw the secret of.
+    pub fn created(address: Address, id: u64, created_at: i64, fingerprint: String) -> Self {
+        TokenRecord::new(
+            address,
+            id,
+            Some(created_at),
+            Origin::Created,
+            Some(fingerprint),
+        )
     }
 }
 

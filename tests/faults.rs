@@ -54,6 +54,25 @@ async fn assert_sound(ws: &Workspace, mock: &MockLogzio, adopted: &[String]) {
     );
 }
 
+/// After a run of THREE was killed during its first create: the next
+/// command records the journal, with that create in doubt.
+async fn assert_first_create_recovered_in_doubt(ws: &mut Workspace, mock: &MockLogzio) {
+    let plan = ws.run(&["plan"]);
+    assert!(
+        plan.stderr.contains("journal of an interrupted apply"),
+        "{}",
+        plan.stderr
+    );
+    assert_eq!(ws.pending_addresses(), ["1/a"]);
+    assert!(
+        plan.stdout
+            .contains("2 to create, 0 unchanged, 0 orphaned, 1 in doubt"),
+        "{}",
+        plan.stdout
+    );
+    assert_sound(ws, mock, &[]).await;
+}
+
 /// Settles every in-doubt address the way a person would: from the sink
 /// when it holds the secret, by adopting the id the UI shows when the
 /// server issued one, else by abandoning it. Returns the adopted addresses.
@@ -175,20 +194,7 @@ async fn kill_9_while_the_server_delays_leaves_the_create_in_doubt() {
     let killed = ws.finish(child);
     assert_ne!(killed.code, 0);
 
-    let plan = ws.run(&["plan"]);
-    assert!(
-        plan.stderr.contains("journal of an interrupted apply"),
-        "{}",
-        plan.stderr
-    );
-    assert_eq!(ws.pending_addresses(), ["1/a"]);
-    assert!(
-        plan.stdout
-            .contains("2 to create, 0 unchanged, 0 orphaned, 1 in doubt"),
-        "{}",
-        plan.stdout
-    );
-    assert_sound(&ws, &mock, &[]).await;
+    assert_first_create_recovered_in_doubt(&mut ws, &mock).await;
     ws.assert_secrets_only_in_sink(&secrets(&mock));
 }
 
@@ -609,18 +615,5 @@ async fn a_second_interrupt_exits_at_once_and_the_journal_keeps_the_next_run_cor
     assert!(!ws.state_path().exists());
 
     // ...and the next command records the create in flight as in doubt.
-    let plan = ws.run(&["plan"]);
-    assert!(
-        plan.stderr.contains("journal of an interrupted apply"),
-        "{}",
-        plan.stderr
-    );
-    assert_eq!(ws.pending_addresses(), ["1/a"]);
-    assert!(
-        plan.stdout
-            .contains("2 to create, 0 unchanged, 0 orphaned, 1 in doubt"),
-        "{}",
-        plan.stdout
-    );
-    assert_sound(&ws, &mock, &[]).await;
+    assert_first_create_recovered_in_doubt(&mut ws, &mock).await;
 }

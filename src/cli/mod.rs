@@ -606,15 +606,13 @@ impl Session<'_, '_> {
             after.serial += 1;
         }
         for address in plan.creates() {
-            after.record_created(TokenRecord {
-                account_id: address.account_id,
-                name: address.name.clone(),
+            after.record_created(TokenRecord::new(
                 address,
-                id: UNKNOWN_ID,
-                created_at: None,
-                origin: Origin::Created,
-                fingerprint: None,
-            });
+                UNKNOWN_ID,
+                None,
+                Origin::Created,
+                None,
+            ));
         }
         let after = after.to_json().replace(
             &format!("\"id\": {UNKNOWN_ID}"),

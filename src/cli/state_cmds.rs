@@ -52,15 +52,13 @@ impl Session<'_, '_> {
                 },
                 None => self.find_in_sink(args, address, &before)?,
             };
-            after.record_created(TokenRecord {
-                account_id: pending.account_id,
-                name: pending.name.clone(),
-                address: address.clone(),
-                id: record.id,
-                created_at: record.created_at,
-                origin: Origin::Created,
-                fingerprint: (!record.fingerprint.is_empty()).then_some(record.fingerprint),
-            });
+            after.record_created(TokenRecord::new(
+                pending.address.clone(),
+                record.id,
+                record.created_at,
+                Origin::Created,
+                (!record.fingerprint.is_empty()).then_some(record.fingerprint),
+            ));
             format!("{address} is recorded as token id {}.", record.id)
         };
         self.commit_and_show(&store, &before, after)?;
@@ -138,15 +136,13 @@ impl Session<'_, '_> {
         }
         let base = before.clone().unwrap_or_else(State::fresh);
         let mut after = base.clone();
-        after.record_created(TokenRecord {
-            account_id: address.account_id,
-            name: address.name.clone(),
-            address: address.clone(),
-            id: args.id,
-            created_at: args.created_at,
-            origin: Origin::Imported,
-            fingerprint: None,
-        });
+        after.record_created(TokenRecord::new(
+            address.clone(),
+            args.id,
+            args.created_at,
+            Origin::Imported,
+            None,
+        ));
         self.commit_and_show_from(&store, before.as_ref(), after)?;
         writeln!(
             self.io.stdout,

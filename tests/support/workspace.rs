@@ -80,8 +80,17 @@ impl Workspace {
 
     /// Returns the addresses the state records as created, sorted.
     pub fn state_addresses(&self) -> Vec<String> {
+        self.addresses_in("tokens")
+    }
+
+    /// Returns the addresses the state holds as in doubt, sorted.
+    pub fn pending_addresses(&self) -> Vec<String> {
+        self.addresses_in("pending")
+    }
+
+    fn addresses_in(&self, list: &str) -> Vec<String> {
         let state = self.state();
-        let mut addresses: Vec<String> = state["tokens"]
+        let mut addresses: Vec<String> = state[list]
             .as_array()
             .unwrap()
             .iter()
@@ -144,19 +153,6 @@ impl Workspace {
     pub fn run_with(&mut self, args: &[&str], env: &[(&str, &str)]) -> Run {
         let child = self.command(args, env).spawn().unwrap();
         self.finish(child)
-    }
-
-    /// Returns the addresses the state holds as in doubt, sorted.
-    pub fn pending_addresses(&self) -> Vec<String> {
-        let state = self.state();
-        let mut addresses: Vec<String> = state["pending"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|t| t["address"].as_str().unwrap().to_string())
-            .collect();
-        addresses.sort();
-        addresses
     }
 
     /// Fails if any secret appears in any output of any run so far or in
