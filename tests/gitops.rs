@@ -54,8 +54,12 @@ async fn plan_json_is_a_versioned_document() {
     ws.manifest(&TWO);
     assert_eq!(ws.run(&["apply", "--auto-approve"]).code, 0);
     ws.manifest(&["160343/ci-shipper", "7/new"]);
-    let run = ws.run(&["plan", "--output", "json"]);
+    let run = ws.run(&["plan", "--output", "json", "--diff"]);
     assert_eq!(run.code, 0, "{}", run.all());
+    assert!(
+        run.stderr
+            .contains("--diff is shown with --output text only")
+    );
     let document: PlanDocument = serde_json::from_str(&run.stdout).unwrap();
     assert_eq!(document.format_version, 1);
     assert_eq!(document.summary.create, 1);

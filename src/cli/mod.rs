@@ -233,7 +233,8 @@ enum StateCommand {
 
 /// The process environment the commands read, gathered in one place so that
 /// tests can run commands with a controlled one.
-#[derive(Debug, Clone, Default)]
+// No Debug: it holds the owner token.
+#[derive(Clone, Default)]
 pub struct Env {
     pub api_token: Option<String>,
     pub api_url: Option<String>,
@@ -566,7 +567,11 @@ impl Session<'_, '_> {
             PlanFormat::Markdown => render::plan_markdown(&plan, MARKDOWN_LIMIT, self.io.stdout)?,
         }
         if args.diff {
-            self.preview_diff(&store, state.as_ref(), &plan)?;
+            if args.output == PlanFormat::Text {
+                self.preview_diff(&store, state.as_ref(), &plan)?;
+            } else {
+                self.warn("--diff is shown with --output text only; the document stays parseable");
+            }
         }
         if let Some(out) = &args.out {
             let file = PlanFile::new(&plan, &loaded.bytes, state.as_ref());
