@@ -137,6 +137,11 @@ pub struct Apply<'a, A> {
 /// task, so plain cells suffice; no borrow is held across an await.
 struct Shared<'r, 'e> {
     limiter: Limiter,
+    /// Bounds creates under way, API call or not, to twice the parallelism:
+    /// answered creates finish their durable steps while the next calls
+    /// run, but slow sinks cannot let answers (and secrets held in memory)
+    /// pile up.
+    under_way: Semaphore,
     stopped: RefCell<Option<String>>,
     events: RefCell<&'r mut dyn FnMut(Event<'_>)>,
     sinks: SinkWorker,
@@ -184,6 +189,7 @@ impl<A: TokenApi> Apply<'_, A> {
         };
         let shared = Shared {
             limiter: Limiter::new(self.parallelism.max(1)),
+            under_way: Semaphore::new(2 * self.parallelism.max(1)),
             stopped: RefCell::new(None),
             events: RefCell::new(events),
             sinks,
@@ -232,6 +238,7 @@ async fn create_one<A: TokenApi>(
     shared: &Shared<'_, '_>,
     address: &Address,
 ) -> Outcome {
+    let _under_way = shared.under_way.acquire().await;
     let permit = shared.limiter.acquire().await;
     if shared.should_stop() {
         return Outcome::Skipped;
