@@ -267,11 +267,6 @@ impl JournalWriter {
                 source,
             })
     }
-
-    /// Returns the journal's path.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
 }
 
 impl Drop for JournalWriter {

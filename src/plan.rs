@@ -74,14 +74,9 @@ impl Plan {
 
     /// Returns the addresses to create, in plan order.
     pub fn creates(&self) -> Vec<Address> {
-        self.with_action(Action::Create)
-    }
-
-    /// Returns the addresses with the given action, in plan order.
-    pub fn with_action(&self, action: Action) -> Vec<Address> {
         self.changes
             .iter()
-            .filter(|c| c.action == action)
+            .filter(|c| c.action == Action::Create)
             .map(|c| c.address.clone())
             .collect()
     }
