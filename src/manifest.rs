@@ -134,6 +134,9 @@ pub struct ManifestError {
 impl Manifest {
     /// Parses and validates manifest text; `origin` names it in errors.
     pub fn parse(text: &str, origin: &str) -> Result<Parsed, ManifestError> {
+        // Editors on Windows save UTF-8 with a byte-order mark; it is not
+        // part of the YAML and would otherwise hide the first key.
+        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
         let raw: RawManifest = match serde_yaml::from_str(text) {
             Ok(raw) => raw,
             Err(err) => return Err(yaml_error(&err, text, origin)),
@@ -194,6 +197,7 @@ impl Manifest {
             .unwrap_or_default();
         let tokens: Vec<Address> = raw
             .tokens
+            .0
             .into_iter()
             .map(|t| Address::new(t.account_id.0, t.name.0))
             .collect();
@@ -259,10 +263,20 @@ fn yaml_error(err: &serde_yaml::Error, text: &str, origin: &str) -> ManifestErro
 fn hint_for(message: &str) -> Option<String> {
     let hint = if message.contains("unknown field") {
         "remove the key or correct its spelling"
+    } else if message.contains("leading zero") {
+        "write the account id without leading zeros, exactly as the Logz.io UI shows it"
     } else if message.contains("accountId") {
         "write the sub-account's numeric id without quotes, e.g. `accountId: 160343`"
-    } else if message.contains(".name") {
+    } else if message.contains("starts or ends with white space") {
+        "remove the white space at the start or end of the name"
+    } else if message.contains("must not be empty") {
+        "give every token a name, e.g. `name: ci-shipper`"
+    } else if message.contains("invisible") || message.contains("control character") {
+        "retype the name with visible characters only; such characters make two names look alike"
+    } else if message.contains(".name") && message.contains("invalid type") {
         "quote a name that YAML would read as a number or boolean, e.g. `name: \"2024\"`"
+    } else if message.contains("`tokens` has no value") {
+        "list the tokens under `tokens:`, or write `tokens: []` to declare that none should exist"
     } else if message.contains("missing field") {
         "each token needs `name` and `accountId`; the manifest needs `version` and `tokens`"
     } else if message.contains("the manifest is empty") {
@@ -351,7 +365,39 @@ struct RawManifest {
     region: Option<RegionField>,
     api_url: Option<ApiUrlField>,
     secrets: Option<RawSecrets>,
-    tokens: Vec<RawToken>,
+    tokens: TokenList,
+}
+
+/// The `tokens` list. A bare `tokens:` is YAML for null, which would
+/// silently declare that no token should exist: it is refused, and
+/// `tokens: []` says so on purpose.
+struct TokenList(Vec<RawToken>);
+impl<'de> Deserialize<'de> for TokenList {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct ListVisitor;
+        impl<'de> Visitor<'de> for ListVisitor {
+            type Value = TokenList;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a list of tokens")
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<TokenList, E> {
+                Err(E::custom(
+                    "`tokens` has no value; an empty list must be written `tokens: []`",
+                ))
+            }
+            fn visit_none<E: de::Error>(self) -> Result<TokenList, E> {
+                self.visit_unit()
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<TokenList, A::Error> {
+                let mut tokens = Vec::with_capacity(seq.size_hint().unwrap_or(0));
+                while let Some(token) = seq.next_element::<RawToken>()? {
+                    tokens.push(token);
+                }
+                Ok(TokenList(tokens))
+            }
+        }
+        d.deserialize_any(ListVisitor)
+    }
 }
 
 #[derive(Deserialize)]
@@ -443,6 +489,13 @@ impl<'de> Deserialize<'de> for AccountId {
                 )))
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<AccountId, E> {
+                // YAML reads digits with a leading zero as text, not a number.
+                if v.len() > 1 && v.starts_with('0') && v.bytes().all(|b| b.is_ascii_digit()) {
+                    return Err(E::custom(format!(
+                        "accountId {v} has a leading zero, so YAML reads it as text; write `accountId: {}`",
+                        v.trim_start_matches('0')
+                    )));
+                }
                 Err(E::custom(format!(
                     "accountId must be an integer, found the string {v:?}"
                 )))
@@ -495,8 +548,16 @@ pub fn validate_name(name: &str) -> Result<(), String> {
     }
     if let Some(c) = name.chars().find(|c| c.is_control()) {
         return Err(format!(
-            "token name {name:?} contains the control character {:?}; use printable characters only",
-            c
+            "token name {name:?} contains the control character U+{:04X}; use printable characters only",
+            u32::from(c)
+        ));
+    }
+    if let Some(c) = name.chars().find(|&c| is_invisible(c)) {
+        return Err(format!(
+            "token name {} contains U+{:04X}{}, an invisible formatting character that makes names look alike",
+            name.escape_default(),
+            u32::from(c),
+            invisible_name(c).map(|n| format!(" ({n})")).unwrap_or_default()
         ));
     }
     if name.trim() != name {
@@ -505,6 +566,59 @@ pub fn validate_name(name: &str) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// Tells whether `c` is a format character (Unicode category Cf: zero-width
+/// and bidirectional controls, soft hyphen, byte-order mark, tags), a line
+/// or paragraph separator, or a filler that renders as nothing.
+fn is_invisible(c: char) -> bool {
+    matches!(
+        u32::from(c),
+        0x00AD
+            | 0x034F
+            | 0x0600..=0x0605
+            | 0x061C
+            | 0x06DD
+            | 0x070F
+            | 0x0890..=0x0891
+            | 0x08E2
+            | 0x115F..=0x1160
+            | 0x17B4..=0x17B5
+            | 0x180B..=0x180F
+            | 0x200B..=0x200F
+            | 0x2028..=0x202E
+            | 0x2060..=0x2064
+            | 0x2066..=0x206F
+            | 0x3164
+            | 0xFE00..=0xFE0F
+            | 0xFEFF
+            | 0xFFA0
+            | 0xFFF9..=0xFFFB
+            | 0x110BD
+            | 0x110CD
+            | 0x13430..=0x1343F
+            | 0x1BCA0..=0x1BCA3
+            | 0x1D173..=0x1D17A
+            | 0xE0001
+            | 0xE0020..=0xE007F
+            | 0xE0100..=0xE01EF
+    )
+}
+
+/// Names the invisible characters seen most often in copied text.
+fn invisible_name(c: char) -> Option<&'static str> {
+    Some(match c {
+        '\u{00AD}' => "SOFT HYPHEN",
+        '\u{200B}' => "ZERO WIDTH SPACE",
+        '\u{200C}' => "ZERO WIDTH NON-JOINER",
+        '\u{200D}' => "ZERO WIDTH JOINER",
+        '\u{200E}' => "LEFT-TO-RIGHT MARK",
+        '\u{200F}' => "RIGHT-TO-LEFT MARK",
+        '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' => "a bidirectional control",
+        '\u{2060}' => "WORD JOINER",
+        '\u{FEFF}' => "BYTE ORDER MARK",
+        _ => return None,
+    })
 }
 
 struct RegionField(Region);

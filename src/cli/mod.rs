@@ -56,7 +56,7 @@ struct Cli {
     #[arg(long, global = true, value_enum, default_value_t = ColorChoice::Auto)]
     color: ColorChoice,
     /// How long to wait for the state lock held by another command (e.g. 30s, 5m).
-    #[arg(long, global = true, value_name = "DURATION", default_value = "0s", value_parser = parse_duration)]
+    #[arg(long, global = true, value_name = "DURATION", default_value = "0s", value_parser = parse_lock_timeout)]
     lock_timeout: Duration,
     #[command(subcommand)]
     command: Command,
@@ -173,7 +173,7 @@ struct ApplyArgs {
     #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
     parallelism: u16,
     /// How long one create may take before its outcome counts as in doubt.
-    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_request_timeout)]
     request_timeout: Duration,
     /// Skip the checks of the owner token and sub-accounts before the first create.
     #[arg(long)]
@@ -702,28 +702,43 @@ fn check_budget(plan: &Plan, budget: &Budget) -> Result<(), Failure> {
     Ok(())
 }
 
-/// Parses a duration such as `30s`, `5m`, `1h`, `250ms` or `10` (seconds).
+/// Parses a duration such as `30s`, `5m`, `1h 30m`, `250ms` or `10` (seconds).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("`{text}` is not a duration; write e.g. 30s, 5m or 1h"))?;
-    let seconds = match unit.trim() {
-        "" | "s" => value,
-        "ms" => value / 1000.0,
-        "m" => value * 60.0,
-        "h" => value * 3600.0,
-        other => {
-            return Err(format!(
-                "unknown unit `{other}` in `{text}`; use ms, s, m or h"
-            ));
-        }
-    };
-    Ok(Duration::from_secs_f64(seconds))
+    if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
+        return text
+            .parse::<u64>()
+            .map(Duration::from_secs)
+            .map_err(|_| format!("`{text}` seconds is too long a duration"));
+    }
+    humantime::parse_duration(text)
+        .map_err(|err| format!("`{text}` is not a duration ({err}); write e.g. 30s, 5m or 1h"))
+}
+
+/// Parses a duration of at most `max`, which a flag documents.
+fn parse_bounded(text: &str, max: Duration, max_text: &str) -> Result<Duration, String> {
+    let duration = parse_duration(text)?;
+    if duration > max {
+        return Err(format!(
+            "`{}` is longer than the longest accepted, {max_text}",
+            text.trim()
+        ));
+    }
+    Ok(duration)
+}
+
+/// Parses `--lock-timeout`: at most a day, which no apply needs to wait.
+fn parse_lock_timeout(text: &str) -> Result<Duration, String> {
+    parse_bounded(text, Duration::from_secs(24 * 3600), "24h")
+}
+
+/// Parses `--request-timeout`: more than zero and at most an hour.
+fn parse_request_timeout(text: &str) -> Result<Duration, String> {
+    let duration = parse_bounded(text, Duration::from_secs(3600), "1h")?;
+    if duration.is_zero() {
+        return Err("a request timeout must be longer than 0".into());
+    }
+    Ok(duration)
 }
 
 #[cfg(test)]
@@ -737,7 +752,19 @@ mod tests {
         assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
         assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
         assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+        assert_eq!(parse_duration("1h 30m"), Ok(Duration::from_secs(5400)));
         assert!(parse_duration("soon").is_err());
-        assert!(parse_duration("5d").is_err());
+        assert!(parse_duration("5x").is_err());
+    }
+
+    #[test]
+    fn huge_or_zero_durations_are_errors_not_panics() {
+        assert!(parse_duration("99999999999999999999999h").is_err());
+        assert!(parse_duration("99999999999999999999999").is_err());
+        assert!(parse_lock_timeout("99999999999999999999999h").is_err());
+        assert!(parse_lock_timeout("25h").is_err());
+        assert_eq!(parse_lock_timeout("5m"), Ok(Duration::from_secs(300)));
+        assert!(parse_request_timeout("0s").is_err());
+        assert!(parse_request_timeout("2h").is_err());
     }
 }

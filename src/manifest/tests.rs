@@ -240,3 +240,61 @@ fn reads_an_exec_sink() {
     assert_eq!(err.line, 4, "{err}");
     assert!(err.message.contains("at least the program"), "{err}");
 }
+
+#[test]
+fn accepts_a_byte_order_mark() {
+    let parsed = Manifest::parse(&format!("\u{feff}{GOOD}"), "tokens.yaml").unwrap();
+    assert_eq!(parsed.manifest.tokens.len(), 2);
+}
+
+#[test]
+fn rejects_invisible_and_bidi_characters_naming_the_code_point() {
+    for (name, code) in [
+        ("ci-\u{200b}shipper", "U+200B (ZERO WIDTH SPACE)"),
+        ("ci-\u{202e}reppihs", "U+202E (a bidirectional control)"),
+        ("ci-\u{feff}shipper", "U+FEFF (BYTE ORDER MARK)"),
+        ("ci-\u{ad}shipper", "U+00AD (SOFT HYPHEN)"),
+        ("tag\u{e0041}", "U+E0041"),
+    ] {
+        let err = reject(&with_tokens(&format!(
+            "  - name: \"{name}\"\n    accountId: 1\n"
+        )));
+        assert!(err.message.contains(code), "{name:?}: {err}");
+        assert_eq!(err.line, 4, "{err}");
+        let hint = err.hint.unwrap_or_default();
+        assert!(hint.contains("visible characters"), "{hint}");
+    }
+    // Letters from other scripts are names like any other.
+    assert!(Manifest::parse(&with_tokens("  - name: grafana-lecteur-é-東京\n    accountId: 1\n"), "m").is_ok());
+}
+
+#[test]
+fn name_hints_fit_the_problem() {
+    let spaces = reject(&with_tokens("  - name: \" padded \"\n    accountId: 1\n"));
+    assert_eq!(
+        spaces.hint.as_deref(),
+        Some("remove the white space at the start or end of the name")
+    );
+    let control = reject(&with_tokens("  - name: \"a\\tb\"\n    accountId: 1\n"));
+    assert!(control.message.contains("U+0009"), "{control}");
+    assert!(!control.hint.unwrap_or_default().contains("quote"));
+    let number = reject(&with_tokens("  - name: 2024\n    accountId: 1\n"));
+    assert!(number.hint.unwrap_or_default().contains("quote"));
+}
+
+#[test]
+fn an_account_id_with_a_leading_zero_is_explained() {
+    let err = reject(&with_tokens("  - name: a\n    accountId: 0471127\n"));
+    assert!(err.message.contains("leading zero"), "{err}");
+    assert!(err.message.contains("accountId: 471127"), "{err}");
+    assert!(!err.message.contains("found the string"), "{err}");
+}
+
+#[test]
+fn a_tokens_key_without_a_value_is_refused() {
+    let err = reject("version: 1\nregion: us\ntokens:\n");
+    assert!(err.message.contains("`tokens` has no value"), "{err}");
+    assert!(err.hint.unwrap_or_default().contains("tokens: []"));
+    let missing = reject("version: 1\nregion: us\n");
+    assert!(missing.message.contains("tokens"), "{missing}");
+}
