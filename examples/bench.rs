@@ -546,6 +546,7 @@ fn durability_costs(n: usize, report: &mut String, runtime: &tokio::runtime::Run
                 serial: 0,
                 started: 0,
                 pid: 0,
+                host: None,
             },
         )
         .expect("journal"),

@@ -236,8 +236,10 @@ impl TokenApi for HttpApi {
         async move {
             let response = request.send().await.map_err(|err| send_error(&url, &err))?;
             let status = response.status();
-            if status == StatusCode::OK {
-                return read_created(response).await;
+            // The API documents 200; any 2xx that carries a create answer
+            // made a token, and its secret must not be dropped.
+            if status.is_success() {
+                return read_created(response, status).await;
             }
             let retry_after = retry_after(response.headers());
             let location = response
@@ -252,8 +254,13 @@ impl TokenApi for HttpApi {
 }
 
 fn send_error(url: &str, err: &reqwest::Error) -> CreateError {
-    // A failed connect means nothing was sent; anything later is ambiguous.
-    if err.is_connect() {
+    // A request that could not be built, or whose connection was never
+    // made, provably never left; anything later is ambiguous.
+    if err.is_builder() {
+        CreateError::NotSent {
+            detail: format!("the request could not be built: {}", error_chain(err)),
+        }
+    } else if err.is_connect() {
         CreateError::NotSent {
             detail: format!("could not connect to {url}: {}", error_chain(err)),
         }
@@ -279,10 +286,14 @@ fn error_chain(err: &dyn std::error::Error) -> String {
     text
 }
 
-async fn read_created(response: reqwest::Response) -> Result<CreatedToken, CreateError> {
+async fn read_created(
+    response: reqwest::Response,
+    status: StatusCode,
+) -> Result<CreatedToken, CreateError> {
     // The body holds the secret: errors below must never quote it.
+    let code = status.as_u16();
     let unreadable = |why: &str| CreateError::Ambiguous {
-        detail: format!("the server answered 200 but {why}; a token may have been created"),
+        detail: format!("the server answered {code} but {why}; a token may have been created"),
     };
     let bytes = response
         .bytes()
@@ -292,6 +303,10 @@ async fn read_created(response: reqwest::Response) -> Result<CreatedToken, Creat
         .map_err(|_| unreadable("the body is not the expected JSON"))?;
     let created_at = epoch_seconds(&body.created_at)
         .ok_or_else(|| unreadable("createdAt is not a time in seconds"))?;
+    if body.token.trim().is_empty() {
+        // Recording it as created would keep a token nobody can use.
+        return Err(unreadable("its token is empty"));
+    }
     Ok(CreatedToken {
         id: body.id,
         name: body.name,
@@ -352,6 +367,31 @@ fn classify(
 /// Extracts the server's message from an error body: JSON with `message`
 /// (plus `code`, `errorCode`, `requestId` when present), or plain text.
 pub fn server_message(body: &str) -> String {
+    const LIMIT: usize = 300;
+    // A gateway may echo an upstream create answer; its token must not
+    // reach any output, journal or state.
+    if looks_like_it_carries_a_token(body) {
+        return "(the body was withheld: it looks like it carries a token)".into();
+    }
+    let text = raw_server_message(body);
+    let clean: String = text
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    match clean.char_indices().nth(LIMIT) {
+        Some((cut, _)) => format!("{}…", &clean[..cut]),
+        None => clean,
+    }
+}
+
+/// Tells whether an error body has a `token` field anywhere, as a create
+/// answer has, whether as JSON or as JSON quoted inside a message.
+fn looks_like_it_carries_a_token(body: &str) -> bool {
+    let lower = body.to_ascii_lowercase();
+    lower.contains("\"token\"") || lower.contains("\\\"token\\\"")
+}
+
+fn raw_server_message(body: &str) -> String {
     #[derive(Deserialize)]
     struct ErrorBody {
         message: Option<String>,
@@ -380,11 +420,7 @@ pub fn server_message(body: &str) -> String {
     if trimmed.is_empty() {
         return "(empty body)".into();
     }
-    const LIMIT: usize = 300;
-    match trimmed.char_indices().nth(LIMIT) {
-        Some((cut, _)) => format!("{}…", &trimmed[..cut]),
-        None => trimmed.to_string(),
-    }
+    trimmed.to_string()
 }
 
 #[cfg(test)]
@@ -417,6 +453,24 @@ mod tests {
         assert_eq!(server_message("Too Many Requests\n"), "Too Many Requests");
         assert_eq!(server_message(""), "(empty body)");
         assert_eq!(server_message(&"x".repeat(400)).chars().count(), 301);
+    }
+
+    #[test]
+    fn server_messages_never_carry_a_token_or_control_characters() {
+        let echoed = r#"{"id":7,"name":"a","token":"s3cr3t-value","createdAt":1}"#;
+        assert!(!server_message(echoed).contains("s3cr3t"));
+        let quoted = r#"{"message":"upstream said {\"token\": \"s3cr3t-value\"}"}"#;
+        assert!(
+            !server_message(quoted).contains("s3cr3t"),
+            "{}",
+            server_message(quoted)
+        );
+        let long = format!(r#"{{"message":"{}"}}"#, "m".repeat(5000));
+        assert_eq!(server_message(&long).chars().count(), 301);
+        assert_eq!(
+            server_message("line one\nline two\u{1b}[31m"),
+            "line one line two [31m"
+        );
     }
 
     #[test]

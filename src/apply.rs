@@ -88,7 +88,42 @@ pub enum Event<'a> {
     /// A sink failed; the secret went to the rescue file named, or, when
     /// none is named, could not be saved anywhere.
     SinkFailed(&'a Address, &'a SinkError, Option<&'a std::path::Path>),
-    Stopping(&'a str),
+    Stopping(&'a StopReason),
+}
+
+/// After this many creates in a row got no definite answer, no further
+/// create starts: during an outage every one of them would be one more
+/// token for a person to look for in the UI.
+pub const DOUBT_STREAK_LIMIT: usize = 3;
+
+/// Why a run stopped before it attempted every create.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StopReason {
+    /// Ctrl-C or SIGTERM.
+    Interrupted,
+    /// The server refused the owner token (401 or 403).
+    Unauthorized(String),
+    /// Several creates in a row got no definite answer.
+    NoDefiniteAnswers { in_a_row: usize, last: String },
+    /// An outcome could not be journaled.
+    Journal(String),
+    /// The sinks could not be started.
+    Sinks(String),
+}
+
+impl std::fmt::Display for StopReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StopReason::Interrupted => f.write_str("interrupted"),
+            StopReason::Unauthorized(detail) => f.write_str(detail),
+            StopReason::NoDefiniteAnswers { in_a_row, last } => write!(
+                f,
+                "{in_a_row} creates in a row got no definite answer (last: {last}); starting no more"
+            ),
+            StopReason::Journal(detail) => write!(f, "the journal failed: {detail}"),
+            StopReason::Sinks(detail) => write!(f, "cannot start the secret sinks: {detail}"),
+        }
+    }
 }
 
 /// The result of the creates of one apply.
@@ -100,7 +135,7 @@ pub struct Report {
     /// (`None`: the rescue file could not be written either).
     pub rescued: Vec<(Address, Option<PathBuf>)>,
     /// Why the run stopped early, if it did.
-    pub stopped: Option<String>,
+    pub stopped: Option<StopReason>,
 }
 
 impl Report {
@@ -142,7 +177,9 @@ struct Shared<'r, 'e> {
     /// run, but slow sinks cannot let answers (and secrets held in memory)
     /// pile up.
     under_way: Semaphore,
-    stopped: RefCell<Option<String>>,
+    stopped: RefCell<Option<StopReason>>,
+    /// Creates answered in a row with no definite outcome.
+    doubt_streak: Cell<usize>,
     events: RefCell<&'r mut dyn FnMut(Event<'_>)>,
     sinks: SinkWorker,
     rescued: RefCell<Vec<(Address, Option<PathBuf>)>>,
@@ -154,7 +191,7 @@ impl Shared<'_, '_> {
         (self.events.borrow_mut())(event);
     }
 
-    fn stop(&self, reason: String) {
+    fn stop(&self, reason: StopReason) {
         let mut stopped = self.stopped.borrow_mut();
         if stopped.is_none() {
             self.emit(Event::Stopping(&reason));
@@ -162,9 +199,26 @@ impl Shared<'_, '_> {
         }
     }
 
+    /// Stops the run after too many creates in a row ended in doubt.
+    fn count_doubts(&self, result: &Result<CreatedToken, CreateError>) {
+        match result {
+            Err(CreateError::Ambiguous { detail }) => {
+                let streak = self.doubt_streak.get() + 1;
+                self.doubt_streak.set(streak);
+                if streak >= DOUBT_STREAK_LIMIT {
+                    self.stop(StopReason::NoDefiniteAnswers {
+                        in_a_row: streak,
+                        last: detail.clone(),
+                    });
+                }
+            }
+            _ => self.doubt_streak.set(0),
+        }
+    }
+
     fn should_stop(&self) -> bool {
         if self.interrupt.load(Ordering::SeqCst) {
-            self.stop("interrupted".into());
+            self.stop(StopReason::Interrupted);
         }
         self.stopped.borrow().is_some()
     }
@@ -183,7 +237,7 @@ impl<A: TokenApi> Apply<'_, A> {
                         .map(|a| (a.clone(), Outcome::Skipped))
                         .collect(),
                     rescued: Vec::new(),
-                    stopped: Some(format!("cannot start the sink thread: {err}")),
+                    stopped: Some(StopReason::Sinks(err.to_string())),
                 };
             }
         };
@@ -191,6 +245,7 @@ impl<A: TokenApi> Apply<'_, A> {
             limiter: Limiter::new(self.parallelism.max(1)),
             under_way: Semaphore::new(2 * self.parallelism.max(1)),
             stopped: RefCell::new(None),
+            doubt_streak: Cell::new(0),
             events: RefCell::new(events),
             sinks,
             rescued: RefCell::new(Vec::new()),
@@ -218,6 +273,9 @@ impl<A: TokenApi> Apply<'_, A> {
             outcomes[index] = Some(outcome);
         }
         drop(in_flight);
+        // A signal that came while the last creates were in flight found
+        // nothing left to stop, yet the run was interrupted all the same.
+        shared.should_stop();
         shared.sinks.finish();
         Report {
             outcomes: creates
@@ -250,7 +308,7 @@ async fn create_one<A: TokenApi>(
     };
     if let Err(err) = journal.append(&intent).await {
         // Without a durable intent the create must not be sent.
-        shared.stop(err.to_string());
+        shared.stop(StopReason::Journal(err.to_string()));
         return Outcome::Skipped;
     }
     failpoint::hit("after-intent");
@@ -258,9 +316,12 @@ async fn create_one<A: TokenApi>(
     failpoint::hit("after-response");
     match &result {
         Ok(_) => shared.limiter.on_success(),
-        Err(err @ CreateError::Unauthorized { .. }) => shared.stop(err.to_string()),
+        Err(err @ CreateError::Unauthorized { .. }) => {
+            shared.stop(StopReason::Unauthorized(err.to_string()))
+        }
         Err(_) => {}
     }
+    shared.count_doubts(&result);
     // The API call is over: the next one may start while this one's secret
     // and outcome are made durable, which keeps fsyncs off the critical path.
     drop(permit);
@@ -305,7 +366,7 @@ async fn create_one<A: TokenApi>(
         }
     };
     if let Err(err) = journal.append(&record).await {
-        shared.stop(err.to_string());
+        shared.stop(StopReason::Journal(err.to_string()));
         // The intent stays open, so the fold records the address in doubt
         // (and `resolve` finds a created token's secret in the sink): say
         // the same here.

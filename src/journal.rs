@@ -30,6 +30,10 @@ pub enum Record {
         serial: u64,
         started: i64,
         pid: u32,
+        /// The host the writing process runs on (absent in journals of
+        /// older versions).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        host: Option<String>,
     },
     /// A create is about to be sent.
     Intent { address: Address, at: i64 },
@@ -59,6 +63,14 @@ pub enum JournalError {
         detail: String,
     },
     #[error(
+        "the journal {path} is still being written by a running apply (pid {pid} on {host}), although its lock could be taken"
+    )]
+    Live {
+        path: PathBuf,
+        pid: u32,
+        host: String,
+    },
+    #[error(
         "the journal {path} belongs to another state (lineage {journal}, the state has {state})"
     )]
     Lineage {
@@ -73,6 +85,9 @@ impl JournalError {
     pub fn hint(&self) -> Option<String> {
         match self {
             JournalError::Io { .. } => None,
+            JournalError::Live { .. } => Some(
+                "wait for that apply to finish; its lock file was probably removed while it ran, so check that nothing deletes files beside the state during an apply".into(),
+            ),
             JournalError::Corrupt { path, .. } | JournalError::Lineage { path, .. } => {
                 Some(format!(
                     "the journal was left untouched; it records creates that may have happened. Check --state, \
@@ -197,6 +212,47 @@ pub fn check_lineage(
         });
     }
     Ok(())
+}
+
+/// Refuses a journal whose writer is still running on this host: folding it
+/// would record its creates in flight as in doubt, or, with them dropped,
+/// send them a second time.
+pub fn check_writer_gone(
+    path: &Path,
+    records: &[Record],
+    host: Option<&str>,
+) -> Result<(), JournalError> {
+    let Some(Record::Begin {
+        pid,
+        host: Some(writer_host),
+        ..
+    }) = records.first()
+    else {
+        return Ok(());
+    };
+    if Some(writer_host.as_str()) == host && *pid != std::process::id() && is_tokenctl_running(*pid)
+    {
+        return Err(JournalError::Live {
+            path: path.to_path_buf(),
+            pid: *pid,
+            host: writer_host.clone(),
+        });
+    }
+    Ok(())
+}
+
+/// Tells whether `pid` is a running tokenctl. Where /proc is missing the
+/// answer is no, and the state lock alone keeps runs apart.
+fn is_tokenctl_running(pid: u32) -> bool {
+    let Ok(cmdline) = fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
+    // A pid reused by another program after a crash is not the writer.
+    let program = cmdline.split(|&b| b == 0).next().unwrap_or_default();
+    let program = String::from_utf8_lossy(program);
+    Path::new(program.as_ref())
+        .file_name()
+        .is_some_and(|n| n.to_string_lossy().starts_with("tokenctl"))
 }
 
 /// Returns the lineage a journal's `begin` record names.
@@ -325,6 +381,7 @@ mod tests {
             serial: 3,
             started: 0,
             pid: 1,
+            host: None,
         }
     }
 
@@ -430,6 +487,31 @@ mod tests {
         fs::write(&path, "").unwrap();
         assert!(JournalWriter::create(&path, &begin()).is_err());
         assert!(read(&dir.path().join("missing")).unwrap().is_none());
+    }
+
+    #[test]
+    fn a_journal_of_a_running_tokenctl_on_this_host_is_not_folded() {
+        let path = Path::new("j");
+        let begin = |pid: u32, host: Option<&str>| Record::Begin {
+            lineage: "l".into(),
+            serial: 0,
+            started: 0,
+            pid,
+            host: host.map(str::to_string),
+        };
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        // A live process that is not tokenctl (a reused pid) is no writer.
+        assert!(check_writer_gone(path, &[begin(child.id(), Some("h"))], Some("h")).is_ok());
+        assert!(check_writer_gone(path, &[begin(child.id(), None)], Some("h")).is_ok());
+        let _ = child.kill();
+        let _ = child.wait();
+        // The writer's own fold at the end of its run is no conflict.
+        assert!(
+            check_writer_gone(path, &[begin(std::process::id(), Some("h"))], Some("h")).is_ok()
+        );
     }
 
     #[test]

@@ -83,17 +83,20 @@ pub fn acquire(path: &Path, holder: &Holder, wait: Duration) -> Result<LockGuard
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(io_err)?;
     }
-    let mut file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(path)
-        .map_err(io_err)?;
     let deadline = Instant::now() + wait;
-    loop {
+    let mut file = loop {
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map_err(io_err)?;
         match file.try_lock() {
-            Ok(()) => break,
+            // A lock on a file that is no longer at the path (removed by a
+            // workspace clean-up, say) excludes no one: open it again.
+            Ok(()) if is_at_path(&file, path) => break file,
+            Ok(()) => continue,
             Err(std::fs::TryLockError::WouldBlock) if Instant::now() < deadline => {
                 std::thread::sleep(Duration::from_millis(100).min(wait));
             }
@@ -110,7 +113,7 @@ pub fn acquire(path: &Path, holder: &Holder, wait: Duration) -> Result<LockGuard
             }
             Err(std::fs::TryLockError::Error(source)) => return Err(io_err(source)),
         }
-    }
+    };
     let mut text = serde_json::to_string(holder).unwrap_or_default();
     text.push('\n');
     file.set_len(0)
@@ -119,6 +122,21 @@ pub fn acquire(path: &Path, holder: &Holder, wait: Duration) -> Result<LockGuard
         .and_then(|()| file.sync_data())
         .map_err(io_err)?;
     Ok(LockGuard { file })
+}
+
+/// Tells whether `file` is the file now at `path`.
+#[cfg(unix)]
+fn is_at_path(file: &File, path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (file.metadata(), std::fs::metadata(path)) {
+        (Ok(open), Ok(named)) => open.dev() == named.dev() && open.ino() == named.ino(),
+        _ => false,
+    }
+}
+
+#[cfg(not(unix))]
+fn is_at_path(_file: &File, path: &Path) -> bool {
+    path.exists()
 }
 
 #[cfg(test)]

@@ -557,7 +557,9 @@ pub fn validate_name(name: &str) -> Result<(), String> {
             "token name {} contains U+{:04X}{}, an invisible formatting character that makes names look alike",
             name.escape_default(),
             u32::from(c),
-            invisible_name(c).map(|n| format!(" ({n})")).unwrap_or_default()
+            invisible_name(c)
+                .map(|n| format!(" ({n})"))
+                .unwrap_or_default()
         ));
     }
     if name.trim() != name {

@@ -107,6 +107,14 @@ impl PlanFile {
                 file.format_version
             )));
         }
+        // A plan never creates one address twice; a file that does was
+        // edited or damaged, and applying it would send a create twice.
+        let mut seen = std::collections::HashSet::new();
+        if let Some(twice) = file.creates.iter().find(|a| !seen.insert(*a)) {
+            return Err(PlanFileError::Unreadable(format!(
+                "it lists the create of {twice} more than once"
+            )));
+        }
         Ok(file)
     }
 
@@ -211,6 +219,21 @@ mod tests {
             Err(PlanFileError::Stale(_))
         ));
         assert_eq!(fresh.check(b"manifest", None), Ok(()));
+    }
+
+    #[test]
+    fn refuses_a_create_listed_twice() {
+        let mut file = saved(None);
+        file.creates = vec![
+            Address::new(1, "a"),
+            Address::new(2, "b"),
+            Address::new(1, "a"),
+        ];
+        let err = PlanFile::from_json(&file.to_json()).unwrap_err();
+        assert!(
+            matches!(&err, PlanFileError::Unreadable(m) if m.contains("1/a more than once")),
+            "{err}"
+        );
     }
 
     #[test]

@@ -69,6 +69,18 @@ impl FileSink {
             detail,
             hint,
         };
+        // Through a link, secrets would land wherever it points, perhaps in
+        // a file git tracks, while every check looked at the link.
+        if fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) {
+            return Err(fail(
+                "the secrets file is a symbolic link; tokenctl writes secrets only to a real file"
+                    .into(),
+                Some(format!(
+                    "point secrets.file (or --secrets-out) at the file itself, not at the link {}",
+                    path.display()
+                )),
+            ));
+        }
         let dir = fsutil::parent_dir(path);
         create_private_dir(dir)
             .map_err(|e| fail(format!("cannot create folder {}: {e}", dir.display()), None))?;
@@ -101,14 +113,38 @@ impl FileSink {
 impl SecretSink for FileSink {
     fn deliver(&mut self, token: &NewToken<'_>) -> Result<(), SinkError> {
         let line = token.to_json_line();
-        self.file
+        let fail = |detail: String| SinkError {
+            sink: self.path.display().to_string(),
+            detail,
+            hint: None,
+        };
+        let whole = self
+            .file
+            .metadata()
+            .map_err(|e| fail(format!("cannot read the file's size: {e}")))?
+            .len();
+        let written = self
+            .file
             .write_all(line.as_bytes())
-            .and_then(|()| self.file.sync_data())
-            .map_err(|e| SinkError {
-                sink: self.describe(),
-                detail: format!("write failed: {e}"),
-                hint: None,
-            })
+            .and_then(|()| self.file.sync_data());
+        if let Err(err) = written {
+            // A full disk can take part of the line: cut it off, so the
+            // next record does not glue onto it and every line parses.
+            let detail = match self
+                .file
+                .set_len(whole)
+                .and_then(|()| self.file.sync_data())
+            {
+                Ok(()) => {
+                    format!("write failed: {err}; the file was cut back to its last whole record")
+                }
+                Err(cut) => format!(
+                    "write failed: {err}, and cutting the partial record off failed too: {cut}"
+                ),
+            };
+            return Err(fail(detail));
+        }
+        Ok(())
     }
 
     fn describe(&self) -> String {
@@ -118,14 +154,27 @@ impl SecretSink for FileSink {
 
 /// Runs a command per token with the token's JSON object on its stdin; a
 /// non-zero exit or a timeout is a failure.
+///
+/// The command runs without the owner token in its environment, and what
+/// it prints never reaches tokenctl's output (it may echo the secret in
+/// any shape): when it fails, its output goes to a private file.
 pub struct ExecSink {
     argv: Vec<String>,
     timeout: Duration,
+    output_dir: PathBuf,
 }
 
+/// Variables the exec sink's command does not inherit: the owner token.
+pub const WITHHELD_FROM_EXEC: [&str; 2] = ["LOGZIO_API_TOKEN", "LOGZIO_API_TOKEN_FILE"];
+
 impl ExecSink {
-    /// Returns a sink running `argv`, after checking that the program exists.
-    pub fn new(argv: Vec<String>, timeout: Duration) -> Result<Self, SinkError> {
+    /// Returns a sink running `argv`, after checking that the program
+    /// exists; a failing run's output is kept in `output_dir` (mode 0600).
+    pub fn new(
+        argv: Vec<String>,
+        timeout: Duration,
+        output_dir: PathBuf,
+    ) -> Result<Self, SinkError> {
         let program = argv.first().cloned().unwrap_or_default();
         if find_program(&program).is_none() {
             return Err(SinkError {
@@ -134,7 +183,37 @@ impl ExecSink {
                 hint: Some("check `secrets.exec` in the manifest: the first item is the program, found on PATH or by path".into()),
             });
         }
-        Ok(ExecSink { argv, timeout })
+        Ok(ExecSink {
+            argv,
+            timeout,
+            output_dir,
+        })
+    }
+
+    /// Keeps what a failed run printed in a private file and says where.
+    fn keep_output(&self, output: &mut File, token: &NewToken<'_>) -> String {
+        let mut bytes = Vec::new();
+        if output.seek(io::SeekFrom::Start(0)).is_err() || output.read_to_end(&mut bytes).is_err() {
+            return "its output could not be read back".into();
+        }
+        if bytes.is_empty() {
+            return "it printed nothing".into();
+        }
+        let name = format!(
+            "exec-sink-{}-{}-{}.log",
+            token.created_at, token.address.account_id, token.id
+        );
+        let path = self.output_dir.join(name);
+        match create_private_dir(&self.output_dir)
+            .and_then(|()| fsutil::write_atomic(&path, &bytes, 0o600))
+        {
+            Ok(()) => format!(
+                "its output ({} bytes) was saved to {} (mode 0600)",
+                bytes.len(),
+                path.display()
+            ),
+            Err(err) => format!("its output could not be saved ({err}) and was dropped"),
+        }
     }
 }
 
@@ -145,58 +224,67 @@ impl SecretSink for ExecSink {
             detail,
             hint: None,
         };
-        // The program's stderr goes to a file rather than a pipe, so a
-        // chatty program cannot block on a full pipe while we wait.
-        let mut stderr = tempfile::tempfile().map_err(|e| fail(e.to_string()))?;
-        let mut child = Command::new(&self.argv[0])
+        // Output goes to an unnamed file rather than a pipe, so a chatty
+        // program cannot block on a full pipe while we wait.
+        let mut output = tempfile::tempfile().map_err(|e| fail(e.to_string()))?;
+        let mut command = Command::new(&self.argv[0]);
+        command
             .args(&self.argv[1..])
             .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(stderr.try_clone().map_err(|e| fail(e.to_string()))?)
+            .stdout(output.try_clone().map_err(|e| fail(e.to_string()))?)
+            .stderr(output.try_clone().map_err(|e| fail(e.to_string()))?);
+        for name in WITHHELD_FROM_EXEC {
+            command.env_remove(name);
+        }
+        let mut child = command
             .spawn()
             .map_err(|e| fail(format!("cannot start: {e}")))?;
-        let written = child
-            .stdin
-            .take()
-            .map(|mut stdin| stdin.write_all(token.to_json_line().as_bytes()))
-            .unwrap_or(Ok(()));
+        // Writing happens on its own thread, inside the timeout: a program
+        // that never reads its stdin must not hang tokenctl on a full pipe.
+        let writer = child.stdin.take().map(|mut stdin| {
+            let line = token.to_json_line();
+            std::thread::spawn(move || stdin.write_all(line.as_bytes()))
+        });
         let deadline = Instant::now() + self.timeout;
         let status = loop {
             match child.try_wait() {
-                Ok(Some(status)) => break status,
+                Ok(Some(status)) => break Some(status),
                 Ok(None) if Instant::now() < deadline => {
                     std::thread::sleep(Duration::from_millis(5))
                 }
                 Ok(None) => {
                     let _ = child.kill();
                     let _ = child.wait();
-                    return Err(fail(format!(
-                        "no exit within {:?}; it was killed",
-                        self.timeout
-                    )));
+                    break None;
                 }
-                Err(e) => return Err(fail(e.to_string())),
+                Err(e) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err(fail(e.to_string()));
+                }
             }
         };
-        if status.success() && written.is_ok() {
-            return Ok(());
-        }
-        let mut text = String::new();
-        let _ = stderr.seek(io::SeekFrom::Start(0));
-        let _ = stderr.read_to_string(&mut text);
-        // Whatever the program printed must not carry the secret onward.
-        let text = text.replace(token.token.expose(), "<redacted>");
-        let tail: Vec<&str> = text.lines().rev().take(3).collect();
-        let tail: Vec<&str> = tail.into_iter().rev().collect();
-        let detail = match written {
-            Err(e) if status.success() => format!("could not write to its stdin: {e}"),
-            _ => format!("exited with {status}"),
+        // The child is gone, so its end of the pipe is closed and the
+        // writer has returned.
+        let written = writer
+            .map(|w| {
+                w.join()
+                    .unwrap_or_else(|_| Err(io::Error::other("writer panicked")))
+            })
+            .unwrap_or(Ok(()));
+        let detail = match (status, written) {
+            (Some(status), Ok(())) if status.success() => return Ok(()),
+            (None, _) => format!(
+                "no exit within {}; it was killed",
+                humantime::format_duration(self.timeout)
+            ),
+            (Some(status), Err(e)) if status.success() => {
+                format!("it exited 0 without reading the token from its stdin ({e})")
+            }
+            (Some(status), _) => format!("it exited with {status}"),
         };
-        Err(fail(if tail.is_empty() {
-            detail
-        } else {
-            format!("{detail}: {}", tail.join(" / "))
-        }))
+        let output = self.keep_output(&mut output, token);
+        Err(fail(format!("{detail}; {output}")))
     }
 
     fn describe(&self) -> String {
@@ -353,6 +441,9 @@ impl Drop for SinkWorker {
     }
 }
 
+/// How much of a token's name goes into its rescue file's name.
+const RESCUE_NAME_CHARS: usize = 48;
+
 /// Keeps secrets that no sink would take, so they are not lost.
 #[derive(Debug, Clone)]
 pub struct Rescue {
@@ -366,23 +457,43 @@ impl Rescue {
     }
 
     /// Returns the per-user default: `$XDG_STATE_HOME/tokenctl/rescue`, else
-    /// `$HOME/.local/state/tokenctl/rescue`, else the temp folder.
-    pub fn default_dir(xdg_state_home: Option<&str>, home: Option<&str>) -> PathBuf {
+    /// `$HOME/.local/state/tokenctl/rescue`; `None` when neither variable
+    /// is set, as a shared folder such as /tmp is no place for secrets.
+    pub fn default_dir(xdg_state_home: Option<&str>, home: Option<&str>) -> Option<PathBuf> {
         let base = match (xdg_state_home, home) {
             (Some(xdg), _) if !xdg.is_empty() => PathBuf::from(xdg),
             (_, Some(home)) if !home.is_empty() => Path::new(home).join(".local/state"),
-            _ => std::env::temp_dir(),
+            _ => return None,
         };
-        base.join("tokenctl").join("rescue")
+        Some(base.join("tokenctl").join("rescue"))
+    }
+
+    /// Returns the folder.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Makes sure a rescue file can be written, before any token exists
+    /// that might need one: creates the folder (mode 0700) and writes and
+    /// removes a probe file.
+    pub fn prepare(&self) -> io::Result<()> {
+        create_private_dir(&self.dir)?;
+        let probe = tempfile::Builder::new()
+            .prefix(".probe-")
+            .tempfile_in(&self.dir)?;
+        probe.close()
     }
 
     /// Writes the token to its own 0600 file and returns the file's path.
     pub fn save(&self, token: &NewToken<'_>) -> io::Result<PathBuf> {
         create_private_dir(&self.dir)?;
+        // Bounded whatever the name's length: the id and time make the file
+        // name unique, the name's start only helps a person find it.
         let safe_name: String = token
             .address
             .name
             .chars()
+            .take(RESCUE_NAME_CHARS)
             .map(|c| {
                 if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
                     c
@@ -545,6 +656,8 @@ mod tests {
     #[test]
     fn file_sink_refuses_a_file_git_would_commit() {
         if Command::new("git").arg("--version").output().is_err() {
+            assert!(std::env::var_os("CI").is_none(), "git is needed in CI");
+            eprintln!("skipped: git is not installed");
             return;
         }
         let dir = tempfile::tempdir().unwrap();
@@ -592,6 +705,7 @@ mod tests {
         let mut sink = ExecSink::new(
             vec!["sh".into(), "-c".into(), script],
             Duration::from_secs(30),
+            dir.path().join("rescue"),
         )
         .unwrap();
         let secret = Secret::new("tok-3".into());
@@ -607,21 +721,91 @@ mod tests {
                 "read line; echo \"vault said no to $line\" >&2; exit 3".into(),
             ],
             Duration::from_secs(30),
+            dir.path().join("rescue"),
         )
         .unwrap();
         let err = failing.deliver(&token(&secret, &address())).unwrap_err();
-        let text = err.to_string();
+        // The detail is what tokenctl adds to the sink's name (its argv).
+        let text = err.detail.clone();
         assert!(text.contains("exit status: 3"), "{text}");
-        assert!(text.contains("vault said no"), "{text}");
+        assert!(!text.contains("vault said no"), "{text}");
         assert!(!text.contains("tok-3"), "{text}");
+        let saved = dir.path().join("rescue/exec-sink-1600000000-160343-7.log");
+        assert!(text.contains(&saved.display().to_string()), "{text}");
+        assert!(
+            fs::read_to_string(&saved)
+                .unwrap()
+                .contains("vault said no")
+        );
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = fs::metadata(&saved).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn exec_sink_output_never_reaches_the_error_even_in_pieces() {
+        let dir = tempfile::tempdir().unwrap();
+        // Prints the token in two halves, which no exact-match redaction
+        // would catch, then fails.
+        let mut sink = ExecSink::new(
+            vec![
+                "sh".into(),
+                "-c".into(),
+                "read line; t=${line#*\\\"token\\\":\\\"}; t=${t%%\\\"*}; echo \"${t%????}\" >&2; echo \"${t#${t%????}}\" >&2; exit 1".into(),
+            ],
+            Duration::from_secs(30),
+            dir.path().join("rescue"),
+        )
+        .unwrap();
+        let secret = Secret::new("tok-split-secret".into());
+        let err = sink.deliver(&token(&secret, &address())).unwrap_err();
+        let text = format!("{} {:?}", err.detail, err.hint);
+        for piece in ["tok-split-se", "cret"] {
+            assert!(!text.contains(piece), "{text}");
+        }
+        let saved = fs::read_to_string(dir.path().join("rescue/exec-sink-1600000000-160343-7.log"))
+            .unwrap();
+        assert_eq!(saved, "tok-split-se\ncret\n");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn exec_sink_runs_without_the_owner_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("env.txt");
+        let script = format!("cat >/dev/null; env > '{}'", out.display());
+        let mut sink = ExecSink::new(
+            vec!["sh".into(), "-c".into(), script],
+            Duration::from_secs(30),
+            dir.path().join("rescue"),
+        )
+        .unwrap();
+        // Set in this process's environment only for the child to inherit;
+        // no other test reads these variables.
+        unsafe {
+            std::env::set_var("LOGZIO_API_TOKEN", "owner-token-must-stay-home");
+            std::env::set_var("LOGZIO_API_TOKEN_FILE", "/owner/token/file");
+        }
+        let secret = Secret::new("tok-5".into());
+        sink.deliver(&token(&secret, &address())).unwrap();
+        let env = fs::read_to_string(&out).unwrap();
+        assert!(!env.contains("owner-token-must-stay-home"), "{env}");
+        assert!(!env.contains("LOGZIO_API_TOKEN"), "{env}");
+        assert!(env.contains("PATH="), "{env}");
     }
 
     #[cfg(unix)]
     #[test]
     fn exec_sink_times_out() {
+        let dir = tempfile::tempdir().unwrap();
         let mut sink = ExecSink::new(
             vec!["sleep".into(), "30".into()],
             Duration::from_millis(100),
+            dir.path().join("rescue"),
         )
         .unwrap();
         let secret = Secret::new("tok-4".into());
@@ -629,11 +813,32 @@ mod tests {
         assert!(err.detail.contains("killed"), "{err}");
     }
 
+    #[cfg(unix)]
+    #[test]
+    fn exec_sink_timeout_covers_a_record_the_program_never_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        // More than a pipe holds, to a program that never reads it: the
+        // write blocks until the program is killed at the timeout.
+        let mut sink = ExecSink::new(
+            vec!["sleep".into(), "600".into()],
+            Duration::from_millis(200),
+            dir.path().join("rescue"),
+        )
+        .unwrap();
+        let secret = Secret::new("x".repeat(200 * 1024));
+        let err = sink.deliver(&token(&secret, &address())).unwrap_err();
+        assert!(err.detail.contains("killed"), "{err}");
+    }
+
     #[test]
     fn exec_sink_needs_an_existing_program() {
-        let err = ExecSink::new(vec!["no-such-program-xyz".into()], Duration::from_secs(1))
-            .err()
-            .unwrap();
+        let err = ExecSink::new(
+            vec!["no-such-program-xyz".into()],
+            Duration::from_secs(1),
+            PathBuf::from("/nonexistent"),
+        )
+        .err()
+        .unwrap();
         assert!(err.detail.contains("not found"), "{err}");
     }
 
@@ -641,11 +846,49 @@ mod tests {
     fn rescue_dir_prefers_xdg_state_home() {
         assert_eq!(
             Rescue::default_dir(Some("/x"), Some("/h")),
-            PathBuf::from("/x/tokenctl/rescue")
+            Some(PathBuf::from("/x/tokenctl/rescue"))
         );
         assert_eq!(
             Rescue::default_dir(None, Some("/h")),
-            PathBuf::from("/h/.local/state/tokenctl/rescue")
+            Some(PathBuf::from("/h/.local/state/tokenctl/rescue"))
         );
+        // Never a shared folder such as /tmp.
+        assert_eq!(Rescue::default_dir(None, None), None);
+        assert_eq!(Rescue::default_dir(Some(""), Some("")), None);
+    }
+
+    #[test]
+    fn rescue_file_names_are_bounded_for_any_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let rescue = Rescue::new(dir.path().join("rescue"));
+        let secret = Secret::new("tok-6".into());
+        for name in ["n".repeat(1000), "é".repeat(300), "a/../b c".repeat(80)] {
+            let address = Address::new(160343, &name);
+            let path = rescue.save(&token(&secret, &address)).unwrap();
+            let file_name = path.file_name().unwrap().to_str().unwrap();
+            assert!(file_name.len() < 120, "{file_name}");
+            assert!(fs::read_to_string(&path).unwrap().contains("tok-6"));
+        }
+    }
+
+    #[test]
+    fn rescue_prepare_fails_where_nothing_can_be_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let blocked = dir.path().join("a-file");
+        fs::write(&blocked, "").unwrap();
+        assert!(Rescue::new(blocked.join("rescue")).prepare().is_err());
+        assert!(Rescue::new(dir.path().join("rescue")).prepare().is_ok());
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn file_sink_refuses_a_symbolic_link() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("elsewhere.jsonl");
+        let link = dir.path().join("tokens.jsonl");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        let err = FileSink::open(&link).err().unwrap();
+        assert!(err.detail.contains("symbolic link"), "{err}");
+        assert!(!target.exists());
     }
 }

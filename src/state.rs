@@ -150,6 +150,12 @@ impl State {
                     found: state.format_version.into(),
                 })
             }
+            Ok(state) if state.format_version < STATE_FORMAT_VERSION => {
+                Err(StateParseError::Corrupt(format!(
+                    "state format version {} does not exist (this tokenctl writes version {STATE_FORMAT_VERSION})",
+                    state.format_version
+                )))
+            }
             Ok(state) => {
                 state.check()?;
                 Ok(state)
@@ -304,6 +310,18 @@ mod tests {
         assert!(text.contains("\"accountId\": 3"));
         assert!(text.contains("\"createdAt\": 1600000000"));
         assert!(text.contains("\"origin\": \"created\""));
+    }
+
+    #[test]
+    fn refuses_a_format_version_that_never_existed() {
+        let text = sample()
+            .to_json()
+            .replace("\"format_version\": 1", "\"format_version\": 0");
+        let err = State::from_json(&text).unwrap_err();
+        assert!(
+            matches!(&err, StateParseError::Corrupt(m) if m.contains("version 0 does not exist")),
+            "{err}"
+        );
     }
 
     #[test]

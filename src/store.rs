@@ -81,9 +81,14 @@ pub struct FileStore {
 }
 
 impl FileStore {
-    /// Returns a store for the state file at `path`.
+    /// Returns a store for the state file at `path`. A symbolic link is
+    /// followed once, here: the state is written where it points, and the
+    /// lock and the journal sit beside the real file, so every run of one
+    /// state shares them whichever path it was given.
     pub fn new(path: impl Into<PathBuf>) -> Self {
-        FileStore { path: path.into() }
+        FileStore {
+            path: follow_links(path.into()),
+        }
     }
 
     /// Returns the state file's path.
@@ -113,6 +118,36 @@ impl FileStore {
     pub fn lock_path(&self) -> PathBuf {
         self.sibling("lock")
     }
+}
+
+/// Returns where `path` leads after following symbolic links in its last
+/// component (a dangling link included), or `path` itself.
+fn follow_links(mut path: PathBuf) -> PathBuf {
+    let mut followed = false;
+    // Bounded, like the kernel's own limit on nested links.
+    for _ in 0..40 {
+        let is_link = fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_symlink());
+        if !is_link {
+            break;
+        }
+        match fs::read_link(&path) {
+            Ok(target) if target.is_absolute() => path = target,
+            Ok(target) => path = fsutil::parent_dir(&path).join(target),
+            Err(_) => break,
+        }
+        followed = true;
+    }
+    // `state/../real/x` and `real/x` must name the lock the same way in
+    // messages; a path that was no link is shown as the user wrote it.
+    if followed
+        && let (Ok(dir), Some(name)) = (
+            fs::canonicalize(fsutil::parent_dir(&path)),
+            path.file_name(),
+        )
+    {
+        return dir.join(name);
+    }
+    path
 }
 
 impl StateStore for FileStore {
@@ -181,6 +216,36 @@ mod tests {
             0,
             "sha256:0".into(),
         ));
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_linked_state_is_written_through_the_link_and_shares_lock_and_journal() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir_all(dir.path().join("real")).unwrap();
+        fs::create_dir_all(dir.path().join("state")).unwrap();
+        let link = dir.path().join("state/tokens.state.json");
+        std::os::unix::fs::symlink("../real/tokens.state.json", &link).unwrap();
+        let through_link = FileStore::new(&link);
+        let real = fs::canonicalize(dir.path())
+            .unwrap()
+            .join("real/tokens.state.json");
+        let direct = FileStore::new(real);
+        assert_eq!(through_link.lock_path(), direct.lock_path());
+        assert_eq!(through_link.journal_path(), direct.journal_path());
+        let mut state = State::fresh();
+        one_token(&mut state, "a", 1);
+        let (first, _) = through_link.commit(None, state).unwrap();
+        let mut second = first.clone();
+        one_token(&mut second, "b", 2);
+        through_link.commit(Some(&first), second).unwrap();
+        assert!(
+            fs::symlink_metadata(&link)
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
+        assert_eq!(direct.load().unwrap().unwrap().tokens.len(), 2);
     }
 
     #[test]

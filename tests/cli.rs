@@ -420,8 +420,14 @@ async fn validate_and_state_commands_report() {
         "{}",
         show.stdout
     );
+    // The mock answers with its clock, as the API does: an RFC 3339 time.
+    let created = show
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("createdAt:   "))
+        .unwrap_or_default();
     assert!(
-        show.stdout.contains("createdAt:   2021-05-24T"),
+        created.len() == 20 && created.starts_with("20") && created.ends_with('Z'),
         "{}",
         show.stdout
     );

@@ -422,12 +422,20 @@ async fn a_failing_sink_rescues_the_secret_and_records_the_token() {
     );
     let apply = ws.run(&["apply", "--auto-approve"]);
     assert_eq!(apply.code, 1, "{}", apply.all());
-    assert!(apply.stderr.contains("vault is sealed"), "{}", apply.stderr);
     assert!(apply.stderr.contains("rescue file"), "{}", apply.stderr);
     let rescue_dir = ws.path("home/.local/state/tokenctl/rescue");
-    let files: Vec<_> = std::fs::read_dir(&rescue_dir).unwrap().flatten().collect();
+    let (logs, files): (Vec<_>, Vec<_>) = std::fs::read_dir(&rescue_dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .partition(|p| p.extension().is_some_and(|e| e == "log"));
     assert_eq!(files.len(), 1);
-    let rescue = files[0].path();
+    // What the sink printed is kept beside it, not shown.
+    assert_eq!(
+        std::fs::read_to_string(&logs[0]).unwrap(),
+        "vault is sealed\n"
+    );
+    let rescue = files[0].clone();
     assert!(
         apply.stderr.contains(&rescue.display().to_string()),
         "path not printed"

@@ -2,7 +2,7 @@
 
 use std::fs;
 use std::io::{self, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -13,7 +13,7 @@ use super::{
 };
 use crate::address::Address;
 use crate::api::{self, HttpApi, Timeouts};
-use crate::apply::{Apply, Event, Outcome, Report, RetryPolicy, now};
+use crate::apply::{Apply, Event, Outcome, Report, RetryPolicy, StopReason, now};
 use crate::journal::{JournalWriter, Record};
 use crate::manifest::{self, Manifest};
 use crate::plan::{self, Plan};
@@ -38,6 +38,7 @@ impl Session<'_, '_> {
         let state = self.load_state_locked(&store)?;
         let targeting = self.targeting(&args.targeting);
         let plan = plan::plan(&loaded.manifest.tokens, state.as_ref()).restrict(&targeting);
+        self.warn_if_all_orphaned(&plan);
         let creates = match &args.plan_file {
             Some(path) => self.saved_creates(path, &loaded.bytes, state.as_ref(), &plan)?,
             None => plan.creates(),
@@ -65,8 +66,7 @@ impl Session<'_, '_> {
             return Ok(code);
         }
         check_budget(&plan, &args.budget)?;
-        let sinks = self.open_sinks(args, &loaded.manifest)?;
-        let sink_names: Vec<String> = sinks.iter().map(|s| s.describe()).collect();
+        let secrets_file = self.secrets_file(args, &loaded.manifest)?;
         let owner_token = self.owner_token(args)?;
         let base_url = self.base_url(args, &loaded.manifest)?;
         let timeouts = Timeouts {
@@ -85,10 +85,11 @@ impl Session<'_, '_> {
         if args.plan_file.is_none() && !args.auto_approve {
             self.confirm(creates.len())?;
         }
-        let rescue = Rescue::new(Rescue::default_dir(
-            self.env.xdg_state_home.as_deref(),
-            self.env.home.as_deref(),
-        ));
+        // Only now, after the answer, is anything made on disk; and all of
+        // it before the first create, so a refusal costs no token.
+        let rescue = self.rescue()?;
+        let sinks = self.open_sinks(secrets_file, &loaded.manifest, &rescue)?;
+        let sink_names: Vec<String> = sinks.iter().map(|s| s.describe()).collect();
         let mut retry = RetryPolicy::default();
         if let Some(ms) = self.env.backoff_ms {
             retry.base_delay = Duration::from_millis(ms);
@@ -107,6 +108,7 @@ impl Session<'_, '_> {
                 serial: state.as_ref().map_or(0, |s| s.serial),
                 started: now(),
                 pid: std::process::id(),
+                host: self.env.host.clone(),
             },
         )?;
         let interrupt = Arc::new(AtomicBool::new(false));
@@ -150,7 +152,7 @@ impl Session<'_, '_> {
             bar.finish_and_clear();
         }
 
-        let stored = match record_journal(&store, state.as_ref())? {
+        let stored = match record_journal(&store, state.as_ref(), self.env.host.as_deref())? {
             Some((stored, _)) => stored,
             None => state.clone(),
         };
@@ -162,6 +164,27 @@ impl Session<'_, '_> {
             &sink_names,
             json,
         )
+    }
+
+    /// Warns when the server returned an id that the state already records
+    /// for another address: one of the two records is wrong.
+    fn warn_about_reused_ids(&mut self, before: Option<&State>, report: &Report) {
+        let Some(before) = before else { return };
+        for (address, outcome) in &report.outcomes {
+            let Outcome::Created { id } = outcome else {
+                continue;
+            };
+            if let Some(other) = before
+                .tokens
+                .iter()
+                .find(|t| t.id == *id && &t.address != address)
+            {
+                self.warn(&format!(
+                    "the server returned id {id} for {address}, an id the state already records for {}; check both in the Logz.io UI",
+                    other.address
+                ));
+            }
+        }
     }
 
     /// Returns the creates of a saved plan, after checking that it was made
@@ -201,6 +224,7 @@ impl Session<'_, '_> {
     ) -> CommandResult {
         let (created, failed, in_doubt, skipped) = report.counts();
         let pending = after.map_or(0, |s| s.pending.len());
+        self.warn_about_reused_ids(before, report);
         let result = apply_result(report, pending);
         if json {
             let code = result.as_ref().map_or_else(|f| f.code, |code| *code);
@@ -222,7 +246,7 @@ impl Session<'_, '_> {
                 "not_attempted": skipped,
                 "pending_total": pending,
                 "rescued": rescued,
-                "stopped": report.stopped,
+                "stopped": report.stopped.as_ref().map(StopReason::to_string),
                 "exit_code": code,
             });
             json_line(self.io.stdout, &summary)?;
@@ -260,24 +284,19 @@ impl Session<'_, '_> {
         }
         result
     }
-    fn open_sinks(
+    /// Returns the secrets file to append to, after checking that some
+    /// sink is configured at all.
+    fn secrets_file(
         &mut self,
         args: &ApplyArgs,
         manifest: &Manifest,
-    ) -> Result<Vec<Box<dyn SecretSink>>, Failure> {
-        let mut sinks: Vec<Box<dyn SecretSink>> = Vec::new();
+    ) -> Result<Option<PathBuf>, Failure> {
         let file = match (&args.secrets_out, &manifest.secrets.file) {
             (Some(path), _) => Some(path.clone()),
             (None, Some(relative)) => Some(self.manifest_relative(relative)),
             (None, None) => None,
         };
-        if let Some(path) = file {
-            sinks.push(Box::new(FileSink::open(&path)?));
-        }
-        if let Some(argv) = &manifest.secrets.exec {
-            sinks.push(Box::new(ExecSink::new(argv.clone(), EXEC_SINK_TIMEOUT)?));
-        }
-        if sinks.is_empty() {
+        if file.is_none() && manifest.secrets.exec.is_none() {
             return Err(Failure::new(
                 "no secret sink is configured, so new secrets would have nowhere to go; nothing was created",
             )
@@ -285,10 +304,53 @@ impl Session<'_, '_> {
                 "add `secrets: {file: secrets/logzio-tokens.jsonl}` (git-ignored) or `secrets: {exec: [program, args]}` to the manifest, or pass --secrets-out PATH",
             ));
         }
+        Ok(file)
+    }
+
+    /// Returns the rescue folder, checked to be writable.
+    fn rescue(&mut self) -> Result<Rescue, Failure> {
+        let dir = Rescue::default_dir(self.env.xdg_state_home.as_deref(), self.env.home.as_deref())
+            .ok_or_else(|| {
+                Failure::new(
+                    "neither XDG_STATE_HOME nor HOME is set, so there is no private folder for rescue files; nothing was created",
+                )
+                .hint("set HOME (or XDG_STATE_HOME) to a folder only you can read")
+            })?;
+        let rescue = Rescue::new(dir);
+        rescue.prepare().map_err(|err| {
+            Failure::new(format!(
+                "cannot write to the rescue folder {}: {err}; nothing was created",
+                rescue.dir().display()
+            ))
+            .hint("a secret no sink would take is kept there; make the folder writable, or set XDG_STATE_HOME to another private folder")
+        })?;
+        Ok(rescue)
+    }
+
+    fn open_sinks(
+        &mut self,
+        file: Option<PathBuf>,
+        manifest: &Manifest,
+        rescue: &Rescue,
+    ) -> Result<Vec<Box<dyn SecretSink>>, Failure> {
+        let mut sinks: Vec<Box<dyn SecretSink>> = Vec::new();
+        if let Some(path) = file {
+            sinks.push(Box::new(FileSink::open(&path)?));
+        }
+        if let Some(argv) = &manifest.secrets.exec {
+            sinks.push(Box::new(ExecSink::new(
+                argv.clone(),
+                EXEC_SINK_TIMEOUT,
+                rescue.dir().to_path_buf(),
+            )?));
+        }
         Ok(sinks)
     }
 
     fn owner_token(&mut self, args: &ApplyArgs) -> Result<Secret, Failure> {
+        if let Some(path) = &args.api_token_file {
+            self.warn_if_shared(path);
+        }
         let token = match (&args.api_token_file, &self.env.api_token) {
             (Some(path), _) => fs::read_to_string(path)
                 .map_err(|err| {
@@ -307,7 +369,38 @@ impl Session<'_, '_> {
                 "set LOGZIO_API_TOKEN, or pass --api-token-file PATH (a file holding the token)",
             ));
         }
+        // A token that cannot go into a header fails while the request is
+        // built; say so now rather than after planning every create.
+        if let Some(bad) = token.chars().find(|c| !c.is_ascii_graphic()) {
+            let what = match bad {
+                '\n' | '\r' => "a line break".to_string(),
+                ' ' | '\t' => "white space".to_string(),
+                other => format!("the character U+{:04X}", u32::from(other)),
+            };
+            return Err(Failure::new(format!(
+                "the owner-account API token contains {what}, which cannot be sent in an HTTP header; nothing was sent"
+            ))
+            .hint("LOGZIO_API_TOKEN (or the --api-token-file file) must hold the token alone, on one line"));
+        }
         Ok(Secret::new(token))
+    }
+
+    /// Warns when a file holding the owner token can be read by others.
+    fn warn_if_shared(&mut self, path: &Path) {
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            if let Ok(meta) = fs::metadata(path)
+                && meta.permissions().mode() & 0o077 != 0
+            {
+                self.warn(&format!(
+                    "the API token file {} can be read by other users (mode {:o}); run `chmod 600 {}`",
+                    path.display(),
+                    meta.permissions().mode() & 0o777,
+                    path.display()
+                ));
+            }
+        }
     }
 
     fn base_url(&mut self, args: &ApplyArgs, manifest: &Manifest) -> Result<String, Failure> {
@@ -345,8 +438,8 @@ impl Session<'_, '_> {
 /// Returns the exit code of a finished apply, or the failure to report.
 fn apply_result(report: &Report, pending: usize) -> CommandResult {
     let (created, failed, _, skipped) = report.counts();
-    match report.stopped.as_deref() {
-        Some("interrupted") => {
+    match &report.stopped {
+        Some(StopReason::Interrupted) => {
             let mut failure = Failure::new(format!(
                 "interrupted: {created} created, {skipped} not attempted; the state records every outcome"
             ))
@@ -354,10 +447,25 @@ fn apply_result(report: &Report, pending: usize) -> CommandResult {
             failure.code = EXIT_INTERRUPTED;
             return Err(failure);
         }
-        Some(reason) => {
+        Some(reason @ StopReason::Unauthorized(_)) => {
             return Err(Failure::new(format!("the apply stopped early: {reason}")).hint(
                 "check the owner-account token (LOGZIO_API_TOKEN or --api-token-file) and that the region or API URL matches its account",
             ));
+        }
+        Some(reason @ StopReason::NoDefiniteAnswers { .. }) => {
+            return Err(Failure::new(format!(
+                "the apply stopped early: {reason}; {skipped} create(s) were not attempted"
+            ))
+            .hint(
+                "the server may be failing: check Logz.io's status, settle each create in doubt with `tokenctl resolve` (see `tokenctl plan`), then apply again for the rest",
+            ));
+        }
+        Some(reason) => {
+            return Err(
+                Failure::new(format!("the apply stopped early: {reason}")).hint(
+                    "every outcome so far is recorded; fix the cause and apply again for the rest",
+                ),
+            );
         }
         None => {}
     }
@@ -542,6 +650,6 @@ fn json_event(event: &Event<'_>) -> serde_json::Value {
             json!({"event": "sink_failed", "address": address.to_string(),
             "error": err.to_string(), "rescue_file": rescue.map(|p| p.display().to_string())})
         }
-        Event::Stopping(reason) => json!({"event": "stopping", "reason": reason}),
+        Event::Stopping(reason) => json!({"event": "stopping", "reason": reason.to_string()}),
     }
 }

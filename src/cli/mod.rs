@@ -503,7 +503,8 @@ impl Session<'_, '_> {
     /// it any journal an interrupted apply left behind.
     fn load_state_locked(&mut self, store: &FileStore) -> Result<Option<State>, Failure> {
         let state = store.load()?;
-        let Some((stored, summary)) = record_journal(store, state.as_ref())? else {
+        let host = self.env.host.as_deref();
+        let Some((stored, summary)) = record_journal(store, state.as_ref(), host)? else {
             return Ok(state);
         };
         self.note(&format!(
@@ -516,15 +517,22 @@ impl Session<'_, '_> {
     /// Loads the state for reading. A journal left by a crash is recorded
     /// first; one that a running apply is writing is only overlaid.
     fn load_state_for_reading(&mut self, store: &FileStore) -> Result<Option<State>, Failure> {
-        if !store.journal_path().exists() {
+        let path = store.journal_path();
+        let Some(records) = journal::read(&path)? else {
             return Ok(store.load()?);
-        }
-        match lock::acquire(&store.lock_path(), &self.holder(), Duration::ZERO) {
+        };
+        let writer = match journal::check_writer_gone(&path, &records, self.env.host.as_deref()) {
+            Ok(()) => lock::acquire(&store.lock_path(), &self.holder(), Duration::ZERO),
+            Err(JournalError::Live { pid, host, .. }) => Err(LockError::Held {
+                path: store.lock_path(),
+                holder: format!("pid {pid} on {host}, whose lock file was removed"),
+            }),
+            Err(err) => return Err(err.into()),
+        };
+        match writer {
             Ok(_guard) => self.load_state_locked(store),
             Err(LockError::Held { holder, .. }) => {
                 let state = store.load()?;
-                let path = store.journal_path();
-                let records = journal::read(&path)?.unwrap_or_default();
                 journal::check_lineage(&path, &records, state.as_ref())?;
                 self.warn(&format!(
                     "an apply is running ({holder}); this plan includes what its journal has recorded so far"
@@ -561,6 +569,7 @@ impl Session<'_, '_> {
         let state = self.load_state_for_reading(&store)?;
         let targeting = self.targeting(&args.targeting);
         let plan = plan::plan(&loaded.manifest.tokens, state.as_ref()).restrict(&targeting);
+        self.warn_if_all_orphaned(&plan);
         match args.output {
             PlanFormat::Text => render::plan_text(&plan, self.style, self.io.stdout)?,
             PlanFormat::Json => render::plan_json(&plan, args.budget.max_creates, self.io.stdout)?,
@@ -633,6 +642,21 @@ impl Session<'_, '_> {
         )
     }
 
+    /// Warns loudly when the manifest would orphan every token in the
+    /// state: most often a manifest emptied by mistake, not an intent.
+    fn warn_if_all_orphaned(&mut self, plan: &Plan) {
+        let summary = plan.summary();
+        if summary.orphaned > 0 && summary.unchanged == 0 && summary.in_doubt == 0 {
+            self.warn(&format!(
+                "the manifest keeps none of the {} token(s) in the state: every one is orphaned. \
+                 Tokens cannot be deleted through the API, so nothing is revoked, but check that \
+                 `tokens` in {} is the list you meant",
+                summary.orphaned,
+                self.cli.manifest.display()
+            ));
+        }
+    }
+
     /// Returns the targeting asked for, warning that it is not for routine use.
     fn targeting(&mut self, args: &TargetArgs) -> Targeting {
         let targeting = args.targeting();
@@ -656,6 +680,7 @@ impl Session<'_, '_> {
 fn record_journal(
     store: &FileStore,
     before: Option<&State>,
+    host: Option<&str>,
 ) -> Result<Option<(Option<State>, FoldSummary)>, Failure> {
     let path = store.journal_path();
     let keep_journal = |failure: Failure| {
@@ -667,6 +692,7 @@ fn record_journal(
     let Some(records) = journal::read(&path)? else {
         return Ok(None);
     };
+    journal::check_writer_gone(&path, &records, host)?;
     journal::check_lineage(&path, &records, before)?;
     let base = before
         .cloned()

@@ -50,7 +50,7 @@ impl Session<'_, '_> {
                     created_at: None,
                     fingerprint: String::new(),
                 },
-                None => self.find_in_sink(args, address, &before)?,
+                None => self.find_in_sink(args, address, pending.since, &before)?,
             };
             after.record_created(TokenRecord::new(
                 pending.address.clone(),
@@ -67,12 +67,14 @@ impl Session<'_, '_> {
     }
 
     /// Finds the secret an in-doubt create delivered before its run died:
-    /// the last record for the address in the secrets file, unless its id is
-    /// already in the state.
+    /// the last record for the address in the secrets file made since the
+    /// create was sent, unless its id is already in the state. An older
+    /// record is a token from before (perhaps revoked and forgotten since).
     fn find_in_sink(
         &mut self,
         args: &ResolveArgs,
         address: &Address,
+        since: i64,
         state: &State,
     ) -> Result<SinkRecord, Failure> {
         let path = match &args.secrets_out {
@@ -86,8 +88,13 @@ impl Session<'_, '_> {
                 self.manifest_relative(&relative)
             }
         };
-        let found = last_sink_record(&path, address).ok_or_else(|| {
-            Failure::new(format!("{} holds no token for {address}", path.display())).hint(format!(
+        let found = last_sink_record(&path, address, since).ok_or_else(|| {
+            Failure::new(format!(
+                "{} holds no token for {address} created since its create was sent ({})",
+                path.display(),
+                render::utc(since)
+            ))
+            .hint(format!(
                 "look for the token in the Logz.io UI of account {}: if it exists, run `tokenctl resolve {address} --adopt ID`; if not, `--abandon`",
                 address.account_id
             ))
@@ -268,15 +275,19 @@ impl Session<'_, '_> {
     }
 }
 
-/// Returns the last record for `address` in a JSON Lines secrets file.
-/// The token value is read only to compute its fingerprint.
-fn last_sink_record(path: &Path, address: &Address) -> Option<SinkRecord> {
-    let text = fs::read_to_string(path).ok()?;
+/// Returns the last record for `address` in a JSON Lines secrets file
+/// whose token was created at `since` or later. Lines that do not parse (a
+/// damaged last line) are passed over. The token value is read only to
+/// compute its fingerprint.
+fn last_sink_record(path: &Path, address: &Address, since: i64) -> Option<SinkRecord> {
+    let bytes = fs::read(path).ok()?;
+    let text = String::from_utf8_lossy(&bytes);
     let wanted = address.to_string();
     text.lines()
         .rev()
         .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
-        .find(|record| record["address"].as_str() == Some(wanted.as_str()))
+        .filter(|record| record["address"].as_str() == Some(wanted.as_str()))
+        .find(|record| record["createdAt"].as_i64().is_some_and(|t| t >= since))
         .and_then(|record| {
             Some(SinkRecord {
                 id: record["id"].as_u64()?,

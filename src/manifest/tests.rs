@@ -265,7 +265,13 @@ fn rejects_invisible_and_bidi_characters_naming_the_code_point() {
         assert!(hint.contains("visible characters"), "{hint}");
     }
     // Letters from other scripts are names like any other.
-    assert!(Manifest::parse(&with_tokens("  - name: grafana-lecteur-é-東京\n    accountId: 1\n"), "m").is_ok());
+    assert!(
+        Manifest::parse(
+            &with_tokens("  - name: grafana-lecteur-é-東京\n    accountId: 1\n"),
+            "m"
+        )
+        .is_ok()
+    );
 }
 
 #[test]

@@ -146,7 +146,10 @@ impl Respond for CreateResponder {
                 "id": id,
                 "name": name,
                 "token": token,
-                "createdAt": 1_621_858_311u64 + id,
+                // The server's clock, as the real API's createdAt is.
+                "createdAt": std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs()),
             }))
     }
 }
