@@ -349,9 +349,9 @@ async fn an_error_body_with_a_token_never_reaches_output_or_state() {
     mock.answer_first(
         1,
         None,
-        ResponseTemplate::new(502).set_body_json(serde_json::json!({
-            "message": "bad gateway", "upstream": {"id": 9, "name": "a", "token": echoed, "createdAt": 1}
-        })),
+        ResponseTemplate::new(502).set_body_string(format!(
+            r#"Bad Gateway: upstream answered {{"id":9,"name":"a","token":"{echoed}","createdAt":1}}"#
+        )),
     )
     .await;
     let apply = ws.run(&["apply", "--auto-approve"]);
