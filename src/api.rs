@@ -202,6 +202,71 @@ impl HttpApi {
     }
 }
 
+/// Why a token's own whoami call gave no account.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CheckError {
+    /// 401: the token no longer works.
+    #[error("revoked (401)")]
+    Revoked,
+    /// 429: not processed; may be retried.
+    #[error("rate limited (429)")]
+    RateLimited { retry_after: Option<Duration> },
+    /// Anything else: no conclusion can be drawn.
+    #[error("{0}")]
+    Unknown(String),
+}
+
+/// Asks the API who a token belongs to, with the token itself.
+pub trait TokenCheck {
+    /// Calls `GET /v2/whoami` with `token`.
+    fn whoami_as(&self, token: &Secret) -> impl Future<Output = Result<Owner, CheckError>> + Send;
+}
+
+impl TokenCheck for HttpApi {
+    fn whoami_as(&self, token: &Secret) -> impl Future<Output = Result<Owner, CheckError>> + Send {
+        let request = self
+            .client
+            .get(format!("{}/v2/whoami", self.base_url))
+            .header(ACCEPT, "application/json")
+            .header("X-API-TOKEN", token.expose());
+        async move {
+            // The token is never part of an error: only statuses and the
+            // (sanitised) server message are.
+            let response = request
+                .send()
+                .await
+                .map_err(|e| CheckError::Unknown(format!("no answer: {}", error_kind(&e))))?;
+            let status = response.status();
+            let retry_after = retry_after(response.headers());
+            let body = response.text().await.unwrap_or_default();
+            match status.as_u16() {
+                200 => serde_json::from_str(&body).map_err(|_| {
+                    CheckError::Unknown("the server answered 200 with an unexpected body".into())
+                }),
+                401 => Err(CheckError::Revoked),
+                429 => Err(CheckError::RateLimited { retry_after }),
+                code => Err(CheckError::Unknown(format!(
+                    "the server answered {code}: {}",
+                    server_message(&body)
+                ))),
+            }
+        }
+    }
+}
+
+/// Names what went wrong with a request without quoting it.
+fn error_kind(err: &reqwest::Error) -> &'static str {
+    if err.is_timeout() {
+        "timed out"
+    } else if err.is_connect() {
+        "could not connect"
+    } else if err.is_builder() {
+        "the token cannot be sent in a header"
+    } else {
+        "the request failed"
+    }
+}
+
 /// Returns the accounts of `wanted` that are not sub-accounts in `associated`.
 pub fn not_sub_accounts(wanted: &[u64], associated: &[AssociatedAccount]) -> Vec<u64> {
     let subs: std::collections::HashSet<u64> = associated

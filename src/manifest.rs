@@ -23,6 +23,47 @@ pub struct Manifest {
     pub secrets: SecretsConfig,
     /// Desired tokens, in the order the manifest lists them.
     pub tokens: Vec<Address>,
+    /// Rotation and what to do about revoked tokens.
+    pub lifecycle: Lifecycle,
+}
+
+/// What happens to a token after it is made: the manifest's top-level
+/// settings, and the tokens that set their own.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Lifecycle {
+    pub default: Policy,
+    pub per_token: FxHashMap<Address, Policy>,
+}
+
+impl Lifecycle {
+    /// Returns the policy of one token.
+    pub fn policy(&self, address: &Address) -> Policy {
+        self.per_token.get(address).copied().unwrap_or(self.default)
+    }
+
+    /// Tells whether any token is re-created when found revoked.
+    pub fn recreates_any(&self) -> bool {
+        let recreates = |p: &Policy| p.on_revoked == OnRevoked::Recreate;
+        recreates(&self.default) || self.per_token.values().any(recreates)
+    }
+}
+
+/// One token's lifecycle settings.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Policy {
+    /// Age in seconds after which a successor is created.
+    pub rotate_after: Option<u64>,
+    pub on_revoked: OnRevoked,
+}
+
+/// What to do about a token a refresh finds revoked.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum OnRevoked {
+    /// Show it; create nothing.
+    #[default]
+    Report,
+    /// Plan a successor.
+    Recreate,
 }
 
 /// Where the API lives: a named region or an explicit base URL.
@@ -195,18 +236,39 @@ impl Manifest {
                 exec: s.exec.map(|ExecField(argv)| argv),
             })
             .unwrap_or_default();
-        let tokens: Vec<Address> = raw
-            .tokens
-            .0
-            .into_iter()
-            .map(|t| Address::new(t.account_id.0, t.name.0))
-            .collect();
+        let default = Policy {
+            rotate_after: raw.rotate_after.map(|RotateAfter(s)| s),
+            on_revoked: raw
+                .on_revoked
+                .map(|OnRevokedField(o)| o)
+                .unwrap_or_default(),
+        };
+        let mut per_token = FxHashMap::default();
+        let mut tokens: Vec<Address> = Vec::with_capacity(raw.tokens.0.len());
+        for token in raw.tokens.0 {
+            let address = Address::new(token.account_id.0, token.name.0);
+            if token.rotate_after.is_some() || token.on_revoked.is_some() {
+                let policy = Policy {
+                    rotate_after: token
+                        .rotate_after
+                        .map(|RotateAfter(s)| s)
+                        .or(default.rotate_after),
+                    on_revoked: token
+                        .on_revoked
+                        .map(|OnRevokedField(o)| o)
+                        .unwrap_or(default.on_revoked),
+                };
+                per_token.insert(address.clone(), policy);
+            }
+            tokens.push(address);
+        }
         check_duplicates(&tokens, text, origin)?;
         Ok(Parsed {
             manifest: Manifest {
                 endpoint,
                 secrets,
                 tokens,
+                lifecycle: Lifecycle { default, per_token },
             },
             warnings,
         })
@@ -365,7 +427,41 @@ struct RawManifest {
     region: Option<RegionField>,
     api_url: Option<ApiUrlField>,
     secrets: Option<RawSecrets>,
+    rotate_after: Option<RotateAfter>,
+    on_revoked: Option<OnRevokedField>,
     tokens: TokenList,
+}
+
+/// `rotate_after`: an age such as `90d` or `2160h`.
+struct RotateAfter(u64);
+impl<'de> Deserialize<'de> for RotateAfter {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        checked_string(d, "an age such as 90d", |text| {
+            let age = humantime::parse_duration(text.trim()).map_err(|err| {
+                format!("rotate_after `{text}` is not an age ({err}); write e.g. 90d or 2160h")
+            })?;
+            if age.as_secs() < 3600 {
+                return Err(format!(
+                    "rotate_after `{text}` is shorter than an hour; rotation is meant for days, e.g. 90d"
+                ));
+            }
+            Ok(RotateAfter(age.as_secs()))
+        })
+    }
+}
+
+/// `on_revoked`: `report` or `recreate`.
+struct OnRevokedField(OnRevoked);
+impl<'de> Deserialize<'de> for OnRevokedField {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        checked_string(d, "report or recreate", |text| match text {
+            "report" => Ok(OnRevokedField(OnRevoked::Report)),
+            "recreate" => Ok(OnRevokedField(OnRevoked::Recreate)),
+            other => Err(format!(
+                "on_revoked `{other}` is not known; use `report` (the default) or `recreate`"
+            )),
+        })
+    }
 }
 
 /// The `tokens` list. A bare `tokens:` is YAML for null, which would
@@ -439,6 +535,8 @@ struct RawToken {
     name: TokenName,
     #[serde(rename = "accountId")]
     account_id: AccountId,
+    rotate_after: Option<RotateAfter>,
+    on_revoked: Option<OnRevokedField>,
 }
 
 struct VersionField;

@@ -19,6 +19,19 @@ pub enum Action {
     Orphaned,
     /// A create whose outcome is unknown: blocked until resolved.
     InDoubt,
+    /// Older than its `rotate_after`: a successor will be created, and the
+    /// token kept as superseded until a person revokes it.
+    Rotate,
+    /// Revoked outside tokenctl, with `on_revoked: recreate`: a successor
+    /// will be created.
+    Replace,
+}
+
+impl Action {
+    /// Tells whether applying this action sends a create.
+    pub fn creates(self) -> bool {
+        matches!(self, Action::Create | Action::Rotate | Action::Replace)
+    }
 }
 
 /// One address and what happens to it.
@@ -30,23 +43,45 @@ pub struct Change {
     pub id: Option<u64>,
     /// For a create in doubt: since when (epoch seconds) and why.
     pub doubt: Option<(i64, String)>,
+    /// The current token's creation time (epoch seconds), when known.
+    pub created_at: Option<i64>,
 }
 
-/// Counts of a plan's actions.
+/// Counts of a plan's actions. `create` counts every create, successors
+/// included; `rotate` and `replace` say how many of them are successors.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct Summary {
     pub create: usize,
     pub unchanged: usize,
     pub orphaned: usize,
     pub in_doubt: usize,
+    #[serde(skip_serializing_if = "is_zero")]
+    pub rotate: usize,
+    #[serde(skip_serializing_if = "is_zero")]
+    pub replace: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 impl std::fmt::Display for Summary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Plan: {} to create", self.create)?;
+        let mut successors = Vec::new();
+        if self.rotate > 0 {
+            successors.push(format!("{} rotation(s)", self.rotate));
+        }
+        if self.replace > 0 {
+            successors.push(format!("{} replacing revoked token(s)", self.replace));
+        }
+        if !successors.is_empty() {
+            write!(f, " ({})", successors.join(", "))?;
+        }
         write!(
             f,
-            "Plan: {} to create, {} unchanged, {} orphaned, {} in doubt.",
-            self.create, self.unchanged, self.orphaned, self.in_doubt
+            ", {} unchanged, {} orphaned, {} in doubt.",
+            self.unchanged, self.orphaned, self.in_doubt
         )
     }
 }
@@ -67,6 +102,14 @@ impl Plan {
                 Action::Unchanged => summary.unchanged += 1,
                 Action::Orphaned => summary.orphaned += 1,
                 Action::InDoubt => summary.in_doubt += 1,
+                Action::Rotate => {
+                    summary.create += 1;
+                    summary.rotate += 1;
+                }
+                Action::Replace => {
+                    summary.create += 1;
+                    summary.replace += 1;
+                }
             }
         }
         summary
@@ -76,14 +119,14 @@ impl Plan {
     pub fn creates(&self) -> Vec<Address> {
         self.changes
             .iter()
-            .filter(|c| c.action == Action::Create)
+            .filter(|c| c.action.creates())
             .map(|c| c.address.clone())
             .collect()
     }
 
     /// Tells whether applying the plan would change anything.
     pub fn has_changes(&self) -> bool {
-        self.changes.iter().any(|c| c.action == Action::Create)
+        self.changes.iter().any(|c| c.action.creates())
     }
 }
 
@@ -171,7 +214,12 @@ pub fn plan(desired: &[Address], state: Option<&State>) -> Plan {
         FxHashSet::with_capacity_and_hasher(state_len, Default::default());
     let mut changes = Vec::with_capacity(desired.len());
     if let Some(state) = state {
+        // A successor's create in doubt blocks its address like any other.
+        let pending: FxHashSet<&Address> = state.pending.iter().map(|p| &p.address).collect();
         for token in &state.tokens {
+            if pending.contains(&token.address) {
+                continue;
+            }
             known.insert(&token.address);
             let action = if wanted.contains(&token.address) {
                 Action::Unchanged
@@ -183,15 +231,18 @@ pub fn plan(desired: &[Address], state: Option<&State>) -> Plan {
                 action,
                 id: Some(token.id),
                 doubt: None,
+                created_at: token.created_at,
             });
         }
         for pending in &state.pending {
             if known.insert(&pending.address) {
+                let current = state.token(&pending.address);
                 changes.push(Change {
                     address: pending.address.clone(),
                     action: Action::InDoubt,
-                    id: None,
+                    id: current.map(|t| t.id),
                     doubt: Some((pending.since, pending.reason.clone())),
+                    created_at: current.and_then(|t| t.created_at),
                 });
             }
         }
@@ -203,6 +254,7 @@ pub fn plan(desired: &[Address], state: Option<&State>) -> Plan {
                 action: Action::Create,
                 id: None,
                 doubt: None,
+                created_at: None,
             });
         }
     }
@@ -272,7 +324,8 @@ mod tests {
                 create: 1,
                 unchanged: 1,
                 orphaned: 1,
-                in_doubt: 1
+                in_doubt: 1,
+                ..Summary::default()
             }
         );
         assert_eq!(

@@ -6,7 +6,35 @@ use similar::{Algorithm, TextDiff};
 
 use serde::Serialize;
 
+use crate::lifecycle::{Finding, Refresh, RefreshCounts};
 use crate::plan::{Action, Change, Plan, Summary};
+use crate::state::{Liveness, State, SupersededToken};
+
+/// What a plan shows beside its changes: what a refresh found, and the
+/// superseded tokens a person still has to revoke.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Extras<'a> {
+    pub refresh: Option<&'a Refresh>,
+    pub state: Option<&'a State>,
+}
+
+impl Extras<'_> {
+    fn superseded(&self) -> &[SupersededToken] {
+        self.state.map_or(&[], |s| s.superseded.as_slice())
+    }
+
+    /// Findings worth a line: everything but alive and unverifiable.
+    fn notable(&self) -> Vec<&Finding> {
+        self.refresh
+            .map(|r| {
+                r.findings()
+                    .iter()
+                    .filter(|f| !matches!(f.status, Liveness::Alive | Liveness::Unverifiable))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
 
 /// Whether to colour output.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -98,8 +126,108 @@ fn change_text(change: &Change, style: Style, w: &mut dyn Write) -> io::Result<(
             )?;
             writeln!(w, "{}", style.paint(DIM, &indent(&doubt_hint(change))))
         }
+        Action::Rotate => writeln!(
+            w,
+            "  {} {address} ({}, created {}): rotate; a successor is created and this token is kept until a person revokes it",
+            style.good("~"),
+            token_id(change),
+            change
+                .created_at
+                .map(utc)
+                .unwrap_or_else(|| "at an unknown time".into())
+        ),
+        Action::Replace => writeln!(
+            w,
+            "  {} {address} ({}): revoked outside tokenctl; a successor is created",
+            style.good("+"),
+            token_id(change)
+        ),
         Action::Unchanged => Ok(()),
     }
+}
+
+/// Writes what a refresh found and the tokens waiting to be revoked.
+pub fn lifecycle_text(extras: &Extras<'_>, style: Style, w: &mut dyn Write) -> io::Result<()> {
+    let notable = extras.notable();
+    if !notable.is_empty() {
+        writeln!(w)?;
+        writeln!(w, "Changes outside tokenctl (found by the refresh):")?;
+        for finding in notable {
+            let (mark, text) = finding_text(finding);
+            let mark = match finding.status {
+                Liveness::Revoked | Liveness::Misdelivered => style.bad(mark),
+                _ => style.warn(mark),
+            };
+            writeln!(
+                w,
+                "  {mark} {} (token id {}): {text}",
+                finding.address, finding.id
+            )?;
+        }
+    }
+    if let Some(refresh) = extras.refresh {
+        writeln!(w, "{}", style.bold(&refresh.counts().to_string()))?;
+    }
+    let superseded = extras.superseded();
+    if !superseded.is_empty() {
+        writeln!(w)?;
+        writeln!(
+            w,
+            "Superseded tokens for a person to revoke in the Logz.io UI:"
+        )?;
+        for old in superseded {
+            writeln!(
+                w,
+                "  {} {} (token id {})",
+                style.warn("-"),
+                old.address,
+                old.id
+            )?;
+            let instruction = revoke_instruction(old, extras.state);
+            writeln!(w, "{}", style.paint(DIM, &indent(&instruction)))?;
+        }
+    }
+    Ok(())
+}
+
+fn finding_text(finding: &Finding) -> (&'static str, String) {
+    let detail = finding.detail.as_deref().unwrap_or("");
+    match finding.status {
+        Liveness::Revoked => ("x", "revoked: its own whoami answered 401".into()),
+        Liveness::Misdelivered => (
+            "!",
+            format!("misdelivered: {detail}; the secret in the sink belongs to another account"),
+        ),
+        Liveness::Unknown => ("?", format!("unknown ({detail}); not taken as revoked")),
+        Liveness::Alive => ("", "alive".into()),
+        Liveness::Unverifiable => ("", "unverifiable: no sink can read its secret".into()),
+    }
+}
+
+/// Returns how a person revokes a superseded token, and how to tell it
+/// from its successor in the UI, which shows names and creation times.
+pub fn revoke_instruction(old: &SupersededToken, state: Option<&State>) -> String {
+    let created = old
+        .created_at
+        .map(utc)
+        .unwrap_or_else(|| "at an unknown time".into());
+    let successor = state
+        .and_then(|s| s.token(&old.address))
+        .filter(|t| t.id == old.successor_id)
+        .map(|t| {
+            format!(
+                "its successor (id {}) has the same name and was created {}: keep that one",
+                t.id,
+                t.created_at.map(utc).unwrap_or_else(|| "later".into())
+            )
+        })
+        .unwrap_or_else(|| format!("its successor is token id {}", old.successor_id));
+    format!(
+        "In the Logz.io UI of account {} (Settings > Manage tokens > API tokens), revoke the token named {:?} created {created};
+         {successor}. Then run: tokenctl retire {} --id {}
+         (or let `tokenctl apply --refresh` retire it once it answers 401)",
+        old.account_id, old.name, old.address, old.id
+    )
 }
 
 fn token_id(change: &Change) -> String {
@@ -158,6 +286,44 @@ struct PlanDocument<'a> {
     max_creates: usize,
     over_budget: bool,
     changes: Vec<ChangeDocument<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    refresh: Option<RefreshDocument<'a>>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    to_revoke: Vec<RevokeDocument<'a>>,
+}
+
+#[derive(Serialize)]
+struct RefreshDocument<'a> {
+    at: i64,
+    counts: RefreshCounts,
+    /// Every finding but `alive` and `unverifiable`.
+    findings: Vec<FindingDocument<'a>>,
+}
+
+#[derive(Serialize)]
+struct FindingDocument<'a> {
+    address: String,
+    #[serde(rename = "accountId")]
+    account_id: u64,
+    name: &'a str,
+    id: u64,
+    status: Liveness,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    detail: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+struct RevokeDocument<'a> {
+    address: String,
+    #[serde(rename = "accountId")]
+    account_id: u64,
+    name: &'a str,
+    id: u64,
+    #[serde(rename = "createdAt", skip_serializing_if = "Option::is_none")]
+    created_at: Option<i64>,
+    superseded_at: i64,
+    successor_id: u64,
+    hint: String,
 }
 
 #[derive(Serialize)]
@@ -179,7 +345,12 @@ struct ChangeDocument<'a> {
 
 /// Writes the plan as one versioned JSON document: the summary, and every
 /// change (unchanged tokens are only counted).
-pub fn plan_json(plan: &Plan, max_creates: usize, w: &mut dyn Write) -> io::Result<()> {
+pub fn plan_json(
+    plan: &Plan,
+    max_creates: usize,
+    extras: &Extras<'_>,
+    w: &mut dyn Write,
+) -> io::Result<()> {
     let summary = plan.summary();
     let document = PlanDocument {
         format_version: OUTPUT_FORMAT_VERSION,
@@ -206,6 +377,36 @@ pub fn plan_json(plan: &Plan, max_creates: usize, w: &mut dyn Write) -> io::Resu
                 },
             })
             .collect(),
+        refresh: extras.refresh.map(|r| RefreshDocument {
+            at: r.at,
+            counts: r.counts(),
+            findings: extras
+                .notable()
+                .into_iter()
+                .map(|f| FindingDocument {
+                    address: f.address.to_string(),
+                    account_id: f.address.account_id,
+                    name: &f.address.name,
+                    id: f.id,
+                    status: f.status,
+                    detail: f.detail.as_deref(),
+                })
+                .collect(),
+        }),
+        to_revoke: extras
+            .superseded()
+            .iter()
+            .map(|old| RevokeDocument {
+                address: old.address.to_string(),
+                account_id: old.account_id,
+                name: &old.name,
+                id: old.id,
+                created_at: old.created_at,
+                superseded_at: old.superseded_at,
+                successor_id: old.successor_id,
+                hint: revoke_instruction(old, extras.state).replace('\n', " "),
+            })
+            .collect(),
     };
     serde_json::to_writer_pretty(&mut *w, &document)?;
     writeln!(w)
@@ -218,9 +419,45 @@ pub const MARKDOWN_MARKER: &str = "<!-- tokenctl-plan -->";
 /// table per sub-account with changes, and what a person must do about
 /// orphans and creates in doubt. Output longer than `limit` characters is
 /// cut at a row, with a note.
-pub fn plan_markdown(plan: &Plan, limit: usize, w: &mut dyn Write) -> io::Result<()> {
+pub fn plan_markdown(
+    plan: &Plan,
+    extras: &Extras<'_>,
+    limit: usize,
+    w: &mut dyn Write,
+) -> io::Result<()> {
     let summary = plan.summary();
     let mut head = format!("{MARKDOWN_MARKER}\n### tokenctl plan\n\n**{summary}**\n");
+    if let Some(refresh) = extras.refresh {
+        head.push_str(&format!("\n**{}**\n", refresh.counts()));
+    }
+    let notable = extras.notable();
+    if !notable.is_empty() {
+        head.push_str("\n> [!IMPORTANT]\n> Changes outside tokenctl, found by the refresh:\n");
+        for finding in notable {
+            let (_, text) = finding_text(finding);
+            head.push_str(&format!(
+                "> - {} (token id {}): {}\n",
+                markdown_code(&finding.address.to_string()),
+                finding.id,
+                text
+            ));
+        }
+    }
+    let superseded = extras.superseded();
+    if !superseded.is_empty() {
+        head.push_str(&format!(
+            "\n> [!NOTE]\n> {} superseded token(s) for a person to revoke in the Logz.io UI:\n",
+            superseded.len()
+        ));
+        for old in superseded {
+            head.push_str(&format!(
+                "> - {} token id {}: {}\n",
+                markdown_code(&old.address.to_string()),
+                old.id,
+                revoke_instruction(old, extras.state).replace('\n', " ")
+            ));
+        }
+    }
     let changed: Vec<&Change> = plan
         .changes
         .iter()
@@ -268,6 +505,18 @@ pub fn plan_markdown(plan: &Plan, limit: usize, w: &mut dyn Write) -> io::Result
                 "| ❓ | {name} | in doubt: check the UI, then {} or {} |",
                 markdown_code(&format!("tokenctl resolve {address} --adopt <id>")),
                 markdown_code("--abandon")
+            ),
+            Action::Rotate => format!(
+                "| 🔄 | {name} | rotate ({}, created {}): a successor is created |",
+                token_id(change),
+                change
+                    .created_at
+                    .map(utc)
+                    .unwrap_or_else(|| "at an unknown time".into())
+            ),
+            Action::Replace => format!(
+                "| ♻️ | {name} | replace ({} was revoked outside tokenctl) |",
+                token_id(change)
             ),
             Action::Unchanged => continue,
         };
@@ -454,7 +703,7 @@ mod tests {
     #[test]
     fn json_plan_snapshot() {
         let mut out = Vec::new();
-        plan_json(&mixed_plan(), 50, &mut out).unwrap();
+        plan_json(&mixed_plan(), 50, &Extras::default(), &mut out).unwrap();
         let text = String::from_utf8(out).unwrap();
         insta::assert_snapshot!(text.replace(crate::state::TOOL_VERSION, "<version>"));
     }
@@ -462,7 +711,7 @@ mod tests {
     #[test]
     fn markdown_plan_snapshot() {
         let mut out = Vec::new();
-        plan_markdown(&mixed_plan(), 60_000, &mut out).unwrap();
+        plan_markdown(&mixed_plan(), &Extras::default(), 60_000, &mut out).unwrap();
         insta::assert_snapshot!(String::from_utf8(out).unwrap());
     }
 
@@ -473,7 +722,7 @@ mod tests {
             .collect();
         let plan = plan(&desired, None);
         let mut out = Vec::new();
-        plan_markdown(&plan, 60_000, &mut out).unwrap();
+        plan_markdown(&plan, &Extras::default(), 60_000, &mut out).unwrap();
         let text = String::from_utf8(out).unwrap();
         assert!(text.len() <= 60_000, "{}", text.len());
         assert!(text.starts_with(MARKDOWN_MARKER));
@@ -485,7 +734,7 @@ mod tests {
     fn markdown_escapes_names() {
         let plan = plan(&[Address::new(1, "a|b`c")], None);
         let mut out = Vec::new();
-        plan_markdown(&plan, 60_000, &mut out).unwrap();
+        plan_markdown(&plan, &Extras::default(), 60_000, &mut out).unwrap();
         let text = String::from_utf8(out).unwrap();
         assert!(text.contains("| ➕ | a\\|b\\`c | create |"), "{text}");
     }

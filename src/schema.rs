@@ -50,6 +50,8 @@ pub fn manifest_schema() -> Value {
                     }
                 }
             },
+            "rotate_after": rotate_after(),
+            "on_revoked": on_revoked(),
             "tokens": {
                 "description": "The tokens that should exist; each address accountId/name is unique.",
                 "type": "array",
@@ -68,11 +70,28 @@ pub fn manifest_schema() -> Value {
                             "description": "Sub-account id.",
                             "type": "integer",
                             "minimum": 1
-                        }
+                        },
+                        "rotate_after": rotate_after(),
+                        "on_revoked": on_revoked()
                     }
                 }
             }
         }
+    })
+}
+
+fn rotate_after() -> Value {
+    json!({
+        "description": "Age after which apply creates a successor and keeps the old token to be revoked, e.g. 90d (at least 1h). On a token, it wins over the top level.",
+        "type": "string",
+        "pattern": "^\\s*[0-9]"
+    })
+}
+
+fn on_revoked() -> Value {
+    json!({
+        "description": "What a refresh that finds the token revoked plans: report (the default) or recreate. On a token, it wins over the top level.",
+        "enum": ["report", "recreate"]
     })
 }
 
@@ -102,14 +121,22 @@ mod tests {
         let schema = manifest_schema();
         assert_eq!(
             keys(&schema),
-            ["api_url", "region", "secrets", "tokens", "version"]
+            [
+                "api_url",
+                "on_revoked",
+                "region",
+                "rotate_after",
+                "secrets",
+                "tokens",
+                "version"
+            ]
         );
         assert_eq!(keys(&schema["properties"]["secrets"]), ["exec", "file"]);
         assert_eq!(
             keys(&schema["properties"]["tokens"]["items"]),
-            ["accountId", "name"]
+            ["accountId", "name", "on_revoked", "rotate_after"]
         );
-        let full = "version: 1\nregion: eu\nsecrets:\n  file: s.jsonl\n  exec: [x]\ntokens:\n  - name: a\n    accountId: 1\n";
+        let full = "version: 1\nregion: eu\nrotate_after: 90d\non_revoked: recreate\nsecrets:\n  file: s.jsonl\n  exec: [x]\ntokens:\n  - name: a\n    accountId: 1\n    rotate_after: 30d\n    on_revoked: report\n";
         assert!(Manifest::parse(full, "m").is_ok());
         let regions = schema["properties"]["region"]["enum"].as_array().unwrap();
         for region in regions {

@@ -27,6 +27,54 @@ pub struct State {
     pub tokens: Vec<TokenRecord>,
     #[serde(default)]
     pub pending: Vec<PendingCreate>,
+    /// Tokens replaced by a successor (rotation, or re-creation after a
+    /// revocation) that a person still has to revoke in the UI.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub superseded: Vec<SupersededToken>,
+}
+
+/// What the last refresh learnt of a token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Check {
+    /// When, in epoch seconds.
+    pub at: i64,
+    pub status: Liveness,
+}
+
+/// What a token's own whoami call said of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Liveness {
+    /// It answered 200 for its own account.
+    Alive,
+    /// It answered 401: revoked in the UI.
+    Revoked,
+    /// It answered 200 for another account.
+    Misdelivered,
+    /// No definite answer (403, 429, 5xx, network); never taken as revoked.
+    Unknown,
+    /// No sink can read its secret back.
+    Unverifiable,
+}
+
+/// A token that has a successor and waits to be revoked by a person.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SupersededToken {
+    pub address: Address,
+    #[serde(rename = "accountId")]
+    pub account_id: u64,
+    pub name: String,
+    pub id: u64,
+    #[serde(rename = "createdAt", default, skip_serializing_if = "Option::is_none")]
+    pub created_at: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<String>,
+    /// When its successor was recorded, in epoch seconds.
+    pub superseded_at: i64,
+    /// The id of the token that replaced it.
+    pub successor_id: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checked: Option<Check>,
 }
 
 /// A token known to exist.
@@ -44,6 +92,9 @@ pub struct TokenRecord {
     /// Short one-way fingerprint of the secret, when this tool saw it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fingerprint: Option<String>,
+    /// The last refresh's finding, recorded by `apply --refresh`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checked: Option<Check>,
 }
 
 /// How a token came to be in the state.
@@ -96,6 +147,7 @@ impl TokenRecord {
             created_at,
             origin,
             fingerprint,
+            checked: None,
         }
     }
 
@@ -134,6 +186,7 @@ impl State {
             serial: 0,
             tokens: Vec::new(),
             pending: Vec::new(),
+            superseded: Vec::new(),
         }
     }
 
@@ -197,21 +250,18 @@ impl State {
                 return Err(err);
             }
         }
-        let mut seen = FxHashSet::with_capacity_and_hasher(
-            self.tokens.len() + self.pending.len(),
-            Default::default(),
-        );
-        for address in self
-            .tokens
-            .iter()
-            .map(|t| &t.address)
-            .chain(self.pending.iter().map(|p| &p.address))
-        {
-            if !seen.insert(address) {
-                return Err(StateParseError::Corrupt(format!(
-                    "{address} appears more than once"
-                )));
-            }
+        // An address has at most one current token and one pending create;
+        // both at once is a successor's create in doubt.
+        fn twice<'a>(mut addresses: impl Iterator<Item = &'a Address>) -> Option<Address> {
+            let mut seen = FxHashSet::default();
+            addresses.find(|a| !seen.insert(*a)).cloned()
+        }
+        let twice = twice(self.tokens.iter().map(|t| &t.address))
+            .or_else(|| twice(self.pending.iter().map(|p| &p.address)));
+        if let Some(address) = twice {
+            return Err(StateParseError::Corrupt(format!(
+                "{address} appears more than once"
+            )));
         }
         Ok(())
     }
@@ -229,6 +279,8 @@ impl State {
     fn normalize(&mut self) {
         self.tokens.sort_by(|a, b| a.address.cmp(&b.address));
         self.pending.sort_by(|a, b| a.address.cmp(&b.address));
+        self.superseded
+            .sort_by(|a, b| (&a.address, a.id).cmp(&(&b.address, b.id)));
     }
 
     /// Tells whether two states record the same tokens and pending creates.
@@ -237,7 +289,7 @@ impl State {
         let mut b = other.clone();
         a.normalize();
         b.normalize();
-        a.tokens == b.tokens && a.pending == b.pending
+        a.tokens == b.tokens && a.pending == b.pending && a.superseded == b.superseded
     }
 
     /// Returns the record for an address.
@@ -250,11 +302,53 @@ impl State {
         self.pending.iter().find(|p| &p.address == address)
     }
 
-    /// Records a created token, settling any pending create for it.
+    /// Records a created token, settling any pending create for it. A
+    /// different token already at the address is its predecessor: it is
+    /// kept as superseded, to be revoked by a person, never dropped.
     pub fn record_created(&mut self, record: TokenRecord) {
+        self.record_created_at(record, None);
+    }
+
+    /// Records a created token as [`State::record_created`] does, with
+    /// `now` (epoch seconds) as the time any predecessor was superseded.
+    pub fn record_created_at(&mut self, record: TokenRecord, now: Option<i64>) {
         self.pending.retain(|p| p.address != record.address);
-        self.tokens.retain(|t| t.address != record.address);
+        if let Some(at) = self.tokens.iter().position(|t| t.address == record.address) {
+            let old = self.tokens.swap_remove(at);
+            if old.id != record.id {
+                self.superseded.push(SupersededToken {
+                    account_id: old.account_id,
+                    name: old.name,
+                    address: old.address,
+                    id: old.id,
+                    created_at: old.created_at,
+                    fingerprint: old.fingerprint,
+                    superseded_at: now.or(record.created_at).unwrap_or(0),
+                    successor_id: record.id,
+                    checked: old.checked,
+                });
+            }
+        }
         self.tokens.push(record);
+    }
+
+    /// Returns the superseded tokens of an address.
+    pub fn superseded_of<'a>(
+        &'a self,
+        address: &'a Address,
+    ) -> impl Iterator<Item = &'a SupersededToken> + 'a {
+        self.superseded
+            .iter()
+            .filter(move |s| &s.address == address)
+    }
+
+    /// Drops a superseded token once it is revoked; returns it.
+    pub fn retire(&mut self, address: &Address, id: u64) -> Option<SupersededToken> {
+        let at = self
+            .superseded
+            .iter()
+            .position(|s| &s.address == address && s.id == id)?;
+        Some(self.superseded.remove(at))
     }
 
     /// Records a create in doubt.

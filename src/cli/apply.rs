@@ -8,13 +8,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use super::{
-    ApplyArgs, CommandResult, EXIT_IN_DOUBT, EXIT_INTERRUPTED, EXIT_OK, Failure, Format, Session,
-    check_budget, record_journal,
+    ApplyArgs, CommandResult, ConnectArgs, EXIT_IN_DOUBT, EXIT_INTERRUPTED, EXIT_OK, Failure,
+    Format, Session, check_budget, check_refresh, record_journal,
 };
 use crate::address::Address;
 use crate::api::{self, HttpApi, Timeouts};
 use crate::apply::{Apply, Event, Outcome, Report, RetryPolicy, StopReason, now};
 use crate::journal::{JournalWriter, Record};
+use crate::lifecycle::{self, Refresh};
 use crate::manifest::{self, Manifest};
 use crate::plan::{self, Plan};
 use crate::planfile::PlanFile;
@@ -35,17 +36,55 @@ impl Session<'_, '_> {
         let loaded = self.load_manifest()?;
         let store = self.store();
         let _lock = self.lock(&store)?;
-        let state = self.load_state_locked(&store)?;
+        let mut state = self.load_state_locked(&store)?;
         let targeting = self.targeting(&args.targeting);
-        let plan = plan::plan(&loaded.manifest.tokens, state.as_ref()).restrict(&targeting);
+        // A saved plan is checked against the state it was made from,
+        // before a refresh records anything in it.
+        let saved = match &args.plan_file {
+            Some(path) => Some(self.load_plan_file(path, &loaded.bytes, state.as_ref())?),
+            None => None,
+        };
+        let refresh = match args.refresh {
+            true => {
+                let refresh = self.refresh_tokens(
+                    &args.connect,
+                    args.secrets_out.as_deref(),
+                    &loaded.manifest,
+                    state.as_ref(),
+                )?;
+                state = self.record_refresh(&store, state, &refresh)?;
+                Some(refresh)
+            }
+            false => None,
+        };
+        let hold_back = refresh
+            .as_ref()
+            .and_then(Refresh::stampede)
+            .is_some_and(|_| !args.force);
+        let plan = lifecycle::plan_successors(
+            plan::plan(&loaded.manifest.tokens, state.as_ref()).restrict(&targeting),
+            state.as_ref(),
+            &loaded.manifest.lifecycle,
+            now(),
+            refresh.as_ref(),
+            hold_back,
+        );
         self.warn_if_all_orphaned(&plan);
-        let creates = match &args.plan_file {
-            Some(path) => self.saved_creates(path, &loaded.bytes, state.as_ref(), &plan)?,
+        let creates = match saved {
+            Some(saved) => saved_creates(saved, &plan)?,
             None => plan.creates(),
         };
         let json = args.output == Format::Json;
         if !json {
             render::plan_text(&plan, self.style, self.io.stdout)?;
+            let extras = render::Extras {
+                refresh: refresh.as_ref(),
+                state: state.as_ref(),
+            };
+            render::lifecycle_text(&extras, self.style, self.io.stdout)?;
+        }
+        if let Some(refresh) = &refresh {
+            check_refresh(refresh, &loaded.manifest, args.force)?;
         }
         if creates.is_empty() {
             let code = if plan.summary().in_doubt > 0 {
@@ -67,8 +106,8 @@ impl Session<'_, '_> {
         }
         check_budget(&plan, &args.budget)?;
         let secrets_file = self.secrets_file(args, &loaded.manifest)?;
-        let owner_token = self.owner_token(args)?;
-        let base_url = self.base_url(args, &loaded.manifest)?;
+        let owner_token = self.owner_token(&args.connect)?;
+        let base_url = self.base_url(&args.connect, &loaded.manifest)?;
         let timeouts = Timeouts {
             request: args.request_timeout,
             ..Timeouts::default()
@@ -156,6 +195,7 @@ impl Session<'_, '_> {
             Some((stored, _)) => stored,
             None => state.clone(),
         };
+        let stored = self.retire_replaced(&store, stored)?;
         self.finish(
             &store,
             state.as_ref(),
@@ -189,28 +229,64 @@ impl Session<'_, '_> {
 
     /// Returns the creates of a saved plan, after checking that it was made
     /// from exactly the current manifest and state.
-    fn saved_creates(
+    /// Reads a saved plan, after checking that it was made from exactly
+    /// the current manifest and state.
+    fn load_plan_file(
         &mut self,
         path: &Path,
         manifest_bytes: &[u8],
         state: Option<&State>,
-        plan: &Plan,
-    ) -> Result<Vec<Address>, Failure> {
+    ) -> Result<PlanFile, Failure> {
         let text = fs::read_to_string(path).map_err(|err| {
             Failure::new(format!("cannot read plan file {}: {err}", path.display()))
         })?;
         let saved = PlanFile::from_json(&text)?;
         saved.check(manifest_bytes, state)?;
-        let planned = plan.creates();
-        // Same inputs give the same plan; a saved plan may be narrower
-        // (made with --target), never wider.
-        if let Some(extra) = saved.creates.iter().find(|a| !planned.contains(a)) {
-            return Err(Failure::new(format!(
-                "the plan file creates {extra}, which the current plan does not"
-            ))
-            .hint("make a new plan with the same --target/--exclude options you apply with"));
+        Ok(saved)
+    }
+
+    /// Records a refresh in the state (each token's last check) and
+    /// retires superseded tokens that answered 401; returns the state.
+    fn record_refresh(
+        &mut self,
+        store: &FileStore,
+        state: Option<State>,
+        refresh: &Refresh,
+    ) -> Result<Option<State>, Failure> {
+        let Some(before) = state else { return Ok(None) };
+        let mut after = before.clone();
+        let retired = lifecycle::record_refresh(&mut after, refresh);
+        let (stored, _) = store.commit(Some(&before), after)?;
+        for old in retired {
+            self.note(&format!(
+                "retired token id {} of {}: it answers 401, so it was revoked as asked",
+                old.id, old.address
+            ));
         }
-        Ok(saved.creates)
+        Ok(Some(stored))
+    }
+
+    /// Retires the predecessors of tokens that replaced revoked ones: the
+    /// refresh already found them revoked.
+    fn retire_replaced(
+        &mut self,
+        store: &FileStore,
+        state: Option<State>,
+    ) -> Result<Option<State>, Failure> {
+        let Some(before) = state else { return Ok(None) };
+        let mut after = before.clone();
+        let retired = lifecycle::retire_known_revoked(&mut after);
+        if retired.is_empty() {
+            return Ok(Some(before));
+        }
+        let (stored, _) = store.commit(Some(&before), after)?;
+        for old in retired {
+            self.note(&format!(
+                "retired token id {} of {}: it was found revoked and now has a successor",
+                old.id, old.address
+            ));
+        }
+        Ok(Some(stored))
     }
 
     fn finish(
@@ -347,7 +423,7 @@ impl Session<'_, '_> {
         Ok(sinks)
     }
 
-    fn owner_token(&mut self, args: &ApplyArgs) -> Result<Secret, Failure> {
+    pub(super) fn owner_token(&mut self, args: &ConnectArgs) -> Result<Secret, Failure> {
         if let Some(path) = &args.api_token_file {
             self.warn_if_shared(path);
         }
@@ -403,7 +479,11 @@ impl Session<'_, '_> {
         }
     }
 
-    fn base_url(&mut self, args: &ApplyArgs, manifest: &Manifest) -> Result<String, Failure> {
+    pub(super) fn base_url(
+        &mut self,
+        args: &ConnectArgs,
+        manifest: &Manifest,
+    ) -> Result<String, Failure> {
         match args.api_url.as_ref().or(self.env.api_url.as_ref()) {
             Some(url) => manifest::check_api_url(url).map_err(|err| {
                 Failure::new(err).hint("pass an https:// URL, or http:// to a loopback address")
@@ -433,6 +513,21 @@ impl Session<'_, '_> {
         }
         Ok(())
     }
+}
+
+/// Returns the creates of a saved plan: same inputs give the same plan, and
+/// a saved plan may be narrower (made with --target), never wider.
+fn saved_creates(saved: PlanFile, plan: &Plan) -> Result<Vec<Address>, Failure> {
+    let planned = plan.creates();
+    if let Some(extra) = saved.creates.iter().find(|a| !planned.contains(a)) {
+        return Err(Failure::new(format!(
+            "the plan file creates {extra}, which the current plan does not"
+        ))
+        .hint(
+            "make a new plan with the same --target/--exclude and --refresh options you apply with",
+        ));
+    }
+    Ok(saved.creates)
 }
 
 /// Returns the exit code of a finished apply, or the failure to report.

@@ -2,6 +2,7 @@
 //! where errors become messages and exit codes.
 
 mod apply;
+mod lifecycle;
 mod state_cmds;
 
 use std::ffi::OsString;
@@ -14,6 +15,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::address::Address;
 use crate::journal::{self, FoldSummary, JournalError};
+use crate::lifecycle::Refresh;
 use crate::lock::{self, Holder, LockError, LockGuard};
 use crate::manifest::{Manifest, ManifestError};
 use crate::plan::{self, Pattern, Plan, Targeting};
@@ -81,6 +83,8 @@ enum Command {
     Resolve(ResolveArgs),
     /// Record a token created elsewhere (its secret stays unknown).
     Import(ImportArgs),
+    /// Drop a superseded token from the state after a person revoked it.
+    Retire(RetireArgs),
     /// Drop an orphaned token from the state after it was revoked in the UI.
     Forget {
         /// The token's address, <accountId>/<name>.
@@ -143,6 +147,51 @@ struct PlanArgs {
     budget: Budget,
     #[command(flatten)]
     targeting: TargetArgs,
+    #[command(flatten)]
+    refresh: RefreshArgs,
+}
+
+#[derive(Debug, Args)]
+struct RefreshArgs {
+    /// Ask each token whose secret a sink holds whether it still works
+    /// (GET /v2/whoami with the token itself).
+    #[arg(long)]
+    refresh: bool,
+    #[command(flatten)]
+    connect: ConnectArgs,
+    /// The secrets file to read tokens from for --refresh (default: the
+    /// manifest's `secrets.file`).
+    #[arg(long, value_name = "PATH")]
+    secrets_out: Option<PathBuf>,
+}
+
+/// Where the API is and who the owner is.
+#[derive(Debug, Args)]
+struct ConnectArgs {
+    /// Read the owner-account API token from this file (else LOGZIO_API_TOKEN).
+    #[arg(long, value_name = "PATH")]
+    api_token_file: Option<PathBuf>,
+    /// Send requests to this base URL instead of the manifest's region (also LOGZIO_API_URL).
+    #[arg(long, value_name = "URL")]
+    api_url: Option<String>,
+}
+
+#[derive(Debug, Args)]
+struct RetireArgs {
+    /// The token's address, <accountId>/<name>.
+    address: Address,
+    /// The superseded token's id.
+    #[arg(long, value_name = "ID")]
+    id: u64,
+    /// First check with the token itself that it answers 401 (revoked).
+    #[arg(long)]
+    verify: bool,
+    #[command(flatten)]
+    connect: ConnectArgs,
+    /// The secrets file to read the token from for --verify (default: the
+    /// manifest's `secrets.file`).
+    #[arg(long, value_name = "PATH")]
+    secrets_out: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -163,12 +212,17 @@ struct ApplyArgs {
     /// manifest's `secrets.file`.
     #[arg(long, value_name = "PATH")]
     secrets_out: Option<PathBuf>,
-    /// Read the owner-account API token from this file (else LOGZIO_API_TOKEN).
-    #[arg(long, value_name = "PATH")]
-    api_token_file: Option<PathBuf>,
-    /// Send requests to this base URL instead of the manifest's region (also LOGZIO_API_URL).
-    #[arg(long, value_name = "URL")]
-    api_url: Option<String>,
+    #[command(flatten)]
+    connect: ConnectArgs,
+    /// Refresh first: record what each token says of itself, retire
+    /// superseded tokens that answer 401, and re-create revoked ones where
+    /// the manifest says `on_revoked: recreate`.
+    #[arg(long)]
+    refresh: bool,
+    /// With --refresh: re-create revoked tokens even when an unusually large
+    /// share of them came back revoked.
+    #[arg(long, requires = "refresh")]
+    force: bool,
     /// Most creates in flight at once; lowered automatically while the API answers 429.
     #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
     parallelism: u16,
@@ -439,6 +493,7 @@ impl Session<'_, '_> {
             Command::Resolve(args) => self.resolve(args),
             Command::Import(args) => self.import(args),
             Command::Forget { address } => self.forget(address),
+            Command::Retire(args) => self.retire(args),
             Command::State(StateCommand::List { output }) => self.state_list(*output),
             Command::Schema => {
                 writeln!(self.io.stdout, "{}", crate::schema::manifest_schema_text())?;
@@ -568,12 +623,40 @@ impl Session<'_, '_> {
         let store = self.store();
         let state = self.load_state_for_reading(&store)?;
         let targeting = self.targeting(&args.targeting);
-        let plan = plan::plan(&loaded.manifest.tokens, state.as_ref()).restrict(&targeting);
+        let refresh = match args.refresh.refresh {
+            true => Some(self.refresh_tokens(
+                &args.refresh.connect,
+                args.refresh.secrets_out.as_deref(),
+                &loaded.manifest,
+                state.as_ref(),
+            )?),
+            false => None,
+        };
+        let stampede = refresh.as_ref().and_then(Refresh::stampede);
+        let plan = crate::lifecycle::plan_successors(
+            plan::plan(&loaded.manifest.tokens, state.as_ref()).restrict(&targeting),
+            state.as_ref(),
+            &loaded.manifest.lifecycle,
+            crate::apply::now(),
+            refresh.as_ref(),
+            stampede.is_some(),
+        );
         self.warn_if_all_orphaned(&plan);
+        let extras = render::Extras {
+            refresh: refresh.as_ref(),
+            state: state.as_ref(),
+        };
         match args.output {
-            PlanFormat::Text => render::plan_text(&plan, self.style, self.io.stdout)?,
-            PlanFormat::Json => render::plan_json(&plan, args.budget.max_creates, self.io.stdout)?,
-            PlanFormat::Markdown => render::plan_markdown(&plan, MARKDOWN_LIMIT, self.io.stdout)?,
+            PlanFormat::Text => {
+                render::plan_text(&plan, self.style, self.io.stdout)?;
+                render::lifecycle_text(&extras, self.style, self.io.stdout)?;
+            }
+            PlanFormat::Json => {
+                render::plan_json(&plan, args.budget.max_creates, &extras, self.io.stdout)?
+            }
+            PlanFormat::Markdown => {
+                render::plan_markdown(&plan, &extras, MARKDOWN_LIMIT, self.io.stdout)?
+            }
         }
         if args.diff {
             if args.output == PlanFormat::Text {
@@ -598,11 +681,17 @@ impl Session<'_, '_> {
             }
         }
         check_budget(&plan, &args.budget)?;
-        Ok(if args.detailed_exitcode && plan.has_changes() {
-            EXIT_CHANGES
-        } else {
-            EXIT_OK
-        })
+        if let Some(refresh) = &refresh {
+            check_refresh(refresh, &loaded.manifest, false)?;
+        }
+        let revoked = refresh.as_ref().is_some_and(|r| r.counts().revoked > 0);
+        Ok(
+            if args.detailed_exitcode && (plan.has_changes() || revoked) {
+                EXIT_CHANGES
+            } else {
+                EXIT_OK
+            },
+        )
     }
 
     /// Shows the state document as it would be after the plan, with ids
@@ -714,6 +803,31 @@ fn record_journal(
     })?;
     crate::failpoint::hit("after-journal-removed");
     Ok(Some((stored, summary)))
+}
+
+/// Fails on what a refresh found that must stop a plan: a token that
+/// answers for another account, or a stampede of revocations that would be
+/// re-created (unless `force`).
+fn check_refresh(refresh: &Refresh, manifest: &Manifest, force: bool) -> Result<(), Failure> {
+    let counts = refresh.counts();
+    if counts.misdelivered > 0 {
+        return Err(Failure::new(format!(
+            "{} token(s) answer for another account than their address says (see above)",
+            counts.misdelivered
+        ))
+        .hint("the secret recorded for that address belongs elsewhere: check the sink's records and the Logz.io UI before anything else"));
+    }
+    if let Some(stampede) = refresh.stampede()
+        && manifest.lifecycle.recreates_any()
+        && !force
+    {
+        return Err(Failure::new(format!(
+            "{} of {} tokens that answered came back revoked; that many looks like a wrong region, a wrong API URL or a broken proxy, so no re-creation is planned",
+            stampede.revoked, stampede.checked
+        ))
+        .hint("check the region and the network; if the tokens really were revoked, run `tokenctl apply --refresh --force`"));
+    }
+    Ok(())
 }
 
 fn check_budget(plan: &Plan, budget: &Budget) -> Result<(), Failure> {

@@ -21,7 +21,7 @@ struct SinkRecord {
 
 impl Session<'_, '_> {
     /// Loads the state under the lock, or fails when there is none.
-    fn existing_state(&mut self, store: &FileStore) -> Result<State, Failure> {
+    pub(super) fn existing_state(&mut self, store: &FileStore) -> Result<State, Failure> {
         self.load_state_locked(store)?.ok_or_else(|| {
             Failure::new(format!("there is no state at {}", store.location()))
                 .hint("check --state; `tokenctl apply` creates the state")
@@ -180,7 +180,7 @@ impl Session<'_, '_> {
         Ok(EXIT_OK)
     }
 
-    fn commit_and_show(
+    pub(super) fn commit_and_show(
         &mut self,
         store: &FileStore,
         before: &State,
@@ -228,6 +228,13 @@ impl Session<'_, '_> {
         }
         for pending in &state.pending {
             writeln!(self.io.stdout, "{}\t(in doubt)", pending.address)?;
+        }
+        for old in &state.superseded {
+            writeln!(
+                self.io.stdout,
+                "{}\t{}\t(superseded: revoke it in the UI, then `tokenctl retire {} --id {}`)",
+                old.address, old.id, old.address, old.id
+            )?;
         }
         Ok(EXIT_OK)
     }

@@ -304,3 +304,37 @@ fn a_tokens_key_without_a_value_is_refused() {
     let missing = reject("version: 1\nregion: us\n");
     assert!(missing.message.contains("tokens"), "{missing}");
 }
+
+#[test]
+fn reads_lifecycle_settings_with_per_token_overrides() {
+    let text = "version: 1\nregion: us\nrotate_after: 90d\ntokens:\n  - name: a\n    accountId: 1\n  - name: b\n    accountId: 1\n    rotate_after: 30d\n    on_revoked: recreate\n";
+    let lifecycle = Manifest::parse(text, "m").unwrap().manifest.lifecycle;
+    let day = 86_400;
+    let a = lifecycle.policy(&Address::new(1, "a"));
+    assert_eq!(a.rotate_after, Some(90 * day));
+    assert_eq!(a.on_revoked, OnRevoked::Report);
+    let b = lifecycle.policy(&Address::new(1, "b"));
+    assert_eq!(b.rotate_after, Some(30 * day));
+    assert_eq!(b.on_revoked, OnRevoked::Recreate);
+    assert!(lifecycle.recreates_any());
+}
+
+#[test]
+fn rejects_bad_lifecycle_settings_with_their_place() {
+    let err = reject("version: 1\nregion: us\nrotate_after: soon\ntokens: []\n");
+    assert!(
+        err.message.contains("rotate_after `soon` is not an age"),
+        "{err}"
+    );
+    assert_eq!(err.line, 3, "{err}");
+    let err = reject("version: 1\nregion: us\nrotate_after: 5m\ntokens: []\n");
+    assert!(err.message.contains("shorter than an hour"), "{err}");
+    let err = reject(&with_tokens(
+        "  - name: a\n    accountId: 1\n    on_revoked: delete\n",
+    ));
+    assert!(
+        err.message.contains("on_revoked `delete` is not known"),
+        "{err}"
+    );
+    assert_eq!(err.line, 6, "{err}");
+}

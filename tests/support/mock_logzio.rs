@@ -36,6 +36,7 @@ pub struct Issued {
 pub struct MockLogzio {
     pub server: MockServer,
     issued: Arc<Mutex<Vec<Issued>>>,
+    revoked: Arc<Mutex<HashSet<String>>>,
 }
 
 /// How the mock answers creates.
@@ -65,19 +66,41 @@ fn unauthorized() -> ResponseTemplate {
     )
 }
 
-struct WhoamiResponder(Option<String>);
+/// Answers whoami for the owner token and for every token the mock
+/// issued, as the API does: 200 with the token's account while it lives,
+/// 401 once it is revoked.
+struct WhoamiResponder {
+    refusal: Option<String>,
+    issued: Arc<Mutex<Vec<Issued>>>,
+    revoked: Arc<Mutex<HashSet<String>>>,
+}
 
 impl Respond for WhoamiResponder {
     fn respond(&self, request: &Request) -> ResponseTemplate {
-        if let Some(message) = &self.0 {
+        if let Some(message) = &self.refusal {
             return ResponseTemplate::new(403)
                 .set_body_json(serde_json::json!({ "message": message }));
         }
-        if !owner_ok(request) {
+        if owner_ok(request) {
+            return ResponseTemplate::new(200).set_body_json(
+                serde_json::json!({"accountName": "owner", "accountId": OWNER_ACCOUNT}),
+            );
+        }
+        let token = request
+            .headers
+            .get("X-API-TOKEN")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        if self.revoked.lock().unwrap().contains(token) {
             return unauthorized();
         }
-        ResponseTemplate::new(200)
-            .set_body_json(serde_json::json!({"accountName": "owner", "accountId": OWNER_ACCOUNT}))
+        let issued = self.issued.lock().unwrap();
+        match issued.iter().find(|i| i.token == token) {
+            Some(i) => ResponseTemplate::new(200).set_body_json(
+                serde_json::json!({"accountName": format!("sub-{}", i.account_id), "accountId": i.account_id}),
+            ),
+            None => unauthorized(),
+        }
     }
 }
 
@@ -164,9 +187,14 @@ impl MockLogzio {
     pub async fn start_with(behaviour: Behaviour) -> Self {
         let server = MockServer::start().await;
         let issued = Arc::new(Mutex::new(Vec::new()));
+        let revoked = Arc::new(Mutex::new(HashSet::new()));
         Mock::given(method("GET"))
             .and(path("/v2/whoami"))
-            .respond_with(WhoamiResponder(behaviour.whoami_refusal.clone()))
+            .respond_with(WhoamiResponder {
+                refusal: behaviour.whoami_refusal.clone(),
+                issued: issued.clone(),
+                revoked: revoked.clone(),
+            })
             .mount(&server)
             .await;
         Mock::given(method("GET"))
@@ -188,7 +216,28 @@ impl MockLogzio {
             })
             .mount(&server)
             .await;
-        MockLogzio { server, issued }
+        MockLogzio {
+            server,
+            issued,
+            revoked,
+        }
+    }
+
+    /// Revokes an issued token, as a person does in the UI.
+    pub fn revoke(&self, token: &str) {
+        self.revoked.lock().unwrap().insert(token.to_string());
+    }
+
+    /// Returns how many whoami calls were made with tokens other than the
+    /// owner's.
+    pub async fn token_whoami_calls(&self) -> usize {
+        self.server
+            .received_requests()
+            .await
+            .unwrap_or_default()
+            .iter()
+            .filter(|r| r.url.path() == "/v2/whoami" && !owner_ok(r))
+            .count()
     }
 
     /// Answers the next `times` creates with `template` instead (for all
