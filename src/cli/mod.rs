@@ -86,7 +86,7 @@ enum Command {
         /// The token's address, <accountId>/<name>.
         address: Address,
     },
-    /// Read the state.
+    /// Read the state, or fold a journal left by an interrupted apply into it.
     #[command(subcommand)]
     State(StateCommand),
     /// Print the JSON Schema of the manifest (for editors and yaml-language-server).
@@ -229,6 +229,9 @@ enum StateCommand {
         /// The token's address, <accountId>/<name>.
         address: Address,
     },
+    /// Record a journal left by an interrupted apply in the state, and
+    /// remove it (for a pipeline to commit before its runner is gone).
+    Fold,
 }
 
 /// The process environment the commands read, gathered in one place so that
@@ -445,6 +448,7 @@ impl Session<'_, '_> {
                 Ok(EXIT_OK)
             }
             Command::State(StateCommand::Show { address }) => self.state_show(address),
+            Command::State(StateCommand::Fold) => self.state_fold(),
         }
     }
 
