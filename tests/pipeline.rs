@@ -10,6 +10,7 @@ mod support;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
+use std::io::Write;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -45,7 +46,11 @@ fn have_check_jsonschema() -> bool {
             std::env::var("CI").as_deref() != Ok("true"),
             "check-jsonschema is missing: `pip install check-jsonschema` (.ci/run does)"
         );
-        eprintln!("skipped: check-jsonschema is not installed (pip install check-jsonschema)");
+        // Straight to the stream: the test harness would hide an eprintln.
+        let _ = writeln!(
+            std::io::stderr(),
+            "skipped: check-jsonschema is not installed (pip install check-jsonschema)"
+        );
     }
     found
 }
@@ -149,12 +154,7 @@ async fn state_fold_records_a_left_journal_and_removes_it() {
         );
     }
     assert_eq!(fold.stdout, expected);
-    assert!(
-        fold.stderr
-            .contains("recorded the journal of an interrupted apply in the state: 1 created"),
-        "{}",
-        fold.stderr
-    );
+    assert!(fold.stderr.contains("1 created"), "{}", fold.stderr);
 
     let again = ws.run(&["state", "fold"]);
     assert_eq!(again.code, 0, "{}", again.all());
@@ -218,7 +218,7 @@ struct Forge {
 
 /// The result of one step or script: its exit code (`None`: skipped;
 /// `Some(-1)`: killed by a signal).
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 struct StepRun {
     name: String,
     code: Option<i32>,
@@ -325,7 +325,7 @@ impl Forge {
 
     /// Merges a manifest declaring `tokens` into main, as a pull request
     /// would, and returns the merge's commit.
-    fn merge(&self, tokens: &[&str], files: &[(&str, &str)]) -> String {
+    fn merge(&self, tokens: &[&str]) -> String {
         let dev = self.path("dev");
         if !self.git(&dev, &["ls-remote", "origin", "main"]).is_empty() {
             self.git(&dev, &["pull", "--quiet", "--rebase", "origin", "main"]);
@@ -344,11 +344,6 @@ impl Forge {
             "/secrets/\n/state/*.lock\n/state/*.backup\n",
         )
         .unwrap();
-        for (name, text) in files {
-            let path = dev.join(name);
-            fs::create_dir_all(path.parent().unwrap()).unwrap();
-            fs::write(path, text).unwrap();
-        }
         self.git(&dev, &["add", "--all"]);
         self.git(&dev, &["commit", "--quiet", "-m", "merge"]);
         self.git(&dev, &["push", "--quiet", "origin", "HEAD:main"]);
@@ -445,11 +440,11 @@ impl Forge {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        self.merge(&interrupt.merge, &[])
+        self.merge(&interrupt.merge)
     }
 
-    /// Every file the forge holds as text: runners' folders (but their
-    /// secret sinks), and everything ever committed.
+    /// Fails if a secret appears in any step's output, in any file of the
+    /// runners' folders but their secret sinks, or in anything pushed.
     fn assert_no_secret_outside_sinks(&self, secrets: &[String]) {
         assert!(!secrets.is_empty());
         let mut texts: Vec<(String, String)> = self
@@ -923,7 +918,7 @@ async fn two_merges_with_a_killed_apply(service: Service) {
         .mount(&mock.server)
         .await;
     let forge = Forge::new(&mock.url());
-    let first = forge.merge(&FIRST_MERGE, &[]);
+    let first = forge.merge(&FIRST_MERGE);
 
     // Pipeline 1: 1/a and 1/b are created, then the four creates of the
     // slow account are in flight when the job dies. Meanwhile the second
