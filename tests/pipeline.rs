@@ -365,14 +365,17 @@ impl Forge {
             .then(|| String::from_utf8_lossy(&output.stdout).into_owned())
     }
 
+    /// Returns the state document on main.
+    fn main_state_document(&self) -> Value {
+        let text = self
+            .main_file("state/tokens.state.json")
+            .expect("no state on main");
+        serde_json::from_str(&text).unwrap()
+    }
+
     /// Returns (created, pending) addresses of the state on main, sorted.
     fn main_state(&self) -> (Vec<String>, Vec<String>) {
-        let state: Value = serde_json::from_str(
-            &self
-                .main_file("state/tokens.state.json")
-                .expect("no state on main"),
-        )
-        .unwrap();
+        let state = self.main_state_document();
         let list = |key: &str| {
             let mut addresses: Vec<String> = state[key]
                 .as_array()
@@ -972,8 +975,20 @@ async fn two_merges_with_a_killed_apply(service: Service) {
     let parent = forge.git(&forge.bare(), &["rev-parse", "main~1"]);
     assert_eq!(parent, second, "the state commit is not on the latest main");
 
+    let recorded = forge.main_state_document();
+
     // Pipeline 2, for the second merge, on a fresh runner.
     let (runs, _) = play(service, &forge, &mock, "runner-2", &second, None).await;
+    // It planned on the state the first one pushed, not on its own commit.
+    let plan: Value =
+        serde_json::from_str(&fs::read_to_string(forge.path("runner-2/work/tokens.plan")).unwrap())
+            .unwrap();
+    assert_eq!(
+        plan["state"],
+        serde_json::json!({"lineage": recorded["lineage"], "serial": recorded["serial"]}),
+        "{plan}"
+    );
+    assert_eq!(plan["creates"], serde_json::json!(SECOND_MERGE), "{plan}");
     match service {
         Service::GitHub => {
             assert_eq!(
