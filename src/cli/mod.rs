@@ -90,7 +90,7 @@ enum Command {
         /// The token's address, <accountId>/<name>.
         address: Address,
     },
-    /// Read the state.
+    /// Read the state, or fold a journal left by an interrupted apply into it.
     #[command(subcommand)]
     State(StateCommand),
     /// Print the JSON Schema of the manifest (for editors and yaml-language-server).
@@ -283,6 +283,9 @@ enum StateCommand {
         /// The token's address, <accountId>/<name>.
         address: Address,
     },
+    /// Record a journal left by an interrupted apply in the state, and
+    /// remove it (for a pipeline to commit before its runner is gone).
+    Fold,
 }
 
 /// The process environment the commands read, gathered in one place so that
@@ -500,6 +503,7 @@ impl Session<'_, '_> {
                 Ok(EXIT_OK)
             }
             Command::State(StateCommand::Show { address }) => self.state_show(address),
+            Command::State(StateCommand::Fold) => self.state_fold(),
         }
     }
 

@@ -1,6 +1,6 @@
 //! Commands that read or edit the state by hand: resolve, import, forget,
-//! state list and state show. Each edit runs under the lock and shows the
-//! state diff.
+//! state list, state show and state fold. Each edit runs under the lock and
+//! shows the state diff.
 
 use std::fs;
 use std::path::Path;
@@ -205,6 +205,45 @@ impl Session<'_, '_> {
             self.io.stdout,
         )?;
         Ok(())
+    }
+
+    /// Folds a journal left by an interrupted apply into the state and
+    /// removes it, so that a pipeline can commit every open create as
+    /// pending before its runner (and the journal on it) is thrown away.
+    pub(super) fn state_fold(&mut self) -> CommandResult {
+        let store = self.store();
+        let _lock = self.lock(&store)?;
+        let journal = store.journal_path();
+        // Under the lock no apply is writing the journal: one that exists
+        // now was left by a run that ended.
+        let had_journal = journal.exists();
+        let state = self.load_state_locked(&store)?;
+        if had_journal {
+            writeln!(
+                self.io.stdout,
+                "Folded {} into {}.",
+                journal.display(),
+                store.location()
+            )?;
+        } else {
+            writeln!(
+                self.io.stdout,
+                "Nothing to fold: there is no journal at {}.",
+                journal.display()
+            )?;
+        }
+        let pending = state.map(|s| s.pending).unwrap_or_default();
+        if !pending.is_empty() {
+            writeln!(
+                self.io.stdout,
+                "{} create(s) in doubt; settle each with `tokenctl resolve ADDRESS`:",
+                pending.len()
+            )?;
+            for create in &pending {
+                writeln!(self.io.stdout, "  ? {}", create.address)?;
+            }
+        }
+        Ok(EXIT_OK)
     }
 
     pub(super) fn state_list(&mut self, output: Format) -> CommandResult {
