@@ -339,7 +339,12 @@ impl Env {
             user: var("USER").or_else(|| var("LOGNAME")),
             host,
             ci_job_url,
-            backoff_ms: var("TOKENCTL_BACKOFF_MS").and_then(|v| v.parse().ok()),
+            // A test knob, read only by the test suite's builds.
+            backoff_ms: if cfg!(feature = "failpoints") {
+                var("TOKENCTL_BACKOFF_MS").and_then(|v| v.parse().ok())
+            } else {
+                None
+            },
         }
     }
 }
