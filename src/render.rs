@@ -613,7 +613,9 @@ pub fn parse_time(text: &str) -> Result<i64, String> {
     }
     text.parse::<jiff::Timestamp>()
         .map(|time| time.as_second())
-        .map_err(|_| format!("`{text}` is not a time; write epoch seconds or e.g. 2021-05-24T12:11:51Z"))
+        .map_err(|_| {
+            format!("`{text}` is not a time; write epoch seconds or e.g. 2021-05-24T12:11:51Z")
+        })
 }
 
 #[cfg(test)]

@@ -357,6 +357,53 @@ pub struct Terminal {
     pub stderr: bool,
 }
 
+/// Writes to a stream that may be a pipe whose reader went away
+/// (`tokenctl plan | head -1`): from then on, output is dropped instead of
+/// failing the command, so it finishes and exits with its own code, as
+/// ripgrep and cargo do.
+pub struct ClosedPipeOk<W> {
+    inner: W,
+    closed: bool,
+}
+
+impl<W: Write> ClosedPipeOk<W> {
+    /// Wraps a stream.
+    pub fn new(inner: W) -> Self {
+        ClosedPipeOk {
+            inner,
+            closed: false,
+        }
+    }
+}
+
+impl<W: Write> Write for ClosedPipeOk<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.closed {
+            return Ok(buf.len());
+        }
+        match self.inner.write(buf) {
+            Err(err) if err.kind() == io::ErrorKind::BrokenPipe => {
+                self.closed = true;
+                Ok(buf.len())
+            }
+            other => other,
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        if self.closed {
+            return Ok(());
+        }
+        match self.inner.flush() {
+            Err(err) if err.kind() == io::ErrorKind::BrokenPipe => {
+                self.closed = true;
+                Ok(())
+            }
+            other => other,
+        }
+    }
+}
+
 /// The streams and environment a command runs with.
 pub struct Io<'a> {
     pub stdout: &'a mut dyn Write,
