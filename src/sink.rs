@@ -53,6 +53,25 @@ pub trait SecretSink: Send {
     fn describe(&self) -> String;
 }
 
+/// A secret read back from a sink.
+pub struct FoundSecret {
+    pub id: u64,
+    pub created_at: Option<i64>,
+    pub token: Secret,
+    /// Where it was found, for messages (a file or a path; never the value).
+    pub place: String,
+}
+
+/// Reads back what a sink holds, without needing to write to it: `resolve`
+/// uses every sink that can.
+pub trait SecretLookup {
+    /// Returns the secrets held for `address`, oldest first.
+    fn lookup(&self, address: &Address) -> Result<Vec<FoundSecret>, SinkError>;
+
+    /// Names the sink for messages.
+    fn describe(&self) -> String;
+}
+
 /// Appends one JSON object per token to a file of mode 0600, fsynced per
 /// token, so each token costs the same however large the file is.
 pub struct FileSink {
@@ -109,6 +128,55 @@ impl SecretSink for FileSink {
                 detail: format!("write failed: {e}"),
                 hint: None,
             })
+    }
+
+    fn describe(&self) -> String {
+        self.path.display().to_string()
+    }
+}
+
+/// Reads a JSON Lines secrets file back, in the format [`FileSink`] writes.
+pub struct FileLookup {
+    path: PathBuf,
+}
+
+impl FileLookup {
+    /// Returns a reader of the secrets file at `path`; a missing file holds
+    /// nothing.
+    pub fn new(path: PathBuf) -> Self {
+        FileLookup { path }
+    }
+}
+
+impl SecretLookup for FileLookup {
+    fn lookup(&self, address: &Address) -> Result<Vec<FoundSecret>, SinkError> {
+        let text = match fs::read_to_string(&self.path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => {
+                return Err(SinkError {
+                    sink: self.describe(),
+                    detail: format!("cannot read: {e}"),
+                    hint: None,
+                });
+            }
+        };
+        let wanted = address.to_string();
+        // Lines are in delivery order, so a later line supersedes an
+        // earlier one; a torn last line (a crash mid-write) is skipped.
+        Ok(text
+            .lines()
+            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+            .filter(|record| record["address"].as_str() == Some(wanted.as_str()))
+            .filter_map(|record| {
+                Some(FoundSecret {
+                    id: record["id"].as_u64()?,
+                    created_at: record["createdAt"].as_i64(),
+                    token: Secret::new(record["token"].as_str()?.to_string()),
+                    place: self.describe(),
+                })
+            })
+            .collect())
     }
 
     fn describe(&self) -> String {
