@@ -23,3 +23,4 @@ pub mod sink;
 pub mod sops;
 pub mod state;
 pub mod store;
+pub mod vault;

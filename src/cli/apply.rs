@@ -20,7 +20,9 @@ use crate::plan::{self, Plan};
 use crate::planfile::PlanFile;
 use crate::render::{self, Style};
 use crate::secret::Secret;
-use crate::sink::{ExecSink, FileSink, Rescue, SecretSink};
+use crate::sink::{ExecSink, FileSink, Rescue, SecretSink, SinkError};
+use crate::sops::{self, SopsSink};
+use crate::vault::{VaultClient, VaultEnv, VaultSink};
 use crate::state::State;
 use crate::store::{FileStore, StateStore};
 
@@ -65,7 +67,7 @@ impl Session<'_, '_> {
             return Ok(code);
         }
         check_budget(&plan, &args.budget)?;
-        let sinks = self.open_sinks(args, &loaded.manifest)?;
+        let sinks = self.open_sinks(args, &loaded.manifest, &creates)?;
         let sink_names: Vec<String> = sinks.iter().map(|s| s.describe()).collect();
         let owner_token = self.owner_token(args)?;
         let base_url = self.base_url(args, &loaded.manifest)?;
@@ -260,10 +262,13 @@ impl Session<'_, '_> {
         }
         result
     }
+    /// Opens every configured sink and runs its checks, so that a sink
+    /// that would refuse a secret does so before anything is created.
     fn open_sinks(
         &mut self,
         args: &ApplyArgs,
         manifest: &Manifest,
+        creates: &[Address],
     ) -> Result<Vec<Box<dyn SecretSink>>, Failure> {
         let mut sinks: Vec<Box<dyn SecretSink>> = Vec::new();
         let file = match (&args.secrets_out, &manifest.secrets.file) {
@@ -277,15 +282,66 @@ impl Session<'_, '_> {
         if let Some(argv) = &manifest.secrets.exec {
             sinks.push(Box::new(ExecSink::new(argv.clone(), EXEC_SINK_TIMEOUT)?));
         }
+        if let Some(config) = &manifest.secrets.sops {
+            let sink = self.sops_sink(config, false)?;
+            sink.check_writable()?;
+            sinks.push(Box::new(sink));
+        }
+        if let Some(config) = &manifest.secrets.vault {
+            let sink = vault_sink(config)?;
+            sink.preflight(creates).map_err(|err| {
+                let failure = Failure::from(err);
+                let message = format!("pre-flight: {}; nothing was created", failure.message);
+                Failure { message, ..failure }
+            })?;
+            sinks.push(Box::new(sink));
+        }
         if sinks.is_empty() {
             return Err(Failure::new(
                 "no secret sink is configured, so new secrets would have nowhere to go; nothing was created",
             )
             .hint(
-                "add `secrets: {file: secrets/logzio-tokens.jsonl}` (git-ignored) or `secrets: {exec: [program, args]}` to the manifest, or pass --secrets-out PATH",
+                "add `secrets: {file: secrets/logzio-tokens.jsonl}` (git-ignored), `secrets.sops`, `secrets.vault` or `secrets: {exec: [program, args]}` to the manifest, or pass --secrets-out PATH",
             ));
         }
         Ok(sinks)
+    }
+
+    /// Returns the `sops` sink of the manifest; with `for_lookup`, loaded
+    /// with the age identities of `SOPS_AGE_KEY_FILE` / `SOPS_AGE_KEY`, which
+    /// writing never needs.
+    pub(super) fn sops_sink(
+        &self,
+        config: &manifest::SopsConfig,
+        for_lookup: bool,
+    ) -> Result<SopsSink, Failure> {
+        let dir = self.manifest_relative(&config.dir);
+        let mut recipients = Vec::with_capacity(config.age.len());
+        for key in &config.age {
+            // The manifest parser checked each key already.
+            recipients.push(sops::parse_recipient(key).map_err(|err| {
+                Failure::from(SinkError {
+                    sink: format!("sops {}", dir.display()),
+                    detail: format!("{key}: {err}"),
+                    hint: None,
+                })
+            })?);
+        }
+        let identities = if for_lookup {
+            let var = |name: &str| std::env::var(name).ok();
+            sops::identities_from(
+                var("SOPS_AGE_KEY_FILE").as_deref(),
+                var("SOPS_AGE_KEY").as_deref(),
+            )
+            .map_err(|err| {
+                Failure::new(err).hint(
+                    "SOPS_AGE_KEY_FILE names a file of age identities (AGE-SECRET-KEY-1…); SOPS_AGE_KEY holds them",
+                )
+            })?
+        } else {
+            Vec::new()
+        };
+        Ok(SopsSink::new(dir, recipients, config.format, identities))
     }
 
     fn owner_token(&mut self, args: &ApplyArgs) -> Result<Secret, Failure> {
@@ -340,6 +396,19 @@ impl Session<'_, '_> {
         }
         Ok(())
     }
+}
+
+/// Returns the `vault` sink of the manifest, with the server and token of
+/// the `VAULT_*` variables.
+pub(super) fn vault_sink(config: &manifest::VaultConfig) -> Result<VaultSink, Failure> {
+    let client = VaultClient::from_env(&VaultEnv::from_process(), &config.mount).map_err(|err| {
+        Failure::from(SinkError {
+            sink: format!("vault {}", config.mount),
+            detail: err.detail,
+            hint: err.hint,
+        })
+    })?;
+    Ok(VaultSink::new(client, config.path.clone()))
 }
 
 /// Returns the exit code of a finished apply, or the failure to report.

@@ -2,13 +2,12 @@
 //! state list and state show. Each edit runs under the lock and shows the
 //! state diff.
 
-use std::fs;
-use std::path::Path;
-
+use super::apply::vault_sink;
 use super::{CommandResult, EXIT_OK, Failure, Format, ImportArgs, ResolveArgs, Session};
 use crate::address::Address;
 use crate::render;
 use crate::secret::fingerprint_of;
+use crate::sink::{FileLookup, FoundSecret, SecretLookup};
 use crate::state::{Origin, State, TokenRecord};
 use crate::store::{FileStore, StateStore};
 
@@ -66,41 +65,106 @@ impl Session<'_, '_> {
         Ok(EXIT_OK)
     }
 
-    /// Finds the secret an in-doubt create delivered before its run died:
-    /// the last record for the address in the secrets file, unless its id is
-    /// already in the state.
+    /// Finds the secret an in-doubt create delivered before its run died,
+    /// in every sink that can read secrets back: a token whose id the state
+    /// does not hold yet. Several such ids are refused as ambiguous.
     fn find_in_sink(
         &mut self,
         args: &ResolveArgs,
         address: &Address,
         state: &State,
     ) -> Result<SinkRecord, Failure> {
-        let path = match &args.secrets_out {
-            Some(path) => path.clone(),
-            None => {
-                let loaded = self.load_manifest()?;
-                let relative = loaded.manifest.secrets.file.ok_or_else(|| {
-                    Failure::new("the manifest has no secrets.file to look in")
-                        .hint("pass --adopt ID, --abandon, or --secrets-out PATH")
-                })?;
-                self.manifest_relative(&relative)
+        let lookups = self.lookups(args)?;
+        let mut searched = Vec::new();
+        let mut problems = Vec::new();
+        let mut candidates: Vec<(FoundSecret, String)> = Vec::new();
+        for lookup in &lookups {
+            searched.push(lookup.describe());
+            match lookup.lookup(address) {
+                Ok(found) => {
+                    for secret in found {
+                        let known = state.tokens.iter().any(|t| t.id == secret.id);
+                        if !known && !candidates.iter().any(|(c, _)| c.id == secret.id) {
+                            candidates.push((secret, lookup.describe()));
+                        }
+                    }
+                }
+                Err(err) => problems.push(match &err.hint {
+                    Some(hint) => format!("{err} ({hint})"),
+                    None => err.to_string(),
+                }),
             }
-        };
-        let found = last_sink_record(&path, address).ok_or_else(|| {
-            Failure::new(format!("{} holds no token for {address}", path.display())).hint(format!(
-                "look for the token in the Logz.io UI of account {}: if it exists, run `tokenctl resolve {address} --adopt ID`; if not, `--abandon`",
-                address.account_id
-            ))
-        })?;
-        if state.tokens.iter().any(|t| t.id == found.id) {
-            return Err(Failure::new(format!(
-                "the last token for {address} in {} (id {}) is already recorded in the state",
-                path.display(),
-                found.id
-            ))
-            .hint("the in-doubt create left no secret there; check the Logz.io UI and use --adopt ID or --abandon"));
         }
-        Ok(found)
+        let ui_hint = format!(
+            "look for the token in the Logz.io UI of account {}: if it exists, run `tokenctl resolve {address} --adopt ID`; if not, `--abandon`",
+            address.account_id
+        );
+        match candidates.len() {
+            1 => {
+                let (found, _) = candidates.remove(0);
+                Ok(SinkRecord {
+                    id: found.id,
+                    created_at: found.created_at,
+                    fingerprint: fingerprint_of(found.token.expose()),
+                })
+            }
+            0 => {
+                let mut message = format!(
+                    "no sink holds a token for {address} that the state does not record already (searched: {})",
+                    searched.join(", ")
+                );
+                for problem in &problems {
+                    message.push_str(&format!("\n  {problem}"));
+                }
+                Err(Failure::new(message).hint(ui_hint))
+            }
+            _ => {
+                let list: Vec<String> = candidates
+                    .iter()
+                    .map(|(found, sink)| format!("id {} in {sink} ({})", found.id, found.place))
+                    .collect();
+                Err(Failure::new(format!(
+                    "the sinks hold several tokens for {address} that the state does not record: {}",
+                    list.join(", ")
+                ))
+                .hint(format!("check which one is live in the Logz.io UI and run `tokenctl resolve {address} --adopt ID`")))
+            }
+        }
+    }
+
+    /// Returns a reader for every sink that can read secrets back: the
+    /// file (`--secrets-out` or the manifest's), and the manifest's `sops`
+    /// and `vault` sinks.
+    fn lookups(&mut self, args: &ResolveArgs) -> Result<Vec<Box<dyn SecretLookup>>, Failure> {
+        let manifest = match (&args.secrets_out, self.load_manifest()) {
+            (_, Ok(loaded)) => Some(loaded.manifest),
+            (Some(_), Err(_)) => None,
+            (None, Err(err)) => return Err(err),
+        };
+        let mut lookups: Vec<Box<dyn SecretLookup>> = Vec::new();
+        let file = match (&args.secrets_out, manifest.as_ref().and_then(|m| m.secrets.file.as_ref())) {
+            (Some(path), _) => Some(path.clone()),
+            (None, Some(relative)) => Some(self.manifest_relative(relative)),
+            (None, None) => None,
+        };
+        if let Some(path) = file {
+            lookups.push(Box::new(FileLookup::new(path)));
+        }
+        if let Some(secrets) = manifest.map(|m| m.secrets) {
+            if let Some(config) = &secrets.sops {
+                lookups.push(Box::new(self.sops_sink(config, true)?));
+            }
+            if let Some(config) = &secrets.vault {
+                lookups.push(Box::new(vault_sink(config)?));
+            }
+        }
+        if lookups.is_empty() {
+            return Err(
+                Failure::new("the manifest has no sink to look in (secrets.file, secrets.sops or secrets.vault)")
+                    .hint("pass --adopt ID, --abandon, or --secrets-out PATH"),
+            );
+        }
+        Ok(lookups)
     }
 
     pub(super) fn import(&mut self, args: &ImportArgs) -> CommandResult {
@@ -266,25 +330,4 @@ impl Session<'_, '_> {
         Err(Failure::new(format!("{address} is not in the state"))
             .hint("`tokenctl state list` shows the addresses it holds"))
     }
-}
-
-/// Returns the last record for `address` in a JSON Lines secrets file.
-/// The token value is read only to compute its fingerprint.
-fn last_sink_record(path: &Path, address: &Address) -> Option<SinkRecord> {
-    let text = fs::read_to_string(path).ok()?;
-    let wanted = address.to_string();
-    text.lines()
-        .rev()
-        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
-        .find(|record| record["address"].as_str() == Some(wanted.as_str()))
-        .and_then(|record| {
-            Some(SinkRecord {
-                id: record["id"].as_u64()?,
-                created_at: record["createdAt"].as_i64(),
-                fingerprint: record["token"]
-                    .as_str()
-                    .map(fingerprint_of)
-                    .unwrap_or_default(),
-            })
-        })
 }
