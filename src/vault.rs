@@ -218,7 +218,7 @@ impl VaultClient {
         let body: Value = response.json().unwrap_or(Value::Null);
         if !status.is_success() {
             return Err(refusal(status, &body, "the token's capabilities").hint(
-                "check VAULT_TOKEN (or VAULT_TOKEN_FILE): it may be wrong or expired, or VAULT_NAMESPACE may be wrong",
+                "check VAULT_TOKEN (or VAULT_TOKEN_FILE): it may be wrong or expired, or lack the `default` policy, which lets a token read its own capabilities; check VAULT_NAMESPACE too",
             ));
         }
         Ok(paths
@@ -284,8 +284,9 @@ impl VaultClient {
 /// plain HTTP elsewhere would send the token in the clear.
 fn check_addr(addr: &str) -> Result<Url, VaultError> {
     let hint = "set VAULT_ADDR to https://HOST:PORT (http:// only for a loopback address)";
-    let url = Url::parse(addr)
-        .map_err(|e| VaultError::new(format!("VAULT_ADDR `{addr}` is not a URL: {e}")).hint(hint))?;
+    let url = Url::parse(addr).map_err(|e| {
+        VaultError::new(format!("VAULT_ADDR `{addr}` is not a URL: {e}")).hint(hint)
+    })?;
     let loopback = url.host_str().is_some_and(|host| {
         host.eq_ignore_ascii_case("localhost")
             || host
@@ -304,17 +305,20 @@ fn check_addr(addr: &str) -> Result<Url, VaultError> {
     }
 }
 
+/// Returns the server's `errors`, on one line: Vault wraps several in a
+/// multi-line "N errors occurred:" list of `* ` items.
 fn server_message(body: &Value) -> String {
-    body["errors"]
-        .as_array()
-        .map(|errors| {
-            errors
-                .iter()
-                .filter_map(Value::as_str)
-                .collect::<Vec<_>>()
-                .join("; ")
-        })
-        .unwrap_or_default()
+    let mut parts = Vec::new();
+    for error in body["errors"].as_array().into_iter().flatten() {
+        for line in error.as_str().unwrap_or_default().lines() {
+            let line = line.trim().trim_start_matches("* ").trim();
+            let header = line.ends_with("occurred:") && line.contains("error");
+            if !line.is_empty() && !header {
+                parts.push(line.to_string());
+            }
+        }
+    }
+    parts.join("; ")
 }
 
 fn refusal(status: StatusCode, body: &Value, what: &str) -> VaultError {
@@ -372,15 +376,23 @@ impl VaultSink {
                 ))
             })?;
             if !has_id && let Some((other, _)) = paths.iter().find(|(_, p)| *p == path) {
-                return Err(self.fail(VaultError::new(format!(
-                    "{other} and {address} would both be written to {path}"
-                ))
-                .hint("include {accountId} and {name} (or {id}) in `secrets.vault.path`")));
+                return Err(self.fail(
+                    VaultError::new(format!(
+                        "{other} and {address} would both be written to {path}"
+                    ))
+                    .hint("include {accountId} and {name} (or {id}) in `secrets.vault.path`"),
+                ));
             }
             paths.push((address, path));
         }
-        let api_paths: Vec<String> = paths.iter().map(|(_, p)| self.client.data_path(p)).collect();
-        let capabilities = self.client.capabilities(&api_paths).map_err(|e| self.fail(e))?;
+        let api_paths: Vec<String> = paths
+            .iter()
+            .map(|(_, p)| self.client.data_path(p))
+            .collect();
+        let capabilities = self
+            .client
+            .capabilities(&api_paths)
+            .map_err(|e| self.fail(e))?;
         for (api_path, caps) in api_paths.iter().zip(&capabilities) {
             let can = |what: &str| caps.iter().any(|c| c == what || c == "root");
             if !can("create") || !can("read") {
@@ -483,14 +495,20 @@ mod tests {
             render_path("logzio/{accountId}/{name}", &address, 7).unwrap(),
             "logzio/160343/ci shipper/ü"
         );
-        assert_eq!(
-            render_path("t/{id}", &address, 7).unwrap(),
-            "t/7"
-        );
+        assert_eq!(render_path("t/{id}", &address, 7).unwrap(), "t/7");
         for name in ["..", "a/../b", "a//b", "./x", "x/"] {
             let err = render_path("t/{accountId}/{name}", &Address::new(1, name), 1).unwrap_err();
             assert!(err.contains("segment"), "{name}: {err}");
         }
+    }
+
+    #[test]
+    fn server_errors_fit_on_one_line() {
+        let body = json!({"errors": ["1 error occurred:\n\t* permission denied\n\n"]});
+        assert_eq!(server_message(&body), "permission denied");
+        let body = json!({"errors": ["a", "b"]});
+        assert_eq!(server_message(&body), "a; b");
+        assert_eq!(server_message(&Value::Null), "");
     }
 
     #[test]
@@ -505,7 +523,9 @@ mod tests {
 
     #[test]
     fn a_client_needs_an_address_and_a_token() {
-        let err = VaultClient::from_env(&VaultEnv::default(), "secret").err().unwrap();
+        let err = VaultClient::from_env(&VaultEnv::default(), "secret")
+            .err()
+            .unwrap();
         assert!(err.detail.contains("VAULT_ADDR"), "{err}");
         let env = VaultEnv {
             addr: Some("http://127.0.0.1:1".into()),

@@ -22,9 +22,9 @@ use crate::render::{self, Style};
 use crate::secret::Secret;
 use crate::sink::{ExecSink, FileSink, Rescue, SecretSink, SinkError};
 use crate::sops::{self, SopsSink};
-use crate::vault::{VaultClient, VaultEnv, VaultSink};
 use crate::state::State;
 use crate::store::{FileStore, StateStore};
+use crate::vault::{VaultClient, VaultEnv, VaultSink};
 
 /// How long an exec sink may take for one token.
 const EXEC_SINK_TIMEOUT: Duration = Duration::from_secs(60);
@@ -401,13 +401,14 @@ impl Session<'_, '_> {
 /// Returns the `vault` sink of the manifest, with the server and token of
 /// the `VAULT_*` variables.
 pub(super) fn vault_sink(config: &manifest::VaultConfig) -> Result<VaultSink, Failure> {
-    let client = VaultClient::from_env(&VaultEnv::from_process(), &config.mount).map_err(|err| {
-        Failure::from(SinkError {
-            sink: format!("vault {}", config.mount),
-            detail: err.detail,
-            hint: err.hint,
-        })
-    })?;
+    let client =
+        VaultClient::from_env(&VaultEnv::from_process(), &config.mount).map_err(|err| {
+            Failure::from(SinkError {
+                sink: format!("vault {}", config.mount),
+                detail: err.detail,
+                hint: err.hint,
+            })
+        })?;
     Ok(VaultSink::new(client, config.path.clone()))
 }
 

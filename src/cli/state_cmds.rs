@@ -142,7 +142,10 @@ impl Session<'_, '_> {
             (None, Err(err)) => return Err(err),
         };
         let mut lookups: Vec<Box<dyn SecretLookup>> = Vec::new();
-        let file = match (&args.secrets_out, manifest.as_ref().and_then(|m| m.secrets.file.as_ref())) {
+        let file = match (
+            &args.secrets_out,
+            manifest.as_ref().and_then(|m| m.secrets.file.as_ref()),
+        ) {
             (Some(path), _) => Some(path.clone()),
             (None, Some(relative)) => Some(self.manifest_relative(relative)),
             (None, None) => None,
@@ -159,10 +162,10 @@ impl Session<'_, '_> {
             }
         }
         if lookups.is_empty() {
-            return Err(
-                Failure::new("the manifest has no sink to look in (secrets.file, secrets.sops or secrets.vault)")
-                    .hint("pass --adopt ID, --abandon, or --secrets-out PATH"),
-            );
+            return Err(Failure::new(
+                "the manifest has no sink to look in (secrets.file, secrets.sops or secrets.vault)",
+            )
+            .hint("pass --adopt ID, --abandon, or --secrets-out PATH"));
         }
         Ok(lookups)
     }
