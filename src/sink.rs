@@ -706,6 +706,32 @@ mod tests {
     }
 
     #[test]
+    fn file_lookup_reads_back_what_the_file_sink_wrote() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tokens.jsonl");
+        let lookup = FileLookup::new(path.clone());
+        assert!(lookup.lookup(&address()).unwrap().is_empty());
+        let mut sink = FileSink::open(&path).unwrap();
+        let (first, second) = (Secret::new("tok-5".into()), Secret::new("tok-6".into()));
+        sink.deliver(&token(&first, &address())).unwrap();
+        sink.deliver(&token(&second, &Address::new(1, "other")))
+            .unwrap();
+        let here = address();
+        let mut later = token(&second, &here);
+        later.id = 8;
+        sink.deliver(&later).unwrap();
+        // A line torn by a crash mid-write is skipped.
+        let mut file = OpenOptions::new().append(true).open(&path).unwrap();
+        file.write_all(b"{\"address\":\"160343/ci/shipper\",\"id\":9,\"tok")
+            .unwrap();
+        let found = lookup.lookup(&address()).unwrap();
+        let ids: Vec<u64> = found.iter().map(|f| f.id).collect();
+        assert_eq!(ids, [7, 8]);
+        assert_eq!(found[1].token.expose(), "tok-6");
+        assert_eq!(found[1].created_at, Some(1_600_000_000));
+    }
+
+    #[test]
     fn rescue_dir_prefers_xdg_state_home() {
         assert_eq!(
             Rescue::default_dir(Some("/x"), Some("/h")),

@@ -377,6 +377,43 @@ async fn vault_refusals_come_before_any_create() {
         )
         .await;
     assert_eq!(body["data"]["data"]["token"], "kept");
+
+    // A deleted version still holds the path: check-and-set 0 would refuse
+    // the write after the create, so the pre-flight refuses it before.
+    let (status, _) = bao
+        .api(
+            reqwest::Method::DELETE,
+            "secret/metadata/logzio/160343/ci-shipper",
+            None,
+        )
+        .await;
+    assert_eq!(status, 204);
+    let other = "secret/data/logzio/160344/team a/..x/grafana ü";
+    let (status, body) = bao
+        .api(
+            reqwest::Method::POST,
+            other,
+            Some(serde_json::json!({"data": {"token": "old"}})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, _) = bao.api(reqwest::Method::DELETE, other, None).await;
+    assert_eq!(status, 204);
+    let run = ws.run_with(
+        &["apply", "--auto-approve"],
+        &with(&vault_env(&bao, BAO_ROOT_TOKEN)),
+    );
+    assert_eq!(run.code, 1, "{}", run.all());
+    assert!(
+        run.stderr
+            .contains(&format!("a secret already exists at {other}")),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        mock.create_requests().await.is_empty(),
+        "a token was created"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

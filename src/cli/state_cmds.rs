@@ -66,8 +66,9 @@ impl Session<'_, '_> {
     }
 
     /// Finds the secret an in-doubt create delivered before its run died,
-    /// in every sink that can read secrets back: a token whose id the state
-    /// does not hold yet. Several such ids are refused as ambiguous.
+    /// in every sink that can read secrets back: a sink's newest secret for
+    /// the address, unless the state holds its id already. Sinks that
+    /// disagree are refused as ambiguous.
     fn find_in_sink(
         &mut self,
         args: &ResolveArgs,
@@ -81,8 +82,11 @@ impl Session<'_, '_> {
         for lookup in &lookups {
             searched.push(lookup.describe());
             match lookup.lookup(address) {
+                // Only a sink's newest secret for the address can be the
+                // in-doubt one: older ones belong to tokens made before it
+                // (and perhaps forgotten since).
                 Ok(found) => {
-                    for secret in found {
+                    if let Some(secret) = found.into_iter().last() {
                         let known = state.tokens.iter().any(|t| t.id == secret.id);
                         if !known && !candidates.iter().any(|(c, _)| c.id == secret.id) {
                             candidates.push((secret, lookup.describe()));
@@ -110,7 +114,7 @@ impl Session<'_, '_> {
             }
             0 => {
                 let mut message = format!(
-                    "no sink holds a token for {address} that the state does not record already (searched: {})",
+                    "no sink holds a token for {address} newer than those the state records (searched: {})",
                     searched.join(", ")
                 );
                 for problem in &problems {
