@@ -248,6 +248,18 @@ async fn resolve_finds_the_secret_in_a_sops_file_after_a_crash() {
         without_key.stderr
     );
 
+    let stranger = AgeKey::generate(keys.path(), "other.txt");
+    let stranger_key = fs::read_to_string(&stranger.file).unwrap();
+    let wrong_key = ws.run_with(&["resolve", address], &[("SOPS_AGE_KEY", &stranger_key)]);
+    assert_eq!(wrong_key.code, 1, "{}", wrong_key.all());
+    assert!(
+        wrong_key
+            .stderr
+            .contains("none of the available age identities is a recipient of the file"),
+        "{}",
+        wrong_key.stderr
+    );
+
     let key_file = key.file.display().to_string();
     let run = ws.run_with(&["resolve", address], &[("SOPS_AGE_KEY_FILE", &key_file)]);
     assert_eq!(run.code, 0, "{}", run.all());

@@ -2,7 +2,7 @@
 
 use std::fs;
 use std::io::{self, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -308,8 +308,8 @@ impl Session<'_, '_> {
     }
 
     /// Returns the `sops` sink of the manifest; with `for_lookup`, loaded
-    /// with the age identities of `SOPS_AGE_KEY_FILE` / `SOPS_AGE_KEY`, which
-    /// writing never needs.
+    /// with the age identities of `SOPS_AGE_KEY_FILE` / `SOPS_AGE_KEY` (else
+    /// sops's default key file), which writing never needs.
     pub(super) fn sops_sink(
         &self,
         config: &manifest::SopsConfig,
@@ -328,11 +328,16 @@ impl Session<'_, '_> {
             })?);
         }
         let identities = if for_lookup {
-            let var = |name: &str| std::env::var(name).ok();
-            sops::identities_from(
-                var("SOPS_AGE_KEY_FILE").as_deref(),
-                var("SOPS_AGE_KEY").as_deref(),
-            )
+            let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+            let (key_file, key) = (var("SOPS_AGE_KEY_FILE"), var("SOPS_AGE_KEY"));
+            // Where sops itself looks when neither variable is set.
+            let default_file = var("XDG_CONFIG_HOME")
+                .map(PathBuf::from)
+                .or_else(|| self.env.home.as_ref().map(|h| Path::new(h).join(".config")))
+                .map(|config| config.join("sops/age/keys.txt"))
+                .filter(|path| key_file.is_none() && key.is_none() && path.is_file())
+                .map(|path| path.display().to_string());
+            sops::identities_from(key_file.or(default_file).as_deref(), key.as_deref())
             .map_err(|err| {
                 Failure::new(err).hint(
                     "SOPS_AGE_KEY_FILE names a file of age identities (AGE-SECRET-KEY-1…); SOPS_AGE_KEY holds them",
