@@ -161,13 +161,44 @@ impl VaultClient {
         })
     }
 
-    /// Names the mount and server, for messages.
+    /// Names the mount and server, for messages: the address's scheme,
+    /// host and port only, so no credentials in it are ever shown.
     pub fn describe(&self) -> String {
         format!(
-            "vault {}/v1/{}",
-            self.base.as_str().trim_end_matches('/'),
+            "vault {} mount {}",
+            self.base.origin().ascii_serialization(),
             self.mount
         )
+    }
+
+    /// Checks that the mount is a KV version 2 engine: a write to a
+    /// version 1 mount at `data/...` would succeed as a different secret.
+    pub fn check_kv2(&self) -> Result<(), VaultError> {
+        let api_path = format!("sys/internal/ui/mounts/{}", self.mount);
+        let request = self.request(Method::GET, &api_path)?;
+        let response = self.send(request, &format!("cannot look up mount {}", self.mount))?;
+        let status = response.status();
+        let body: Value = response.json().unwrap_or(Value::Null);
+        let hint = "set `secrets.vault.mount` to a KV version 2 mount (`vault secrets list -detailed` shows each mount's version)";
+        if !status.is_success() {
+            return Err(refusal(status, &body, &format!("mount {}", self.mount)).hint(hint));
+        }
+        let data = &body["data"];
+        let version = match &data["options"]["version"] {
+            Value::String(v) => v.clone(),
+            Value::Number(n) => n.to_string(),
+            _ => String::new(),
+        };
+        if data["type"].as_str() != Some("kv") || version != "2" {
+            return Err(VaultError::new(format!(
+                "mount {} is not a KV version 2 engine (type {}, version {})",
+                self.mount,
+                data["type"].as_str().unwrap_or("unknown"),
+                if version.is_empty() { "1" } else { &version }
+            ))
+            .hint(hint));
+        }
+        Ok(())
     }
 
     /// Returns the API path of a secret's data, as capabilities name it.
@@ -412,6 +443,7 @@ impl VaultSink {
                 ));
             }
         }
+        self.client.check_kv2().map_err(|e| self.fail(e))?;
         // A path with the id in it cannot exist before its token does.
         if has_id {
             return Ok(());

@@ -295,7 +295,8 @@ async fn vault_and_sops_together_hold_every_secret() {
     let run = ws.run_with(&["apply", "--auto-approve"], &with(&env));
     assert_eq!(run.code, 0, "{}", run.all());
     assert!(
-        run.stdout.contains("vault http://127.0.0.1"),
+        run.stdout
+            .contains(&format!("vault {} mount secret", bao.addr)),
         "{}",
         run.stdout
     );
@@ -376,6 +377,33 @@ async fn vault_refusals_come_before_any_create() {
         "{}",
         run.stderr
     );
+
+    // A KV version 1 mount would take the write as another secret.
+    let (status, body) = bao
+        .api(
+            reqwest::Method::POST,
+            "sys/mounts/kv1",
+            Some(serde_json::json!({"type": "kv", "options": {"version": "1"}})),
+        )
+        .await;
+    assert!(status < 300, "{status}: {body}");
+    manifest(
+        &ws,
+        "  vault:\n    mount: kv1\n    path: \"logzio/{accountId}/{name}\"\n",
+        &TOKENS,
+    );
+    let run = ws.run_with(
+        &["apply", "--auto-approve"],
+        &with(&vault_env(&bao, BAO_ROOT_TOKEN)),
+    );
+    assert_eq!(run.code, 1, "{}", run.all());
+    assert!(
+        run.stderr
+            .contains("mount kv1 is not a KV version 2 engine (type kv, version 1)"),
+        "{}",
+        run.stderr
+    );
+    manifest(&ws, VAULT_SECRETS, &TOKENS);
 
     assert!(
         mock.create_requests().await.is_empty(),
