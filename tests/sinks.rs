@@ -240,10 +240,19 @@ async fn resolve_finds_the_secret_in_a_sops_file_after_a_crash() {
     assert_eq!(ws.run(&["plan"]).code, 0);
     assert_eq!(ws.pending_addresses(), [address]);
 
+    // A sink that cannot be read here (Vault without VAULT_ADDR) does not
+    // stop the search of the others, and is reported.
+    let secrets_config = format!("{}{VAULT_SECRETS}", sops_secrets(&key, "plain"));
+    manifest(&ws, &secrets_config, &TOKENS[1..]);
     let without_key = ws.run(&["resolve", address]);
     assert_eq!(without_key.code, 1, "{}", without_key.all());
     assert!(
         without_key.stderr.contains("SOPS_AGE_KEY_FILE"),
+        "{}",
+        without_key.stderr
+    );
+    assert!(
+        without_key.stderr.contains("VAULT_ADDR is not set"),
         "{}",
         without_key.stderr
     );

@@ -18,6 +18,12 @@ struct SinkRecord {
     fingerprint: String,
 }
 
+/// The sinks `resolve` can read, and why others could not be read.
+struct Lookups {
+    readers: Vec<Box<dyn SecretLookup>>,
+    problems: Vec<String>,
+}
+
 impl Session<'_, '_> {
     /// Loads the state under the lock, or fails when there is none.
     fn existing_state(&mut self, store: &FileStore) -> Result<State, Failure> {
@@ -75,9 +81,11 @@ impl Session<'_, '_> {
         address: &Address,
         state: &State,
     ) -> Result<SinkRecord, Failure> {
-        let lookups = self.lookups(args)?;
+        let Lookups {
+            readers: lookups,
+            mut problems,
+        } = self.lookups(args)?;
         let mut searched = Vec::new();
-        let mut problems = Vec::new();
         let mut candidates: Vec<(FoundSecret, String)> = Vec::new();
         for lookup in &lookups {
             searched.push(lookup.describe());
@@ -138,8 +146,9 @@ impl Session<'_, '_> {
 
     /// Returns a reader for every sink that can read secrets back: the
     /// file (`--secrets-out` or the manifest's), and the manifest's `sops`
-    /// and `vault` sinks.
-    fn lookups(&mut self, args: &ResolveArgs) -> Result<Vec<Box<dyn SecretLookup>>, Failure> {
+    /// and `vault` sinks; and why any of them could not be set up (say,
+    /// no `VAULT_ADDR`), which need not stop a search of the others.
+    fn lookups(&mut self, args: &ResolveArgs) -> Result<Lookups, Failure> {
         let manifest = match (&args.secrets_out, self.load_manifest()) {
             (_, Ok(loaded)) => Some(loaded.manifest),
             (Some(_), Err(_)) => None,
@@ -157,21 +166,42 @@ impl Session<'_, '_> {
         if let Some(path) = file {
             lookups.push(Box::new(FileLookup::new(path)));
         }
+        let mut problems = Vec::new();
+        let mut note = |failure: Failure| {
+            problems.push(match failure.hint {
+                Some(hint) => format!("{} ({hint})", failure.message),
+                None => failure.message,
+            })
+        };
         if let Some(secrets) = manifest.map(|m| m.secrets) {
             if let Some(config) = &secrets.sops {
-                lookups.push(Box::new(self.sops_sink(config, true)?));
+                match self.sops_sink(config, true) {
+                    Ok(sink) => lookups.push(Box::new(sink)),
+                    Err(failure) => note(failure),
+                }
             }
             if let Some(config) = &secrets.vault {
-                lookups.push(Box::new(vault_sink(config)?));
+                match vault_sink(config) {
+                    Ok(sink) => lookups.push(Box::new(sink)),
+                    Err(failure) => note(failure),
+                }
             }
         }
         if lookups.is_empty() {
-            return Err(Failure::new(
-                "the manifest has no sink to look in (secrets.file, secrets.sops or secrets.vault)",
-            )
-            .hint("pass --adopt ID, --abandon, or --secrets-out PATH"));
+            let mut message = String::from(
+                "there is no sink to look in (secrets.file, secrets.sops or secrets.vault)",
+            );
+            for problem in &problems {
+                message.push_str(&format!("\n  {problem}"));
+            }
+            return Err(
+                Failure::new(message).hint("pass --adopt ID, --abandon, or --secrets-out PATH")
+            );
         }
-        Ok(lookups)
+        Ok(Lookups {
+            readers: lookups,
+            problems,
+        })
     }
 
     pub(super) fn import(&mut self, args: &ImportArgs) -> CommandResult {
