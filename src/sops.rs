@@ -267,7 +267,101 @@ pub fn encrypt(
     metadata.insert(s("encrypted_regex"), s(ENCRYPTED_REGEX));
     metadata.insert(s("version"), s(SOPS_VERSION));
     doc.insert(s("sops"), Value::Mapping(metadata));
-    serde_yaml::to_string(&doc).map_err(|e| SopsError::Crypto(format!("cannot write YAML: {e}")))
+    let mut out = String::new();
+    emit_mapping(&doc, 0, &mut out);
+    Ok(out)
+}
+
+/// Writes a mapping as block YAML that every YAML reader types alike.
+///
+/// A generic emitter leaves a string such as `1_000`, `0X1f` or
+/// `2001-12-14` unquoted, which Go's YAML reader (and so `sops`) takes for a
+/// number or a time: its MAC would then differ from the one written. So
+/// every string is double-quoted (JSON string syntax is valid YAML), except
+/// the armored data keys, which are plain ASCII and kept readable as
+/// literal blocks, as `sops` writes them.
+fn emit_mapping(map: &Mapping, indent: usize, out: &mut String) {
+    for (key, value) in map {
+        out.push_str(&" ".repeat(indent));
+        out.push_str(&emit_key(key.as_str().unwrap_or_default()));
+        out.push(':');
+        emit_value(value, indent, out);
+    }
+}
+
+fn emit_value(value: &Value, indent: usize, out: &mut String) {
+    match value {
+        Value::Mapping(map) if map.is_empty() => out.push_str(" {}\n"),
+        Value::Mapping(map) => {
+            out.push('\n');
+            emit_mapping(map, indent + 2, out);
+        }
+        Value::Sequence(items) if items.is_empty() => out.push_str(" []\n"),
+        Value::Sequence(items) => {
+            out.push('\n');
+            for item in items {
+                if let Value::Mapping(map) = item {
+                    // The first key goes on the dash's line.
+                    let mut nested = String::new();
+                    emit_mapping(map, indent + 2, &mut nested);
+                    out.push_str(&" ".repeat(indent));
+                    out.push_str("- ");
+                    out.push_str(&nested[indent + 2..]);
+                } else {
+                    out.push_str(&" ".repeat(indent));
+                    out.push('-');
+                    emit_value(item, indent, out);
+                }
+            }
+        }
+        Value::String(text) if is_block_safe(text) => {
+            out.push_str(if text.ends_with('\n') {
+                " |\n"
+            } else {
+                " |-\n"
+            });
+            for line in text.lines() {
+                out.push_str(&" ".repeat(indent + 2));
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+        Value::String(text) => {
+            out.push(' ');
+            out.push_str(&quote(text));
+            out.push('\n');
+        }
+        Value::Number(n) => out.push_str(&format!(" {n}\n")),
+        Value::Bool(b) => out.push_str(&format!(" {b}\n")),
+        Value::Null | Value::Tagged(_) => out.push_str(" null\n"),
+    }
+}
+
+fn emit_key(key: &str) -> String {
+    let plain = key
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '/'))
+        && key.starts_with(|c: char| c.is_ascii_alphabetic());
+    if plain { key.to_string() } else { quote(key) }
+}
+
+/// Returns `text` as a double-quoted YAML scalar.
+fn quote(text: &str) -> String {
+    serde_json::Value::String(text.to_string()).to_string()
+}
+
+/// Tells whether a multi-line string reads back unchanged from a literal
+/// block: printable ASCII lines without leading or trailing blanks, and at
+/// most one final newline.
+fn is_block_safe(text: &str) -> bool {
+    text.contains('\n')
+        && !text.ends_with("\n\n")
+        && text.lines().all(|line| {
+            !line.is_empty()
+                && !line.starts_with(' ')
+                && !line.ends_with(' ')
+                && line.chars().all(|c| c.is_ascii_graphic() || c == ' ')
+        })
 }
 
 /// A token read back from a SOPS file, its MAC verified.

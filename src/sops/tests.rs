@@ -32,7 +32,7 @@ fn a_file_decrypts_to_the_token_with_its_readable_fields() {
         .unwrap();
         assert!(!text.contains("tok-sops-1"), "{text}");
         assert!(
-            text.contains("lastmodified: 2023-11-14T22:15:00Z"),
+            text.contains("lastmodified: \"2023-11-14T22:15:00Z\""),
             "{text}"
         );
         assert_eq!(
@@ -171,4 +171,39 @@ fn the_sink_writes_new_files_and_finds_them_again() {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     assert_eq!(names, ["3-x-42.sops.yaml"]);
+}
+
+#[test]
+fn strings_that_look_like_numbers_or_times_stay_strings() {
+    // Go's YAML reader, and so sops, would type these unquoted as numbers
+    // or times, and the MAC over them would no longer match.
+    let key = identity();
+    let secret = Secret::new("tok-sops-6".into());
+    for name in [
+        "1_000",
+        "0X1f",
+        "2001-12-14",
+        "yes",
+        "null",
+        "~",
+        "a: b",
+        "tab\there",
+    ] {
+        let address = Address::new(1, name);
+        let text = encrypt(
+            &new_token(&address, &secret),
+            SopsFormat::Plain,
+            &[key.to_public()],
+            0,
+        )
+        .unwrap();
+        let quoted = serde_json::Value::String(name.into()).to_string();
+        assert!(text.contains(&format!("\nname: {quoted}\n")), "{text}");
+        let doc: Mapping = serde_yaml::from_str(&text).unwrap();
+        assert_eq!(doc.get("name").and_then(Value::as_str), Some(name));
+        assert_eq!(
+            decrypt(&text, &boxed(key.clone())).unwrap().token.expose(),
+            "tok-sops-6"
+        );
+    }
 }
