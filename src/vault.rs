@@ -394,6 +394,14 @@ impl VaultSink {
         }
     }
 
+    /// Returns a policy path that covers every path of the template: the
+    /// part before the first placeholder, then `*` (Vault allows a glob
+    /// only at the end, and a name may hold `/`).
+    fn policy_glob(&self) -> String {
+        let fixed = self.template.split('{').next().unwrap_or_default();
+        format!("{}*", self.client.data_path(fixed))
+    }
+
     /// Checks, before the first create, that the paths of `creates` are
     /// distinct, that the token can create and read them, and that no
     /// secret exists at any of them yet.
@@ -437,8 +445,8 @@ impl VaultSink {
                         "the token cannot create and read {api_path} (its capabilities there: {held})"
                     ))
                     .hint(format!(
-                        "grant the token a policy with capabilities [\"create\", \"read\"] on {}",
-                        self.client.data_path(&self.template.replace("{accountId}", "*").replace("{name}", "*").replace("{id}", "*"))
+                        "grant the token a policy with `path \"{}\" {{ capabilities = [\"create\", \"read\"] }}`",
+                        self.policy_glob()
                     )),
                 ));
             }

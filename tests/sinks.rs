@@ -309,7 +309,14 @@ async fn vault_and_sops_together_hold_every_secret() {
     let key = AgeKey::generate(keys.path(), "key.txt");
     let secrets_config = format!("{}{VAULT_SECRETS}", sops_secrets(&key, "plain"));
     manifest(&ws, &secrets_config, &TOKENS);
-    let env = vault_env(&bao, BAO_ROOT_TOKEN);
+    // The minimal policy the README gives is enough.
+    let token = bao
+        .token_with_policy(
+            "tokenctl",
+            r#"path "secret/data/logzio/*" { capabilities = ["create", "read"] }"#,
+        )
+        .await;
+    let env = vault_env(&bao, &token);
     let run = ws.run_with(&["apply", "--auto-approve"], &with(&env));
     assert_eq!(run.code, 0, "{}", run.all());
     assert!(
@@ -392,6 +399,11 @@ async fn vault_refusals_come_before_any_create() {
     assert_eq!(run.code, 1, "{}", run.all());
     assert!(
         run.stderr.contains("the token cannot create and read secret/data/logzio/160343/ci-shipper (its capabilities there: read)"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains(r#"hint: grant the token a policy with `path "secret/data/logzio/*" { capabilities = ["create", "read"] }`"#),
         "{}",
         run.stderr
     );

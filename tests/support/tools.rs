@@ -148,11 +148,19 @@ impl Bao {
 
     /// Returns a token whose policy may only read `secret/data/*`.
     pub async fn read_only_token(&self) -> String {
-        let policy = r#"path "secret/data/*" { capabilities = ["read"] }"#;
+        self.token_with_policy(
+            "read-only",
+            r#"path "secret/data/*" { capabilities = ["read"] }"#,
+        )
+        .await
+    }
+
+    /// Returns a token with the `default` policy and `policy` (HCL).
+    pub async fn token_with_policy(&self, name: &str, policy: &str) -> String {
         let (status, _) = self
             .api(
                 reqwest::Method::PUT,
-                "sys/policies/acl/read-only",
+                &format!("sys/policies/acl/{name}"),
                 Some(serde_json::json!({ "policy": policy })),
             )
             .await;
@@ -161,7 +169,7 @@ impl Bao {
             .api(
                 reqwest::Method::POST,
                 "auth/token/create",
-                Some(serde_json::json!({ "policies": ["read-only"] })),
+                Some(serde_json::json!({ "policies": [name] })),
             )
             .await;
         assert_eq!(status, 200, "{body}");
