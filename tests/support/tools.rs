@@ -81,41 +81,74 @@ pub const BAO_ROOT_TOKEN: &str = "root-token-for-tests";
 pub struct Bao {
     child: Option<Child>,
     pub addr: String,
+    /// The CA of a TLS server (`-dev-tls`).
+    pub ca_file: Option<PathBuf>,
+    client: reqwest::Client,
     _home: tempfile::TempDir,
 }
 
 impl Bao {
-    /// Starts `bao server -dev` and waits until it answers.
+    /// Starts `bao server -dev` over plain HTTP and waits until it answers.
     pub async fn start() -> Bao {
+        Self::start_with(false).await
+    }
+
+    /// Starts `bao server -dev`, with a generated CA and certificate when
+    /// `tls`, and waits until it answers.
+    pub async fn start_with(tls: bool) -> Bao {
         let port = TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
             .unwrap()
             .port();
         let home = tempfile::tempdir().unwrap();
-        let child = Command::new("bao")
-            .args([
-                "server",
-                "-dev",
-                &format!("-dev-root-token-id={BAO_ROOT_TOKEN}"),
-                &format!("-dev-listen-address=127.0.0.1:{port}"),
-            ])
+        let mut command = Command::new("bao");
+        command.args([
+            "server",
+            "-dev",
+            &format!("-dev-root-token-id={BAO_ROOT_TOKEN}"),
+            &format!("-dev-listen-address=127.0.0.1:{port}"),
+        ]);
+        if tls {
+            command
+                .arg("-dev-tls")
+                .arg(format!("-dev-tls-cert-dir={}", home.path().display()));
+        }
+        let child = command
             .env("HOME", home.path())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let bao = Bao {
+        let scheme = if tls { "https" } else { "http" };
+        let ca_file = tls.then(|| home.path().join("vault-ca.pem"));
+        let mut bao = Bao {
             child: Some(child),
-            addr: format!("http://127.0.0.1:{port}"),
+            addr: format!("{scheme}://127.0.0.1:{port}"),
+            ca_file,
+            client: reqwest::Client::new(),
             _home: home,
         };
         // Readiness, not speed: the limit only keeps a broken server from
         // hanging the run.
-        let client = reqwest::Client::new();
         for _ in 0..600 {
-            let health = client
+            if let Some(ca) = &bao.ca_file {
+                let Ok(pem) = std::fs::read(ca) else {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                };
+                let Ok(cert) = reqwest::Certificate::from_pem(&pem) else {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                };
+                bao.client = reqwest::Client::builder()
+                    .add_root_certificate(cert)
+                    .build()
+                    .unwrap();
+            }
+            let health = bao
+                .client
                 .get(format!("{}/v1/sys/health", bao.addr))
                 .send()
                 .await;
@@ -134,7 +167,8 @@ impl Bao {
         path: &str,
         body: Option<serde_json::Value>,
     ) -> (u16, serde_json::Value) {
-        let mut request = reqwest::Client::new()
+        let mut request = self
+            .client
             .request(method, format!("{}/v1/{path}", self.addr))
             .header("X-Vault-Token", BAO_ROOT_TOKEN);
         if let Some(body) = body {
