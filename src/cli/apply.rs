@@ -262,6 +262,7 @@ impl Session<'_, '_> {
         }
         result
     }
+
     /// Opens every configured sink and runs its checks, so that a sink
     /// that would refuse a secret does so before anything is created.
     fn open_sinks(

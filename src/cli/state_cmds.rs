@@ -122,7 +122,7 @@ impl Session<'_, '_> {
             }
             0 => {
                 let mut message = format!(
-                    "no sink holds a token for {address} newer than those the state records (searched: {})",
+                    "no sink holds a token for {address} that the state does not record yet (searched: {})",
                     searched.join(", ")
                 );
                 for problem in &problems {
