@@ -288,6 +288,31 @@ impl VaultClient {
         }
     }
 
+    /// Lists the keys under `folder` (metadata), `[]` when there are none.
+    pub fn list(&self, folder: &str) -> Result<Vec<String>, VaultError> {
+        let api_path = format!("{}/metadata/{folder}", self.mount);
+        let api_path = api_path.trim_end_matches('/');
+        let request = self
+            .request(Method::GET, api_path)?
+            .query(&[("list", "true")]);
+        let response = self.send(request, &format!("cannot list {api_path}"))?;
+        let status = response.status();
+        let body: Value = response.json().unwrap_or(Value::Null);
+        match status {
+            StatusCode::OK => Ok(body["data"]["keys"]
+                .as_array()
+                .map(|keys| {
+                    keys.iter()
+                        .filter_map(Value::as_str)
+                        .map(str::to_string)
+                        .collect()
+                })
+                .unwrap_or_default()),
+            StatusCode::NOT_FOUND => Ok(Vec::new()),
+            _ => Err(refusal(status, &body, api_path)),
+        }
+    }
+
     /// Creates the secret at `path`, refused by the server if any version
     /// exists there (check-and-set 0).
     pub fn create(&self, path: &str, data: Value) -> Result<(), VaultError> {
@@ -496,31 +521,76 @@ impl SecretSink for VaultSink {
 
 impl SecretLookup for VaultSink {
     fn lookup(&self, address: &Address) -> Result<Vec<FoundSecret>, SinkError> {
-        if self.template.contains("{id}") {
-            return Err(self.fail(
-                VaultError::new("the path template holds {id}, which is not known before a lookup")
-                    .hint("look the secret up in Vault by hand, then use `tokenctl resolve ADDRESS --adopt ID`"),
-            ));
-        }
-        let path = render_path(&self.template, address, PROBE_ID)
-            .map_err(|e| self.fail(VaultError::new(e)))?;
-        let data = match self.client.read(&path).map_err(|e| self.fail(e))? {
-            Stored::Live(data) => data,
-            Stored::Nothing | Stored::Deleted => return Ok(Vec::new()),
+        let paths = if self.template.contains("{id}") {
+            self.paths_by_id(address)?
+        } else {
+            vec![
+                render_path(&self.template, address, PROBE_ID)
+                    .map_err(|e| self.fail(VaultError::new(e)))?,
+            ]
         };
-        let found = (|| {
-            Some(FoundSecret {
-                id: data.get("id")?.as_u64()?,
-                created_at: data.get("createdAt").and_then(Value::as_i64),
-                token: Secret::new(data.get("token")?.as_str()?.to_string()),
-                place: self.client.data_path(&path),
-            })
-        })();
-        Ok(found.into_iter().collect())
+        let mut found = Vec::new();
+        for path in paths {
+            let Stored::Live(data) = self.client.read(&path).map_err(|e| self.fail(e))? else {
+                continue;
+            };
+            // A secret at a listed path may belong to another address when
+            // the template does not hold {name}.
+            if data.get("address").and_then(Value::as_str) != Some(address.to_string().as_str()) {
+                continue;
+            }
+            let secret = (|| {
+                Some(FoundSecret {
+                    id: data.get("id")?.as_u64()?,
+                    created_at: data.get("createdAt").and_then(Value::as_i64),
+                    token: Secret::new(data.get("token")?.as_str()?.to_string()),
+                    place: self.client.data_path(&path),
+                })
+            })();
+            found.extend(secret);
+        }
+        found.sort_by_key(|f| (f.created_at, f.id));
+        Ok(found)
     }
 
     fn describe(&self) -> String {
         self.client.describe()
+    }
+}
+
+impl VaultSink {
+    /// Returns the paths of an address's secrets when `{id}` is the
+    /// template's last segment: the ids listed under the rest of it.
+    fn paths_by_id(&self, address: &Address) -> Result<Vec<String>, SinkError> {
+        let Some(prefix) = self
+            .template
+            .strip_suffix("{id}")
+            .filter(|p| p.is_empty() || p.ends_with('/'))
+            .filter(|p| !p.contains("{id}"))
+        else {
+            return Err(self.fail(
+                VaultError::new("the path template holds {id} other than as its last segment, so the secrets of an address cannot be listed")
+                    .hint("look the secret up in Vault by hand, then use `tokenctl resolve ADDRESS --adopt ID`"),
+            ));
+        };
+        let folder = if prefix.is_empty() {
+            String::new()
+        } else {
+            render_path(prefix.trim_end_matches('/'), address, PROBE_ID)
+                .map_err(|e| self.fail(VaultError::new(e)))?
+        };
+        let keys = self.client.list(&folder).map_err(|e| self.fail(e))?;
+        Ok(keys
+            .into_iter()
+            .filter(|key| key.parse::<u64>().is_ok())
+            .map(|key| {
+                if folder.is_empty() {
+                    key
+                } else {
+                    format!("{folder}/{key}")
+                }
+            })
+            .collect())
     }
 }
 

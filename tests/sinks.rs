@@ -541,27 +541,44 @@ async fn resolve_finds_the_secret_in_vault_after_a_crash() {
         return;
     }
     let bao = Bao::start().await;
-    let mock = MockLogzio::start().await;
-    let mut ws = Workspace::new(&mock.url());
-    manifest(&ws, VAULT_SECRETS, &TOKENS[1..]);
-    let env = vault_env(&bao, BAO_ROOT_TOKEN);
-    let mut crash_env = with(&env);
-    crash_env.push(("TOKENCTL_FAILPOINT", "after-sink"));
-    let crash = ws.run_with(&["apply", "--auto-approve"], &crash_env);
-    assert_ne!(crash.code, 0, "the failpoint did not fire: {}", crash.all());
-    let address = "160344/team a/..x/grafana ü";
-    assert_eq!(ws.run(&["plan"]).code, 0);
-    assert_eq!(ws.pending_addresses(), [address]);
+    // With {id} in the template the address's secrets are listed.
+    for template in ["logzio/{accountId}/{name}", "by-id/{accountId}/{name}/{id}"] {
+        let mock = MockLogzio::start().await;
+        let mut ws = Workspace::new(&mock.url());
+        let secrets_config = format!("  vault:\n    mount: secret\n    path: \"{template}\"\n");
+        manifest(&ws, &secrets_config, &TOKENS[1..]);
+        let env = vault_env(&bao, BAO_ROOT_TOKEN);
+        let mut crash_env = with(&env);
+        crash_env.push(("TOKENCTL_FAILPOINT", "after-sink"));
+        let crash = ws.run_with(&["apply", "--auto-approve"], &crash_env);
+        assert_ne!(
+            crash.code,
+            0,
+            "{template}: the failpoint did not fire: {}",
+            crash.all()
+        );
+        let address = "160344/team a/..x/grafana ü";
+        assert_eq!(ws.run(&["plan"]).code, 0);
+        assert_eq!(ws.pending_addresses(), [address], "{template}");
 
-    let run = ws.run_with(&["resolve", address], &with(&env));
-    assert_eq!(run.code, 0, "{}", run.all());
-    let issued = issued_for(&mock, 160344, "team a/..x/grafana ü");
-    assert_eq!(ws.state()["tokens"][0]["id"].as_u64(), Some(issued.id));
-    assert!(ws.pending_addresses().is_empty());
-    let finish = ws.run_with(&["apply", "--auto-approve"], &with(&env));
-    assert_eq!(finish.code, 0, "{}", finish.all());
-    assert_eq!(mock.issued().len(), 1, "a token was created twice");
-    ws.assert_secrets_only_in_sink(&secrets(&mock));
+        let run = ws.run_with(&["resolve", address], &with(&env));
+        assert_eq!(run.code, 0, "{template}: {}", run.all());
+        let issued = issued_for(&mock, 160344, "team a/..x/grafana ü");
+        assert_eq!(
+            ws.state()["tokens"][0]["id"].as_u64(),
+            Some(issued.id),
+            "{template}"
+        );
+        assert!(ws.pending_addresses().is_empty(), "{template}");
+        let finish = ws.run_with(&["apply", "--auto-approve"], &with(&env));
+        assert_eq!(finish.code, 0, "{template}: {}", finish.all());
+        assert_eq!(
+            mock.issued().len(),
+            1,
+            "{template}: a token was created twice"
+        );
+        ws.assert_secrets_only_in_sink(&secrets(&mock));
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
