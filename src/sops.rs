@@ -777,8 +777,14 @@ impl SecretLookup for SopsSink {
                     Some("set SOPS_AGE_KEY_FILE to a file holding the age identity (AGE-SECRET-KEY-1…), or SOPS_AGE_KEY to the identity"),
                 ));
             }
-            let decrypted = decrypt(&text, &self.identities)
-                .map_err(|e| self.fail(format!("{}: {e}", path.display()), None))?;
+            let decrypted = decrypt(&text, &self.identities).map_err(|e| {
+                let hint = match e {
+                    SopsError::NoIdentity => Some("set SOPS_AGE_KEY_FILE (or SOPS_AGE_KEY) to the identity of one of the file's `sops.age` recipients"),
+                    SopsError::Mac => Some("restore the file as it was committed (`git log -p -- FILE`); an edited file cannot be trusted"),
+                    SopsError::Format(_) | SopsError::Crypto(_) => None,
+                };
+                self.fail(format!("{}: {e}", path.display()), hint)
+            })?;
             found.push(FoundSecret {
                 id: decrypted.id,
                 created_at: decrypted.created_at,

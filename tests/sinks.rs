@@ -279,9 +279,27 @@ async fn resolve_finds_the_secret_in_a_sops_file_after_a_crash() {
     );
 
     let key_file = key.file.display().to_string();
+    // An edited readable id is not adopted: the MAC refuses it.
+    let file = sops_files(&ws).pop().unwrap();
+    let original = fs::read_to_string(&file).unwrap();
+    let issued = issued_for(&mock, 160344, "team a/..x/grafana ü");
+    fs::write(
+        &file,
+        original.replacen(&format!("id: {}", issued.id), "id: 1", 1),
+    )
+    .unwrap();
+    let edited = ws.run_with(&["resolve", address], &[("SOPS_AGE_KEY_FILE", &key_file)]);
+    assert_eq!(edited.code, 1, "{}", edited.all());
+    assert!(
+        edited.stderr.contains("the MAC does not match"),
+        "{}",
+        edited.stderr
+    );
+    assert_eq!(ws.pending_addresses(), [address]);
+    fs::write(&file, original).unwrap();
+
     let run = ws.run_with(&["resolve", address], &[("SOPS_AGE_KEY_FILE", &key_file)]);
     assert_eq!(run.code, 0, "{}", run.all());
-    let issued = issued_for(&mock, 160344, "team a/..x/grafana ü");
     let state = ws.state();
     assert_eq!(state["tokens"][0]["id"].as_u64(), Some(issued.id));
     assert!(
