@@ -142,9 +142,13 @@ impl VaultClient {
         if let Some(path) = &env.cacert {
             let pem = fs::read(path)
                 .map_err(|e| VaultError::new(format!("cannot read VAULT_CACERT {path}: {e}")))?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
-                VaultError::new(format!("VAULT_CACERT {path} holds no PEM certificate: {e}"))
-            })?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .ok()
+                .filter(|certs| !certs.is_empty())
+                .ok_or_else(|| {
+                    VaultError::new(format!("VAULT_CACERT {path} holds no PEM certificate"))
+                        .hint("set VAULT_CACERT to the PEM file of the CA that signed the server's certificate")
+                })?;
             for cert in certs {
                 builder = builder.add_root_certificate(cert);
             }
@@ -643,6 +647,21 @@ mod tests {
         };
         let err = VaultClient::from_env(&env, "secret").err().unwrap();
         assert!(err.detail.contains("no Vault token"), "{err}");
+    }
+
+    #[test]
+    fn a_ca_file_must_hold_a_certificate() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        fs::write(&ca, "not a certificate\n").unwrap();
+        let env = VaultEnv {
+            addr: Some("https://vault.example.com".into()),
+            token: Some("t".into()),
+            cacert: Some(ca.display().to_string()),
+            ..VaultEnv::default()
+        };
+        let err = VaultClient::from_env(&env, "secret").err().unwrap();
+        assert!(err.detail.contains("holds no PEM certificate"), "{err}");
     }
 
     #[test]
