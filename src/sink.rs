@@ -53,6 +53,31 @@ pub trait SecretSink: Send {
     fn describe(&self) -> String;
 }
 
+/// A secret read back from a sink.
+pub struct FoundSecret {
+    pub id: u64,
+    pub created_at: Option<i64>,
+    pub token: Secret,
+    /// Where it was found, for messages (a file or a path; never the value).
+    pub place: String,
+}
+
+/// Reads back what a sink holds, without needing to write to it: `resolve`
+/// uses every sink that can.
+pub trait SecretLookup {
+    /// Returns the secrets held for `address`, oldest first.
+    fn lookup(&self, address: &Address) -> Result<Vec<FoundSecret>, SinkError>;
+
+    /// Returns every secret held, oldest first, when the sink can list them
+    /// in one go more cheaply than address by address (a refresh reads all).
+    fn lookup_all(&self) -> Option<Result<Vec<(Address, FoundSecret)>, SinkError>> {
+        None
+    }
+
+    /// Names the sink for messages.
+    fn describe(&self) -> String;
+}
+
 /// Appends one JSON object per token to a file of mode 0600, fsynced per
 /// token, so each token costs the same however large the file is.
 pub struct FileSink {
@@ -145,6 +170,78 @@ impl SecretSink for FileSink {
             return Err(fail(detail));
         }
         Ok(())
+    }
+
+    fn describe(&self) -> String {
+        self.path.display().to_string()
+    }
+}
+
+/// Reads a JSON Lines secrets file back, in the format [`FileSink`] writes.
+pub struct FileLookup {
+    path: PathBuf,
+}
+
+impl FileLookup {
+    /// Returns a reader of the secrets file at `path`; a missing file holds
+    /// nothing.
+    pub fn new(path: PathBuf) -> Self {
+        FileLookup { path }
+    }
+}
+
+impl FileLookup {
+    /// Reads every record. Lines are in delivery order, so a later line
+    /// supersedes an earlier one; a torn last line (a crash mid-write) is
+    /// skipped.
+    fn records(&self) -> Result<Vec<(Address, FoundSecret)>, SinkError> {
+        let bytes = match fs::read(&self.path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => {
+                return Err(SinkError {
+                    sink: self.describe(),
+                    detail: format!("cannot read: {e}"),
+                    hint: None,
+                });
+            }
+        };
+        #[derive(serde::Deserialize)]
+        struct Line {
+            address: Address,
+            id: u64,
+            #[serde(rename = "createdAt")]
+            created_at: Option<i64>,
+            token: String,
+        }
+        Ok(String::from_utf8_lossy(&bytes)
+            .lines()
+            .filter_map(|line| serde_json::from_str::<Line>(line).ok())
+            .map(|line| {
+                let found = FoundSecret {
+                    id: line.id,
+                    created_at: line.created_at,
+                    token: Secret::new(line.token),
+                    place: self.describe(),
+                };
+                (line.address, found)
+            })
+            .collect())
+    }
+}
+
+impl SecretLookup for FileLookup {
+    fn lookup(&self, address: &Address) -> Result<Vec<FoundSecret>, SinkError> {
+        Ok(self
+            .records()?
+            .into_iter()
+            .filter(|(a, _)| a == address)
+            .map(|(_, found)| found)
+            .collect())
+    }
+
+    fn lookup_all(&self) -> Option<Result<Vec<(Address, FoundSecret)>, SinkError>> {
+        Some(self.records())
     }
 
     fn describe(&self) -> String {
@@ -840,6 +937,32 @@ mod tests {
         .err()
         .unwrap();
         assert!(err.detail.contains("not found"), "{err}");
+    }
+
+    #[test]
+    fn file_lookup_reads_back_what_the_file_sink_wrote() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tokens.jsonl");
+        let lookup = FileLookup::new(path.clone());
+        assert!(lookup.lookup(&address()).unwrap().is_empty());
+        let mut sink = FileSink::open(&path).unwrap();
+        let (first, second) = (Secret::new("tok-5".into()), Secret::new("tok-6".into()));
+        sink.deliver(&token(&first, &address())).unwrap();
+        sink.deliver(&token(&second, &Address::new(1, "other")))
+            .unwrap();
+        let here = address();
+        let mut later = token(&second, &here);
+        later.id = 8;
+        sink.deliver(&later).unwrap();
+        // A line torn by a crash mid-write is skipped.
+        let mut file = OpenOptions::new().append(true).open(&path).unwrap();
+        file.write_all(b"{\"address\":\"160343/ci/shipper\",\"id\":9,\"tok")
+            .unwrap();
+        let found = lookup.lookup(&address()).unwrap();
+        let ids: Vec<u64> = found.iter().map(|f| f.id).collect();
+        assert_eq!(ids, [7, 8]);
+        assert_eq!(found[1].token.expose(), "tok-6");
+        assert_eq!(found[1].created_at, Some(1_600_000_000));
     }
 
     #[test]

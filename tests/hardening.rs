@@ -193,7 +193,7 @@ async fn resolve_does_not_adopt_a_secret_from_before_the_create() {
     assert!(
         resolve
             .stderr
-            .contains("holds no token for 1/a created since"),
+            .contains("no sink holds a token for 1/a created since"),
         "{}",
         resolve.stderr
     );

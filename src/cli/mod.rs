@@ -253,7 +253,8 @@ struct ResolveArgs {
     #[arg(long)]
     abandon: bool,
     /// The secrets file to look in when neither flag is given (default: the
-    /// manifest's `secrets.file`).
+    /// manifest's `secrets.file`); the manifest's `sops` and `vault` sinks
+    /// are searched too.
     #[arg(long, value_name = "PATH")]
     secrets_out: Option<PathBuf>,
 }
