@@ -655,3 +655,44 @@ async fn vault_over_tls_trusts_vault_cacert_and_reads_vault_token_file() {
     );
     ws.assert_secrets_only_in_sink(&secrets(&mock));
 }
+
+/// A refresh reads each token back from the SOPS files (with the age
+/// identity) and sees one revoked; without the identity every token is
+/// unverifiable, never revoked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refresh_reads_secrets_back_from_sops_files() {
+    if require("age-keygen", "the Debian package age").is_none() {
+        return;
+    }
+    let mock = MockLogzio::start().await;
+    let mut ws = Workspace::new(&mock.url());
+    let keys = tempfile::tempdir().unwrap();
+    let key = AgeKey::generate(keys.path(), "key.txt");
+    manifest(&ws, &sops_secrets(&key, "plain"), &TOKENS);
+    assert_eq!(ws.run(&["apply", "--auto-approve"]).code, 0);
+    let (account, name) = TOKENS[1];
+    mock.revoke(&issued_for(&mock, account, name).token);
+    let key_file = key.file.to_str().unwrap();
+
+    let plan = ws.run_with(
+        &["plan", "--refresh", "--detailed-exitcode"],
+        &[("SOPS_AGE_KEY_FILE", key_file)],
+    );
+    assert_eq!(plan.code, 2, "{}", plan.all());
+    assert!(
+        plan.stdout
+            .contains("Refresh: 1 alive, 1 revoked, 0 misdelivered, 0 unknown, 0 unverifiable."),
+        "{}",
+        plan.stdout
+    );
+    let blind = ws.run(&["plan", "--refresh", "--detailed-exitcode"]);
+    assert_eq!(blind.code, 0, "{}", blind.all());
+    assert!(
+        blind
+            .stdout
+            .contains("0 revoked, 0 misdelivered, 0 unknown, 2 unverifiable."),
+        "{}",
+        blind.stdout
+    );
+    ws.assert_secrets_only_in_sink(&secrets(&mock));
+}
