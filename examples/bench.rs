@@ -22,8 +22,8 @@ use std::time::{Duration, Instant};
 use tokenctl::address::Address;
 use tokenctl::journal::{JournalWriter, Record};
 use tokenctl::secret::Secret;
+use tokenctl::sink::sops::{SopsFormat, SopsSink};
 use tokenctl::sink::{FileSink, NewToken, SecretSink};
-use tokenctl::sops::{SopsFormat, SopsSink};
 use tokenctl::state::{State, TokenRecord};
 
 const ACCOUNTS: u64 = 1_000;

@@ -21,7 +21,6 @@ pub mod render;
 pub mod schema;
 pub mod secret;
 pub mod sink;
-pub mod sops;
+
 pub mod state;
 pub mod store;
-pub mod vault;

@@ -12,7 +12,7 @@ use serde::Deserialize;
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
 use crate::address::Address;
-use crate::sops::{self, SopsFormat};
+use crate::sink::sops::{self, SopsFormat};
 
 /// The manifest format version this tool reads.
 pub const MANIFEST_VERSION: u64 = 1;

@@ -185,7 +185,7 @@ mod tests {
         {
             let format = format.as_str().unwrap();
             assert!(
-                crate::sops::SopsFormat::from_name(format).is_some(),
+                crate::sink::sops::SopsFormat::from_name(format).is_some(),
                 "{format}"
             );
         }

@@ -21,11 +21,11 @@ use crate::plan::{self, Plan};
 use crate::planfile::PlanFile;
 use crate::render::{self, Style};
 use crate::secret::Secret;
+use crate::sink::sops::{self, SopsSink};
+use crate::sink::vault::{VaultClient, VaultEnv, VaultSink};
 use crate::sink::{ExecSink, FileSink, Rescue, SecretSink, SinkError};
-use crate::sops::{self, SopsSink};
 use crate::state::State;
 use crate::store::{FileStore, StateStore};
-use crate::vault::{VaultClient, VaultEnv, VaultSink};
 
 /// How long an exec sink may take for one token.
 const EXEC_SINK_TIMEOUT: Duration = Duration::from_secs(60);
