@@ -37,7 +37,7 @@ impl Session<'_, '_> {
     pub(super) fn apply(&mut self, args: &ApplyArgs) -> CommandResult {
         let loaded = self.load_manifest()?;
         let store = self.store();
-        let _lock = self.lock(&store)?;
+        let lock = self.lock(&store)?;
         let mut state = self.load_state_locked(&store)?;
         let targeting = self.targeting(&args.targeting);
         // A saved plan is checked against the state it was made from,
@@ -54,7 +54,18 @@ impl Session<'_, '_> {
                     &loaded.manifest,
                     state.as_ref(),
                 )?;
-                state = self.record_refresh(&store, state, &refresh)?;
+                // Nothing is recorded from a refresh that cannot be trusted
+                // or that fails the plan.
+                if let Err(failure) = check_refresh(&refresh, &loaded.manifest, args.force) {
+                    let extras = render::Extras {
+                        refresh: Some(&refresh),
+                        state: None,
+                    };
+                    render::lifecycle_text(&extras, self.style, self.io.stdout)?;
+                    return Err(failure);
+                }
+                let retire = refresh.stampede().is_none() || args.force;
+                state = self.record_refresh(&store, state, &refresh, retire)?;
                 Some(refresh)
             }
             false => None,
@@ -84,9 +95,6 @@ impl Session<'_, '_> {
                 state: state.as_ref(),
             };
             render::lifecycle_text(&extras, self.style, self.io.stdout)?;
-        }
-        if let Some(refresh) = &refresh {
-            check_refresh(refresh, &loaded.manifest, args.force)?;
         }
         if creates.is_empty() {
             let code = if plan.summary().in_doubt > 0 {
@@ -145,13 +153,27 @@ impl Session<'_, '_> {
         let journal = JournalWriter::create(
             &store.journal_path(),
             &Record::Begin {
-                lineage,
+                lineage: lineage.clone(),
                 serial: state.as_ref().map_or(0, |s| s.serial),
                 started: now(),
                 pid: std::process::id(),
                 host: self.env.host.clone(),
             },
         )?;
+        // Between taking the lock and making the journal, another run may
+        // have got in, if the lock file was deleted meanwhile: it would
+        // have moved the state on, or left its own lock file at the path.
+        let moved = store.load()?.map(|s| (s.lineage, s.serial))
+            != state.as_ref().map(|s| (s.lineage.clone(), s.serial));
+        if moved || !lock.is_current(&store.lock_path()) {
+            drop(journal);
+            let _ = crate::journal::remove(&store.journal_path());
+            return Err(Failure::new(format!(
+                "another run changed the state or took its lock while this one prepared ({}); nothing was created",
+                store.lock_path().display()
+            ))
+            .hint("the lock file was probably removed while tokenctl ran; check that nothing deletes files beside the state, then run again"));
+        }
         let interrupt = Arc::new(AtomicBool::new(false));
         runtime.spawn(watch_signals(interrupt.clone()));
         let progress = (!json && self.io.terminal.stderr && creates.len() > PROGRESS_MIN)
@@ -195,9 +217,27 @@ impl Session<'_, '_> {
 
         let stored = match record_journal(&store, state.as_ref(), self.env.host.as_deref())? {
             Some((stored, _)) => stored,
+            None if report.outcomes.iter().any(|(_, o)| *o != Outcome::Skipped) => {
+                // Something removed the journal while the run wrote to it:
+                // record what this run knows, or the next run would send
+                // the same creates again.
+                self.warn(&format!(
+                    "the journal {} disappeared during the apply; the state was rebuilt from this run's outcomes (without creation times and fingerprints). Check that nothing deletes files beside the state while tokenctl runs",
+                    store.journal_path().display()
+                ));
+                let base = state.clone().unwrap_or_else(|| State::new(lineage));
+                Some(
+                    store
+                        .commit(state.as_ref(), fold_outcomes(base, &report))?
+                        .0,
+                )
+            }
             None => state.clone(),
         };
-        let stored = self.retire_replaced(&store, stored)?;
+        let stored = match &refresh {
+            Some(refresh) => self.retire_replaced(&store, stored, &report, refresh.at)?,
+            None => stored,
+        };
         self.finish(
             &store,
             state.as_ref(),
@@ -254,10 +294,11 @@ impl Session<'_, '_> {
         store: &FileStore,
         state: Option<State>,
         refresh: &Refresh,
+        retire: bool,
     ) -> Result<Option<State>, Failure> {
         let Some(before) = state else { return Ok(None) };
         let mut after = before.clone();
-        let retired = lifecycle::record_refresh(&mut after, refresh);
+        let retired = lifecycle::record_refresh(&mut after, refresh, retire);
         let (stored, _) = store.commit(Some(&before), after)?;
         for old in retired {
             self.note(&format!(
@@ -274,10 +315,20 @@ impl Session<'_, '_> {
         &mut self,
         store: &FileStore,
         state: Option<State>,
+        report: &Report,
+        refreshed_at: i64,
     ) -> Result<Option<State>, Failure> {
         let Some(before) = state else { return Ok(None) };
+        let successors: rustc_hash::FxHashSet<u64> = report
+            .outcomes
+            .iter()
+            .filter_map(|(_, outcome)| match outcome {
+                Outcome::Created { id } => Some(*id),
+                _ => None,
+            })
+            .collect();
         let mut after = before.clone();
-        let retired = lifecycle::retire_known_revoked(&mut after);
+        let retired = lifecycle::retire_replaced(&mut after, &successors, refreshed_at);
         if retired.is_empty() {
             return Ok(Some(before));
         }
@@ -579,6 +630,29 @@ impl Session<'_, '_> {
         }
         Ok(())
     }
+}
+
+/// Records a run's outcomes in the state without its journal: created
+/// tokens by id, and creates in doubt as pending.
+fn fold_outcomes(mut state: State, report: &Report) -> State {
+    for (address, outcome) in &report.outcomes {
+        match outcome {
+            Outcome::Created { id } => state.record_created(crate::state::TokenRecord::new(
+                address.clone(),
+                *id,
+                None,
+                crate::state::Origin::Created,
+                None,
+            )),
+            Outcome::InDoubt { reason } => state.record_pending(crate::state::PendingCreate::new(
+                address.clone(),
+                now(),
+                reason.clone(),
+            )),
+            Outcome::Failed { .. } | Outcome::Skipped => {}
+        }
+    }
+    state
 }
 
 /// Returns the creates of a saved plan: same inputs give the same plan, and

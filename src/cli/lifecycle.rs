@@ -13,7 +13,7 @@ use crate::api::{HttpApi, Timeouts, TokenCheck};
 use crate::apply::{RetryPolicy, now};
 use crate::lifecycle::{self, Probe, Refresh};
 use crate::manifest::Manifest;
-use crate::secret::Secret;
+use crate::secret::{Secret, fingerprint_of};
 use crate::sink::FoundSecret;
 use crate::state::{Liveness, State};
 
@@ -113,26 +113,40 @@ impl Session<'_, '_> {
         runtime.block_on(api.whoami()).map_err(|e| {
             Failure::new(format!("refresh: the owner token check failed: {e}")).hint(e.hint())
         })?;
-        let known: Vec<(Address, u64)> = state
+        // Each token with the fingerprint its secret had when it was made,
+        // and whether it is the address's current token.
+        let known: Vec<(Address, u64, Option<&str>, bool)> = state
             .into_iter()
             .flat_map(|s| {
                 s.tokens
                     .iter()
-                    .map(|t| (t.address.clone(), t.id))
-                    .chain(s.superseded.iter().map(|o| (o.address.clone(), o.id)))
+                    .map(|t| (t.address.clone(), t.id, t.fingerprint.as_deref(), true))
+                    .chain(
+                        s.superseded
+                            .iter()
+                            .map(|o| (o.address.clone(), o.id, o.fingerprint.as_deref(), false)),
+                    )
             })
             .collect();
-        let mut secrets = self.readable_secrets(secrets_out, &known)?;
+        let keys: Vec<(Address, u64)> = known.iter().map(|(a, id, ..)| (a.clone(), *id)).collect();
+        let mut secrets = self.readable_secrets(secrets_out, &keys)?;
         let mut probes = Vec::new();
         let mut unreadable = Vec::new();
-        for (address, id) in known {
-            match secrets.remove(&(address.clone(), id)) {
+        for (address, id, fingerprint, current) in known {
+            // A secret that is not the one the token was made with (an
+            // edited file, a bad restore) says nothing about the token: a
+            // 401 from it must not retire or replace a live token.
+            let secret = secrets
+                .remove(&(address.clone(), id))
+                .filter(|s| fingerprint.is_none_or(|f| fingerprint_of(s.expose()) == f));
+            match secret {
                 Some(secret) => probes.push(Probe {
                     address,
                     id,
                     secret,
+                    current,
                 }),
-                None => unreadable.push((address, id)),
+                None => unreadable.push((address, id, current)),
             }
         }
         let retry = self.retry_policy();
@@ -192,6 +206,11 @@ impl Session<'_, '_> {
         })?;
         let api = self.connect_api(&args.connect, &loaded.manifest)?;
         let runtime = self.runtime()?;
+        // A wrong region or API URL answers 401 for every token: check
+        // the owner token first, as a refresh does.
+        runtime.block_on(api.whoami()).map_err(|e| {
+            Failure::new(format!("cannot verify: the owner token check failed: {e}")).hint(e.hint())
+        })?;
         let answer = runtime.block_on(api.whoami_as(&secret));
         let (status, detail) = lifecycle::classify(args.address.account_id, &answer);
         match status {

@@ -734,6 +734,11 @@ impl Session<'_, '_> {
                 self.warn("--diff is shown with --output text only; the document stays parseable");
             }
         }
+        check_budget(&plan, &args.budget)?;
+        if let Some(refresh) = &refresh {
+            check_refresh(refresh, &loaded.manifest, false)?;
+        }
+        // Only a plan that passed its checks is saved to be applied.
         if let Some(out) = &args.out {
             let file = PlanFile::new(&plan, &loaded.bytes, state.as_ref());
             crate::fsutil::write_atomic(out, file.to_json().as_bytes(), 0o644).map_err(|err| {
@@ -748,10 +753,6 @@ impl Session<'_, '_> {
             } else {
                 writeln!(self.io.stderr, "{saved}")?;
             }
-        }
-        check_budget(&plan, &args.budget)?;
-        if let Some(refresh) = &refresh {
-            check_refresh(refresh, &loaded.manifest, false)?;
         }
         let revoked = refresh.as_ref().is_some_and(|r| r.counts().revoked > 0);
         Ok(

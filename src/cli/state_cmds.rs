@@ -104,7 +104,8 @@ impl Session<'_, '_> {
                     if let Some(secret) =
                         newest.filter(|s| s.created_at.is_some_and(|t| t >= since))
                     {
-                        let known = state.tokens.iter().any(|t| t.id == secret.id);
+                        let known = state.tokens.iter().any(|t| t.id == secret.id)
+                            || state.superseded.iter().any(|o| o.id == secret.id);
                         if !known && !candidates.iter().any(|(c, _)| c.id == secret.id) {
                             candidates.push((secret, lookup.describe()));
                         }

@@ -41,12 +41,30 @@ impl Rescue {
 
     /// Makes sure a rescue file can be written, before any token exists
     /// that might need one: creates the folder (mode 0700) and writes and
-    /// removes a probe file.
+    /// removes a probe file. An existing folder must belong to the user;
+    /// one that others can enter is made private (or refused when the user
+    /// does not own it).
     pub fn prepare(&self) -> io::Result<()> {
         create_private_dir(&self.dir)?;
         let probe = tempfile::Builder::new()
             .prefix(".probe-")
             .tempfile_in(&self.dir)?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::{MetadataExt, PermissionsExt};
+            let folder = std::fs::metadata(&self.dir)?;
+            // The probe was made by this process: its owner is the user.
+            let user = probe.as_file().metadata()?.uid();
+            if folder.uid() != user {
+                return Err(io::Error::other(format!(
+                    "the folder belongs to another user (uid {}), so others could read the secrets kept there",
+                    folder.uid()
+                )));
+            }
+            if folder.mode() & 0o077 != 0 {
+                std::fs::set_permissions(&self.dir, std::fs::Permissions::from_mode(0o700))?;
+            }
+        }
         probe.close()
     }
 

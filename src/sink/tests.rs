@@ -320,3 +320,31 @@ fn file_sink_refuses_a_symbolic_link() {
     assert!(err.detail.contains("symbolic link"), "{err}");
     assert!(!target.exists());
 }
+
+#[cfg(unix)]
+#[test]
+fn rescue_prepare_makes_an_open_folder_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let rescue_dir = dir.path().join("rescue");
+    fs::create_dir(&rescue_dir).unwrap();
+    fs::set_permissions(&rescue_dir, fs::Permissions::from_mode(0o777)).unwrap();
+    Rescue::new(rescue_dir.clone()).prepare().unwrap();
+    let mode = fs::metadata(&rescue_dir).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o700);
+}
+
+#[cfg(unix)]
+#[test]
+fn rescue_prepare_refuses_a_folder_of_another_user() {
+    let dir = tempfile::tempdir().unwrap();
+    let rescue_dir = dir.path().join("rescue");
+    fs::create_dir(&rescue_dir).unwrap();
+    // Only root can give a folder away; elsewhere there is nothing to test.
+    if std::os::unix::fs::chown(&rescue_dir, Some(65534), Some(65534)).is_err() {
+        eprintln!("skipped: changing a folder's owner needs root");
+        return;
+    }
+    let err = Rescue::new(rescue_dir).prepare().unwrap_err();
+    assert!(err.to_string().contains("belongs to another user"), "{err}");
+}
