@@ -9,8 +9,8 @@ pub mod address;
 pub mod api;
 pub mod apply;
 pub mod cli;
-pub mod failpoint;
-pub mod fsutil;
+mod failpoint;
+mod fsutil;
 pub mod journal;
 pub mod lifecycle;
 pub mod lock;
@@ -21,6 +21,5 @@ pub mod render;
 pub mod schema;
 pub mod secret;
 pub mod sink;
-
 pub mod state;
 pub mod store;
