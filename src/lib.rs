@@ -8,6 +8,7 @@
 pub mod address;
 pub mod api;
 pub mod apply;
+pub mod backend;
 pub mod cli;
 pub mod failpoint;
 pub mod fsutil;

@@ -9,12 +9,13 @@ use std::time::Duration;
 
 use super::{
     ApplyArgs, CommandResult, ConnectArgs, EXIT_IN_DOUBT, EXIT_INTERRUPTED, EXIT_OK, Failure,
-    Format, Session, check_budget, check_refresh, record_journal,
+    Format, Session, check_budget, check_refresh,
 };
 use crate::address::Address;
 use crate::api::{self, HttpApi, Timeouts};
 use crate::apply::{Apply, Event, Outcome, Report, RetryPolicy, StopReason, now};
-use crate::journal::{JournalWriter, Record};
+use crate::backend::Backend;
+use crate::journal::Record;
 use crate::lifecycle::{self, Refresh};
 use crate::manifest::{self, Manifest};
 use crate::plan::{self, Plan};
@@ -23,7 +24,6 @@ use crate::render::{self, Style};
 use crate::secret::Secret;
 use crate::sink::{ExecSink, FileSink, Rescue, SecretSink};
 use crate::state::State;
-use crate::store::{FileStore, StateStore};
 
 /// How long an exec sink may take for one token.
 const EXEC_SINK_TIMEOUT: Duration = Duration::from_secs(60);
@@ -34,9 +34,10 @@ const PROGRESS_MIN: usize = 3;
 impl Session<'_, '_> {
     pub(super) fn apply(&mut self, args: &ApplyArgs) -> CommandResult {
         let loaded = self.load_manifest()?;
-        let store = self.store();
-        let _lock = self.lock(&store)?;
-        let mut state = self.load_state_locked(&store)?;
+        let store = self.store_for(Some(&loaded.manifest))?;
+        let store = &*store;
+        let _lock = self.lock(store)?;
+        let mut state = self.load_state_locked(store)?;
         let targeting = self.targeting(&args.targeting);
         // A saved plan is checked against the state it was made from,
         // before a refresh records anything in it.
@@ -52,7 +53,7 @@ impl Session<'_, '_> {
                     &loaded.manifest,
                     state.as_ref(),
                 )?;
-                state = self.record_refresh(&store, state, &refresh)?;
+                state = self.record_refresh(store, state, &refresh)?;
                 Some(refresh)
             }
             false => None,
@@ -140,16 +141,13 @@ impl Session<'_, '_> {
             .as_ref()
             .map(|s| s.lineage.clone())
             .unwrap_or_else(|| State::fresh().lineage);
-        let journal = JournalWriter::create(
-            &store.journal_path(),
-            &Record::Begin {
-                lineage,
-                serial: state.as_ref().map_or(0, |s| s.serial),
-                started: now(),
-                pid: std::process::id(),
-                host: self.env.host.clone(),
-            },
-        )?;
+        let journal = store.open_journal(&Record::Begin {
+            lineage,
+            serial: state.as_ref().map_or(0, |s| s.serial),
+            started: now(),
+            pid: std::process::id(),
+            host: self.env.host.clone(),
+        })?;
         let interrupt = Arc::new(AtomicBool::new(false));
         runtime.spawn(watch_signals(interrupt.clone()));
         let progress = (!json && self.io.terminal.stderr && creates.len() > PROGRESS_MIN)
@@ -186,18 +184,25 @@ impl Session<'_, '_> {
             interrupt: &interrupt,
         };
         let report = runtime.block_on(apply.run(&creates, &mut events));
+        let recovery = journal.recovery_file();
         drop(journal);
         if let Some(bar) = progress {
             bar.finish_and_clear();
         }
 
-        let stored = match record_journal(&store, state.as_ref(), self.env.host.as_deref())? {
+        if let Some(path) = &recovery {
+            self.warn(&format!(
+                "the connection to the state's database was lost during the apply; the outcomes it could not take are in {} (mode 0600), which the next run on this machine merges",
+                path.display()
+            ));
+        }
+        let stored = match store.recover(state.as_ref(), self.env.host.as_deref())? {
             Some((stored, _)) => stored,
             None => state.clone(),
         };
-        let stored = self.retire_replaced(&store, stored)?;
+        let stored = self.retire_replaced(store, stored)?;
         self.finish(
-            &store,
+            store,
             state.as_ref(),
             stored.as_ref(),
             &report,
@@ -249,7 +254,7 @@ impl Session<'_, '_> {
     /// retires superseded tokens that answered 401; returns the state.
     fn record_refresh(
         &mut self,
-        store: &FileStore,
+        store: &dyn Backend,
         state: Option<State>,
         refresh: &Refresh,
     ) -> Result<Option<State>, Failure> {
@@ -270,7 +275,7 @@ impl Session<'_, '_> {
     /// refresh already found them revoked.
     fn retire_replaced(
         &mut self,
-        store: &FileStore,
+        store: &dyn Backend,
         state: Option<State>,
     ) -> Result<Option<State>, Failure> {
         let Some(before) = state else { return Ok(None) };
@@ -291,7 +296,7 @@ impl Session<'_, '_> {
 
     fn finish(
         &mut self,
-        store: &FileStore,
+        store: &dyn Backend,
         before: Option<&State>,
         after: Option<&State>,
         report: &Report,

@@ -1,2 +1,3 @@
 pub mod mock_logzio;
+pub mod pg;
 pub mod workspace;
