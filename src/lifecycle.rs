@@ -330,6 +330,24 @@ mod tests {
         }
     }
 
+    fn successors(
+        desired: &[Address],
+        state: &State,
+        policy: &Lifecycle,
+        now: i64,
+        refresh: Option<&Refresh>,
+        hold_back: bool,
+    ) -> Plan {
+        plan_successors(
+            plan(desired, Some(state)),
+            Some(state),
+            policy,
+            now,
+            refresh,
+            hold_back,
+        )
+    }
+
     fn actions(plan: &Plan) -> Vec<(String, Action)> {
         plan.changes
             .iter()
@@ -343,14 +361,7 @@ mod tests {
         let mut state = state(&[("old", 1, 0), ("young", 2, 50 * DAY)]);
         let desired = [addr("old"), addr("young")];
         let policy = lifecycle(Some(90), OnRevoked::Report);
-        let planned = plan_successors(
-            plan(&desired, Some(&state)),
-            Some(&state),
-            &policy,
-            now,
-            None,
-            false,
-        );
+        let planned = successors(&desired, &state, &policy, now, None, false);
         assert_eq!(
             actions(&planned),
             [
@@ -365,25 +376,11 @@ mod tests {
         // while its predecessor waits to be revoked.
         state.record_created(TokenRecord::created(addr("old"), 3, 0, "g".into()));
         assert_eq!(state.superseded.len(), 1);
-        let again = plan_successors(
-            plan(&desired, Some(&state)),
-            Some(&state),
-            &policy,
-            now,
-            None,
-            false,
-        );
+        let again = successors(&desired, &state, &policy, now, None, false);
         assert_eq!(again.summary().rotate, 0, "{:?}", actions(&again));
         // Once retired, rotation can happen again.
         state.retire(&addr("old"), 1).unwrap();
-        let later = plan_successors(
-            plan(&desired, Some(&state)),
-            Some(&state),
-            &policy,
-            now,
-            None,
-            false,
-        );
+        let later = successors(&desired, &state, &policy, now, None, false);
         assert_eq!(later.summary().rotate, 1);
     }
 
@@ -398,9 +395,9 @@ mod tests {
             None,
         ));
         let policy = lifecycle(Some(1), OnRevoked::Report);
-        let planned = plan_successors(
-            plan(&[addr("imported")], Some(&state)),
-            Some(&state),
+        let planned = successors(
+            &[addr("imported")],
+            &state,
             &policy,
             1_000 * DAY,
             None,
@@ -420,9 +417,9 @@ mod tests {
                 on_revoked: OnRevoked::Report,
             },
         );
-        let planned = plan_successors(
-            plan(&[addr("a"), addr("b")], Some(&state)),
-            Some(&state),
+        let planned = successors(
+            &[addr("a"), addr("b")],
+            &state,
             &policy,
             100 * DAY,
             None,
@@ -450,34 +447,13 @@ mod tests {
         );
         let desired = [addr("a"), addr("r"), addr("u")];
         let report = lifecycle(None, OnRevoked::Report);
-        let planned = plan_successors(
-            plan(&desired, Some(&state)),
-            Some(&state),
-            &report,
-            10,
-            Some(&refresh),
-            false,
-        );
+        let planned = successors(&desired, &state, &report, 10, Some(&refresh), false);
         assert!(!planned.has_changes());
         let recreate = lifecycle(None, OnRevoked::Recreate);
-        let planned = plan_successors(
-            plan(&desired, Some(&state)),
-            Some(&state),
-            &recreate,
-            10,
-            Some(&refresh),
-            false,
-        );
+        let planned = successors(&desired, &state, &recreate, 10, Some(&refresh), false);
         assert_eq!(planned.creates(), [addr("r")]);
         assert_eq!(planned.summary().replace, 1);
-        let held = plan_successors(
-            plan(&desired, Some(&state)),
-            Some(&state),
-            &recreate,
-            10,
-            Some(&refresh),
-            true,
-        );
+        let held = successors(&desired, &state, &recreate, 10, Some(&refresh), true);
         assert!(!held.has_changes());
     }
 

@@ -1,7 +1,7 @@
 use std::io::{self, BufRead, IsTerminal};
 use std::process::ExitCode;
 
-use tokenctl::cli::{self, Env, Io, Terminal};
+use tokenctl::cli::{self, ClosedPipeOk, Env, Io, Terminal};
 
 fn main() -> ExitCode {
     let env = Env::from_process();
@@ -15,10 +15,10 @@ fn main() -> ExitCode {
         let mut line = String::new();
         stdin.lock().read_line(&mut line).map(|_| line)
     };
-    let mut stdout = io::stdout().lock();
+    let mut stdout = ClosedPipeOk::new(io::stdout().lock());
     // Not locked for the whole run: the progress bar's thread writes to
     // stderr too, and would wait forever for a lock this thread holds.
-    let mut stderr = io::stderr();
+    let mut stderr = ClosedPipeOk::new(io::stderr());
     let mut io = Io {
         stdout: &mut stdout,
         stderr: &mut stderr,

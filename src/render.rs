@@ -597,65 +597,25 @@ pub fn state_diff(
 
 /// Returns epoch seconds as an RFC 3339 UTC time, e.g. `2021-05-24T12:11:51Z`.
 pub fn utc(epoch_seconds: i64) -> String {
-    let days = epoch_seconds.div_euclid(86_400);
-    let secs = epoch_seconds.rem_euclid(86_400);
-    // Howard Hinnant's days-to-civil algorithm.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        secs / 3_600,
-        secs % 3_600 / 60,
-        secs % 60
-    )
+    match jiff::Timestamp::from_second(epoch_seconds) {
+        Ok(time) => time.strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
+        // Outside jiff's range (years -9999 to 9999): no calendar date.
+        Err(_) => format!("{epoch_seconds} (epoch seconds)"),
+    }
 }
 
-/// Parses epoch seconds, or an RFC 3339 UTC time such as
+/// Parses epoch seconds, or an RFC 3339 time such as
 /// `2021-05-24T12:11:51Z`, into epoch seconds.
 pub fn parse_time(text: &str) -> Result<i64, String> {
     let text = text.trim();
     if let Ok(seconds) = text.parse::<i64>() {
         return Ok(seconds);
     }
-    let bad =
-        || format!("`{text}` is not a time; write epoch seconds or e.g. 2021-05-24T12:11:51Z");
-    let (date, time) = text
-        .strip_suffix('Z')
-        .and_then(|t| t.split_once('T'))
-        .ok_or_else(bad)?;
-    let numbers = |part: &str, sep: char| -> Result<Vec<i64>, String> {
-        part.split(sep)
-            .map(|n| n.parse::<i64>().map_err(|_| bad()))
-            .collect()
-    };
-    let (d, t) = (numbers(date, '-')?, numbers(time, ':')?);
-    let (&[year, month, day], &[hour, minute, second]) = (&d[..], &t[..]) else {
-        return Err(bad());
-    };
-    if !(1..=12).contains(&month)
-        || !(1..=31).contains(&day)
-        || hour > 23
-        || minute > 59
-        || second > 60
-    {
-        return Err(bad());
-    }
-    // Inverse of the days-to-civil algorithm in `utc`.
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y.rem_euclid(400);
-    let mp = (month + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    Ok(days * 86_400 + hour * 3_600 + minute * 60 + second)
+    text.parse::<jiff::Timestamp>()
+        .map(|time| time.as_second())
+        .map_err(|_| {
+            format!("`{text}` is not a time; write epoch seconds or e.g. 2021-05-24T12:11:51Z")
+        })
 }
 
 #[cfg(test)]

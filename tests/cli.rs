@@ -463,3 +463,24 @@ async fn plan_diff_shows_the_state_document_to_be() {
         plan.stdout
     );
 }
+
+/// `tokenctl plan | head -1`: the reader goes away, and the plan still
+/// ends with its own exit code and no error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_pipe_is_not_an_error() {
+    let mock = MockLogzio::start().await;
+    let mut ws = Workspace::new(&mock.url());
+    // More than a pipe holds, so the plan is still writing when the
+    // reader is gone.
+    let tokens: Vec<String> = (0..5000).map(|i| format!("1/token-{i:05}")).collect();
+    let tokens: Vec<&str> = tokens.iter().map(String::as_str).collect();
+    ws.manifest(&tokens);
+    let mut child = ws
+        .command(&["plan", "--max-creates", "9999"], &[])
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let run = ws.finish(child);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(run.stderr, "");
+}

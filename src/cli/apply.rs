@@ -157,7 +157,7 @@ impl Session<'_, '_> {
         } else {
             writeln!(self.io.stdout)?;
         }
-        let style = self.style;
+        let styles = (self.style, self.err_style);
         let (stdout, stderr) = (&mut *self.io.stdout, &mut *self.io.stderr);
         let mut events = |event: Event<'_>| {
             if json {
@@ -169,9 +169,9 @@ impl Session<'_, '_> {
                     if let Event::Finished(..) = event {
                         bar.inc(1);
                     }
-                    bar.suspend(|| print_event(event, style, stdout, stderr));
+                    bar.suspend(|| print_event(event, styles, stdout, stderr));
                 }
-                None => print_event(event, style, stdout, stderr),
+                None => print_event(event, styles, stdout, stderr),
             }
         };
         let apply = Apply {
@@ -633,7 +633,12 @@ async fn wait_for_signal() {
     let _ = tokio::signal::ctrl_c().await;
 }
 
-fn print_event(event: Event<'_>, style: Style, stdout: &mut dyn Write, stderr: &mut dyn Write) {
+fn print_event(
+    event: Event<'_>,
+    (style, err_style): (Style, Style),
+    stdout: &mut dyn Write,
+    stderr: &mut dyn Write,
+) {
     // Progress output is best effort: a closed pipe must not stop an apply.
     let _ = match event {
         Event::Creating(_) => Ok(()),
@@ -660,16 +665,18 @@ fn print_event(event: Event<'_>, style: Style, stdout: &mut dyn Write, stderr: &
             Some(path) => writeln!(
                 stderr,
                 "{} {address}: {err}; the secret was saved to the rescue file {} (mode 0600)",
-                style.bad("error:"),
+                err_style.bad("error:"),
                 path.display()
             ),
             None => writeln!(
                 stderr,
                 "{} {address}: {err}; the rescue file could not be written either: the secret is lost, revoke the token in the Logz.io UI",
-                style.bad("error:")
+                err_style.bad("error:")
             ),
         },
-        Event::Stopping(reason) => writeln!(stderr, "{} stopping: {reason}", style.bad("error:")),
+        Event::Stopping(reason) => {
+            writeln!(stderr, "{} stopping: {reason}", err_style.bad("error:"))
+        }
     };
 }
 

@@ -364,7 +364,12 @@ impl Env {
             user: var("USER").or_else(|| var("LOGNAME")),
             host,
             ci_job_url,
-            backoff_ms: var("TOKENCTL_BACKOFF_MS").and_then(|v| v.parse().ok()),
+            // A test knob, read only by the test suite's builds.
+            backoff_ms: if cfg!(feature = "failpoints") {
+                var("TOKENCTL_BACKOFF_MS").and_then(|v| v.parse().ok())
+            } else {
+                None
+            },
             pg_conn_str: var(postgres::CONN_STR_VAR),
             pg_password: var("PGPASSWORD"),
             pg_lease: var("TOKENCTL_PG_LEASE").and_then(|v| parse_duration(&v).ok()),
@@ -378,6 +383,53 @@ pub struct Terminal {
     pub stdin: bool,
     pub stdout: bool,
     pub stderr: bool,
+}
+
+/// Writes to a stream that may be a pipe whose reader went away
+/// (`tokenctl plan | head -1`): from then on, output is dropped instead of
+/// failing the command, so it finishes and exits with its own code, as
+/// ripgrep and cargo do.
+pub struct ClosedPipeOk<W> {
+    inner: W,
+    closed: bool,
+}
+
+impl<W: Write> ClosedPipeOk<W> {
+    /// Wraps a stream.
+    pub fn new(inner: W) -> Self {
+        ClosedPipeOk {
+            inner,
+            closed: false,
+        }
+    }
+}
+
+impl<W: Write> Write for ClosedPipeOk<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.closed {
+            return Ok(buf.len());
+        }
+        match self.inner.write(buf) {
+            Err(err) if err.kind() == io::ErrorKind::BrokenPipe => {
+                self.closed = true;
+                Ok(buf.len())
+            }
+            other => other,
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        if self.closed {
+            return Ok(());
+        }
+        match self.inner.flush() {
+            Err(err) if err.kind() == io::ErrorKind::BrokenPipe => {
+                self.closed = true;
+                Ok(())
+            }
+            other => other,
+        }
+    }
 }
 
 /// The streams and environment a command runs with.
@@ -452,7 +504,11 @@ pub fn run(args: impl IntoIterator<Item = OsString>, env: &Env, io: &mut Io<'_>)
     let cli = match Cli::try_parse_from(&args) {
         Ok(cli) => cli,
         Err(err) => {
-            let text = if io.terminal.stdout && !env.no_color {
+            let terminal = match err.use_stderr() {
+                true => io.terminal.stderr,
+                false => io.terminal.stdout,
+            };
+            let text = if terminal && !env.no_color {
                 err.render().ansi().to_string()
             } else {
                 err.render().to_string()
@@ -466,13 +522,17 @@ pub fn run(args: impl IntoIterator<Item = OsString>, env: &Env, io: &mut Io<'_>)
             return EXIT_OK;
         }
     };
-    let style = Style {
+    // Each stream is coloured when it is a terminal: `plan 2>log` keeps
+    // colour on the screen and none in the log.
+    let choose = |terminal: bool| Style {
         color: match cli.color {
             ColorChoice::Always => true,
             ColorChoice::Never => false,
-            ColorChoice::Auto => io.terminal.stdout && !env.no_color,
+            ColorChoice::Auto => terminal && !env.no_color,
         },
     };
+    let style = choose(io.terminal.stdout);
+    let err_style = choose(io.terminal.stderr);
     let command_line = args
         .iter()
         .map(|a| a.to_string_lossy().into_owned())
@@ -482,6 +542,7 @@ pub fn run(args: impl IntoIterator<Item = OsString>, env: &Env, io: &mut Io<'_>)
         cli: &cli,
         env,
         style,
+        err_style,
         command_line,
         io,
     };
@@ -491,11 +552,11 @@ pub fn run(args: impl IntoIterator<Item = OsString>, env: &Env, io: &mut Io<'_>)
             let _ = writeln!(
                 session.io.stderr,
                 "{} {}",
-                style.bad("error:"),
+                err_style.bad("error:"),
                 failure.message
             );
             if let Some(hint) = &failure.hint {
-                let _ = writeln!(session.io.stderr, "{} {hint}", style.warn("hint:"));
+                let _ = writeln!(session.io.stderr, "{} {hint}", err_style.warn("hint:"));
             }
             failure.code
         }
@@ -505,7 +566,10 @@ pub fn run(args: impl IntoIterator<Item = OsString>, env: &Env, io: &mut Io<'_>)
 struct Session<'a, 'io> {
     cli: &'a Cli,
     env: &'a Env,
+    /// The style of stdout.
     style: Style,
+    /// The style of stderr.
+    err_style: Style,
     command_line: String,
     io: &'a mut Io<'io>,
 }
@@ -539,11 +603,11 @@ impl Session<'_, '_> {
     }
 
     fn warn(&mut self, text: &str) {
-        let _ = writeln!(self.io.stderr, "{} {text}", self.style.warn("warning:"));
+        let _ = writeln!(self.io.stderr, "{} {text}", self.err_style.warn("warning:"));
     }
 
     fn note(&mut self, text: &str) {
-        let _ = writeln!(self.io.stderr, "{} {text}", self.style.bold("note:"));
+        let _ = writeln!(self.io.stderr, "{} {text}", self.err_style.bold("note:"));
     }
 
     fn load_manifest(&mut self) -> Result<LoadedManifest, Failure> {
@@ -922,6 +986,46 @@ fn parse_request_timeout(text: &str) -> Result<Duration, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Runs tokenctl in-process with the given terminals; returns the exit
+    /// code, stdout and stderr.
+    fn run_with_terminal(args: &[&str], terminal: Terminal) -> (i32, String, String) {
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let mut read_line = || Ok(String::new());
+        let mut io = Io {
+            stdout: &mut out,
+            stderr: &mut err,
+            terminal,
+            read_line: &mut read_line,
+        };
+        let args = std::iter::once("tokenctl").chain(args.iter().copied());
+        let code = run(args.map(OsString::from), &Env::default(), &mut io);
+        let text = |bytes: Vec<u8>| String::from_utf8(bytes).unwrap();
+        (code, text(out), text(err))
+    }
+
+    #[test]
+    fn colour_is_decided_per_stream() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing.yaml");
+        let missing = missing.to_str().unwrap();
+        let stderr_only = Terminal {
+            stderr: true,
+            ..Terminal::default()
+        };
+        let (code, _, err) = run_with_terminal(&["-f", missing, "validate"], stderr_only);
+        assert_eq!(code, EXIT_ERROR);
+        assert!(err.starts_with("\x1b["), "{err:?}");
+        let stdout_only = Terminal {
+            stdout: true,
+            ..Terminal::default()
+        };
+        let (_, _, err) = run_with_terminal(&["-f", missing, "validate"], stdout_only);
+        assert!(!err.contains('\x1b'), "{err:?}");
+        let (code, _, err) = run_with_terminal(&["plan", "--no-such-flag"], stdout_only);
+        assert_eq!(code, EXIT_ERROR);
+        assert!(!err.contains('\x1b'), "{err:?}");
+    }
 
     #[test]
     fn parses_durations() {
