@@ -639,3 +639,164 @@ async fn the_server_dying_mid_apply_loses_nothing() {
     settle_and_finish(&team, &mut next, &mock, &SIX).await;
     assert_sound(&team, &mut [&mut next, &mut first], &mock).await;
 }
+
+/// Makes a CA and a server certificate for 127.0.0.1 and localhost signed
+/// by it, with the `openssl` command; returns (CA file, cert, key).
+fn make_certificates(
+    dir: &std::path::Path,
+    ca_name: &str,
+) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl is needed for the TLS test");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let ca_key = format!("{ca_name}.key");
+    let ca_pem = format!("{ca_name}.pem");
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        &format!("/CN={ca_name}"),
+        "-keyout",
+        &ca_key,
+        "-out",
+        &ca_pem,
+    ]);
+    std::fs::write(
+        dir.join("san.ext"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
+    )
+    .unwrap();
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=localhost",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+    ]);
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        &ca_pem,
+        "-CAkey",
+        &ca_key,
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "san.ext",
+        "-out",
+        "server.crt",
+    ]);
+    (
+        dir.join(ca_pem),
+        dir.join("server.crt"),
+        dir.join("server.key"),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_full_with_a_ca_file_connects_and_any_other_certificate_is_refused() {
+    // A cluster of its own: this test turns TLS on and plain text off.
+    let Some(own) = Cluster::start() else { return };
+    let mock = MockLogzio::start().await;
+    let certs = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = make_certificates(certs.path(), "team-ca");
+    let (other_ca, _, _) = {
+        let other = certs.path().join("other");
+        std::fs::create_dir_all(&other).unwrap();
+        make_certificates(&other, "other-ca")
+    };
+    for (from, name) in [(&cert, "server.crt"), (&key, "server.key")] {
+        let to = own.folder().join(name);
+        std::fs::copy(from, &to).unwrap();
+        own.give_to_server(&to);
+    }
+    let key_path = own.folder().join("server.key");
+    std::fs::set_permissions(
+        &key_path,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    let cert_path = own.folder().join("server.crt");
+    for setting in [
+        "ssl = on".to_string(),
+        format!("ssl_cert_file = '{}'", cert_path.display()),
+        format!("ssl_key_file = '{}'", key_path.display()),
+    ] {
+        own.psql("postgres", &format!("ALTER SYSTEM SET {setting}"))
+            .unwrap();
+    }
+    // Plain text is refused from now on, so a connection that works is TLS.
+    let hba = own.folder().join("data/pg_hba.conf");
+    let rules = std::fs::read_to_string(&hba).unwrap();
+    std::fs::write(&hba, format!("hostnossl all all all reject\n{rules}")).unwrap();
+    own.psql("postgres", "SELECT pg_reload_conf()").unwrap();
+    let team = Team::new(&own, &mock.url());
+    let tls = |host: &str, root: &std::path::Path| {
+        format!(
+            "postgres://postgres:{PASSWORD}@{host}:{}/{}?sslmode=verify-full&sslrootcert={}",
+            own.port,
+            team.db,
+            root.display()
+        )
+    };
+    let mut ws = team.runner(&SIX[..2]);
+    // The reload is asynchronous: wait until the server speaks TLS.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let run = ws.run_with(
+            &["apply", "--auto-approve"],
+            &[("TOKENCTL_PG_CONN_STR", &tls("localhost", &ca))],
+        );
+        if run.code == 0 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{}", run.all());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let by_ip = ws.run_with(
+        &["plan", "--detailed-exitcode"],
+        &[("TOKENCTL_PG_CONN_STR", &tls("127.0.0.1", &ca))],
+    );
+    assert_eq!(by_ip.code, 0, "{}", by_ip.all());
+    // A certificate from another CA, or checked against the public roots,
+    // is refused before anything is read.
+    let wrong = ws.run_with(
+        &["plan"],
+        &[("TOKENCTL_PG_CONN_STR", &tls("localhost", &other_ca))],
+    );
+    assert_eq!(wrong.code, 1, "{}", wrong.all());
+    assert!(wrong.stderr.contains("cannot connect"), "{}", wrong.stderr);
+    let public = format!(
+        "postgres://postgres:{PASSWORD}@localhost:{}/{}?sslmode=verify-full",
+        own.port, team.db
+    );
+    let refused = ws.run_with(&["plan"], &[("TOKENCTL_PG_CONN_STR", &public)]);
+    assert_eq!(refused.code, 1, "{}", refused.all());
+    for run in &ws.runs {
+        assert!(!run.contains(PASSWORD), "{run}");
+    }
+    assert_eq!(mock.issued().len(), 2);
+}

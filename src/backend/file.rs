@@ -187,3 +187,28 @@ impl Backend for FileBackend {
         )?))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_write_over_a_state_that_changed_meanwhile_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let backend = FileBackend::new(dir.path().join("s.json"));
+        let (first, _) = backend.commit(None, State::fresh()).unwrap();
+        let mut other = first.clone();
+        other.serial = 7;
+        std::fs::write(backend.store().path(), other.to_json()).unwrap();
+        let mut next = first.clone();
+        next.record_pending(crate::state::PendingCreate::new(
+            crate::address::Address::new(1, "a"),
+            0,
+            "x".into(),
+        ));
+        let err = backend.commit(Some(&first), next).unwrap_err();
+        assert!(matches!(err, BackendError::Conflict { .. }), "{err}");
+        assert!(err.to_string().contains("found 7"), "{err}");
+        assert_eq!(backend.load().unwrap().unwrap().serial, 7);
+    }
+}

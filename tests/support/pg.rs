@@ -16,6 +16,9 @@ pub const PASSWORD: &str = "pg-test-pw-7f3a9c";
 
 pub struct Cluster {
     pub port: u16,
+    /// Whether commits reach the disk (`fsync`): on for benchmarks, off
+    /// for tests, where only processes crash, never the machine.
+    durable: bool,
     bin: PathBuf,
     data: PathBuf,
     _dir: tempfile::TempDir,
@@ -72,6 +75,11 @@ impl Cluster {
     /// Starts a new cluster, or returns `None` (with a message) where no
     /// server is installed; under `CI=true` that is a failure.
     pub fn start() -> Option<Cluster> {
+        Self::start_with(false)
+    }
+
+    /// Starts a new cluster, with `fsync` on when `durable`.
+    pub fn start_with(durable: bool) -> Option<Cluster> {
         let Some(bin) = server_bindir() else {
             if std::env::var("CI").is_ok_and(|v| v == "true") {
                 panic!(
@@ -121,6 +129,7 @@ impl Cluster {
         );
         let cluster = Cluster {
             port: free_port(),
+            durable,
             bin,
             data,
             _dir: dir,
@@ -164,9 +173,10 @@ impl Cluster {
     /// Starts (or restarts) the server and waits until it answers.
     pub fn start_server(&self) {
         let options = format!(
-            "-p {} -c listen_addresses=127.0.0.1 -c unix_socket_directories={} -c fsync=off -c max_connections=100",
+            "-p {} -c listen_addresses=127.0.0.1 -c unix_socket_directories={} -c fsync={} -c max_connections=100",
             self.port,
-            self.data.parent().unwrap().display()
+            self.data.parent().unwrap().display(),
+            if self.durable { "on" } else { "off" }
         );
         let out = server_command(&self.bin, "pg_ctl")
             .arg("-D")
@@ -187,6 +197,23 @@ impl Cluster {
         while self.psql("postgres", "SELECT 1").is_err() {
             assert!(Instant::now() < deadline, "the server did not answer");
             std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Returns the folder that holds the cluster, owned by the server's user.
+    pub fn folder(&self) -> &Path {
+        self.data.parent().unwrap()
+    }
+
+    /// Makes `path` the server's own (it refuses a key others can read).
+    pub fn give_to_server(&self, path: &Path) {
+        if is_root() {
+            let status = Command::new("chown")
+                .arg("postgres:postgres")
+                .arg(path)
+                .status()
+                .unwrap();
+            assert!(status.success());
         }
     }
 

@@ -112,9 +112,17 @@ impl PgJournal {
         lease: Duration,
         location: String,
     ) -> Result<PgJournal, PgError> {
+        let statement =
+            client
+                .prepare(&batch_sql(&schema))
+                .await
+                .map_err(|err| PgError::Query {
+                    location: location.clone(),
+                    detail: detail(&err),
+                })?;
         let writer = Writer {
             client,
-            schema,
+            statement,
             state_id,
             run_id,
             fence,
@@ -199,7 +207,9 @@ impl Drop for PgJournal {
 
 struct Writer {
     client: Arc<Client>,
-    schema: String,
+    /// The batch insert, prepared once: a statement sent as text would
+    /// cost a second round trip on every batch.
+    statement: tokio_postgres::Statement,
     state_id: i64,
     run_id: i64,
     fence: i64,
@@ -231,7 +241,6 @@ impl Writer {
     /// Writes `records` in one transaction that first checks the fence:
     /// a run whose lock was taken over writes nothing.
     async fn write(&self, records: &[&Record]) -> Result<(), String> {
-        let s = &self.schema;
         let mut addresses = Vec::with_capacity(records.len());
         let mut opens = Vec::with_capacity(records.len());
         let mut lines = Vec::with_capacity(records.len());
@@ -245,19 +254,7 @@ impl Writer {
             addresses.push(address);
             lines.push(serde_json::to_string(record).unwrap_or_default());
         }
-        let statement = format!(
-            "WITH fence AS (
-                 SELECT fence FROM {s}.states WHERE id = $1 AND fence = $3 FOR SHARE
-             ), closed AS (
-                 UPDATE {s}.journal SET open = false
-                 WHERE state_id = $1 AND open AND address = ANY($7) AND EXISTS (SELECT 1 FROM fence)
-             )
-             INSERT INTO {s}.journal (state_id, run_id, address, open, record)
-             SELECT $1, $2, a, o, r
-             FROM unnest($4::text[], $5::bool[], $6::text[]) WITH ORDINALITY AS x(a, o, r, n)
-             WHERE EXISTS (SELECT 1 FROM fence)
-             ORDER BY n"
-        );
+
         let params: [&(dyn tokio_postgres::types::ToSql + Sync); 7] = [
             &self.state_id,
             &self.run_id,
@@ -267,7 +264,7 @@ impl Writer {
             &lines,
             &closes,
         ];
-        let write = self.client.execute(&statement, &params);
+        let write = self.client.execute(&self.statement, &params);
         match tokio::time::timeout(self.lease, write).await {
             Ok(Ok(n)) if n as usize == records.len() => Ok(()),
             Ok(Ok(_)) => Err(
@@ -281,4 +278,22 @@ impl Writer {
             )),
         }
     }
+}
+
+/// Returns the statement that writes one batch of records in schema `s`,
+/// after checking the run's fence.
+fn batch_sql(s: &str) -> String {
+    format!(
+        "WITH fence AS (
+                 SELECT fence FROM {s}.states WHERE id = $1 AND fence = $3 FOR SHARE
+             ), closed AS (
+                 UPDATE {s}.journal SET open = false
+                 WHERE state_id = $1 AND open AND address = ANY($7) AND EXISTS (SELECT 1 FROM fence)
+             )
+             INSERT INTO {s}.journal (state_id, run_id, address, open, record)
+             SELECT $1, $2, a, o, r
+             FROM unnest($4::text[], $5::bool[], $6::text[]) WITH ORDINALITY AS x(a, o, r, n)
+             WHERE EXISTS (SELECT 1 FROM fence)
+             ORDER BY n"
+    )
 }

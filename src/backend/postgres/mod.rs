@@ -368,8 +368,11 @@ impl PgBackend {
         if let Some(row) = row {
             let id: i64 = row.get(0);
             snapshot.state_id = Some(id);
-            let document: Option<String> = row.get(1);
-            snapshot.state = document.map(|d| self.parse_state(&d)).transpose()?;
+            // Parsed where the driver received it: a state of 100,000
+            // tokens is tens of MiB, and a copy would double that.
+            let document: Option<&str> = row.get(1);
+            snapshot.state = document.map(|d| self.parse_state(d)).transpose()?;
+            drop(row);
             let rows = client
                 .query(
                     &format!("SELECT seq, run_id, record FROM {s}.journal WHERE state_id = $1 ORDER BY seq"),
@@ -540,7 +543,7 @@ impl PgBackend {
         let lease_ms = self.lease.as_millis().to_string();
         client
             .batch_execute(&format!(
-                "SET synchronous_commit = on; SET idle_session_timeout = {lease_ms}; SET idle_in_transaction_session_timeout = {lease_ms}"
+                "SET synchronous_commit = on; SET plan_cache_mode = force_custom_plan; SET idle_session_timeout = {lease_ms}; SET idle_in_transaction_session_timeout = {lease_ms}"
             ))
             .await
             .map_err(self.query_err())?;
