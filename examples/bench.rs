@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 use tokenctl::address::Address;
 use tokenctl::journal::{JournalWriter, Record};
 use tokenctl::secret::Secret;
+use tokenctl::sink::sops::{SopsFormat, SopsSink};
 use tokenctl::sink::{FileSink, NewToken, SecretSink};
 use tokenctl::state::{State, TokenRecord};
 
@@ -613,12 +614,38 @@ fn durability_costs(n: usize, report: &mut String, runtime: &tokio::runtime::Run
         .expect("deliver");
     }
     let sink_cost = start.elapsed();
+
+    // A new SOPS file per token: data key wrapped for two age recipients,
+    // AES-GCM, MAC, then a temp file fsynced and linked into place.
+    let recipients: Vec<_> = (0..2)
+        .map(|_| age::x25519::Identity::generate().to_public())
+        .collect();
+    let mut sops_sink = SopsSink::new(
+        dir.path().join("sops"),
+        recipients,
+        SopsFormat::Plain,
+        Vec::new(),
+    );
+    let start = Instant::now();
+    for i in 0..n {
+        let address = Address::new(1, format!("t{i}"));
+        sops_sink
+            .deliver(&NewToken {
+                address: &address,
+                id: i as u64,
+                created_at: 0,
+                token: &secret,
+            })
+            .expect("deliver");
+    }
+    let sops_cost = start.elapsed();
     let per = |d: Duration| d.as_secs_f64() * 1000.0 / n as f64;
     let _ = writeln!(
         report,
-        "\nDurability per create, measured in-process over {n} creates: journal (intent + created, 16 creates in flight, group commit) {:.3} ms; file sink append + fsync {:.3} ms.",
+        "\nDurability per create, measured in-process over {n} creates: journal (intent + created, 16 creates in flight, group commit) {:.3} ms; file sink append + fsync {:.3} ms; sops sink (two age recipients, new file + fsyncs) {:.3} ms.",
         per(journal_cost),
-        per(sink_cost)
+        per(sink_cost),
+        per(sops_cost)
     );
 }
 

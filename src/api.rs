@@ -452,8 +452,17 @@ pub fn server_message(body: &str) -> String {
 /// Tells whether an error body has a `token` field anywhere, as a create
 /// answer has, whether as JSON or as JSON quoted inside a message.
 fn looks_like_it_carries_a_token(body: &str) -> bool {
+    // `token` as a key or a tag: `"token": …`, `\"token\":`, `token=…`,
+    // `<token>…`, with any quoting or escaping in between.
     let lower = body.to_ascii_lowercase();
-    lower.contains("\"token\"") || lower.contains("\\\"token\\\"")
+    lower.match_indices("token").any(|(at, word)| {
+        let before = lower[..at].chars().next_back();
+        let starts_word = before.is_none_or(|c| !c.is_ascii_alphanumeric());
+        let after = lower[at + word.len()..]
+            .chars()
+            .find(|c| !matches!(c, '"' | '\'' | '\\' | ' '));
+        starts_word && matches!(after, Some(':' | '=' | '>'))
+    })
 }
 
 fn raw_server_message(body: &str) -> String {
@@ -525,6 +534,17 @@ mod tests {
         let echoed = r#"{"id":7,"name":"a","token":"s3cr3t-value","createdAt":1}"#;
         assert!(!server_message(echoed).contains("s3cr3t"));
         let quoted = r#"{"message":"upstream said {\"token\": \"s3cr3t-value\"}"}"#;
+        for shape in [
+            r#"upstream: {\\\"token\\\":\\\"s3cr3t-value\\\"}"#,
+            "token=s3cr3t-value&id=1",
+            "<answer><token>s3cr3t-value</token></answer>",
+            "Token : s3cr3t-value",
+        ] {
+            assert!(!server_message(shape).contains("s3cr3t"), "{shape}");
+        }
+        // Words that merely contain it, or mention it, are shown.
+        assert_eq!(server_message("invalid API token"), "invalid API token");
+        assert_eq!(server_message("tokens: 3 left"), "tokens: 3 left");
         assert!(
             !server_message(quoted).contains("s3cr3t"),
             "{}",

@@ -224,6 +224,27 @@ pub fn check_writer_gone(
     records: &[Record],
     host: Option<&str>,
 ) -> Result<(), JournalError> {
+    // The writer holds an OS lock on the journal for its whole run, which
+    // tells even a renamed binary or a hidden /proc apart.
+    if let Ok(file) = File::open(path)
+        && matches!(
+            file.try_lock_shared(),
+            Err(std::fs::TryLockError::WouldBlock)
+        )
+    {
+        let (pid, writer_host) = match records.first() {
+            Some(Record::Begin { pid, host, .. }) => (
+                *pid,
+                host.clone().unwrap_or_else(|| "an unknown host".into()),
+            ),
+            _ => (0, "an unknown host".into()),
+        };
+        return Err(JournalError::Live {
+            path: path.to_path_buf(),
+            pid,
+            host: writer_host,
+        });
+    }
     let Some(Record::Begin {
         pid,
         host: Some(writer_host),
@@ -291,6 +312,16 @@ impl JournalWriter {
             .append(true)
             .open(path)
             .map_err(io_err)?;
+        // Held for the whole run: whoever finds the journal while this
+        // run writes it sees the lock, whatever became of the lock file.
+        file.try_lock().map_err(|err| {
+            io_err(match err {
+                std::fs::TryLockError::WouldBlock => {
+                    io::Error::other("another process holds the journal")
+                }
+                std::fs::TryLockError::Error(err) => err,
+            })
+        })?;
         file.write_all(&line(begin)).map_err(io_err)?;
         file.sync_all().map_err(io_err)?;
         fsutil::sync_dir(fsutil::parent_dir(path)).map_err(io_err)?;
@@ -514,6 +545,22 @@ mod tests {
         assert!(
             check_writer_gone(path, &[begin(std::process::id(), Some("h"))], Some("h")).is_ok()
         );
+    }
+
+    #[test]
+    fn a_journal_being_written_is_seen_as_live_by_its_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j");
+        let writer = JournalWriter::create(&path, &begin()).unwrap();
+        let records = read(&path).unwrap().unwrap();
+        // No host in the begin record: only the lock can tell.
+        assert!(matches!(
+            check_writer_gone(&path, &records, Some("h")),
+            Err(JournalError::Live { .. })
+        ));
+        assert!(JournalWriter::create(&dir.path().join("j2"), &begin()).is_ok());
+        drop(writer);
+        assert!(check_writer_gone(&path, &records, Some("h")).is_ok());
     }
 
     #[test]

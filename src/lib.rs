@@ -22,5 +22,6 @@ pub mod render;
 pub mod schema;
 pub mod secret;
 pub mod sink;
+
 pub mod state;
 pub mod store;

@@ -28,6 +28,8 @@ pub struct Finding {
     pub status: Liveness,
     /// For `misdelivered`, the account it answered for; for `unknown`, why.
     pub detail: Option<String>,
+    /// Whether it is its address's current token (else a superseded one).
+    pub current: bool,
 }
 
 /// The findings of one refresh, for current and superseded tokens alike.
@@ -113,12 +115,21 @@ impl Refresh {
         counts
     }
 
-    /// Returns the stampede when more than a third of the tokens that
-    /// answered (and more than three) came back revoked: a wrong region or
-    /// a broken proxy looks like that, and must not set off creates that
-    /// cannot be undone.
+    /// Returns the stampede when more than a third of the current tokens
+    /// that answered (and more than three) came back revoked: a wrong
+    /// region or a broken proxy looks like that, and must not set off
+    /// creates that cannot be undone. Superseded tokens are left out: they
+    /// are meant to be revoked.
     pub fn stampede(&self) -> Option<Stampede> {
-        let counts = self.counts();
+        let current = Refresh::new(
+            self.at,
+            self.findings
+                .iter()
+                .filter(|f| f.current)
+                .cloned()
+                .collect(),
+        );
+        let counts = current.counts();
         let checked = counts.alive + counts.revoked + counts.misdelivered + counts.unknown;
         (counts.revoked > STAMPEDE_MIN && counts.revoked * 3 > checked).then_some(Stampede {
             revoked: counts.revoked,
@@ -149,6 +160,8 @@ pub struct Probe {
     pub address: Address,
     pub id: u64,
     pub secret: Secret,
+    /// Whether it is its address's current token.
+    pub current: bool,
 }
 
 /// Asks each token about itself, `concurrency` at a time, retrying 429 as
@@ -156,7 +169,7 @@ pub struct Probe {
 pub async fn refresh<C: TokenCheck>(
     checker: &C,
     probes: Vec<Probe>,
-    unreadable: Vec<(Address, u64)>,
+    unreadable: Vec<(Address, u64, bool)>,
     concurrency: usize,
     retry: &RetryPolicy,
     now: i64,
@@ -170,17 +183,23 @@ pub async fn refresh<C: TokenCheck>(
                 id: probe.id,
                 status,
                 detail,
+                current: probe.current,
             }
         })
         .buffer_unordered(concurrency.max(1))
         .collect()
         .await;
-    findings.extend(unreadable.into_iter().map(|(address, id)| Finding {
-        address,
-        id,
-        status: Liveness::Unverifiable,
-        detail: None,
-    }));
+    findings.extend(
+        unreadable
+            .into_iter()
+            .map(|(address, id, current)| Finding {
+                address,
+                id,
+                status: Liveness::Unverifiable,
+                detail: None,
+                current,
+            }),
+    );
     Refresh::new(now, findings)
 }
 
@@ -235,7 +254,9 @@ pub fn plan_successors(
         }
         let waiting = state.superseded_of(&change.address).next().is_some();
         let due = match (policy.rotate_after, change.created_at) {
-            (Some(age), Some(created)) => now.saturating_sub(created) >= age as i64,
+            (Some(age), Some(created)) => {
+                now.saturating_sub(created) >= i64::try_from(age).unwrap_or(i64::MAX)
+            }
             _ => false,
         };
         if due && !waiting {
@@ -245,10 +266,10 @@ pub fn plan_successors(
     plan
 }
 
-/// Records a refresh in the state: each token's last check, and drops the
-/// superseded tokens found revoked (a person revoked them, as asked).
-/// Returns the tokens retired.
-pub fn record_refresh(state: &mut State, refresh: &Refresh) -> Vec<SupersededToken> {
+/// Records a refresh in the state: each token's last check, and, with
+/// `retire`, drops the superseded tokens found revoked (a person revoked
+/// them, as asked). Returns the tokens retired.
+pub fn record_refresh(state: &mut State, refresh: &Refresh, retire: bool) -> Vec<SupersededToken> {
     let check = |finding: &Finding| Check {
         at: refresh.at,
         status: finding.status,
@@ -262,7 +283,7 @@ pub fn record_refresh(state: &mut State, refresh: &Refresh) -> Vec<SupersededTok
     state
         .superseded
         .retain(|old| match refresh.get(&old.address, old.id) {
-            Some(finding) if finding.status == Liveness::Revoked => {
+            Some(finding) if retire && finding.status == Liveness::Revoked => {
                 retired.push(old.clone());
                 false
             }
@@ -276,12 +297,21 @@ pub fn record_refresh(state: &mut State, refresh: &Refresh) -> Vec<SupersededTok
     retired
 }
 
-/// Retires superseded tokens whose last recorded check found them revoked
-/// (a successor that replaced a revoked token); returns them.
-pub fn retire_known_revoked(state: &mut State) -> Vec<SupersededToken> {
+/// Retires the tokens this run replaced because the refresh made at
+/// `refreshed_at` found them revoked: superseded by one of `successors`,
+/// with that very check recorded. An older check is no reason: the token
+/// may have been rotated since, alive. Returns them.
+pub fn retire_replaced(
+    state: &mut State,
+    successors: &rustc_hash::FxHashSet<u64>,
+    refreshed_at: i64,
+) -> Vec<SupersededToken> {
     let mut retired = Vec::new();
     state.superseded.retain(|old| {
-        let revoked = old.checked.is_some_and(|c| c.status == Liveness::Revoked);
+        let revoked = successors.contains(&old.successor_id)
+            && old
+                .checked
+                .is_some_and(|c| c.status == Liveness::Revoked && c.at == refreshed_at);
         if revoked {
             retired.push(old.clone());
         }
@@ -327,6 +357,7 @@ mod tests {
             id,
             status,
             detail: None,
+            current: true,
         }
     }
 
@@ -471,6 +502,14 @@ mod tests {
             Refresh::new(0, findings)
         };
         assert_eq!(many(3, 0).stampede(), None, "three are never a stampede");
+        // Superseded tokens are meant to be revoked: they never count.
+        let mut revoked_predecessors = many(0, 2).findings().to_vec();
+        for i in 0..10 {
+            let mut old = finding(&format!("p{i}"), 500 + i, Liveness::Revoked);
+            old.current = false;
+            revoked_predecessors.push(old);
+        }
+        assert_eq!(Refresh::new(0, revoked_predecessors).stampede(), None);
         assert_eq!(many(4, 8).stampede(), None, "exactly a third is not more");
         assert_eq!(
             many(4, 7).stampede(),
@@ -513,7 +552,7 @@ mod tests {
                 finding("a", 2, Liveness::Alive),
             ],
         );
-        let retired = record_refresh(&mut state, &refresh);
+        let retired = record_refresh(&mut state, &refresh, true);
         assert_eq!(retired.len(), 1);
         assert_eq!(retired[0].id, 1);
         assert!(state.superseded.is_empty());
@@ -561,12 +600,21 @@ mod tests {
             address: addr(name),
             id: 1,
             secret: Secret::new("s".into()),
+            current: true,
         };
         let found = refresh(&checker, vec![probe("a")], vec![], 1, &retry, 0).await;
         assert_eq!(found.get(&addr("a"), 1).unwrap().status, Liveness::Alive);
 
         let storm = Scripted(std::sync::Mutex::new(vec![limited(), limited(), limited()]));
-        let found = refresh(&storm, vec![probe("b")], vec![(addr("c"), 2)], 1, &retry, 0).await;
+        let found = refresh(
+            &storm,
+            vec![probe("b")],
+            vec![(addr("c"), 2, true)],
+            1,
+            &retry,
+            0,
+        )
+        .await;
         assert_eq!(found.get(&addr("b"), 1).unwrap().status, Liveness::Unknown);
         assert_eq!(
             found.get(&addr("c"), 2).unwrap().status,

@@ -66,6 +66,14 @@ pub struct LockGuard {
     file: File,
 }
 
+impl LockGuard {
+    /// Tells whether the locked file is still the one at `path`: a lock
+    /// file deleted (and perhaps made again by another run) excludes no one.
+    pub fn is_current(&self, path: &Path) -> bool {
+        is_at_path(&self.file, path)
+    }
+}
+
 impl Drop for LockGuard {
     fn drop(&mut self) {
         // Leave the holder text to be overwritten by the next holder; the OS

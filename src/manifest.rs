@@ -12,6 +12,7 @@ use serde::Deserialize;
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
 use crate::address::Address;
+use crate::sink::sops::{self, SopsFormat};
 
 /// The manifest format version this tool reads.
 pub const MANIFEST_VERSION: u64 = 1;
@@ -107,6 +108,29 @@ pub struct SecretsConfig {
     pub file: Option<PathBuf>,
     /// A command that receives each new token as JSON on stdin.
     pub exec: Option<Vec<String>>,
+    /// One SOPS file per new token, encrypted to age recipients.
+    pub sops: Option<SopsConfig>,
+    /// A KV version 2 store on Vault or OpenBao.
+    pub vault: Option<VaultConfig>,
+}
+
+/// The `secrets.sops` settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SopsConfig {
+    /// Folder of the SOPS files, relative to the manifest's folder.
+    pub dir: PathBuf,
+    /// age recipients (`age1…`), each checked to parse.
+    pub age: Vec<String>,
+    pub format: SopsFormat,
+}
+
+/// The `secrets.vault` settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VaultConfig {
+    /// Mount of the KV version 2 engine, without slashes at its ends.
+    pub mount: String,
+    /// Path template under the mount, with `{accountId}`, `{name}`, `{id}`.
+    pub path: String,
 }
 
 /// A Logz.io region.
@@ -262,6 +286,15 @@ impl Manifest {
             .map(|s| SecretsConfig {
                 file: s.file.map(PathBuf::from),
                 exec: s.exec.map(|ExecField(argv)| argv),
+                sops: s.sops.map(|sops| SopsConfig {
+                    dir: PathBuf::from(sops.dir.0),
+                    age: sops.age.0,
+                    format: sops.format.map_or(SopsFormat::Plain, |f| f.0),
+                }),
+                vault: s.vault.map(|vault| VaultConfig {
+                    mount: vault.mount.0,
+                    path: vault.path.0,
+                }),
             })
             .unwrap_or_default();
         let default = Policy {
@@ -589,6 +622,150 @@ impl<'de> Deserialize<'de> for TokenList {
 struct RawSecrets {
     file: Option<String>,
     exec: Option<ExecField>,
+    sops: Option<RawSops>,
+    vault: Option<RawVault>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSops {
+    dir: NonEmpty,
+    age: AgeRecipients,
+    format: Option<SopsFormatField>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawVault {
+    mount: VaultMount,
+    path: VaultPath,
+}
+
+struct NonEmpty(String);
+impl<'de> Deserialize<'de> for NonEmpty {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        checked_string(d, "a folder (a string)", |text| {
+            if text.trim().is_empty() {
+                return Err("must not be empty".into());
+            }
+            Ok(NonEmpty(text.to_string()))
+        })
+    }
+}
+
+struct AgeRecipient(String);
+impl<'de> Deserialize<'de> for AgeRecipient {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        checked_string(d, "an age recipient (age1…)", |text| {
+            sops::parse_recipient(text).map(|_| AgeRecipient(text.trim().to_string()))
+        })
+    }
+}
+
+struct AgeRecipients(Vec<String>);
+impl<'de> Deserialize<'de> for AgeRecipients {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct ListVisitor;
+        impl<'de> Visitor<'de> for ListVisitor {
+            type Value = AgeRecipients;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a list of age recipients, e.g. [age1…]")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<AgeRecipients, A::Error> {
+                let mut keys = Vec::new();
+                while let Some(AgeRecipient(key)) = seq.next_element()? {
+                    keys.push(key);
+                }
+                if keys.is_empty() {
+                    return Err(de::Error::custom(
+                        "needs at least one age recipient (age1…), the public key of whoever decrypts the files",
+                    ));
+                }
+                Ok(AgeRecipients(keys))
+            }
+        }
+        d.deserialize_seq(ListVisitor)
+    }
+}
+
+struct SopsFormatField(SopsFormat);
+impl<'de> Deserialize<'de> for SopsFormatField {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        checked_string(d, "a SOPS file format", |text| {
+            SopsFormat::from_name(text)
+                .map(SopsFormatField)
+                .ok_or_else(|| format!("unknown format `{text}`; use plain or k8s-secret"))
+        })
+    }
+}
+
+struct VaultMount(String);
+impl<'de> Deserialize<'de> for VaultMount {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        checked_string(d, "a KV mount (a string)", |text| {
+            check_vault_segments(text, "the mount").map(|()| VaultMount(text.to_string()))
+        })
+    }
+}
+
+struct VaultPath(String);
+impl<'de> Deserialize<'de> for VaultPath {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        checked_string(d, "a path template (a string)", |text| {
+            check_vault_path(text).map(|()| VaultPath(text.to_string()))
+        })
+    }
+}
+
+/// Checks a Vault path or mount: segments separated by single `/`, none of
+/// them empty, `.` or `..` (a URL would fold those into another path).
+fn check_vault_segments(text: &str, what: &str) -> Result<(), String> {
+    if text.trim().is_empty() {
+        return Err(format!("{what} must not be empty"));
+    }
+    if text.chars().any(char::is_control) {
+        return Err(format!("{what} contains a control character"));
+    }
+    if text
+        .split('/')
+        .any(|segment| segment.is_empty() || segment == "." || segment == "..")
+    {
+        return Err(format!(
+            "{what} `{text}` has an empty, `.` or `..` segment; write it like `logzio/tokens`, without a leading or trailing `/`"
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a path template: known placeholders only, and one that tells
+/// tokens apart.
+fn check_vault_path(text: &str) -> Result<(), String> {
+    check_vault_segments(text, "the path")?;
+    let mut rest = text;
+    while let Some(open) = rest.find('{') {
+        let after = &rest[open + 1..];
+        let close = after
+            .find('}')
+            .ok_or_else(|| format!("the path `{text}` has a `{{` without its `}}`"))?;
+        let name = &after[..close];
+        if !["accountId", "name", "id"].contains(&name) {
+            return Err(format!(
+                "unknown placeholder `{{{name}}}` in the path; use {{accountId}}, {{name}} or {{id}}"
+            ));
+        }
+        rest = &after[close + 1..];
+    }
+    if rest.contains('}') {
+        return Err(format!("the path `{text}` has a `}}` without its `{{`"));
+    }
+    let distinct =
+        text.contains("{id}") || (text.contains("{name}") && text.contains("{accountId}"));
+    if !distinct {
+        return Err(format!(
+            "the path `{text}` would be the same for different tokens; include {{accountId}} and {{name}}, or {{id}}"
+        ));
+    }
+    Ok(())
 }
 
 struct ExecField(Vec<String>);

@@ -47,6 +47,47 @@ pub fn manifest_schema() -> Value {
                         "type": "array",
                         "items": { "type": "string" },
                         "minItems": 1
+                    },
+                    "sops": {
+                        "description": "One SOPS file per new token, only the token encrypted, to age recipients; meant to be committed.",
+                        "type": "object",
+                        "additionalProperties": false,
+                        "required": ["dir", "age"],
+                        "properties": {
+                            "dir": {
+                                "description": "Folder of the SOPS files, relative to the manifest's folder.",
+                                "type": "string",
+                                "minLength": 1
+                            },
+                            "age": {
+                                "description": "age recipients (public keys) that can decrypt the files.",
+                                "type": "array",
+                                "minItems": 1,
+                                "items": { "type": "string", "pattern": "^age1[0-9a-z]+$" }
+                            },
+                            "format": {
+                                "description": "plain (the token's fields) or k8s-secret (a Kubernetes v1 Secret with stringData.token).",
+                                "enum": ["plain", "k8s-secret"]
+                            }
+                        }
+                    },
+                    "vault": {
+                        "description": "KV version 2 on Vault or OpenBao; address and token from VAULT_ADDR and VAULT_TOKEN (or VAULT_TOKEN_FILE).",
+                        "type": "object",
+                        "additionalProperties": false,
+                        "required": ["mount", "path"],
+                        "properties": {
+                            "mount": {
+                                "description": "Mount of the KV version 2 engine, e.g. secret.",
+                                "type": "string",
+                                "pattern": "^[^/]+(/[^/]+)*$"
+                            },
+                            "path": {
+                                "description": "Path template under the mount with {accountId}, {name} and {id}; it must tell tokens apart.",
+                                "type": "string",
+                                "pattern": "^[^/]+(/[^/]+)*$"
+                            }
+                        }
                     }
                 }
             },
@@ -157,7 +198,23 @@ mod tests {
                 "version"
             ]
         );
-        assert_eq!(keys(&schema["properties"]["secrets"]), ["exec", "file"]);
+        assert_eq!(
+            keys(&schema["properties"]["secrets"]),
+            ["exec", "file", "sops", "vault"]
+        );
+        let secrets = &schema["properties"]["secrets"]["properties"];
+        assert_eq!(keys(&secrets["sops"]), ["age", "dir", "format"]);
+        assert_eq!(keys(&secrets["vault"]), ["mount", "path"]);
+        for format in secrets["sops"]["properties"]["format"]["enum"]
+            .as_array()
+            .unwrap()
+        {
+            let format = format.as_str().unwrap();
+            assert!(
+                crate::sink::sops::SopsFormat::from_name(format).is_some(),
+                "{format}"
+            );
+        }
         assert_eq!(
             keys(&schema["properties"]["backend"]["properties"]["postgres"]),
             ["schema", "state"]
@@ -166,7 +223,7 @@ mod tests {
             keys(&schema["properties"]["tokens"]["items"]),
             ["accountId", "name", "on_revoked", "rotate_after"]
         );
-        let full = "version: 1\nregion: eu\nrotate_after: 90d\non_revoked: recreate\nbackend:\n  postgres:\n    schema: tk_1\n    state: team/prod\nsecrets:\n  file: s.jsonl\n  exec: [x]\ntokens:\n  - name: a\n    accountId: 1\n    rotate_after: 30d\n    on_revoked: report\n";
+        let full = "version: 1\nregion: eu\nrotate_after: 90d\non_revoked: recreate\nbackend:\n  postgres:\n    schema: tk_1\n    state: team/prod\nsecrets:\n  file: s.jsonl\n  exec: [x]\n  sops:\n    dir: s\n    age: [age1jmqcemfy5a7pfh00qqexmjg40w6ztgwc6vx0f0h26cska0jzaelspqjvxg]\n    format: plain\n  vault:\n    mount: secret\n    path: \"t/{accountId}/{name}\"\ntokens:\n  - name: a\n    accountId: 1\n    rotate_after: 30d\n    on_revoked: report\n";
         assert!(Manifest::parse(full, "m").is_ok());
         let regions = schema["properties"]["region"]["enum"].as_array().unwrap();
         for region in regions {
@@ -186,6 +243,7 @@ mod tests {
             "backend:\n  postgres:\n    conn_str: x\n",
             "backend:\n  postgres:\n    schema: Bad-Name\n",
             "backend:\n  s3: {}\n",
+            "secrets:\n  s3: x\n",
         ] {
             let text = format!("version: 1\nregion: eu\n{extra}tokens: []\n");
             assert!(Manifest::parse(&text, "m").is_err(), "{extra}");

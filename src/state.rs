@@ -9,8 +9,16 @@ use serde::{Deserialize, Serialize};
 
 use crate::address::Address;
 
-/// The state format version this tool writes and reads.
-pub const STATE_FORMAT_VERSION: u32 = 1;
+/// The newest state format version this tool reads and writes.
+///
+/// Version 2 adds what the lifecycle records (`superseded` tokens and each
+/// token's last `checked`). A state that holds none of it is still written
+/// as version 1, so that older tokenctl versions keep reading it; one that
+/// does is version 2, which they refuse rather than silently drop.
+pub const STATE_FORMAT_VERSION: u32 = 2;
+
+/// The oldest state format version this tool reads and writes.
+const OLDEST_FORMAT_VERSION: u32 = 1;
 
 /// The tool version recorded in states and plan files.
 pub const TOOL_VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -180,7 +188,7 @@ impl State {
     /// Returns an empty state with the given lineage.
     pub fn new(lineage: String) -> Self {
         State {
-            format_version: STATE_FORMAT_VERSION,
+            format_version: OLDEST_FORMAT_VERSION,
             tool_version: TOOL_VERSION.to_string(),
             lineage,
             serial: 0,
@@ -203,9 +211,9 @@ impl State {
                     found: state.format_version.into(),
                 })
             }
-            Ok(state) if state.format_version < STATE_FORMAT_VERSION => {
+            Ok(state) if state.format_version < OLDEST_FORMAT_VERSION => {
                 Err(StateParseError::Corrupt(format!(
-                    "state format version {} does not exist (this tokenctl writes version {STATE_FORMAT_VERSION})",
+                    "state format version {} does not exist (this tokenctl reads versions {OLDEST_FORMAT_VERSION} to {STATE_FORMAT_VERSION})",
                     state.format_version
                 )))
             }
@@ -270,6 +278,13 @@ impl State {
     pub fn to_json(&self) -> String {
         let mut sorted = self.clone();
         sorted.normalize();
+        let lifecycle =
+            !sorted.superseded.is_empty() || sorted.tokens.iter().any(|t| t.checked.is_some());
+        sorted.format_version = if lifecycle {
+            STATE_FORMAT_VERSION
+        } else {
+            OLDEST_FORMAT_VERSION
+        };
         // Serializing plain data with string keys cannot fail.
         let mut text = serde_json::to_string_pretty(&sorted).unwrap_or_default();
         text.push('\n');
@@ -419,13 +434,26 @@ mod tests {
     }
 
     #[test]
+    fn lifecycle_records_raise_the_format_version_so_older_versions_refuse() {
+        let plain = sample();
+        assert!(plain.to_json().contains("\"format_version\": 1"));
+        let mut rotated = sample();
+        let address = rotated.tokens[0].address.clone();
+        rotated.record_created(TokenRecord::created(address, 999, 5, "sha256:n".into()));
+        assert_eq!(rotated.superseded.len(), 1);
+        let text = rotated.to_json();
+        assert!(text.contains("\"format_version\": 2"), "{text}");
+        assert_eq!(State::from_json(&text).unwrap().superseded.len(), 1);
+    }
+
+    #[test]
     fn refuses_a_newer_format() {
         let text = sample()
             .to_json()
-            .replace("\"format_version\": 1", "\"format_version\": 2");
+            .replace("\"format_version\": 1", "\"format_version\": 3");
         assert_eq!(
             State::from_json(&text),
-            Err(StateParseError::Newer { found: 2 })
+            Err(StateParseError::Newer { found: 3 })
         );
         assert_eq!(
             State::from_json("{\"format_version\": 9, \"other\": true}"),

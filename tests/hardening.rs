@@ -193,7 +193,7 @@ async fn resolve_does_not_adopt_a_secret_from_before_the_create() {
     assert!(
         resolve
             .stderr
-            .contains("holds no token for 1/a created since"),
+            .contains("no sink holds a token for 1/a created since"),
         "{}",
         resolve.stderr
     );
@@ -648,4 +648,91 @@ async fn small_safety_nets() {
         "{}",
         zero.stderr
     );
+}
+
+/// A journal removed while the run writes it (a workspace clean-up) must
+/// not cost the run's records: the next apply would create them again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_journal_deleted_mid_apply_still_leaves_every_create_recorded() {
+    let mock = MockLogzio::start_with(Behaviour {
+        delay: Duration::from_millis(400),
+        ..Behaviour::default()
+    })
+    .await;
+    let mut ws = Workspace::new(&mock.url());
+    let tokens = names("j", 4);
+    ws.manifest(&as_strs(&tokens));
+    let child = ws
+        .command(&["apply", "--auto-approve", "--parallelism", "1"], &[])
+        .spawn()
+        .unwrap();
+    mock.wait_for_requests(1).await;
+    fs::remove_file(ws.path("state/tokens.state.json.journal")).unwrap();
+    let run = ws.finish(child);
+    assert_eq!(run.code, 0, "{}", run.all());
+    assert!(
+        run.stderr.contains("disappeared during the apply"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(ws.state_addresses().len(), tokens.len());
+    let again = ws.run(&["apply", "--auto-approve"]);
+    assert_eq!(again.code, 0, "{}", again.all());
+    assert_eq!(mock.create_requests().await.len(), tokens.len());
+    assert_each_sent_once(&mock).await;
+}
+
+/// The lock file deleted while the first apply is still preparing (no
+/// journal yet): a second apply gets in and creates the tokens; the first
+/// must notice before it sends anything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_deleted_before_the_journal_exists_stops_the_first_apply() {
+    use wiremock::matchers::{method, path};
+    use wiremock::{Mock, ResponseTemplate};
+
+    let mock = MockLogzio::start().await;
+    // The first apply's pre-flight is slow: it holds the lock, no journal.
+    Mock::given(method("GET"))
+        .and(path("/v2/whoami"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(serde_json::json!({"accountName": "owner", "accountId": 1000}))
+                .set_delay(Duration::from_millis(4000)),
+        )
+        .up_to_n_times(1)
+        .with_priority(1)
+        .mount(&mock.server)
+        .await;
+    let mut ws = Workspace::new(&mock.url());
+    let tokens = names("w", 3);
+    ws.manifest(&as_strs(&tokens));
+    let first = ws
+        .command(&["apply", "--auto-approve"], &[])
+        .spawn()
+        .unwrap();
+    // Wait until the first apply is in its pre-flight.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while mock
+        .server
+        .received_requests()
+        .await
+        .unwrap_or_default()
+        .is_empty()
+    {
+        assert!(std::time::Instant::now() < deadline, "no pre-flight seen");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    fs::remove_file(ws.path("state/tokens.state.json.lock")).unwrap();
+    let second = ws.run(&["apply", "--auto-approve"]);
+    assert_eq!(second.code, 0, "{}", second.all());
+    let first = ws.finish(first);
+    assert_eq!(first.code, 1, "{}", first.all());
+    assert!(
+        first.stderr.contains("nothing was created"),
+        "{}",
+        first.stderr
+    );
+    assert_eq!(mock.create_requests().await.len(), tokens.len());
+    assert_each_sent_once(&mock).await;
+    assert_eq!(ws.state_addresses().len(), tokens.len());
 }

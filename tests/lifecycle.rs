@@ -208,24 +208,30 @@ async fn a_stampede_of_revocations_needs_force() {
     assert!(counts.values().all(|&n| n <= 2), "{counts:?}");
 }
 
+/// The server handed out, for 1/a, a token of account 2: its own whoami
+/// says so, and the plan fails loudly.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_answering_for_another_account_fails_the_plan() {
     let mock = MockLogzio::start().await;
     let mut ws = Workspace::new(&mock.url());
-    manifest(&ws, "", &["1/a", "2/b"]);
+    manifest(&ws, "", &["2/b"]);
     assert_eq!(ws.run(&["apply", "--auto-approve"]).code, 0);
-    // The sink's record for 1/a carries 2/b's secret.
     let b = issued_for(&mock, "2/b").remove(0);
-    let a = issued_for(&mock, "1/a").remove(0);
-    let sink = ws
-        .read("secrets/logzio-tokens.jsonl")
-        .replace(&a.token, &b.token);
-    ws.write("secrets/logzio-tokens.jsonl", &sink);
+    manifest(&ws, "", &["1/a", "2/b"]);
+    mock.answer_first(
+        1,
+        None,
+        ResponseTemplate::new(200).set_body_json(serde_json::json!({
+            "id": 99, "name": "a", "token": b.token, "createdAt": 1_700_000_000
+        })),
+    )
+    .await;
+    assert_eq!(ws.run(&["apply", "--auto-approve"]).code, 0);
     let plan = ws.run(&["plan", "--refresh"]);
     assert_eq!(plan.code, 1, "{}", plan.all());
     assert!(
         plan.stdout
-            .contains("misdelivered: it answers for account 2"),
+            .contains("1/a (token id 99): misdelivered: it answers for account 2"),
         "{}",
         plan.stdout
     );
@@ -234,6 +240,40 @@ async fn a_token_answering_for_another_account_fails_the_plan() {
         "{}",
         plan.stderr
     );
+    let apply = ws.run(&["apply", "--refresh", "--auto-approve"]);
+    assert_eq!(apply.code, 1, "{}", apply.all());
+    assert!(apply.stdout.contains("misdelivered"), "{}", apply.stdout);
+}
+
+/// A sink record whose secret is not the one the token was made with (an
+/// edited file, a bad restore) is no evidence: the token is unverifiable,
+/// never revoked, and nothing is retired or re-created.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_that_does_not_match_its_fingerprint_proves_nothing() {
+    let mock = MockLogzio::start().await;
+    let mut ws = Workspace::new(&mock.url());
+    manifest(&ws, "on_revoked: recreate\n", &["1/a", "1/b"]);
+    assert_eq!(ws.run(&["apply", "--auto-approve"]).code, 0);
+    let a = issued_for(&mock, "1/a").remove(0);
+    let b = issued_for(&mock, "1/b").remove(0);
+    // 1/a's record now carries 1/b's secret, and 1/b is revoked.
+    mock.revoke(&b.token);
+    let sink = ws
+        .read("secrets/logzio-tokens.jsonl")
+        .replace(&a.token, &b.token);
+    ws.write("secrets/logzio-tokens.jsonl", &sink);
+    let plan = ws.run(&["plan", "--refresh"]);
+    assert!(
+        plan.stdout
+            .contains("Refresh: 0 alive, 1 revoked, 0 misdelivered, 0 unknown, 1 unverifiable."),
+        "{}",
+        plan.stdout
+    );
+    let apply = ws.run(&["apply", "--refresh", "--auto-approve"]);
+    assert_eq!(apply.code, 0, "{}", apply.all());
+    let counts = create_counts(&mock).await;
+    assert_eq!(counts["1/a"], 1, "{counts:?}");
+    assert_eq!(counts["1/b"], 2, "{counts:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

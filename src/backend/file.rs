@@ -34,7 +34,17 @@ impl FileBackend {
     }
 }
 
-impl LockGuard for lock::LockGuard {}
+/// The OS lock on the lock file, with the path it was taken at.
+struct FileLock {
+    guard: lock::LockGuard,
+    path: PathBuf,
+}
+
+impl LockGuard for FileLock {
+    fn is_current(&self) -> bool {
+        self.guard.is_current(&self.path)
+    }
+}
 
 /// The lineage and serial of a stored state, read without building it.
 #[derive(serde::Deserialize)]
@@ -83,11 +93,9 @@ impl Backend for FileBackend {
     }
 
     fn lock(&self, holder: &Holder, wait: Duration) -> Result<Box<dyn LockGuard>, BackendError> {
-        Ok(Box::new(lock::acquire(
-            &self.store.lock_path(),
-            holder,
-            wait,
-        )?))
+        let path = self.store.lock_path();
+        let guard = lock::acquire(&path, holder, wait)?;
+        Ok(Box::new(FileLock { guard, path }))
     }
 
     fn recover(
@@ -178,6 +186,13 @@ impl Backend for FileBackend {
 
     fn has_journal(&self) -> Result<bool, BackendError> {
         Ok(self.store.journal_path().exists())
+    }
+
+    fn discard_journal(&self, journal: Journal) -> Result<(), BackendError> {
+        drop(journal);
+        let path = self.store.journal_path();
+        journal::remove(&path).map_err(|source| JournalError::Io { path, source })?;
+        Ok(())
     }
 
     fn open_journal(&self, begin: &Record) -> Result<Journal, BackendError> {

@@ -64,7 +64,11 @@ impl BackendError {
 }
 
 /// A held state lock; dropping it releases the lock.
-pub trait LockGuard {}
+pub trait LockGuard {
+    /// Tells whether the lock still excludes other runs (a lock file that
+    /// was deleted, or a database connection that was lost, does not).
+    fn is_current(&self) -> bool;
+}
 
 /// The state as a reading command sees it.
 #[derive(Debug, Default)]
@@ -119,6 +123,10 @@ pub trait Backend {
 
     /// Opens the journal of a run, with its `begin` record. Needs the lock.
     fn open_journal(&self, begin: &Record) -> Result<Journal, BackendError>;
+
+    /// Removes a journal that recorded nothing but its `begin`, for a run
+    /// that stops before its first create.
+    fn discard_journal(&self, journal: Journal) -> Result<(), BackendError>;
 
     /// Stores `after` if its content differs from `before`, moving the
     /// serial on; returns the state now stored and whether it was written.

@@ -22,7 +22,9 @@ use crate::plan::{self, Plan};
 use crate::planfile::PlanFile;
 use crate::render::{self, Style};
 use crate::secret::Secret;
-use crate::sink::{ExecSink, FileSink, Rescue, SecretSink};
+use crate::sink::sops::{self, SopsSink};
+use crate::sink::vault::{VaultClient, VaultEnv, VaultSink};
+use crate::sink::{ExecSink, FileSink, Rescue, SecretSink, SinkError};
 use crate::state::State;
 
 /// How long an exec sink may take for one token.
@@ -36,7 +38,7 @@ impl Session<'_, '_> {
         let loaded = self.load_manifest()?;
         let store = self.store_for(Some(&loaded.manifest))?;
         let store = &*store;
-        let _lock = self.lock(store)?;
+        let lock = self.lock(store)?;
         let mut state = self.load_state_locked(store)?;
         let targeting = self.targeting(&args.targeting);
         // A saved plan is checked against the state it was made from,
@@ -53,7 +55,18 @@ impl Session<'_, '_> {
                     &loaded.manifest,
                     state.as_ref(),
                 )?;
-                state = self.record_refresh(store, state, &refresh)?;
+                // Nothing is recorded from a refresh that cannot be trusted
+                // or that fails the plan.
+                if let Err(failure) = check_refresh(&refresh, &loaded.manifest, args.force) {
+                    let extras = render::Extras {
+                        refresh: Some(&refresh),
+                        state: None,
+                    };
+                    render::lifecycle_text(&extras, self.style, self.io.stdout)?;
+                    return Err(failure);
+                }
+                let retire = refresh.stampede().is_none() || args.force;
+                state = self.record_refresh(store, state, &refresh, retire)?;
                 Some(refresh)
             }
             false => None,
@@ -83,9 +96,6 @@ impl Session<'_, '_> {
                 state: state.as_ref(),
             };
             render::lifecycle_text(&extras, self.style, self.io.stdout)?;
-        }
-        if let Some(refresh) = &refresh {
-            check_refresh(refresh, &loaded.manifest, args.force)?;
         }
         if creates.is_empty() {
             let code = if plan.summary().in_doubt > 0 {
@@ -128,7 +138,7 @@ impl Session<'_, '_> {
         // Only now, after the answer, is anything made on disk; and all of
         // it before the first create, so a refusal costs no token.
         let rescue = self.rescue()?;
-        let sinks = self.open_sinks(secrets_file, &loaded.manifest, &rescue)?;
+        let sinks = self.open_sinks(secrets_file, &loaded.manifest, &rescue, &creates)?;
         let sink_names: Vec<String> = sinks.iter().map(|s| s.describe()).collect();
         let mut retry = RetryPolicy::default();
         if let Some(ms) = self.env.backoff_ms {
@@ -142,12 +152,25 @@ impl Session<'_, '_> {
             .map(|s| s.lineage.clone())
             .unwrap_or_else(|| State::fresh().lineage);
         let journal = store.open_journal(&Record::Begin {
-            lineage,
+            lineage: lineage.clone(),
             serial: state.as_ref().map_or(0, |s| s.serial),
             started: now(),
             pid: std::process::id(),
             host: self.env.host.clone(),
         })?;
+        // Between taking the lock and making the journal, another run may
+        // have got in, if the lock file was deleted meanwhile: it would
+        // have moved the state on, or left its own lock file at the path.
+        let moved = store.load()?.map(|s| (s.lineage, s.serial))
+            != state.as_ref().map(|s| (s.lineage.clone(), s.serial));
+        if moved || !lock.is_current() {
+            store.discard_journal(journal)?;
+            return Err(Failure::new(format!(
+                "another run changed the state or took its lock while this one prepared ({}); nothing was created",
+                store.location()
+            ))
+            .hint("the lock was probably lost while tokenctl ran (a lock file removed, a database connection cut); check that nothing deletes files beside the state, then run again"));
+        }
         let interrupt = Arc::new(AtomicBool::new(false));
         runtime.spawn(watch_signals(interrupt.clone()));
         let progress = (!json && self.io.terminal.stderr && creates.len() > PROGRESS_MIN)
@@ -198,9 +221,27 @@ impl Session<'_, '_> {
         }
         let stored = match store.recover(state.as_ref(), self.env.host.as_deref())? {
             Some((stored, _)) => stored,
+            None if report.outcomes.iter().any(|(_, o)| *o != Outcome::Skipped) => {
+                // Something removed the journal while the run wrote to it:
+                // record what this run knows, or the next run would send
+                // the same creates again.
+                self.warn(&format!(
+                    "the journal {} disappeared during the apply; the state was rebuilt from this run's outcomes (without creation times and fingerprints). Check that nothing deletes files beside the state while tokenctl runs",
+                    store.journal_location()
+                ));
+                let base = state.clone().unwrap_or_else(|| State::new(lineage));
+                Some(
+                    store
+                        .commit(state.as_ref(), fold_outcomes(base, &report))?
+                        .0,
+                )
+            }
             None => state.clone(),
         };
-        let stored = self.retire_replaced(store, stored)?;
+        let stored = match &refresh {
+            Some(refresh) => self.retire_replaced(store, stored, &report, refresh.at)?,
+            None => stored,
+        };
         self.finish(
             store,
             state.as_ref(),
@@ -257,10 +298,11 @@ impl Session<'_, '_> {
         store: &dyn Backend,
         state: Option<State>,
         refresh: &Refresh,
+        retire: bool,
     ) -> Result<Option<State>, Failure> {
         let Some(before) = state else { return Ok(None) };
         let mut after = before.clone();
-        let retired = lifecycle::record_refresh(&mut after, refresh);
+        let retired = lifecycle::record_refresh(&mut after, refresh, retire);
         let (stored, _) = store.commit(Some(&before), after)?;
         for old in retired {
             self.note(&format!(
@@ -277,10 +319,20 @@ impl Session<'_, '_> {
         &mut self,
         store: &dyn Backend,
         state: Option<State>,
+        report: &Report,
+        refreshed_at: i64,
     ) -> Result<Option<State>, Failure> {
         let Some(before) = state else { return Ok(None) };
+        let successors: rustc_hash::FxHashSet<u64> = report
+            .outcomes
+            .iter()
+            .filter_map(|(_, outcome)| match outcome {
+                Outcome::Created { id } => Some(*id),
+                _ => None,
+            })
+            .collect();
         let mut after = before.clone();
-        let retired = lifecycle::retire_known_revoked(&mut after);
+        let retired = lifecycle::retire_replaced(&mut after, &successors, refreshed_at);
         if retired.is_empty() {
             return Ok(Some(before));
         }
@@ -377,12 +429,17 @@ impl Session<'_, '_> {
             (None, Some(relative)) => Some(self.manifest_relative(relative)),
             (None, None) => None,
         };
-        if file.is_none() && manifest.secrets.exec.is_none() {
+        let secrets = &manifest.secrets;
+        if file.is_none()
+            && secrets.exec.is_none()
+            && secrets.sops.is_none()
+            && secrets.vault.is_none()
+        {
             return Err(Failure::new(
                 "no secret sink is configured, so new secrets would have nowhere to go; nothing was created",
             )
             .hint(
-                "add `secrets: {file: secrets/logzio-tokens.jsonl}` (git-ignored) or `secrets: {exec: [program, args]}` to the manifest, or pass --secrets-out PATH",
+                "add `secrets: {file: secrets/logzio-tokens.jsonl}` (git-ignored), `secrets.sops`, `secrets.vault` or `secrets: {exec: [program, args]}` to the manifest, or pass --secrets-out PATH",
             ));
         }
         Ok(file)
@@ -408,11 +465,14 @@ impl Session<'_, '_> {
         Ok(rescue)
     }
 
+    /// Opens every configured sink and runs its checks, so that a sink
+    /// that would refuse a secret does so before anything is created.
     fn open_sinks(
         &mut self,
         file: Option<PathBuf>,
         manifest: &Manifest,
         rescue: &Rescue,
+        creates: &[Address],
     ) -> Result<Vec<Box<dyn SecretSink>>, Failure> {
         let mut sinks: Vec<Box<dyn SecretSink>> = Vec::new();
         if let Some(path) = file {
@@ -425,7 +485,63 @@ impl Session<'_, '_> {
                 rescue.dir().to_path_buf(),
             )?));
         }
+        if let Some(config) = &manifest.secrets.sops {
+            let sink = self.sops_sink(config, false)?;
+            sink.check_writable()?;
+            sinks.push(Box::new(sink));
+        }
+        if let Some(config) = &manifest.secrets.vault {
+            let sink = vault_sink(config)?;
+            sink.preflight(creates).map_err(|err| {
+                let failure = Failure::from(err);
+                let message = format!("pre-flight: {}; nothing was created", failure.message);
+                Failure { message, ..failure }
+            })?;
+            sinks.push(Box::new(sink));
+        }
         Ok(sinks)
+    }
+
+    /// Returns the `sops` sink of the manifest; with `for_lookup`, loaded
+    /// with the age identities of `SOPS_AGE_KEY_FILE` / `SOPS_AGE_KEY` (else
+    /// sops's default key file), which writing never needs.
+    pub(super) fn sops_sink(
+        &self,
+        config: &manifest::SopsConfig,
+        for_lookup: bool,
+    ) -> Result<SopsSink, Failure> {
+        let dir = self.manifest_relative(&config.dir);
+        let mut recipients = Vec::with_capacity(config.age.len());
+        for key in &config.age {
+            // The manifest parser checked each key already.
+            recipients.push(sops::parse_recipient(key).map_err(|err| {
+                Failure::from(SinkError {
+                    sink: format!("sops {}", dir.display()),
+                    detail: format!("{key}: {err}"),
+                    hint: None,
+                })
+            })?);
+        }
+        let identities = if for_lookup {
+            let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+            let (key_file, key) = (var("SOPS_AGE_KEY_FILE"), var("SOPS_AGE_KEY"));
+            // Where sops itself looks when neither variable is set.
+            let default_file = var("XDG_CONFIG_HOME")
+                .map(PathBuf::from)
+                .or_else(|| self.env.home.as_ref().map(|h| Path::new(h).join(".config")))
+                .map(|config| config.join("sops/age/keys.txt"))
+                .filter(|path| key_file.is_none() && key.is_none() && path.is_file())
+                .map(|path| path.display().to_string());
+            sops::identities_from(key_file.or(default_file).as_deref(), key.as_deref())
+            .map_err(|err| {
+                Failure::new(err).hint(
+                    "SOPS_AGE_KEY_FILE names a file of age identities (AGE-SECRET-KEY-1…); SOPS_AGE_KEY holds them",
+                )
+            })?
+        } else {
+            Vec::new()
+        };
+        Ok(SopsSink::new(dir, recipients, config.format, identities))
     }
 
     pub(super) fn owner_token(&mut self, args: &ConnectArgs) -> Result<Secret, Failure> {
@@ -520,6 +636,29 @@ impl Session<'_, '_> {
     }
 }
 
+/// Records a run's outcomes in the state without its journal: created
+/// tokens by id, and creates in doubt as pending.
+fn fold_outcomes(mut state: State, report: &Report) -> State {
+    for (address, outcome) in &report.outcomes {
+        match outcome {
+            Outcome::Created { id } => state.record_created(crate::state::TokenRecord::new(
+                address.clone(),
+                *id,
+                None,
+                crate::state::Origin::Created,
+                None,
+            )),
+            Outcome::InDoubt { reason } => state.record_pending(crate::state::PendingCreate::new(
+                address.clone(),
+                now(),
+                reason.clone(),
+            )),
+            Outcome::Failed { .. } | Outcome::Skipped => {}
+        }
+    }
+    state
+}
+
 /// Returns the creates of a saved plan: same inputs give the same plan, and
 /// a saved plan may be narrower (made with --target), never wider.
 fn saved_creates(saved: PlanFile, plan: &Plan) -> Result<Vec<Address>, Failure> {
@@ -533,6 +672,20 @@ fn saved_creates(saved: PlanFile, plan: &Plan) -> Result<Vec<Address>, Failure> 
         ));
     }
     Ok(saved.creates)
+}
+
+/// Returns the `vault` sink of the manifest, with the server and token of
+/// the `VAULT_*` variables.
+pub(super) fn vault_sink(config: &manifest::VaultConfig) -> Result<VaultSink, Failure> {
+    let client =
+        VaultClient::from_env(&VaultEnv::from_process(), &config.mount).map_err(|err| {
+            Failure::from(SinkError {
+                sink: format!("vault {}", config.mount),
+                detail: err.detail,
+                hint: err.hint,
+            })
+        })?;
+    Ok(VaultSink::new(client, config.path.clone()))
 }
 
 /// Returns the exit code of a finished apply, or the failure to report.

@@ -1,19 +1,20 @@
 //! Refresh and retire: asking tokens whether they still work, and dropping
 //! superseded tokens once a person revoked them.
 
-use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
-use rustc_hash::FxHashMap;
+use rustc_hash::{FxHashMap, FxHashSet};
 
+use super::state_cmds::Lookups;
 use super::{CommandResult, ConnectArgs, EXIT_OK, Failure, RetireArgs, Session};
 use crate::address::Address;
 use crate::api::{HttpApi, Timeouts, TokenCheck};
 use crate::apply::{RetryPolicy, now};
 use crate::lifecycle::{self, Probe, Refresh};
 use crate::manifest::Manifest;
-use crate::secret::Secret;
+use crate::secret::{Secret, fingerprint_of};
+use crate::sink::FoundSecret;
 use crate::state::{Liveness, State};
 
 /// Refresh calls in flight at once: the API rate-limits per account.
@@ -47,15 +48,54 @@ impl Session<'_, '_> {
         retry
     }
 
-    /// Returns the secrets file to read tokens back from, if any.
-    fn readable_secrets(&self, secrets_out: Option<&Path>, manifest: &Manifest) -> Option<PathBuf> {
-        secrets_out.map(Path::to_path_buf).or_else(|| {
-            manifest
-                .secrets
-                .file
-                .as_deref()
-                .map(|f| self.manifest_relative(f))
-        })
+    /// Returns the secrets of `wanted` tokens that some sink can read
+    /// back, by address and id. A sink that cannot be read is warned about;
+    /// its tokens stay unverifiable.
+    fn readable_secrets(
+        &mut self,
+        secrets_out: Option<&Path>,
+        wanted: &[(Address, u64)],
+    ) -> Result<FxHashMap<(Address, u64), Secret>, Failure> {
+        let mut secrets = FxHashMap::default();
+        let Lookups { readers, problems } = match self.lookups(secrets_out) {
+            Ok(lookups) => lookups,
+            // No sink can read back: every token is unverifiable.
+            Err(_) => return Ok(secrets),
+        };
+        for problem in problems {
+            self.warn(&format!("a sink cannot be read: {problem}"));
+        }
+        let wanted_set: FxHashSet<&(Address, u64)> = wanted.iter().collect();
+        let mut addresses: Vec<&Address> = wanted.iter().map(|(a, _)| a).collect();
+        addresses.sort();
+        addresses.dedup();
+        for reader in &readers {
+            let found: Vec<(Address, FoundSecret)> = match reader.lookup_all() {
+                Some(all) => all.map_err(Failure::from)?,
+                None => {
+                    let mut found = Vec::new();
+                    for address in &addresses {
+                        match reader.lookup(address) {
+                            Ok(list) => {
+                                found.extend(list.into_iter().map(|f| ((*address).clone(), f)))
+                            }
+                            Err(err) => {
+                                self.warn(&err.to_string());
+                                break;
+                            }
+                        }
+                    }
+                    found
+                }
+            };
+            for (address, secret) in found {
+                let key = (address, secret.id);
+                if wanted_set.contains(&key) {
+                    secrets.insert(key, secret.token);
+                }
+            }
+        }
+        Ok(secrets)
     }
 
     /// Asks every token of the state (current and superseded) whose secret
@@ -73,26 +113,40 @@ impl Session<'_, '_> {
         runtime.block_on(api.whoami()).map_err(|e| {
             Failure::new(format!("refresh: the owner token check failed: {e}")).hint(e.hint())
         })?;
-        let mut secrets = match self.readable_secrets(secrets_out, manifest) {
-            Some(path) => read_secrets(&path)?,
-            None => FxHashMap::default(),
-        };
+        // Each token with the fingerprint its secret had when it was made,
+        // and whether it is the address's current token.
+        let known: Vec<(Address, u64, Option<&str>, bool)> = state
+            .into_iter()
+            .flat_map(|s| {
+                s.tokens
+                    .iter()
+                    .map(|t| (t.address.clone(), t.id, t.fingerprint.as_deref(), true))
+                    .chain(
+                        s.superseded
+                            .iter()
+                            .map(|o| (o.address.clone(), o.id, o.fingerprint.as_deref(), false)),
+                    )
+            })
+            .collect();
+        let keys: Vec<(Address, u64)> = known.iter().map(|(a, id, ..)| (a.clone(), *id)).collect();
+        let mut secrets = self.readable_secrets(secrets_out, &keys)?;
         let mut probes = Vec::new();
         let mut unreadable = Vec::new();
-        let known = state.into_iter().flat_map(|s| {
-            s.tokens
-                .iter()
-                .map(|t| (&t.address, t.id))
-                .chain(s.superseded.iter().map(|o| (&o.address, o.id)))
-        });
-        for (address, id) in known {
-            match secrets.remove(&(address.clone(), id)) {
+        for (address, id, fingerprint, current) in known {
+            // A secret that is not the one the token was made with (an
+            // edited file, a bad restore) says nothing about the token: a
+            // 401 from it must not retire or replace a live token.
+            let secret = secrets
+                .remove(&(address.clone(), id))
+                .filter(|s| fingerprint.is_none_or(|f| fingerprint_of(s.expose()) == f));
+            match secret {
                 Some(secret) => probes.push(Probe {
-                    address: address.clone(),
+                    address,
                     id,
                     secret,
+                    current,
                 }),
-                None => unreadable.push((address.clone(), id)),
+                None => unreadable.push((address, id, current)),
             }
         }
         let retry = self.retry_policy();
@@ -141,27 +195,24 @@ impl Session<'_, '_> {
     /// Checks with the token itself that it is revoked.
     fn verify_revoked(&mut self, args: &RetireArgs) -> Result<(), Failure> {
         let loaded = self.load_manifest()?;
-        let path = self
-            .readable_secrets(args.secrets_out.as_deref(), &loaded.manifest)
-            .ok_or_else(|| {
-                Failure::new("--verify needs the token's secret, and no secrets file is configured")
-                    .hint("pass --secrets-out PATH, or retire without --verify once you revoked it in the UI")
-            })?;
-        let secrets = read_secrets(&path)?;
-        let secret = secrets
-            .get(&(args.address.clone(), args.id))
-            .ok_or_else(|| {
-                Failure::new(format!(
-                    "cannot verify: {} holds no secret for token id {} of {}",
-                    path.display(),
-                    args.id,
-                    args.address
-                ))
-                .hint("retire without --verify once you revoked it in the UI")
-            })?;
+        let key = (args.address.clone(), args.id);
+        let mut secrets =
+            self.readable_secrets(args.secrets_out.as_deref(), std::slice::from_ref(&key))?;
+        let secret = secrets.remove(&key).ok_or_else(|| {
+            Failure::new(format!(
+                "cannot verify: no sink holds the secret of token id {} of {}",
+                args.id, args.address
+            ))
+            .hint("retire without --verify once you revoked it in the UI")
+        })?;
         let api = self.connect_api(&args.connect, &loaded.manifest)?;
         let runtime = self.runtime()?;
-        let answer = runtime.block_on(api.whoami_as(secret));
+        // A wrong region or API URL answers 401 for every token: check
+        // the owner token first, as a refresh does.
+        runtime.block_on(api.whoami()).map_err(|e| {
+            Failure::new(format!("cannot verify: the owner token check failed: {e}")).hint(e.hint())
+        })?;
+        let answer = runtime.block_on(api.whoami_as(&secret));
         let (status, detail) = lifecycle::classify(args.address.account_id, &answer);
         match status {
             Liveness::Revoked => Ok(()),
@@ -179,31 +230,4 @@ impl Session<'_, '_> {
             .hint("try again later, or retire without --verify once you revoked it in the UI")),
         }
     }
-}
-
-/// Reads every token in a JSON Lines secrets file, by address and id. A
-/// line that does not parse (a damaged last line) is passed over.
-fn read_secrets(path: &Path) -> Result<FxHashMap<(Address, u64), Secret>, Failure> {
-    let bytes = match fs::read(path) {
-        Ok(bytes) => bytes,
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(FxHashMap::default()),
-        Err(err) => {
-            return Err(Failure::new(format!(
-                "cannot read the secrets file {}: {err}",
-                path.display()
-            )));
-        }
-    };
-    #[derive(serde::Deserialize)]
-    struct Line {
-        address: Address,
-        id: u64,
-        token: String,
-    }
-    let text = String::from_utf8_lossy(&bytes);
-    Ok(text
-        .lines()
-        .filter_map(|line| serde_json::from_str::<Line>(line).ok())
-        .map(|line| ((line.address, line.id), Secret::new(line.token)))
-        .collect())
 }

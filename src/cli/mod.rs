@@ -260,7 +260,8 @@ struct ResolveArgs {
     #[arg(long)]
     abandon: bool,
     /// The secrets file to look in when neither flag is given (default: the
-    /// manifest's `secrets.file`).
+    /// manifest's `secrets.file`); the manifest's `sops` and `vault` sinks
+    /// are searched too.
     #[arg(long, value_name = "PATH")]
     secrets_out: Option<PathBuf>,
 }
@@ -809,6 +810,11 @@ impl Session<'_, '_> {
                 self.warn("--diff is shown with --output text only; the document stays parseable");
             }
         }
+        check_budget(&plan, &args.budget)?;
+        if let Some(refresh) = &refresh {
+            check_refresh(refresh, &loaded.manifest, false)?;
+        }
+        // Only a plan that passed its checks is saved to be applied.
         if let Some(out) = &args.out {
             let file = PlanFile::new(&plan, &loaded.bytes, state.as_ref());
             crate::fsutil::write_atomic(out, file.to_json().as_bytes(), 0o644).map_err(|err| {
@@ -823,10 +829,6 @@ impl Session<'_, '_> {
             } else {
                 writeln!(self.io.stderr, "{saved}")?;
             }
-        }
-        check_budget(&plan, &args.budget)?;
-        if let Some(refresh) = &refresh {
-            check_refresh(refresh, &loaded.manifest, false)?;
         }
         let revoked = refresh.as_ref().is_some_and(|r| r.counts().revoked > 0);
         Ok(

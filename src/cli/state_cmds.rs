@@ -1,15 +1,17 @@
 //! Commands that read or edit the state by hand: resolve, import, forget,
-//! state list, state show and state fold. Each edit runs under the lock and
+//! state list, show, fold, pull and push. Each edit runs under the lock and
 //! shows the state diff.
 
 use std::fs;
 use std::path::Path;
 
+use super::apply::vault_sink;
 use super::{CommandResult, EXIT_OK, Failure, Format, ImportArgs, ResolveArgs, Session};
 use crate::address::Address;
 use crate::backend::Backend;
 use crate::render;
 use crate::secret::fingerprint_of;
+use crate::sink::{FileLookup, FoundSecret, SecretLookup};
 use crate::state::{Origin, State, TokenRecord};
 
 /// A token found in a secrets file.
@@ -17,6 +19,13 @@ struct SinkRecord {
     id: u64,
     created_at: Option<i64>,
     fingerprint: String,
+}
+
+/// The sinks `resolve` can read, and why others could not be read.
+/// The sinks that can read secrets back, and why others could not.
+pub(super) struct Lookups {
+    pub(super) readers: Vec<Box<dyn SecretLookup>>,
+    pub(super) problems: Vec<String>,
 }
 
 impl Session<'_, '_> {
@@ -67,10 +76,12 @@ impl Session<'_, '_> {
         Ok(EXIT_OK)
     }
 
-    /// Finds the secret an in-doubt create delivered before its run died:
-    /// the last record for the address in the secrets file made since the
-    /// create was sent, unless its id is already in the state. An older
-    /// record is a token from before (perhaps revoked and forgotten since).
+    /// Finds the secret an in-doubt create delivered before its run died,
+    /// in every sink that can read secrets back: a sink's newest secret for
+    /// the address, if it was made since the create was sent and the state
+    /// does not hold its id already. An older one is a token from before
+    /// (perhaps revoked and forgotten since). Sinks that disagree are
+    /// refused as ambiguous.
     fn find_in_sink(
         &mut self,
         args: &ResolveArgs,
@@ -78,37 +89,132 @@ impl Session<'_, '_> {
         since: i64,
         state: &State,
     ) -> Result<SinkRecord, Failure> {
-        let path = match &args.secrets_out {
-            Some(path) => path.clone(),
-            None => {
-                let loaded = self.load_manifest()?;
-                let relative = loaded.manifest.secrets.file.ok_or_else(|| {
-                    Failure::new("the manifest has no secrets.file to look in")
-                        .hint("pass --adopt ID, --abandon, or --secrets-out PATH")
-                })?;
-                self.manifest_relative(&relative)
+        let Lookups {
+            readers: lookups,
+            mut problems,
+        } = self.lookups(args.secrets_out.as_deref())?;
+        let mut searched = Vec::new();
+        let mut candidates: Vec<(FoundSecret, String)> = Vec::new();
+        for lookup in &lookups {
+            searched.push(lookup.describe());
+            match lookup.lookup(address) {
+                // Only a sink's newest secret for the address can be the
+                // in-doubt one: older ones belong to tokens made before it
+                // (and perhaps forgotten since).
+                Ok(found) => {
+                    let newest = found.into_iter().last();
+                    if let Some(secret) =
+                        newest.filter(|s| s.created_at.is_some_and(|t| t >= since))
+                    {
+                        let known = state.tokens.iter().any(|t| t.id == secret.id)
+                            || state.superseded.iter().any(|o| o.id == secret.id);
+                        if !known && !candidates.iter().any(|(c, _)| c.id == secret.id) {
+                            candidates.push((secret, lookup.describe()));
+                        }
+                    }
+                }
+                Err(err) => problems.push(match &err.hint {
+                    Some(hint) => format!("{err} ({hint})"),
+                    None => err.to_string(),
+                }),
             }
-        };
-        let found = last_sink_record(&path, address, since).ok_or_else(|| {
-            Failure::new(format!(
-                "{} holds no token for {address} created since its create was sent ({})",
-                path.display(),
-                render::utc(since)
-            ))
-            .hint(format!(
-                "look for the token in the Logz.io UI of account {}: if it exists, run `tokenctl resolve {address} --adopt ID`; if not, `--abandon`",
-                address.account_id
-            ))
-        })?;
-        if state.tokens.iter().any(|t| t.id == found.id) {
-            return Err(Failure::new(format!(
-                "the last token for {address} in {} (id {}) is already recorded in the state",
-                path.display(),
-                found.id
-            ))
-            .hint("the in-doubt create left no secret there; check the Logz.io UI and use --adopt ID or --abandon"));
         }
-        Ok(found)
+        let ui_hint = format!(
+            "look for the token in the Logz.io UI of account {}: if it exists, run `tokenctl resolve {address} --adopt ID`; if not, `--abandon`",
+            address.account_id
+        );
+        match candidates.len() {
+            1 => {
+                let (found, _) = candidates.remove(0);
+                Ok(SinkRecord {
+                    id: found.id,
+                    created_at: found.created_at,
+                    fingerprint: fingerprint_of(found.token.expose()),
+                })
+            }
+            0 => {
+                let mut message = format!(
+                    "no sink holds a token for {address} created since its create was sent ({}) that the state does not record yet (searched: {})",
+                    render::utc(since),
+                    searched.join(", ")
+                );
+                for problem in &problems {
+                    message.push_str(&format!("\n  {problem}"));
+                }
+                Err(Failure::new(message).hint(ui_hint))
+            }
+            _ => {
+                let list: Vec<String> = candidates
+                    .iter()
+                    .map(|(found, sink)| format!("id {} in {sink} ({})", found.id, found.place))
+                    .collect();
+                Err(Failure::new(format!(
+                    "the sinks hold several tokens for {address} that the state does not record: {}",
+                    list.join(", ")
+                ))
+                .hint(format!("check which one is live in the Logz.io UI and run `tokenctl resolve {address} --adopt ID`")))
+            }
+        }
+    }
+
+    /// Returns a reader for every sink that can read secrets back: the
+    /// file (`--secrets-out` or the manifest's), and the manifest's `sops`
+    /// and `vault` sinks; and why any of them could not be set up (say,
+    /// no `VAULT_ADDR`), which need not stop a search of the others.
+    pub(super) fn lookups(&mut self, secrets_out: Option<&Path>) -> Result<Lookups, Failure> {
+        let manifest = match (secrets_out, self.load_manifest()) {
+            (_, Ok(loaded)) => Some(loaded.manifest),
+            (Some(_), Err(_)) => None,
+            (None, Err(err)) => return Err(err),
+        };
+        let mut lookups: Vec<Box<dyn SecretLookup>> = Vec::new();
+        let file = match (
+            secrets_out,
+            manifest.as_ref().and_then(|m| m.secrets.file.as_ref()),
+        ) {
+            (Some(path), _) => Some(path.to_path_buf()),
+            (None, Some(relative)) => Some(self.manifest_relative(relative)),
+            (None, None) => None,
+        };
+        if let Some(path) = file {
+            lookups.push(Box::new(FileLookup::new(path)));
+        }
+        let mut problems = Vec::new();
+        let mut note = |failure: Failure| {
+            problems.push(match failure.hint {
+                Some(hint) => format!("{} ({hint})", failure.message),
+                None => failure.message,
+            })
+        };
+        if let Some(secrets) = manifest.map(|m| m.secrets) {
+            if let Some(config) = &secrets.sops {
+                match self.sops_sink(config, true) {
+                    Ok(sink) => lookups.push(Box::new(sink)),
+                    Err(failure) => note(failure),
+                }
+            }
+            if let Some(config) = &secrets.vault {
+                match vault_sink(config) {
+                    Ok(sink) => lookups.push(Box::new(sink)),
+                    Err(failure) => note(failure),
+                }
+            }
+        }
+        if lookups.is_empty() {
+            let mut message = String::from(
+                "there is no sink to look in (secrets.file, secrets.sops or secrets.vault)",
+            );
+            for problem in &problems {
+                message.push_str(&format!("\n  {problem}"));
+            }
+            return Err(
+                Failure::new(message).hint("pass --adopt ID, --abandon, or --secrets-out PATH")
+            );
+        }
+        Ok(Lookups {
+            readers: lookups,
+            problems,
+        })
     }
 
     pub(super) fn import(&mut self, args: &ImportArgs) -> CommandResult {
@@ -421,29 +527,4 @@ impl Session<'_, '_> {
         Err(Failure::new(format!("{address} is not in the state"))
             .hint("`tokenctl state list` shows the addresses it holds"))
     }
-}
-
-/// Returns the last record for `address` in a JSON Lines secrets file
-/// whose token was created at `since` or later. Lines that do not parse (a
-/// damaged last line) are passed over. The token value is read only to
-/// compute its fingerprint.
-fn last_sink_record(path: &Path, address: &Address, since: i64) -> Option<SinkRecord> {
-    let bytes = fs::read(path).ok()?;
-    let text = String::from_utf8_lossy(&bytes);
-    let wanted = address.to_string();
-    text.lines()
-        .rev()
-        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
-        .filter(|record| record["address"].as_str() == Some(wanted.as_str()))
-        .find(|record| record["createdAt"].as_i64().is_some_and(|t| t >= since))
-        .and_then(|record| {
-            Some(SinkRecord {
-                id: record["id"].as_u64()?,
-                created_at: record["createdAt"].as_i64(),
-                fingerprint: record["token"]
-                    .as_str()
-                    .map(fingerprint_of)
-                    .unwrap_or_default(),
-            })
-        })
 }

@@ -338,3 +338,83 @@ fn rejects_bad_lifecycle_settings_with_their_place() {
     );
     assert_eq!(err.line, 6, "{err}");
 }
+
+const AGE_KEY: &str = "age1jmqcemfy5a7pfh00qqexmjg40w6ztgwc6vx0f0h26cska0jzaelspqjvxg";
+
+#[test]
+fn sops_and_vault_sinks_are_read() {
+    let text = format!(
+        "version: 1\nregion: eu\nsecrets:\n  sops:\n    dir: secrets/tokens\n    age: [{AGE_KEY}]\n    format: k8s-secret\n  vault:\n    mount: secret\n    path: \"logzio/{{accountId}}/{{name}}\"\ntokens: []\n"
+    );
+    let secrets = Manifest::parse(&text, "m").unwrap().manifest.secrets;
+    assert_eq!(
+        secrets.sops,
+        Some(SopsConfig {
+            dir: PathBuf::from("secrets/tokens"),
+            age: vec![AGE_KEY.into()],
+            format: SopsFormat::K8sSecret,
+        })
+    );
+    assert_eq!(
+        secrets.vault,
+        Some(VaultConfig {
+            mount: "secret".into(),
+            path: "logzio/{accountId}/{name}".into(),
+        })
+    );
+    let plain = format!(
+        "version: 1\nregion: eu\nsecrets:\n  sops:\n    dir: s\n    age: [{AGE_KEY}]\ntokens: []\n"
+    );
+    let sops = Manifest::parse(&plain, "m")
+        .unwrap()
+        .manifest
+        .secrets
+        .sops
+        .unwrap();
+    assert_eq!(sops.format, SopsFormat::Plain);
+}
+
+#[test]
+fn a_bad_age_recipient_is_located() {
+    let text = format!(
+        "version: 1\nregion: eu\nsecrets:\n  sops:\n    dir: s\n    age: [{AGE_KEY}, age1nope]\ntokens: []\n"
+    );
+    let err = Manifest::parse(&text, "tokens.yaml").unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "tokens.yaml:6:75: secrets.sops.age[1]: not an age recipient (age1…)"
+    );
+    let empty = "version: 1\nregion: eu\nsecrets:\n  sops:\n    dir: s\n    age: []\ntokens: []\n";
+    let err = Manifest::parse(empty, "m").unwrap_err();
+    assert!(err.message.contains("at least one age recipient"), "{err}");
+    let format = format!(
+        "version: 1\nregion: eu\nsecrets:\n  sops:\n    dir: s\n    age: [{AGE_KEY}]\n    format: json\ntokens: []\n"
+    );
+    let err = Manifest::parse(&format, "m").unwrap_err();
+    assert!(
+        err.message
+            .contains("secrets.sops.format: unknown format `json`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn vault_paths_are_checked() {
+    for (path, expected) in [
+        ("logzio/{name}", "the same for different tokens"),
+        ("logzio/{accountId}/{nam}", "unknown placeholder `{nam}`"),
+        ("/logzio/{id}", "empty, `.` or `..` segment"),
+        ("logzio/../{id}", "empty, `.` or `..` segment"),
+        ("logzio/{id", "without its `}`"),
+    ] {
+        let text = format!(
+            "version: 1\nregion: eu\nsecrets:\n  vault:\n    mount: secret\n    path: \"{path}\"\ntokens: []\n"
+        );
+        let err = Manifest::parse(&text, "m").unwrap_err();
+        assert!(err.message.contains("secrets.vault.path"), "{path}: {err}");
+        assert!(err.message.contains(expected), "{path}: {err}");
+    }
+    let text = "version: 1\nregion: eu\nsecrets:\n  vault:\n    mount: secret/\n    path: \"{id}\"\ntokens: []\n";
+    let err = Manifest::parse(text, "m").unwrap_err();
+    assert!(err.message.contains("secrets.vault.mount"), "{err}");
+}

@@ -659,7 +659,16 @@ struct PgLock {
     schema: String,
 }
 
-impl LockGuard for PgLock {}
+impl LockGuard for PgLock {
+    fn is_current(&self) -> bool {
+        use std::sync::atomic::Ordering;
+        self.slot
+            .lock()
+            .ok()
+            .and_then(|l| l.clone())
+            .is_some_and(|l| !l.lost.load(Ordering::SeqCst) && !l.client.is_closed())
+    }
+}
 
 impl Drop for PgLock {
     fn drop(&mut self) {
@@ -941,6 +950,21 @@ impl Backend for PgBackend {
                 .map_err(self.query_err())?
                 .get(0))
         })?)
+    }
+
+    fn discard_journal(&self, journal: Journal) -> Result<(), BackendError> {
+        drop(journal);
+        let locked = self.current_lock().ok_or_else(|| PgError::Query {
+            location: self.loc(),
+            detail: "a journal without the lock".into(),
+        })?;
+        let s = &self.schema;
+        self.block_on(locked.client.execute(
+            &format!("DELETE FROM {s}.journal WHERE state_id = $1 AND run_id = $2"),
+            &[&locked.state_id, &locked.run_id],
+        ))
+        .map_err(self.query_err())?;
+        Ok(())
     }
 
     fn open_journal(&self, begin: &Record) -> Result<Journal, BackendError> {

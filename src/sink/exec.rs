@@ -1,0 +1,166 @@
+//! The exec sink: a command per token, with the token's JSON object on its
+//! stdin.
+
+use std::fs::File;
+use std::io::{self, Read, Seek, Write};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::{NewToken, SecretSink, SinkError, create_private_dir};
+use crate::fsutil;
+
+/// Runs a command per token with the token's JSON object on its stdin; a
+/// non-zero exit or a timeout is a failure.
+///
+/// The command runs without the owner token in its environment, and what
+/// it prints never reaches tokenctl's output (it may echo the secret in
+/// any shape): when it fails, its output goes to a private file.
+pub struct ExecSink {
+    argv: Vec<String>,
+    timeout: Duration,
+    output_dir: PathBuf,
+}
+
+/// Variables the exec sink's command does not inherit: the owner token.
+pub const WITHHELD_FROM_EXEC: [&str; 2] = ["LOGZIO_API_TOKEN", "LOGZIO_API_TOKEN_FILE"];
+
+impl ExecSink {
+    /// Returns a sink running `argv`, after checking that the program
+    /// exists; a failing run's output is kept in `output_dir` (mode 0600).
+    pub fn new(
+        argv: Vec<String>,
+        timeout: Duration,
+        output_dir: PathBuf,
+    ) -> Result<Self, SinkError> {
+        let program = argv.first().cloned().unwrap_or_default();
+        if find_program(&program).is_none() {
+            return Err(SinkError {
+                sink: format!("exec {program}"),
+                detail: format!("program `{program}` was not found"),
+                hint: Some("check `secrets.exec` in the manifest: the first item is the program, found on PATH or by path".into()),
+            });
+        }
+        Ok(ExecSink {
+            argv,
+            timeout,
+            output_dir,
+        })
+    }
+
+    /// Keeps what a failed run printed in a private file and says where.
+    fn keep_output(&self, output: &mut File, token: &NewToken<'_>) -> String {
+        let mut bytes = Vec::new();
+        if output.seek(io::SeekFrom::Start(0)).is_err() || output.read_to_end(&mut bytes).is_err() {
+            return "its output could not be read back".into();
+        }
+        if bytes.is_empty() {
+            return "it printed nothing".into();
+        }
+        let name = format!(
+            "exec-sink-{}-{}-{}.log",
+            token.created_at, token.address.account_id, token.id
+        );
+        let path = self.output_dir.join(name);
+        match create_private_dir(&self.output_dir)
+            .and_then(|()| fsutil::write_atomic(&path, &bytes, 0o600))
+        {
+            Ok(()) => format!(
+                "its output ({} bytes) was saved to {} (mode 0600)",
+                bytes.len(),
+                path.display()
+            ),
+            Err(err) => format!("its output could not be saved ({err}) and was dropped"),
+        }
+    }
+}
+
+impl SecretSink for ExecSink {
+    fn deliver(&mut self, token: &NewToken<'_>) -> Result<(), SinkError> {
+        let fail = |detail: String| SinkError {
+            sink: self.describe(),
+            detail,
+            hint: None,
+        };
+        // Output goes to an unnamed file rather than a pipe, so a chatty
+        // program cannot block on a full pipe while we wait.
+        let mut output = tempfile::tempfile().map_err(|e| fail(e.to_string()))?;
+        let mut command = Command::new(&self.argv[0]);
+        command
+            .args(&self.argv[1..])
+            .stdin(Stdio::piped())
+            .stdout(output.try_clone().map_err(|e| fail(e.to_string()))?)
+            .stderr(output.try_clone().map_err(|e| fail(e.to_string()))?);
+        for name in WITHHELD_FROM_EXEC {
+            command.env_remove(name);
+        }
+        let mut child = command
+            .spawn()
+            .map_err(|e| fail(format!("cannot start: {e}")))?;
+        // Writing happens on its own thread, inside the timeout: a program
+        // that never reads its stdin must not hang tokenctl on a full pipe.
+        let writer = child.stdin.take().map(|mut stdin| {
+            let line = token.to_json_line();
+            std::thread::spawn(move || stdin.write_all(line.as_bytes()))
+        });
+        let deadline = Instant::now() + self.timeout;
+        let status = loop {
+            match child.try_wait() {
+                Ok(Some(status)) => break Some(status),
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(5))
+                }
+                Ok(None) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break None;
+                }
+                Err(e) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err(fail(e.to_string()));
+                }
+            }
+        };
+        // The child is gone, so its end of the pipe is closed and the
+        // writer has returned.
+        let written = writer
+            .map(|w| {
+                w.join()
+                    .unwrap_or_else(|_| Err(io::Error::other("writer panicked")))
+            })
+            .unwrap_or(Ok(()));
+        let detail = match (status, written) {
+            (Some(status), Ok(())) if status.success() => return Ok(()),
+            (None, _) => format!(
+                "no exit within {}; it was killed",
+                humantime::format_duration(self.timeout)
+            ),
+            (Some(status), Err(e)) if status.success() => {
+                format!("it exited 0 without reading the token from its stdin ({e})")
+            }
+            (Some(status), _) => format!("it exited with {status}"),
+        };
+        let output = self.keep_output(&mut output, token);
+        Err(fail(format!("{detail}; {output}")))
+    }
+
+    fn describe(&self) -> String {
+        format!("exec {}", self.argv.join(" "))
+    }
+}
+
+fn find_program(program: &str) -> Option<PathBuf> {
+    if program.is_empty() {
+        return None;
+    }
+    if program.contains('/') {
+        let path = PathBuf::from(program);
+        return path.is_file().then_some(path);
+    }
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join(program))
+            .find(|candidate| candidate.is_file())
+    })
+}

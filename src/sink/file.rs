@@ -1,0 +1,257 @@
+//! The file sink: one JSON object per token appended to a 0600 file that
+//! git would not commit, and its reader.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use super::{FoundSecret, NewToken, SecretLookup, SecretSink, SinkError, create_private_dir};
+use crate::address::Address;
+use crate::fsutil;
+use crate::secret::Secret;
+
+/// Appends one JSON object per token to a file of mode 0600, fsynced per
+/// token, so each token costs the same however large the file is.
+pub struct FileSink {
+    path: PathBuf,
+    file: File,
+}
+
+impl FileSink {
+    /// Opens (creating if needed) the sink file, after checking that it is
+    /// private and would not be committed to git.
+    pub fn open(path: &Path) -> Result<Self, SinkError> {
+        let fail = |detail: String, hint: Option<String>| SinkError {
+            sink: path.display().to_string(),
+            detail,
+            hint,
+        };
+        // Through a link, secrets would land wherever it points, perhaps in
+        // a file git tracks, while every check looked at the link.
+        if fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) {
+            return Err(fail(
+                "the secrets file is a symbolic link; tokenctl writes secrets only to a real file"
+                    .into(),
+                Some(format!(
+                    "point secrets.file (or --secrets-out) at the file itself, not at the link {}",
+                    path.display()
+                )),
+            ));
+        }
+        let dir = fsutil::parent_dir(path);
+        create_private_dir(dir)
+            .map_err(|e| fail(format!("cannot create folder {}: {e}", dir.display()), None))?;
+        check_git_ignored(path).map_err(|(detail, hint)| fail(detail, Some(hint)))?;
+        let file = open_private_append(path).map_err(|e| {
+            fail(
+                format!("cannot open for writing: {e}"),
+                Some(
+                    "check the folder's permissions, or choose another file with --secrets-out"
+                        .into(),
+                ),
+            )
+        })?;
+        check_private(&file).map_err(|detail| {
+            fail(
+                detail,
+                Some(format!(
+                    "run `chmod 600 {}` and check who could read it",
+                    path.display()
+                )),
+            )
+        })?;
+        Ok(FileSink {
+            path: path.to_path_buf(),
+            file,
+        })
+    }
+}
+
+impl SecretSink for FileSink {
+    fn deliver(&mut self, token: &NewToken<'_>) -> Result<(), SinkError> {
+        let line = token.to_json_line();
+        let fail = |detail: String| SinkError {
+            sink: self.path.display().to_string(),
+            detail,
+            hint: None,
+        };
+        let whole = self
+            .file
+            .metadata()
+            .map_err(|e| fail(format!("cannot read the file's size: {e}")))?
+            .len();
+        let written = self
+            .file
+            .write_all(line.as_bytes())
+            .and_then(|()| self.file.sync_data());
+        if let Err(err) = written {
+            // A full disk can take part of the line: cut it off, so the
+            // next record does not glue onto it and every line parses.
+            let detail = match self
+                .file
+                .set_len(whole)
+                .and_then(|()| self.file.sync_data())
+            {
+                Ok(()) => {
+                    format!("write failed: {err}; the file was cut back to its last whole record")
+                }
+                Err(cut) => format!(
+                    "write failed: {err}, and cutting the partial record off failed too: {cut}"
+                ),
+            };
+            return Err(fail(detail));
+        }
+        Ok(())
+    }
+
+    fn describe(&self) -> String {
+        self.path.display().to_string()
+    }
+}
+
+/// Reads a JSON Lines secrets file back, in the format [`FileSink`] writes.
+pub struct FileLookup {
+    path: PathBuf,
+}
+
+impl FileLookup {
+    /// Returns a reader of the secrets file at `path`; a missing file holds
+    /// nothing.
+    pub fn new(path: PathBuf) -> Self {
+        FileLookup { path }
+    }
+}
+
+impl FileLookup {
+    /// Reads every record. Lines are in delivery order, so a later line
+    /// supersedes an earlier one; a torn last line (a crash mid-write) is
+    /// skipped.
+    fn records(&self) -> Result<Vec<(Address, FoundSecret)>, SinkError> {
+        let bytes = match fs::read(&self.path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => {
+                return Err(SinkError {
+                    sink: self.describe(),
+                    detail: format!("cannot read: {e}"),
+                    hint: None,
+                });
+            }
+        };
+        #[derive(serde::Deserialize)]
+        struct Line {
+            address: Address,
+            id: u64,
+            #[serde(rename = "createdAt")]
+            created_at: Option<i64>,
+            token: String,
+        }
+        Ok(String::from_utf8_lossy(&bytes)
+            .lines()
+            .filter_map(|line| serde_json::from_str::<Line>(line).ok())
+            .map(|line| {
+                let found = FoundSecret {
+                    id: line.id,
+                    created_at: line.created_at,
+                    token: Secret::new(line.token),
+                    place: self.describe(),
+                };
+                (line.address, found)
+            })
+            .collect())
+    }
+}
+
+impl SecretLookup for FileLookup {
+    fn lookup(&self, address: &Address) -> Result<Vec<FoundSecret>, SinkError> {
+        Ok(self
+            .records()?
+            .into_iter()
+            .filter(|(a, _)| a == address)
+            .map(|(_, found)| found)
+            .collect())
+    }
+
+    fn lookup_all(&self) -> Option<Result<Vec<(Address, FoundSecret)>, SinkError>> {
+        Some(self.records())
+    }
+
+    fn describe(&self) -> String {
+        self.path.display().to_string()
+    }
+}
+
+fn open_private_append(path: &Path) -> io::Result<File> {
+    let mut options = OpenOptions::new();
+    options.append(true).create(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    options.open(path)
+}
+
+#[cfg(unix)]
+fn check_private(file: &File) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = file
+        .metadata()
+        .map_err(|e| e.to_string())?
+        .permissions()
+        .mode();
+    if mode & 0o077 != 0 {
+        return Err(format!(
+            "the file is readable or writable by others (mode {:o}); secrets need mode 600",
+            mode & 0o777
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn check_private(_file: &File) -> Result<(), String> {
+    Ok(())
+}
+
+/// Refuses a path inside a git work tree that git would not ignore.
+/// Without git on the machine there is nothing to commit it, so it passes.
+fn check_git_ignored(path: &Path) -> Result<(), (String, String)> {
+    let dir = fsutil::parent_dir(path);
+    let git = |args: &[&str]| Command::new("git").arg("-C").arg(dir).args(args).output();
+    let Ok(toplevel) = git(&["rev-parse", "--show-toplevel"]) else {
+        return Ok(());
+    };
+    if !toplevel.status.success() {
+        return Ok(());
+    }
+    let Some(file_name) = path.file_name() else {
+        return Ok(());
+    };
+    let ignored = Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(["check-ignore", "-q", "--"])
+        .arg(file_name)
+        .status();
+    match ignored {
+        Ok(status) if status.success() => Ok(()),
+        Ok(status) if status.code() == Some(1) => {
+            let root = PathBuf::from(String::from_utf8_lossy(&toplevel.stdout).trim());
+            let absolute = fs::canonicalize(dir)
+                .map(|d| d.join(file_name))
+                .unwrap_or_else(|_| path.to_path_buf());
+            let relative = absolute.strip_prefix(&root).unwrap_or(&absolute);
+            Err((
+                "the file is inside a git work tree and git does not ignore it, so the secrets could be committed".into(),
+                format!(
+                    "add this line to {}: /{}",
+                    root.join(".gitignore").display(),
+                    relative.display()
+                ),
+            ))
+        }
+        _ => Ok(()),
+    }
+}

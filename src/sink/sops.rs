@@ -1,0 +1,805 @@
+//! The `sops` sink: one SOPS file per new token, encrypted to age
+//! recipients, meant to be committed next to the manifest.
+//!
+//! The files are SOPS v3 documents as the `sops` tool and Flux read them:
+//! a random 256-bit data key per file, wrapped for each age recipient
+//! (ASCII-armored, one `sops.age` entry per recipient); the `token` value
+//! encrypted with AES-256-GCM under that key, with its key path as
+//! additional data; and a MAC (SHA-512 over every value of the document,
+//! the readable ones too, encrypted with the data key and the
+//! `lastmodified` time as additional data), so editing a readable `id`
+//! makes `sops -d` refuse the file. Only this small fixed schema is
+//! written and read back; this is not a general SOPS implementation.
+
+use std::fs;
+use std::io::{self, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+
+use aes_gcm::aead::consts::U32;
+use aes_gcm::aead::rand_core::RngCore;
+use aes_gcm::aead::{Aead, KeyInit, OsRng, Payload};
+use aes_gcm::aes::Aes256;
+use aes_gcm::{AesGcm, Nonce};
+use age::armor::{ArmoredReader, ArmoredWriter, Format as ArmorFormat};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use serde_yaml::{Mapping, Value};
+use sha2::{Digest, Sha512};
+
+use crate::address::Address;
+use crate::fsutil;
+use crate::render;
+use crate::secret::Secret;
+use crate::sink::{FoundSecret, NewToken, SecretLookup, SecretSink, SinkError};
+
+/// AES-256-GCM with SOPS's 32-byte nonces.
+type SopsCipher = AesGcm<Aes256, U32>;
+
+/// Which values SOPS encrypts: the key `token`, wherever it is.
+pub const ENCRYPTED_REGEX: &str = "^(token)$";
+const ENCRYPTED_KEY: &str = "token";
+/// The SOPS version recorded in the files: one whose readers know every
+/// field written here.
+const SOPS_VERSION: &str = "3.8.1";
+const NONCE_LEN: usize = 32;
+const TAG_LEN: usize = 16;
+/// File names end so, which `sops -d FILE` needs to pick its YAML store.
+pub const FILE_SUFFIX: &str = ".sops.yaml";
+/// Longest part of a token's name kept in a file or Kubernetes name.
+const NAME_PART_MAX: usize = 40;
+const ANNOTATION_PREFIX: &str = "tokenctl";
+
+/// The document shape of a SOPS file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SopsFormat {
+    /// Keys `address, accountId, name, id, createdAt, token`.
+    Plain,
+    /// A Kubernetes `v1` Secret with `stringData.token`.
+    K8sSecret,
+}
+
+impl SopsFormat {
+    /// Returns the format named in a manifest, if it is one.
+    pub fn from_name(name: &str) -> Option<SopsFormat> {
+        match name {
+            "plain" => Some(SopsFormat::Plain),
+            "k8s-secret" => Some(SopsFormat::K8sSecret),
+            _ => None,
+        }
+    }
+}
+
+/// Why a SOPS file could not be written or read.
+#[derive(Debug, thiserror::Error)]
+pub enum SopsError {
+    #[error("not a SOPS file as tokenctl writes them: {0}")]
+    Format(String),
+    #[error("none of the available age identities is a recipient of the file")]
+    NoIdentity,
+    #[error(
+        "the MAC does not match the content: the file was changed after it was written, or its data key is wrong"
+    )]
+    Mac,
+    #[error("{0}")]
+    Crypto(String),
+}
+
+/// Parses an age X25519 recipient (`age1…`).
+pub fn parse_recipient(text: &str) -> Result<age::x25519::Recipient, String> {
+    text.trim()
+        .parse::<age::x25519::Recipient>()
+        .map_err(|_| "not an age recipient (age1…)".to_string())
+}
+
+/// Reads age identities from `SOPS_AGE_KEY_FILE` (a path) and `SOPS_AGE_KEY`
+/// (the keys themselves), as `sops` does; returns none when neither is set.
+pub fn identities_from(
+    key_file: Option<&str>,
+    key: Option<&str>,
+) -> Result<Vec<Box<dyn age::Identity + Send + Sync>>, String> {
+    let mut identities = Vec::new();
+    let mut add = |text: &[u8], from: &str| -> Result<(), String> {
+        let file = age::IdentityFile::from_buffer(BufReader::new(text))
+            .map_err(|e| format!("{from} holds no age identity: {e}"))?;
+        let found = file
+            .into_identities()
+            .map_err(|e| format!("{from} holds an unusable identity: {e}"))?;
+        identities.extend(found);
+        Ok(())
+    };
+    if let Some(path) = key_file.filter(|p| !p.is_empty()) {
+        let text =
+            fs::read(path).map_err(|e| format!("cannot read SOPS_AGE_KEY_FILE {path}: {e}"))?;
+        add(&text, &format!("SOPS_AGE_KEY_FILE {path}"))?;
+    }
+    if let Some(key) = key.filter(|k| !k.trim().is_empty()) {
+        add(key.as_bytes(), "SOPS_AGE_KEY")?;
+    }
+    Ok(identities)
+}
+
+/// Returns the file name for a token: account, name and id, kept to safe
+/// ASCII and bounded in length, so any file system takes it.
+pub fn file_name(address: &Address, id: u64) -> String {
+    let name = safe_part(&address.name, |c| {
+        c.is_ascii_alphanumeric() || c == '-' || c == '_'
+    });
+    format!("{}-{name}-{id}{FILE_SUFFIX}", address.account_id)
+}
+
+/// Returns a valid Kubernetes object name (an RFC 1123 subdomain) for a
+/// token; the id keeps names distinct that differ only in dropped
+/// characters.
+pub fn k8s_name(address: &Address, id: u64) -> String {
+    let lower = address.name.to_ascii_lowercase();
+    let name = safe_part(&lower, |c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    let name = name.replace('_', "-");
+    format!("logzio-{}-{name}-{id}", address.account_id)
+}
+
+/// Keeps the characters `keep` allows, replaces runs of others with one
+/// `_`, trims separators at the ends and bounds the length.
+fn safe_part(name: &str, keep: impl Fn(char) -> bool) -> String {
+    let mut out = String::new();
+    for c in name.chars() {
+        if keep(c) {
+            out.push(c);
+        } else if !out.ends_with('_') {
+            out.push('_');
+        }
+    }
+    out.truncate(NAME_PART_MAX);
+    let trimmed = out.trim_matches(|c| c == '_' || c == '-');
+    if trimmed.is_empty() {
+        "token".into()
+    } else {
+        trimmed.to_string()
+    }
+}
+
+/// Returns the document of a token before encryption; the token value is
+/// only placed in it by [`encrypt`].
+fn document(token: &NewToken<'_>, format: SopsFormat) -> Mapping {
+    let address = token.address;
+    let mut doc = Mapping::new();
+    let s = |text: &str| Value::String(text.to_string());
+    match format {
+        SopsFormat::Plain => {
+            doc.insert(s("address"), s(&address.to_string()));
+            doc.insert(s("accountId"), Value::from(address.account_id));
+            doc.insert(s("name"), s(&address.name));
+            doc.insert(s("id"), Value::from(token.id));
+            doc.insert(s("createdAt"), Value::from(token.created_at));
+            doc.insert(s(ENCRYPTED_KEY), Value::Null);
+        }
+        SopsFormat::K8sSecret => {
+            let key = |k: &str| s(&format!("{ANNOTATION_PREFIX}/{k}"));
+            let mut annotations = Mapping::new();
+            annotations.insert(key("address"), s(&address.to_string()));
+            annotations.insert(key("account-id"), s(&address.account_id.to_string()));
+            annotations.insert(key("name"), s(&address.name));
+            annotations.insert(key("id"), s(&token.id.to_string()));
+            annotations.insert(key("created-at"), s(&token.created_at.to_string()));
+            let mut labels = Mapping::new();
+            labels.insert(s("app.kubernetes.io/managed-by"), s("tokenctl"));
+            labels.insert(key("account-id"), s(&address.account_id.to_string()));
+            let mut metadata = Mapping::new();
+            metadata.insert(s("name"), s(&k8s_name(address, token.id)));
+            metadata.insert(s("labels"), Value::Mapping(labels));
+            metadata.insert(s("annotations"), Value::Mapping(annotations));
+            let mut string_data = Mapping::new();
+            string_data.insert(s(ENCRYPTED_KEY), Value::Null);
+            doc.insert(s("apiVersion"), s("v1"));
+            doc.insert(s("kind"), s("Secret"));
+            doc.insert(s("metadata"), Value::Mapping(metadata));
+            doc.insert(s("type"), s("Opaque"));
+            doc.insert(s("stringData"), Value::Mapping(string_data));
+        }
+    }
+    doc
+}
+
+/// Returns the SOPS file text for a new token, encrypted to `recipients`,
+/// with `lastmodified` set to `now` (epoch seconds).
+pub fn encrypt(
+    token: &NewToken<'_>,
+    format: SopsFormat,
+    recipients: &[age::x25519::Recipient],
+    now: i64,
+) -> Result<String, SopsError> {
+    if recipients.is_empty() {
+        return Err(SopsError::Crypto("no age recipient is configured".into()));
+    }
+    let mut data_key = [0u8; 32];
+    OsRng.fill_bytes(&mut data_key);
+    let mut doc = document(token, format);
+    let mut hash = Sha512::new();
+    let mut failure = None;
+    walk_leaves(&mut doc, &mut Vec::new(), &mut |value, path| {
+        let encrypted = path.iter().any(|k| k == ENCRYPTED_KEY);
+        // The token's placeholder stands for the secret; nothing else
+        // ever holds it in plaintext.
+        let plain = if encrypted {
+            Plain::Str(token.token.expose())
+        } else {
+            match plain_of(value) {
+                Ok(plain) => plain,
+                Err(err) => {
+                    failure.get_or_insert(err);
+                    return;
+                }
+            }
+        };
+        hash.update(plain.bytes());
+        if encrypted {
+            match seal(&data_key, &plain, &additional_data(path)) {
+                Ok(sealed) => *value = Value::String(sealed),
+                Err(err) => {
+                    failure.get_or_insert(err);
+                }
+            }
+        }
+    });
+    if let Some(err) = failure {
+        return Err(err);
+    }
+    let lastmodified = render::utc(now);
+    let mac = hex_upper(&hash.finalize());
+    let mac = seal(&data_key, &Plain::Str(&mac), &lastmodified)?;
+    let mut age_keys = Vec::new();
+    for recipient in recipients {
+        age_keys.push(Value::Mapping(Mapping::from_iter([
+            (
+                Value::String("recipient".into()),
+                Value::String(recipient.to_string()),
+            ),
+            (
+                Value::String("enc".into()),
+                Value::String(wrap_key(&data_key, recipient)?),
+            ),
+        ])));
+    }
+    let s = |text: &str| Value::String(text.to_string());
+    let mut metadata = Mapping::new();
+    metadata.insert(s("age"), Value::Sequence(age_keys));
+    metadata.insert(s("lastmodified"), s(&lastmodified));
+    metadata.insert(s("mac"), s(&mac));
+    metadata.insert(s("encrypted_regex"), s(ENCRYPTED_REGEX));
+    metadata.insert(s("version"), s(SOPS_VERSION));
+    doc.insert(s("sops"), Value::Mapping(metadata));
+    let mut out = String::new();
+    emit_mapping(&doc, 0, &mut out);
+    Ok(out)
+}
+
+/// Writes a mapping as block YAML that every YAML reader types alike.
+///
+/// A generic emitter leaves a string such as `1_000`, `0X1f` or
+/// `2001-12-14` unquoted, which Go's YAML reader (and so `sops`) takes for a
+/// number or a time: its MAC would then differ from the one written. So
+/// every string is double-quoted (JSON string syntax is valid YAML), except
+/// the armored data keys, which are plain ASCII and kept readable as
+/// literal blocks, as `sops` writes them.
+fn emit_mapping(map: &Mapping, indent: usize, out: &mut String) {
+    for (key, value) in map {
+        out.push_str(&" ".repeat(indent));
+        out.push_str(&emit_key(key.as_str().unwrap_or_default()));
+        out.push(':');
+        emit_value(value, indent, out);
+    }
+}
+
+fn emit_value(value: &Value, indent: usize, out: &mut String) {
+    match value {
+        Value::Mapping(map) if map.is_empty() => out.push_str(" {}\n"),
+        Value::Mapping(map) => {
+            out.push('\n');
+            emit_mapping(map, indent + 2, out);
+        }
+        Value::Sequence(items) if items.is_empty() => out.push_str(" []\n"),
+        Value::Sequence(items) => {
+            out.push('\n');
+            for item in items {
+                if let Value::Mapping(map) = item {
+                    // The first key goes on the dash's line.
+                    let mut nested = String::new();
+                    emit_mapping(map, indent + 2, &mut nested);
+                    out.push_str(&" ".repeat(indent));
+                    out.push_str("- ");
+                    out.push_str(&nested[indent + 2..]);
+                } else {
+                    out.push_str(&" ".repeat(indent));
+                    out.push('-');
+                    emit_value(item, indent, out);
+                }
+            }
+        }
+        Value::String(text) if is_block_safe(text) => {
+            out.push_str(if text.ends_with('\n') {
+                " |\n"
+            } else {
+                " |-\n"
+            });
+            for line in text.lines() {
+                out.push_str(&" ".repeat(indent + 2));
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+        Value::String(text) => {
+            out.push(' ');
+            out.push_str(&quote(text));
+            out.push('\n');
+        }
+        Value::Number(n) => out.push_str(&format!(" {n}\n")),
+        Value::Bool(b) => out.push_str(&format!(" {b}\n")),
+        Value::Null | Value::Tagged(_) => out.push_str(" null\n"),
+    }
+}
+
+fn emit_key(key: &str) -> String {
+    let plain = key
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '/'))
+        && key.starts_with(|c: char| c.is_ascii_alphabetic());
+    if plain { key.to_string() } else { quote(key) }
+}
+
+/// Returns `text` as a double-quoted YAML scalar.
+fn quote(text: &str) -> String {
+    serde_json::Value::String(text.to_string()).to_string()
+}
+
+/// Tells whether a multi-line string reads back unchanged from a literal
+/// block: printable ASCII lines without leading or trailing blanks, and at
+/// most one final newline.
+fn is_block_safe(text: &str) -> bool {
+    text.contains('\n')
+        && !text.ends_with("\n\n")
+        && text.lines().all(|line| {
+            !line.is_empty()
+                && !line.starts_with(' ')
+                && !line.ends_with(' ')
+                && line.chars().all(|c| c.is_ascii_graphic() || c == ' ')
+        })
+}
+
+/// A token read back from a SOPS file, its MAC verified.
+pub struct Decrypted {
+    pub address: String,
+    pub id: u64,
+    pub created_at: Option<i64>,
+    pub token: Secret,
+}
+
+/// The readable fields of a SOPS file, without decrypting it.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Readable {
+    pub address: String,
+    pub id: u64,
+}
+
+/// Returns the readable address and id of a SOPS file tokenctl wrote.
+pub fn readable(text: &str) -> Result<Readable, SopsError> {
+    let doc: Mapping = serde_yaml::from_str(text).map_err(|e| SopsError::Format(e.to_string()))?;
+    fields_of(&doc).map(|(address, id, _)| Readable { address, id })
+}
+
+/// Returns (address, id, createdAt) from either document shape.
+fn fields_of(doc: &Mapping) -> Result<(String, u64, Option<i64>), SopsError> {
+    let missing = |key: &str| SopsError::Format(format!("no readable `{key}`"));
+    let fields = match doc.get("metadata").and_then(|m| m.get("annotations")) {
+        Some(annotations) => annotations,
+        None => &Value::Mapping(doc.clone()),
+    };
+    let pick = |plain: &str, k8s: &str| {
+        fields
+            .get(plain)
+            .or_else(|| fields.get(format!("{ANNOTATION_PREFIX}/{k8s}")))
+    };
+    let number = |value: &Value| match value {
+        Value::Number(n) => n.as_i64(),
+        Value::String(s) => s.parse().ok(),
+        _ => None,
+    };
+    let address = pick("address", "address")
+        .and_then(Value::as_str)
+        .ok_or_else(|| missing("address"))?
+        .to_string();
+    let id = pick("id", "id")
+        .and_then(number)
+        .and_then(|n| u64::try_from(n).ok())
+        .ok_or_else(|| missing("id"))?;
+    let created_at = pick("createdAt", "created-at").and_then(number);
+    Ok((address, id, created_at))
+}
+
+/// Decrypts the token of a SOPS file with any of `identities`, after
+/// verifying the MAC over every value.
+pub fn decrypt(
+    text: &str,
+    identities: &[Box<dyn age::Identity + Send + Sync>],
+) -> Result<Decrypted, SopsError> {
+    let format_error = |detail: &str| SopsError::Format(detail.to_string());
+    let mut doc: Mapping =
+        serde_yaml::from_str(text).map_err(|e| SopsError::Format(e.to_string()))?;
+    let metadata = doc
+        .remove("sops")
+        .ok_or_else(|| format_error("no `sops` metadata"))?;
+    if metadata.get("encrypted_regex").and_then(Value::as_str) != Some(ENCRYPTED_REGEX) {
+        return Err(format_error(&format!(
+            "only files with encrypted_regex {ENCRYPTED_REGEX} are read"
+        )));
+    }
+    let lastmodified = metadata
+        .get("lastmodified")
+        .and_then(Value::as_str)
+        .ok_or_else(|| format_error("no `sops.lastmodified`"))?
+        .to_string();
+    let mac = metadata
+        .get("mac")
+        .and_then(Value::as_str)
+        .ok_or_else(|| format_error("no `sops.mac`"))?
+        .to_string();
+    let wrapped: Vec<&str> = metadata
+        .get("age")
+        .and_then(Value::as_sequence)
+        .map(|keys| {
+            keys.iter()
+                .filter_map(|k| k.get("enc").and_then(Value::as_str))
+                .collect()
+        })
+        .unwrap_or_default();
+    let data_key = wrapped
+        .iter()
+        .find_map(|enc| unwrap_key(enc, identities))
+        .ok_or(SopsError::NoIdentity)?;
+    let (address, id, created_at) = fields_of(&doc)?;
+    let mut hash = Sha512::new();
+    let mut token = None;
+    let mut failure = None;
+    walk_leaves(&mut doc, &mut Vec::new(), &mut |value, path| {
+        let encrypted = path.iter().any(|k| k == ENCRYPTED_KEY);
+        let result = if encrypted {
+            value
+                .as_str()
+                .ok_or_else(|| SopsError::Format("an encrypted value is not a string".into()))
+                .and_then(|sealed| open(&data_key, sealed, &additional_data(path)))
+                .map(|(bytes, _)| {
+                    hash.update(&bytes);
+                    if path.last().map(String::as_str) == Some(ENCRYPTED_KEY) {
+                        token = Some(bytes);
+                    }
+                })
+        } else {
+            plain_of(value).map(|plain| hash.update(plain.bytes()))
+        };
+        if let Err(err) = result {
+            failure.get_or_insert(err);
+        }
+    });
+    if let Some(err) = failure {
+        return Err(err);
+    }
+    let (stored_mac, _) = open(&data_key, &mac, &lastmodified).map_err(|_| SopsError::Mac)?;
+    if stored_mac != hex_upper(&hash.finalize()).as_bytes() {
+        return Err(SopsError::Mac);
+    }
+    let token = token.ok_or_else(|| format_error("no `token` value"))?;
+    let token = String::from_utf8(token).map_err(|_| format_error("the token is not text"))?;
+    Ok(Decrypted {
+        address,
+        id,
+        created_at,
+        token: Secret::new(token),
+    })
+}
+
+/// A leaf value as SOPS turns it into bytes for the MAC and the cipher.
+enum Plain<'a> {
+    Str(&'a str),
+    Owned(String, &'static str),
+}
+
+impl Plain<'_> {
+    fn bytes(&self) -> Vec<u8> {
+        match self {
+            Plain::Str(s) => s.as_bytes().to_vec(),
+            Plain::Owned(s, _) => s.as_bytes().to_vec(),
+        }
+    }
+
+    fn sops_type(&self) -> &'static str {
+        match self {
+            Plain::Str(_) => "str",
+            Plain::Owned(_, kind) => kind,
+        }
+    }
+}
+
+fn plain_of(value: &Value) -> Result<Plain<'_>, SopsError> {
+    match value {
+        Value::String(s) => Ok(Plain::Str(s)),
+        Value::Number(n) if n.is_i64() || n.is_u64() => Ok(Plain::Owned(n.to_string(), "int")),
+        // SOPS writes booleans the way Python did.
+        Value::Bool(b) => Ok(Plain::Owned(
+            if *b { "True" } else { "False" }.into(),
+            "bool",
+        )),
+        _ => Err(SopsError::Format(
+            "a value that is not a string, integer or boolean".into(),
+        )),
+    }
+}
+
+/// Calls `f` on every leaf in document order with its key path; SOPS skips
+/// nulls, and so does this.
+fn walk_leaves(
+    doc: &mut Mapping,
+    path: &mut Vec<String>,
+    f: &mut dyn FnMut(&mut Value, &[String]),
+) {
+    for (key, value) in doc.iter_mut() {
+        path.push(key.as_str().unwrap_or_default().to_string());
+        walk_value(value, path, f);
+        path.pop();
+    }
+}
+
+fn walk_value(value: &mut Value, path: &mut Vec<String>, f: &mut dyn FnMut(&mut Value, &[String])) {
+    match value {
+        Value::Mapping(map) => walk_leaves(map, path, f),
+        Value::Sequence(items) => {
+            for item in items {
+                walk_value(item, path, f);
+            }
+        }
+        // The token's placeholder is the one null that is a leaf.
+        Value::Null if path.last().map(String::as_str) != Some(ENCRYPTED_KEY) => {}
+        Value::Tagged(tagged) => walk_value(&mut tagged.value, path, f),
+        _ => f(value, path),
+    }
+}
+
+/// Returns SOPS's additional data for a value: its key path, `:`-joined,
+/// with a trailing `:`.
+fn additional_data(path: &[String]) -> String {
+    let mut aad = path.join(":");
+    aad.push(':');
+    aad
+}
+
+fn seal(key: &[u8; 32], plain: &Plain<'_>, aad: &str) -> Result<String, SopsError> {
+    let cipher = SopsCipher::new_from_slice(key)
+        .map_err(|_| SopsError::Crypto("bad data key length".into()))?;
+    let mut nonce = [0u8; NONCE_LEN];
+    OsRng.fill_bytes(&mut nonce);
+    let bytes = plain.bytes();
+    let sealed = cipher
+        .encrypt(
+            Nonce::<U32>::from_slice(&nonce),
+            Payload {
+                msg: &bytes,
+                aad: aad.as_bytes(),
+            },
+        )
+        .map_err(|_| SopsError::Crypto("AES-GCM encryption failed".into()))?;
+    let (data, tag) = sealed.split_at(sealed.len() - TAG_LEN);
+    Ok(format!(
+        "ENC[AES256_GCM,data:{},iv:{},tag:{},type:{}]",
+        BASE64.encode(data),
+        BASE64.encode(nonce),
+        BASE64.encode(tag),
+        plain.sops_type()
+    ))
+}
+
+/// Decrypts an `ENC[AES256_GCM,...]` value; returns its bytes and type.
+fn open(key: &[u8; 32], sealed: &str, aad: &str) -> Result<(Vec<u8>, String), SopsError> {
+    let bad = || SopsError::Format("a value is not a SOPS AES256_GCM value".into());
+    let inner = sealed
+        .strip_prefix("ENC[AES256_GCM,")
+        .and_then(|s| s.strip_suffix(']'))
+        .ok_or_else(bad)?;
+    let mut parts = [None; 4];
+    for field in inner.split(',') {
+        let (name, value) = field.split_once(':').ok_or_else(bad)?;
+        let slot = ["data", "iv", "tag", "type"]
+            .iter()
+            .position(|n| *n == name)
+            .ok_or_else(bad)?;
+        parts[slot] = Some(value);
+    }
+    let [Some(data), Some(iv), Some(tag), Some(kind)] = parts else {
+        return Err(bad());
+    };
+    let decode = |text: &str| BASE64.decode(text).map_err(|_| bad());
+    let (mut data, iv, tag) = (decode(data)?, decode(iv)?, decode(tag)?);
+    if iv.len() != NONCE_LEN || tag.len() != TAG_LEN {
+        return Err(bad());
+    }
+    data.extend_from_slice(&tag);
+    let cipher = SopsCipher::new_from_slice(key).map_err(|_| bad())?;
+    let plain = cipher
+        .decrypt(
+            Nonce::<U32>::from_slice(&iv),
+            Payload {
+                msg: &data,
+                aad: aad.as_bytes(),
+            },
+        )
+        .map_err(|_| SopsError::Mac)?;
+    Ok((plain, kind.to_string()))
+}
+
+/// Returns the data key encrypted to one age recipient, ASCII-armored.
+fn wrap_key(key: &[u8; 32], recipient: &age::x25519::Recipient) -> Result<String, SopsError> {
+    let crypto = |e: &dyn std::fmt::Display| SopsError::Crypto(format!("age: {e}"));
+    let encryptor =
+        age::Encryptor::with_recipients(std::iter::once(recipient as &dyn age::Recipient))
+            .map_err(|e| crypto(&e))?;
+    let mut out = Vec::new();
+    let armored =
+        ArmoredWriter::wrap_output(&mut out, ArmorFormat::AsciiArmor).map_err(|e| crypto(&e))?;
+    let mut writer = encryptor.wrap_output(armored).map_err(|e| crypto(&e))?;
+    writer.write_all(key).map_err(|e| crypto(&e))?;
+    writer
+        .finish()
+        .and_then(|armored| armored.finish())
+        .map_err(|e| crypto(&e))?;
+    String::from_utf8(out).map_err(|e| crypto(&e))
+}
+
+fn unwrap_key(
+    armored: &str,
+    identities: &[Box<dyn age::Identity + Send + Sync>],
+) -> Option<[u8; 32]> {
+    let decryptor = age::Decryptor::new(ArmoredReader::new(armored.as_bytes())).ok()?;
+    let mut reader = decryptor
+        .decrypt(identities.iter().map(|i| i.as_ref() as &dyn age::Identity))
+        .ok()?;
+    let mut key = Vec::new();
+    reader.read_to_end(&mut key).ok()?;
+    key.try_into().ok()
+}
+
+fn hex_upper(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02X}")).collect()
+}
+
+/// Writes one new SOPS file per token into a folder.
+pub struct SopsSink {
+    dir: PathBuf,
+    recipients: Vec<age::x25519::Recipient>,
+    format: SopsFormat,
+    identities: Vec<Box<dyn age::Identity + Send + Sync>>,
+}
+
+impl SopsSink {
+    /// Returns a sink writing to `dir`; `identities` (possibly none) are
+    /// used only to read secrets back.
+    pub fn new(
+        dir: PathBuf,
+        recipients: Vec<age::x25519::Recipient>,
+        format: SopsFormat,
+        identities: Vec<Box<dyn age::Identity + Send + Sync>>,
+    ) -> Self {
+        SopsSink {
+            dir,
+            recipients,
+            format,
+            identities,
+        }
+    }
+
+    fn fail(&self, detail: String, hint: Option<&str>) -> SinkError {
+        SinkError {
+            sink: SecretSink::describe(self),
+            detail,
+            hint: hint.map(str::to_string),
+        }
+    }
+
+    /// Checks, before the first create, that the folder can be made and
+    /// written to.
+    pub fn check_writable(&self) -> Result<(), SinkError> {
+        let hint = Some("check the folder's permissions, or change `secrets.sops.dir`");
+        fs::create_dir_all(&self.dir)
+            .map_err(|e| self.fail(format!("cannot create the folder: {e}"), hint))?;
+        tempfile::Builder::new()
+            .prefix(".tokenctl-")
+            .tempfile_in(&self.dir)
+            .map(drop)
+            .map_err(|e| self.fail(format!("cannot write in the folder: {e}"), hint))
+    }
+
+    /// Writes `text` to `path`, never replacing a file: it is written under
+    /// a temp name, fsynced, and linked into place only if the name is free.
+    fn write_new(&self, path: &Path, text: &str) -> io::Result<()> {
+        fs::create_dir_all(&self.dir)?;
+        let mut tmp = tempfile::Builder::new()
+            .prefix(".tokenctl-")
+            .suffix(".tmp")
+            .tempfile_in(&self.dir)?;
+        tmp.write_all(text.as_bytes())?;
+        tmp.as_file().sync_all()?;
+        tmp.persist_noclobber(path).map_err(|e| e.error)?;
+        fsutil::sync_dir(&self.dir)
+    }
+}
+
+impl SecretSink for SopsSink {
+    fn deliver(&mut self, token: &NewToken<'_>) -> Result<(), SinkError> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        let text = encrypt(token, self.format, &self.recipients, now)
+            .map_err(|e| self.fail(e.to_string(), None))?;
+        let path = self.dir.join(file_name(token.address, token.id));
+        self.write_new(&path, &text)
+            .map_err(|e| self.fail(format!("cannot write {}: {e}", path.display()), None))
+    }
+
+    fn describe(&self) -> String {
+        format!("sops {}", self.dir.display())
+    }
+}
+
+impl SecretLookup for SopsSink {
+    fn lookup(&self, address: &Address) -> Result<Vec<FoundSecret>, SinkError> {
+        let wanted = address.to_string();
+        let entries = match fs::read_dir(&self.dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(self.fail(format!("cannot read the folder: {e}"), None)),
+        };
+        let mut found = Vec::new();
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let is_sops = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.ends_with(FILE_SUFFIX) && !n.starts_with('.'));
+            if !is_sops {
+                continue;
+            }
+            let Ok(text) = fs::read_to_string(&path) else {
+                continue;
+            };
+            // Files of other tokens are told apart by their readable
+            // fields, so only this address's files need a key.
+            if readable(&text).ok().map(|r| r.address).as_deref() != Some(wanted.as_str()) {
+                continue;
+            }
+            if self.identities.is_empty() {
+                return Err(self.fail(
+                    format!("{} holds a secret for {wanted}, but no age identity is available to decrypt it", path.display()),
+                    Some("set SOPS_AGE_KEY_FILE to a file holding the age identity (AGE-SECRET-KEY-1…), or SOPS_AGE_KEY to the identity"),
+                ));
+            }
+            let decrypted = decrypt(&text, &self.identities).map_err(|e| {
+                let hint = match e {
+                    SopsError::NoIdentity => Some("set SOPS_AGE_KEY_FILE (or SOPS_AGE_KEY) to the identity of one of the file's `sops.age` recipients"),
+                    SopsError::Mac => Some("restore the file as it was committed (`git log -p -- FILE`); an edited file cannot be trusted"),
+                    SopsError::Format(_) | SopsError::Crypto(_) => None,
+                };
+                self.fail(format!("{}: {e}", path.display()), hint)
+            })?;
+            found.push(FoundSecret {
+                id: decrypted.id,
+                created_at: decrypted.created_at,
+                token: decrypted.token,
+                place: path.display().to_string(),
+            });
+        }
+        found.sort_by_key(|f| (f.created_at, f.id));
+        Ok(found)
+    }
+
+    fn describe(&self) -> String {
+        SecretSink::describe(self)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,350 @@
+//! Tests of the file and exec sinks and of rescue files.
+
+use super::*;
+use std::fs::{self, OpenOptions};
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+fn token<'a>(secret: &'a Secret, address: &'a Address) -> NewToken<'a> {
+    NewToken {
+        address,
+        id: 7,
+        created_at: 1_600_000_000,
+        token: secret,
+    }
+}
+
+fn address() -> Address {
+    Address::new(160343, "ci/shipper")
+}
+
+#[test]
+fn file_sink_appends_one_private_line_per_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("secrets/tokens.jsonl");
+    let secret = Secret::new("tok-1".into());
+    let mut sink = FileSink::open(&path).unwrap();
+    sink.deliver(&token(&secret, &address())).unwrap();
+    sink.deliver(&token(&secret, &address())).unwrap();
+    let text = fs::read_to_string(&path).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[0]["token"], "tok-1");
+    assert_eq!(lines[0]["address"], "160343/ci/shipper");
+    assert_eq!(lines[0]["id"], 7);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+}
+
+#[cfg(unix)]
+#[test]
+fn file_sink_refuses_a_world_readable_file() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tokens.jsonl");
+    fs::write(&path, "").unwrap();
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+    let err = FileSink::open(&path).err().unwrap();
+    assert!(err.detail.contains("mode 644"), "{err}");
+}
+
+#[test]
+fn file_sink_refuses_a_file_git_would_commit() {
+    if Command::new("git").arg("--version").output().is_err() {
+        assert!(std::env::var_os("CI").is_none(), "git is needed in CI");
+        eprintln!("skipped: git is not installed");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let status = Command::new("git")
+        .args(["init", "-q"])
+        .current_dir(dir.path())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let path = dir.path().join("secrets/tokens.jsonl");
+    let err = FileSink::open(&path).err().unwrap();
+    assert!(err.detail.contains("git does not ignore it"), "{err}");
+    assert!(err.hint.unwrap().ends_with("/secrets/tokens.jsonl"));
+
+    fs::write(dir.path().join(".gitignore"), "secrets/\n").unwrap();
+    assert!(FileSink::open(&path).is_ok());
+}
+
+#[cfg(unix)]
+#[test]
+fn rescue_files_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let rescue = Rescue::new(dir.path().join("rescue"));
+    let secret = Secret::new("tok-2".into());
+    let path = rescue.save(&token(&secret, &address())).unwrap();
+    assert!(fs::read_to_string(&path).unwrap().contains("tok-2"));
+    let mode = fs::metadata(&path).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    assert!(
+        path.file_name()
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .contains("ci_shipper")
+    );
+}
+
+#[cfg(unix)]
+#[test]
+fn exec_sink_pipes_the_record_and_reports_failures_without_the_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("got.json");
+    let script = format!("cat > '{}'", out.display());
+    let mut sink = ExecSink::new(
+        vec!["sh".into(), "-c".into(), script],
+        Duration::from_secs(30),
+        dir.path().join("rescue"),
+    )
+    .unwrap();
+    let secret = Secret::new("tok-3".into());
+    sink.deliver(&token(&secret, &address())).unwrap();
+    let got: serde_json::Value = serde_json::from_str(&fs::read_to_string(&out).unwrap()).unwrap();
+    assert_eq!(got["token"], "tok-3");
+
+    let mut failing = ExecSink::new(
+        vec![
+            "sh".into(),
+            "-c".into(),
+            "read line; echo \"vault said no to $line\" >&2; exit 3".into(),
+        ],
+        Duration::from_secs(30),
+        dir.path().join("rescue"),
+    )
+    .unwrap();
+    let err = failing.deliver(&token(&secret, &address())).unwrap_err();
+    // The detail is what tokenctl adds to the sink's name (its argv).
+    let text = err.detail.clone();
+    assert!(text.contains("exit status: 3"), "{text}");
+    assert!(!text.contains("vault said no"), "{text}");
+    assert!(!text.contains("tok-3"), "{text}");
+    let saved = dir.path().join("rescue/exec-sink-1600000000-160343-7.log");
+    assert!(text.contains(&saved.display().to_string()), "{text}");
+    assert!(
+        fs::read_to_string(&saved)
+            .unwrap()
+            .contains("vault said no")
+    );
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = fs::metadata(&saved).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+}
+
+#[cfg(unix)]
+#[test]
+fn exec_sink_output_never_reaches_the_error_even_in_pieces() {
+    let dir = tempfile::tempdir().unwrap();
+    // Prints the token in two halves, which no exact-match redaction
+    // would catch, then fails.
+    let mut sink = ExecSink::new(
+        vec![
+            "sh".into(),
+            "-c".into(),
+            "read line; t=${line#*\\\"token\\\":\\\"}; t=${t%%\\\"*}; echo \"${t%????}\" >&2; echo \"${t#${t%????}}\" >&2; exit 1".into(),
+        ],
+        Duration::from_secs(30),
+        dir.path().join("rescue"),
+    )
+    .unwrap();
+    let secret = Secret::new("tok-split-secret".into());
+    let err = sink.deliver(&token(&secret, &address())).unwrap_err();
+    let text = format!("{} {:?}", err.detail, err.hint);
+    for piece in ["tok-split-se", "cret"] {
+        assert!(!text.contains(piece), "{text}");
+    }
+    let saved =
+        fs::read_to_string(dir.path().join("rescue/exec-sink-1600000000-160343-7.log")).unwrap();
+    assert_eq!(saved, "tok-split-se\ncret\n");
+}
+
+#[cfg(unix)]
+#[test]
+fn exec_sink_runs_without_the_owner_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("env.txt");
+    let script = format!("cat >/dev/null; env > '{}'", out.display());
+    let mut sink = ExecSink::new(
+        vec!["sh".into(), "-c".into(), script],
+        Duration::from_secs(30),
+        dir.path().join("rescue"),
+    )
+    .unwrap();
+    // Set in this process's environment only for the child to inherit;
+    // no other test reads these variables.
+    unsafe {
+        std::env::set_var("LOGZIO_API_TOKEN", "owner-token-must-stay-home");
+        std::env::set_var("LOGZIO_API_TOKEN_FILE", "/owner/token/file");
+    }
+    let secret = Secret::new("tok-5".into());
+    sink.deliver(&token(&secret, &address())).unwrap();
+    let env = fs::read_to_string(&out).unwrap();
+    assert!(!env.contains("owner-token-must-stay-home"), "{env}");
+    assert!(!env.contains("LOGZIO_API_TOKEN"), "{env}");
+    assert!(env.contains("PATH="), "{env}");
+}
+
+#[cfg(unix)]
+#[test]
+fn exec_sink_times_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut sink = ExecSink::new(
+        vec!["sleep".into(), "30".into()],
+        Duration::from_millis(100),
+        dir.path().join("rescue"),
+    )
+    .unwrap();
+    let secret = Secret::new("tok-4".into());
+    let err = sink.deliver(&token(&secret, &address())).unwrap_err();
+    assert!(err.detail.contains("killed"), "{err}");
+}
+
+#[cfg(unix)]
+#[test]
+fn exec_sink_timeout_covers_a_record_the_program_never_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    // More than a pipe holds, to a program that never reads it: the
+    // write blocks until the program is killed at the timeout.
+    let mut sink = ExecSink::new(
+        vec!["sleep".into(), "600".into()],
+        Duration::from_millis(200),
+        dir.path().join("rescue"),
+    )
+    .unwrap();
+    let secret = Secret::new("x".repeat(200 * 1024));
+    let err = sink.deliver(&token(&secret, &address())).unwrap_err();
+    assert!(err.detail.contains("killed"), "{err}");
+}
+
+#[test]
+fn exec_sink_needs_an_existing_program() {
+    let err = ExecSink::new(
+        vec!["no-such-program-xyz".into()],
+        Duration::from_secs(1),
+        PathBuf::from("/nonexistent"),
+    )
+    .err()
+    .unwrap();
+    assert!(err.detail.contains("not found"), "{err}");
+}
+
+#[test]
+fn file_lookup_reads_back_what_the_file_sink_wrote() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tokens.jsonl");
+    let lookup = FileLookup::new(path.clone());
+    assert!(lookup.lookup(&address()).unwrap().is_empty());
+    let mut sink = FileSink::open(&path).unwrap();
+    let (first, second) = (Secret::new("tok-5".into()), Secret::new("tok-6".into()));
+    sink.deliver(&token(&first, &address())).unwrap();
+    sink.deliver(&token(&second, &Address::new(1, "other")))
+        .unwrap();
+    let here = address();
+    let mut later = token(&second, &here);
+    later.id = 8;
+    sink.deliver(&later).unwrap();
+    // A line torn by a crash mid-write is skipped.
+    let mut file = OpenOptions::new().append(true).open(&path).unwrap();
+    file.write_all(b"{\"address\":\"160343/ci/shipper\",\"id\":9,\"tok")
+        .unwrap();
+    let found = lookup.lookup(&address()).unwrap();
+    let ids: Vec<u64> = found.iter().map(|f| f.id).collect();
+    assert_eq!(ids, [7, 8]);
+    assert_eq!(found[1].token.expose(), "tok-6");
+    assert_eq!(found[1].created_at, Some(1_600_000_000));
+}
+
+#[test]
+fn rescue_dir_prefers_xdg_state_home() {
+    assert_eq!(
+        Rescue::default_dir(Some("/x"), Some("/h")),
+        Some(PathBuf::from("/x/tokenctl/rescue"))
+    );
+    assert_eq!(
+        Rescue::default_dir(None, Some("/h")),
+        Some(PathBuf::from("/h/.local/state/tokenctl/rescue"))
+    );
+    // Never a shared folder such as /tmp.
+    assert_eq!(Rescue::default_dir(None, None), None);
+    assert_eq!(Rescue::default_dir(Some(""), Some("")), None);
+}
+
+#[test]
+fn rescue_file_names_are_bounded_for_any_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let rescue = Rescue::new(dir.path().join("rescue"));
+    let secret = Secret::new("tok-6".into());
+    for name in ["n".repeat(1000), "é".repeat(300), "a/../b c".repeat(80)] {
+        let address = Address::new(160343, &name);
+        let path = rescue.save(&token(&secret, &address)).unwrap();
+        let file_name = path.file_name().unwrap().to_str().unwrap();
+        assert!(file_name.len() < 120, "{file_name}");
+        assert!(fs::read_to_string(&path).unwrap().contains("tok-6"));
+    }
+}
+
+#[test]
+fn rescue_prepare_fails_where_nothing_can_be_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let blocked = dir.path().join("a-file");
+    fs::write(&blocked, "").unwrap();
+    assert!(Rescue::new(blocked.join("rescue")).prepare().is_err());
+    assert!(Rescue::new(dir.path().join("rescue")).prepare().is_ok());
+}
+
+#[cfg(unix)]
+#[test]
+fn file_sink_refuses_a_symbolic_link() {
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("elsewhere.jsonl");
+    let link = dir.path().join("tokens.jsonl");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    let err = FileSink::open(&link).err().unwrap();
+    assert!(err.detail.contains("symbolic link"), "{err}");
+    assert!(!target.exists());
+}
+
+#[cfg(unix)]
+#[test]
+fn rescue_prepare_makes_an_open_folder_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let rescue_dir = dir.path().join("rescue");
+    fs::create_dir(&rescue_dir).unwrap();
+    fs::set_permissions(&rescue_dir, fs::Permissions::from_mode(0o777)).unwrap();
+    Rescue::new(rescue_dir.clone()).prepare().unwrap();
+    let mode = fs::metadata(&rescue_dir).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o700);
+}
+
+#[cfg(unix)]
+#[test]
+fn rescue_prepare_refuses_a_folder_of_another_user() {
+    let dir = tempfile::tempdir().unwrap();
+    let rescue_dir = dir.path().join("rescue");
+    fs::create_dir(&rescue_dir).unwrap();
+    // Only root can give a folder away; elsewhere there is nothing to test.
+    if std::os::unix::fs::chown(&rescue_dir, Some(65534), Some(65534)).is_err() {
+        eprintln!("skipped: changing a folder's owner needs root");
+        return;
+    }
+    let err = Rescue::new(rescue_dir).prepare().unwrap_err();
+    assert!(err.to_string().contains("belongs to another user"), "{err}");
+}

