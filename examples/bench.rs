@@ -3,7 +3,8 @@
 //!
 //! `cargo run --release --example bench` (see BENCHMARKS.md). Options:
 //! `--runs N` (default 5), `--sizes 1000,10000,100000`, `--apply-n 2000`,
-//! `--delay-ms 20`, `--skip-apply`, `--skip-terraform`, `--terraform-max 10000`.
+//! `--delay-ms 20`, `--skip-apply`, `--skip-terraform`, `--terraform-max 10000`,
+//! `--skip-postgres`, `--only-postgres` (the PostgreSQL backend alone).
 //!
 //! Every measurement runs the release binary as a child process and reads its
 //! wall time and peak resident memory (`wait4`); the table shows the median
@@ -11,6 +12,8 @@
 
 #[path = "../tests/support/mock_logzio.rs"]
 mod mock_logzio;
+#[path = "../tests/support/pg.rs"]
+mod pg;
 
 use std::fmt::Write as _;
 use std::fs;
@@ -38,6 +41,9 @@ struct Options {
     terraform: bool,
     /// Largest size Terraform is run at (it takes minutes at 10k).
     terraform_max: usize,
+    /// Whether to run the PostgreSQL backend's benchmarks; `Some(true)`:
+    /// only those.
+    postgres: Option<bool>,
 }
 
 fn options() -> Options {
@@ -49,6 +55,7 @@ fn options() -> Options {
         apply: true,
         terraform: true,
         terraform_max: 10_000,
+        postgres: Some(false),
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -73,6 +80,14 @@ fn options() -> Options {
             }
             "--skip-terraform" => {
                 options.terraform = false;
+                i -= 1;
+            }
+            "--skip-postgres" => {
+                options.postgres = None;
+                i -= 1;
+            }
+            "--only-postgres" => {
+                options.postgres = Some(true);
                 i -= 1;
             }
             other => panic!("unknown option {other}"),
@@ -660,15 +675,211 @@ fn machine() -> String {
 }
 
 fn main() {
+    // Writes a large manifest and state in a child process, so that the
+    // benchmark's own memory never peaks: a spawned child's peak RSS counts
+    // its parent's peak up to the exec (vfork), which would inflate it.
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("--write-seed") {
+        let dir = Path::new(&args[2]);
+        let n: usize = args[3].parse().expect("--write-seed DIR N");
+        let tokens = addresses(n);
+        write_pg_manifest(&dir.join("tokens.yaml"), &tokens);
+        write_state(&dir.join("seed.json"), &tokens);
+        return;
+    }
     let options = options();
     let bin = binary();
     let mut report = format!(
         "## Results\n\nMachine: {}. Command: `cargo run --release --example bench`.\n",
         machine()
     );
-    plan_benchmarks(&bin, &options, &mut report);
-    if options.apply {
-        apply_benchmarks(&bin, &options, &mut report);
+    if options.postgres != Some(true) {
+        plan_benchmarks(&bin, &options, &mut report);
+        if options.apply {
+            apply_benchmarks(&bin, &options, &mut report);
+        }
+    }
+    if options.postgres.is_some() {
+        postgres_benchmarks(&bin, &options, &mut report);
     }
     println!("{report}");
+}
+
+/// Writes a manifest that keeps its state in PostgreSQL.
+fn write_pg_manifest(path: &Path, tokens: &[Address]) {
+    write_manifest(path, tokens);
+    let text = fs::read_to_string(path).expect("manifest");
+    let text = text.replacen(
+        "secrets:",
+        "backend:\n  postgres:\n    schema: tokenctl\n    state: bench\nsecrets:",
+        1,
+    );
+    fs::write(path, text).expect("write manifest");
+}
+
+/// The PostgreSQL backend: an apply whose every intent and outcome is
+/// committed (fsync on, synchronous_commit on), against the file backend
+/// at the same settings; and a no-op plan of a large state read from the
+/// database.
+fn postgres_benchmarks(bin: &Path, options: &Options, report: &mut String) {
+    let Some(cluster) = pg::Cluster::start_with(true) else {
+        let _ = writeln!(
+            report,
+            "\n### PostgreSQL backend\n\nSkipped: no PostgreSQL server binaries."
+        );
+        return;
+    };
+    let version = cluster
+        .psql("postgres", "SHOW server_version")
+        .unwrap_or_default();
+    let _ = writeln!(
+        report,
+        "\n### PostgreSQL backend (PostgreSQL {version} on the same machine, fsync on, synchronous_commit on)\n"
+    );
+    let size = options.sizes.iter().copied().max().unwrap_or(100_000);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let seeded = Command::new(std::env::current_exe().expect("bench binary"))
+        .arg("--write-seed")
+        .arg(dir.path())
+        .arg(size.to_string())
+        .status()
+        .expect("seed");
+    assert!(seeded.success(), "writing the seed failed");
+    let db = cluster.create_db();
+    let conn = cluster.conn_str(&db);
+    let push = tokenctl(bin, dir.path(), &["state", "push", "seed.json"])
+        .env("TOKENCTL_PG_CONN_STR", &conn)
+        .output()
+        .expect("push");
+    assert!(
+        push.status.success(),
+        "state push failed: {}",
+        String::from_utf8_lossy(&push.stderr)
+    );
+    let pg = median(options.runs, || {
+        let mut command = tokenctl(bin, dir.path(), &["plan", "--detailed-exitcode"]);
+        command.env("TOKENCTL_PG_CONN_STR", &conn);
+        command
+    });
+    // The same plan on the file backend, for comparison on this machine.
+    let file_manifest = fs::read_to_string(dir.path().join("tokens.yaml"))
+        .expect("manifest")
+        .replacen(
+            "backend:\n  postgres:\n    schema: tokenctl\n    state: bench\n",
+            "",
+            1,
+        );
+    fs::write(dir.path().join("file.yaml"), file_manifest).expect("manifest");
+    let file = median(options.runs, || {
+        tokenctl(
+            bin,
+            dir.path(),
+            &[
+                "plan",
+                "--detailed-exitcode",
+                "-f",
+                "file.yaml",
+                "--state",
+                "seed.json",
+            ],
+        )
+    });
+    let _ = writeln!(
+        report,
+        "No-op `plan` of {size} tokens, whole process (median of {} runs):\n\n\
+         | backend | wall ms | peak RSS MiB |\n|---|---:|---:|\n\
+         | file | {} | {} |\n\
+         | postgres (one row, one snapshot) | {} | {} |\n",
+        options.runs,
+        ms(file.wall),
+        mib(file.peak_kib),
+        ms(pg.wall),
+        mib(pg.peak_kib)
+    );
+    eprintln!("postgres bench: plan {size}: {} ms", ms(pg.wall));
+
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let n = options.apply_n;
+    let parallelism = 16;
+    let accounts: Vec<u64> = (0..100).map(|i| FIRST_ACCOUNT + i).collect();
+    let tokens: Vec<Address> = (0..n)
+        .map(|i| Address::new(accounts[i % accounts.len()], format!("new-token-{i:05}")))
+        .collect();
+    let mock = runtime.block_on(mock_logzio::MockLogzio::start_with(
+        mock_logzio::Behaviour {
+            delay: options.delay,
+            sub_accounts: Some(accounts.clone()),
+            ..Default::default()
+        },
+    ));
+    let _ = writeln!(report, "Apply, median of {} runs:\n", options.runs);
+    let _ = writeln!(
+        report,
+        "Apply of {n} creates at {} ms server delay, `--parallelism {parallelism}` given explicitly. Bound = N × delay / P. \
+         Each run starts from a database with the schema and no state, and ends with the fold; the state then holds all {n} tokens.\n",
+        options.delay.as_millis()
+    );
+    let _ = writeln!(
+        report,
+        "| backend | wall s | bound s | wall / bound | bare client s | wall / bare client |"
+    );
+    let _ = writeln!(report, "|---|---:|---:|---:|---:|---:|");
+    let bare = runtime.block_on(bare_client(&mock.url(), n, parallelism));
+    let bound = options.delay.as_secs_f64() * n as f64 / parallelism as f64;
+    for backend in ["file", "postgres"] {
+        let mut walls = Vec::new();
+        for _ in 0..options.runs {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let db = cluster.create_db();
+            // A team's database has its schema already: created once, here,
+            // outside the measurement.
+            cluster
+                .psql(&db, &tokenctl::backend::postgres::sql::create("tokenctl"))
+                .expect("schema");
+            if backend == "postgres" {
+                write_pg_manifest(&dir.path().join("tokens.yaml"), &tokens);
+            } else {
+                write_manifest(&dir.path().join("tokens.yaml"), &tokens);
+            }
+            let p = parallelism.to_string();
+            let mut command = tokenctl(
+                bin,
+                dir.path(),
+                &[
+                    "apply",
+                    "--auto-approve",
+                    "--parallelism",
+                    &p,
+                    "--max-creates",
+                    "100000",
+                ],
+            );
+            command
+                .env("LOGZIO_API_TOKEN", mock_logzio::OWNER_TOKEN)
+                .env("LOGZIO_API_URL", mock.url())
+                .env("TOKENCTL_PG_CONN_STR", cluster.conn_str(&db));
+            let sample = measure(&mut command);
+            assert!(sample.success, "apply failed");
+            if backend == "postgres" {
+                let stored = cluster
+                    .psql(
+                        &db,
+                        "SELECT json_array_length(document::json->'tokens') FROM tokenctl.states",
+                    )
+                    .expect("count");
+                assert_eq!(stored, n.to_string(), "the state does not hold every token");
+            }
+            walls.push(sample.wall);
+        }
+        walls.sort();
+        let wall = walls[walls.len() / 2].as_secs_f64();
+        let _ = writeln!(
+            report,
+            "| {backend} | {wall:.2} | {bound:.2} | {:.3}× | {:.2} | {:.3}× |",
+            wall / bound,
+            bare.as_secs_f64(),
+            wall / bare.as_secs_f64()
+        );
+        eprintln!("postgres bench: apply {backend}: {wall:.2} s");
+    }
 }

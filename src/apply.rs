@@ -19,8 +19,9 @@ use tokio::sync::{Semaphore, SemaphorePermit};
 
 use crate::address::Address;
 use crate::api::{CreateError, CreatedToken, TokenApi};
+use crate::backend::Journal;
 use crate::failpoint;
-use crate::journal::{JournalWriter, Record};
+use crate::journal::Record;
 use crate::sink::{Rescue, SecretSink, SinkError, SinkWorker};
 
 /// How 429 answers are retried.
@@ -157,7 +158,7 @@ impl Report {
 /// The effects an apply drives.
 pub struct Apply<'a, A> {
     pub api: &'a A,
-    pub journal: &'a JournalWriter,
+    pub journal: &'a Journal,
     /// The sinks; they run on a thread of their own during the run.
     pub sinks: Vec<Box<dyn SecretSink>>,
     pub rescue: &'a Rescue,
@@ -291,7 +292,7 @@ impl<A: TokenApi> Apply<'_, A> {
 
 async fn create_one<A: TokenApi>(
     api: &A,
-    journal: &JournalWriter,
+    journal: &Journal,
     retry: &RetryPolicy,
     shared: &Shared<'_, '_>,
     address: &Address,

@@ -70,6 +70,8 @@ pub enum JournalError {
         pid: u32,
         host: String,
     },
+    #[error("cannot write the journal in {location}: {detail}")]
+    Remote { location: String, detail: String },
     #[error(
         "the journal {path} belongs to another state (lineage {journal}, the state has {state})"
     )]
@@ -84,7 +86,7 @@ impl JournalError {
     /// Returns what the user can do about it.
     pub fn hint(&self) -> Option<String> {
         match self {
-            JournalError::Io { .. } => None,
+            JournalError::Io { .. } | JournalError::Remote { .. } => None,
             JournalError::Live { .. } => Some(
                 "wait for that apply to finish; its lock file was probably removed while it ran, so check that nothing deletes files beside the state during an apply".into(),
             ),

@@ -8,6 +8,7 @@
 pub mod address;
 pub mod api;
 pub mod apply;
+pub mod backend;
 pub mod cli;
 mod failpoint;
 mod fsutil;

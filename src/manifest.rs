@@ -26,6 +26,23 @@ pub struct Manifest {
     pub tokens: Vec<Address>,
     /// Rotation and what to do about revoked tokens.
     pub lifecycle: Lifecycle,
+    /// Where the state, its journal and its lock live.
+    pub backend: BackendConfig,
+}
+
+/// The manifest's `backend`: where the state lives.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum BackendConfig {
+    /// The state file given by `--state` (the default).
+    #[default]
+    File,
+    /// A PostgreSQL database named by `TOKENCTL_PG_CONN_STR`.
+    Postgres {
+        /// The schema holding tokenctl's tables.
+        schema: String,
+        /// The name of this state among those the schema holds.
+        state: String,
+    },
 }
 
 /// What happens to a token after it is made: the manifest's top-level
@@ -253,6 +270,17 @@ impl Manifest {
             }
             (None, Some(ApiUrlField(url))) => Endpoint::Url(url),
         };
+        let backend = match raw.backend {
+            None => BackendConfig::File,
+            Some(RawBackend { postgres }) => BackendConfig::Postgres {
+                schema: postgres
+                    .schema
+                    .map_or_else(|| "tokenctl".into(), |SchemaName(s)| s),
+                state: postgres
+                    .state
+                    .map_or_else(|| "default".into(), |StateName(s)| s),
+            },
+        };
         let secrets = raw
             .secrets
             .map(|s| SecretsConfig {
@@ -302,6 +330,7 @@ impl Manifest {
                 secrets,
                 tokens,
                 lifecycle: Lifecycle { default, per_token },
+                backend,
             },
             warnings,
         })
@@ -462,7 +491,66 @@ struct RawManifest {
     secrets: Option<RawSecrets>,
     rotate_after: Option<RotateAfter>,
     on_revoked: Option<OnRevokedField>,
+    backend: Option<RawBackend>,
     tokens: TokenList,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBackend {
+    postgres: RawPostgres,
+}
+
+/// `backend.postgres`; the connection string is deliberately not a field:
+/// it holds a password, and the manifest is committed.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPostgres {
+    schema: Option<SchemaName>,
+    state: Option<StateName>,
+}
+
+/// `backend.postgres.schema`: a plain lower-case SQL identifier, so it
+/// never needs quoting and cannot smuggle SQL into a statement.
+struct SchemaName(String);
+impl<'de> Deserialize<'de> for SchemaName {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        checked_string(d, "a schema name such as tokenctl", |text| {
+            let mut chars = text.chars();
+            let first_ok = chars
+                .next()
+                .is_some_and(|c| c.is_ascii_lowercase() || c == '_');
+            let rest_ok = chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+            if first_ok && rest_ok && text.len() <= 63 && !text.starts_with("pg_") {
+                Ok(SchemaName(text.to_string()))
+            } else {
+                Err(format!(
+                    "schema `{text}` is not a plain SQL name; use lower-case letters, digits and _ (at most 63, not starting with a digit or pg_)"
+                ))
+            }
+        })
+    }
+}
+
+/// `backend.postgres.state`: the name of one state in the schema.
+struct StateName(String);
+impl<'de> Deserialize<'de> for StateName {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        checked_string(d, "a state name such as default", |text| {
+            let ok = !text.is_empty()
+                && text.len() <= 200
+                && text
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c));
+            if ok {
+                Ok(StateName(text.to_string()))
+            } else {
+                Err(format!(
+                    "state `{text}` is not a usable name; use letters, digits and - _ . / (at most 200)"
+                ))
+            }
+        })
+    }
 }
 
 /// `rotate_after`: an age such as `90d` or `2160h`.

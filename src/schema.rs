@@ -93,6 +93,31 @@ pub fn manifest_schema() -> Value {
             },
             "rotate_after": rotate_after(),
             "on_revoked": on_revoked(),
+            "backend": {
+                "description": "Where the state, its journal and its lock live. Without it: the file given by --state.",
+                "type": "object",
+                "additionalProperties": false,
+                "required": ["postgres"],
+                "properties": {
+                    "postgres": {
+                        "description": "A PostgreSQL database; the connection string comes only from TOKENCTL_PG_CONN_STR.",
+                        "type": "object",
+                        "additionalProperties": false,
+                        "properties": {
+                            "schema": {
+                                "description": "Schema of tokenctl's tables (default tokenctl), created on first use.",
+                                "type": "string",
+                                "pattern": "^[a-z_][a-z0-9_]{0,62}$"
+                            },
+                            "state": {
+                                "description": "Name of this state; several can share one schema (default default).",
+                                "type": "string",
+                                "pattern": "^[A-Za-z0-9._/-]{1,200}$"
+                            }
+                        }
+                    }
+                }
+            },
             "tokens": {
                 "description": "The tokens that should exist; each address accountId/name is unique.",
                 "type": "array",
@@ -164,6 +189,7 @@ mod tests {
             keys(&schema),
             [
                 "api_url",
+                "backend",
                 "on_revoked",
                 "region",
                 "rotate_after",
@@ -190,10 +216,14 @@ mod tests {
             );
         }
         assert_eq!(
+            keys(&schema["properties"]["backend"]["properties"]["postgres"]),
+            ["schema", "state"]
+        );
+        assert_eq!(
             keys(&schema["properties"]["tokens"]["items"]),
             ["accountId", "name", "on_revoked", "rotate_after"]
         );
-        let full = "version: 1\nregion: eu\nrotate_after: 90d\non_revoked: recreate\nsecrets:\n  file: s.jsonl\n  exec: [x]\n  sops:\n    dir: s\n    age: [age1jmqcemfy5a7pfh00qqexmjg40w6ztgwc6vx0f0h26cska0jzaelspqjvxg]\n    format: plain\n  vault:\n    mount: secret\n    path: \"t/{accountId}/{name}\"\ntokens:\n  - name: a\n    accountId: 1\n    rotate_after: 30d\n    on_revoked: report\n";
+        let full = "version: 1\nregion: eu\nrotate_after: 90d\non_revoked: recreate\nbackend:\n  postgres:\n    schema: tk_1\n    state: team/prod\nsecrets:\n  file: s.jsonl\n  exec: [x]\n  sops:\n    dir: s\n    age: [age1jmqcemfy5a7pfh00qqexmjg40w6ztgwc6vx0f0h26cska0jzaelspqjvxg]\n    format: plain\n  vault:\n    mount: secret\n    path: \"t/{accountId}/{name}\"\ntokens:\n  - name: a\n    accountId: 1\n    rotate_after: 30d\n    on_revoked: report\n";
         assert!(Manifest::parse(full, "m").is_ok());
         let regions = schema["properties"]["region"]["enum"].as_array().unwrap();
         for region in regions {
@@ -210,6 +240,9 @@ mod tests {
         for extra in [
             "owner: x\n",
             "secrets:\n  vault: x\n",
+            "backend:\n  postgres:\n    conn_str: x\n",
+            "backend:\n  postgres:\n    schema: Bad-Name\n",
+            "backend:\n  s3: {}\n",
             "secrets:\n  s3: x\n",
         ] {
             let text = format!("version: 1\nregion: eu\n{extra}tokens: []\n");

@@ -9,12 +9,13 @@ use std::time::Duration;
 
 use super::{
     ApplyArgs, CommandResult, ConnectArgs, EXIT_IN_DOUBT, EXIT_INTERRUPTED, EXIT_OK, Failure,
-    Format, Session, check_budget, check_refresh, record_journal,
+    Format, Session, check_budget, check_refresh,
 };
 use crate::address::Address;
 use crate::api::{self, HttpApi, Timeouts};
 use crate::apply::{Apply, Event, Outcome, Report, RetryPolicy, StopReason, now};
-use crate::journal::{JournalWriter, Record};
+use crate::backend::Backend;
+use crate::journal::Record;
 use crate::lifecycle::{self, Refresh};
 use crate::manifest::{self, Manifest};
 use crate::plan::{self, Plan};
@@ -25,7 +26,6 @@ use crate::sink::sops::{self, SopsSink};
 use crate::sink::vault::{VaultClient, VaultEnv, VaultSink};
 use crate::sink::{ExecSink, FileSink, Rescue, SecretSink, SinkError};
 use crate::state::State;
-use crate::store::{FileStore, StateStore};
 
 /// How long an exec sink may take for one token.
 const EXEC_SINK_TIMEOUT: Duration = Duration::from_secs(60);
@@ -36,9 +36,10 @@ const PROGRESS_MIN: usize = 3;
 impl Session<'_, '_> {
     pub(super) fn apply(&mut self, args: &ApplyArgs) -> CommandResult {
         let loaded = self.load_manifest()?;
-        let store = self.store();
-        let lock = self.lock(&store)?;
-        let mut state = self.load_state_locked(&store)?;
+        let store = self.store_for(Some(&loaded.manifest))?;
+        let store = &*store;
+        let lock = self.lock(store)?;
+        let mut state = self.load_state_locked(store)?;
         let targeting = self.targeting(&args.targeting);
         // A saved plan is checked against the state it was made from,
         // before a refresh records anything in it.
@@ -65,7 +66,7 @@ impl Session<'_, '_> {
                     return Err(failure);
                 }
                 let retire = refresh.stampede().is_none() || args.force;
-                state = self.record_refresh(&store, state, &refresh, retire)?;
+                state = self.record_refresh(store, state, &refresh, retire)?;
                 Some(refresh)
             }
             false => None,
@@ -150,29 +151,25 @@ impl Session<'_, '_> {
             .as_ref()
             .map(|s| s.lineage.clone())
             .unwrap_or_else(|| State::fresh().lineage);
-        let journal = JournalWriter::create(
-            &store.journal_path(),
-            &Record::Begin {
-                lineage: lineage.clone(),
-                serial: state.as_ref().map_or(0, |s| s.serial),
-                started: now(),
-                pid: std::process::id(),
-                host: self.env.host.clone(),
-            },
-        )?;
+        let journal = store.open_journal(&Record::Begin {
+            lineage: lineage.clone(),
+            serial: state.as_ref().map_or(0, |s| s.serial),
+            started: now(),
+            pid: std::process::id(),
+            host: self.env.host.clone(),
+        })?;
         // Between taking the lock and making the journal, another run may
         // have got in, if the lock file was deleted meanwhile: it would
         // have moved the state on, or left its own lock file at the path.
         let moved = store.load()?.map(|s| (s.lineage, s.serial))
             != state.as_ref().map(|s| (s.lineage.clone(), s.serial));
-        if moved || !lock.is_current(&store.lock_path()) {
-            drop(journal);
-            let _ = crate::journal::remove(&store.journal_path());
+        if moved || !lock.is_current() {
+            store.discard_journal(journal)?;
             return Err(Failure::new(format!(
                 "another run changed the state or took its lock while this one prepared ({}); nothing was created",
-                store.lock_path().display()
+                store.location()
             ))
-            .hint("the lock file was probably removed while tokenctl ran; check that nothing deletes files beside the state, then run again"));
+            .hint("the lock was probably lost while tokenctl ran (a lock file removed, a database connection cut); check that nothing deletes files beside the state, then run again"));
         }
         let interrupt = Arc::new(AtomicBool::new(false));
         runtime.spawn(watch_signals(interrupt.clone()));
@@ -210,12 +207,19 @@ impl Session<'_, '_> {
             interrupt: &interrupt,
         };
         let report = runtime.block_on(apply.run(&creates, &mut events));
+        let recovery = journal.recovery_file();
         drop(journal);
         if let Some(bar) = progress {
             bar.finish_and_clear();
         }
 
-        let stored = match record_journal(&store, state.as_ref(), self.env.host.as_deref())? {
+        if let Some(path) = &recovery {
+            self.warn(&format!(
+                "the connection to the state's database was lost during the apply; the outcomes it could not take are in {} (mode 0600), which the next run on this machine merges",
+                path.display()
+            ));
+        }
+        let stored = match store.recover(state.as_ref(), self.env.host.as_deref())? {
             Some((stored, _)) => stored,
             None if report.outcomes.iter().any(|(_, o)| *o != Outcome::Skipped) => {
                 // Something removed the journal while the run wrote to it:
@@ -223,7 +227,7 @@ impl Session<'_, '_> {
                 // the same creates again.
                 self.warn(&format!(
                     "the journal {} disappeared during the apply; the state was rebuilt from this run's outcomes (without creation times and fingerprints). Check that nothing deletes files beside the state while tokenctl runs",
-                    store.journal_path().display()
+                    store.journal_location()
                 ));
                 let base = state.clone().unwrap_or_else(|| State::new(lineage));
                 Some(
@@ -235,11 +239,11 @@ impl Session<'_, '_> {
             None => state.clone(),
         };
         let stored = match &refresh {
-            Some(refresh) => self.retire_replaced(&store, stored, &report, refresh.at)?,
+            Some(refresh) => self.retire_replaced(store, stored, &report, refresh.at)?,
             None => stored,
         };
         self.finish(
-            &store,
+            store,
             state.as_ref(),
             stored.as_ref(),
             &report,
@@ -291,7 +295,7 @@ impl Session<'_, '_> {
     /// retires superseded tokens that answered 401; returns the state.
     fn record_refresh(
         &mut self,
-        store: &FileStore,
+        store: &dyn Backend,
         state: Option<State>,
         refresh: &Refresh,
         retire: bool,
@@ -313,7 +317,7 @@ impl Session<'_, '_> {
     /// refresh already found them revoked.
     fn retire_replaced(
         &mut self,
-        store: &FileStore,
+        store: &dyn Backend,
         state: Option<State>,
         report: &Report,
         refreshed_at: i64,
@@ -344,7 +348,7 @@ impl Session<'_, '_> {
 
     fn finish(
         &mut self,
-        store: &FileStore,
+        store: &dyn Backend,
         before: Option<&State>,
         after: Option<&State>,
         report: &Report,

@@ -161,9 +161,10 @@ impl Session<'_, '_> {
     }
 
     pub(super) fn retire(&mut self, args: &RetireArgs) -> CommandResult {
-        let store = self.store();
-        let _lock = self.lock(&store)?;
-        let before = self.existing_state(&store)?;
+        let store = self.store()?;
+        let store = &*store;
+        let _lock = self.lock(store)?;
+        let before = self.existing_state(store)?;
         let address = &args.address;
         if before.superseded_of(address).all(|old| old.id != args.id) {
             let current = before.token(address).filter(|t| t.id == args.id);
@@ -182,7 +183,7 @@ impl Session<'_, '_> {
         }
         let mut after = before.clone();
         after.retire(address, args.id);
-        self.commit_and_show(&store, &before, after)?;
+        self.commit_and_show(store, &before, after)?;
         writeln!(
             self.io.stdout,
             "Token id {} of {address} was retired from the state.",

@@ -14,16 +14,19 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::address::Address;
-use crate::journal::{self, FoldSummary, JournalError};
+use crate::backend::file::FileBackend;
+use crate::backend::postgres::{self, PgBackend};
+use crate::backend::{Backend, BackendError, LockGuard};
+use crate::journal::JournalError;
 use crate::lifecycle::Refresh;
-use crate::lock::{self, Holder, LockError, LockGuard};
-use crate::manifest::{Manifest, ManifestError};
+use crate::lock::{Holder, LockError};
+use crate::manifest::{BackendConfig, Manifest, ManifestError};
 use crate::plan::{self, Pattern, Plan, Targeting};
 use crate::planfile::{PlanFile, PlanFileError};
 use crate::render::{self, Style};
 use crate::sink::SinkError;
 use crate::state::{Origin, State, TokenRecord};
-use crate::store::{FileStore, StateStore, StoreError};
+use crate::store::StoreError;
 
 /// Exit code: success, or no changes.
 pub const EXIT_OK: i32 = 0;
@@ -35,6 +38,9 @@ pub const EXIT_CHANGES: i32 = 2;
 pub const EXIT_IN_DOUBT: i32 = 3;
 /// Exit code: interrupted by a signal, after recording what was done.
 pub const EXIT_INTERRUPTED: i32 = 130;
+
+/// The state file when neither `--state` nor a backend says otherwise.
+const DEFAULT_STATE: &str = "state/tokens.state.json";
 
 /// Longest Markdown plan, to fit a pull-request comment (GitHub allows 65,536).
 const MARKDOWN_LIMIT: usize = 60_000;
@@ -51,9 +57,10 @@ struct Cli {
     /// The manifest of desired tokens.
     #[arg(short = 'f', long, global = true, default_value = "tokens.yaml")]
     manifest: PathBuf,
-    /// The state file.
-    #[arg(long, global = true, default_value = "state/tokens.state.json")]
-    state: PathBuf,
+    /// The state file [default: state/tokens.state.json]; not with a
+    /// `backend:` in the manifest.
+    #[arg(long, global = true, value_name = "PATH")]
+    state: Option<PathBuf>,
     /// When to colour output (NO_COLOR turns `auto` off).
     #[arg(long, global = true, value_enum, default_value_t = ColorChoice::Auto)]
     color: ColorChoice,
@@ -287,6 +294,16 @@ enum StateCommand {
     /// Record a journal left by an interrupted apply in the state, and
     /// remove it (for a pipeline to commit before its runner is gone).
     Fold,
+    /// Print the stored state document (the state file's format).
+    Pull,
+    /// Store a state file in the backend (e.g. to move to PostgreSQL).
+    Push {
+        /// The state file to store.
+        file: PathBuf,
+        /// Store it even when its lineage differs or its serial is older.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 /// The process environment the commands read, gathered in one place so that
@@ -305,6 +322,14 @@ pub struct Env {
     pub ci_job_url: Option<String>,
     /// Base delay of 429 backoff in milliseconds (`TOKENCTL_BACKOFF_MS`).
     pub backoff_ms: Option<u64>,
+    /// The PostgreSQL connection string (`TOKENCTL_PG_CONN_STR`).
+    pub pg_conn_str: Option<String>,
+    /// The PostgreSQL password when the connection string has none
+    /// (`PGPASSWORD`).
+    pub pg_password: Option<String>,
+    /// How long a silent lock holder keeps a PostgreSQL lock
+    /// (`TOKENCTL_PG_LEASE`, a duration).
+    pub pg_lease: Option<Duration>,
 }
 
 impl Env {
@@ -346,6 +371,9 @@ impl Env {
             } else {
                 None
             },
+            pg_conn_str: var(postgres::CONN_STR_VAR),
+            pg_password: var("PGPASSWORD"),
+            pg_lease: var("TOKENCTL_PG_LEASE").and_then(|v| parse_duration(&v).ok()),
         }
     }
 }
@@ -458,6 +486,7 @@ failure_from! {
     PlanFileError => |e| Some(e.hint().to_string()),
     JournalError => |e| e.hint(),
     LockError => |e| e.hint(),
+    BackendError => |e| e.hint(),
 }
 
 impl From<io::Error> for Failure {
@@ -569,6 +598,8 @@ impl Session<'_, '_> {
             }
             Command::State(StateCommand::Show { address }) => self.state_show(address),
             Command::State(StateCommand::Fold) => self.state_fold(),
+            Command::State(StateCommand::Pull) => self.state_pull(),
+            Command::State(StateCommand::Push { file, force }) => self.state_push(file, *force),
         }
     }
 
@@ -598,11 +629,74 @@ impl Session<'_, '_> {
         })
     }
 
-    fn store(&self) -> FileStore {
-        FileStore::new(&self.cli.state)
+    /// Returns where the state lives: the manifest's `backend`, else the
+    /// file given by `--state`. Commands that have read the manifest pass
+    /// it; the others read it here (no manifest: the state file).
+    fn store_for(&self, manifest: Option<&Manifest>) -> Result<Box<dyn Backend>, Failure> {
+        let config = match manifest {
+            Some(manifest) => manifest.backend.clone(),
+            None => self.backend_config()?,
+        };
+        match config {
+            BackendConfig::File => Ok(Box::new(FileBackend::new(
+                self.cli
+                    .state
+                    .clone()
+                    .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE)),
+            ))),
+            BackendConfig::Postgres { schema, state } => {
+                if let Some(path) = &self.cli.state {
+                    return Err(Failure::new(format!(
+                        "--state {} was given, but {} keeps the state in PostgreSQL (backend: postgres)",
+                        path.display(),
+                        self.cli.manifest.display()
+                    ))
+                    .hint("drop --state: with a backend the state, its journal and its lock live in the database; to move a state file there, use `tokenctl state push FILE`"));
+                }
+                let recovery = crate::sink::Rescue::default_dir(
+                    self.env.xdg_state_home.as_deref(),
+                    self.env.home.as_deref(),
+                )
+                .map(|rescue| crate::fsutil::parent_dir(&rescue).join("recovery"));
+                let backend = PgBackend::new(
+                    self.env.pg_conn_str.as_deref(),
+                    self.env.pg_password.as_deref(),
+                    &schema,
+                    &state,
+                    self.env.pg_lease.unwrap_or(postgres::DEFAULT_LEASE),
+                    recovery,
+                )
+                .map_err(BackendError::from)?;
+                Ok(Box::new(backend))
+            }
+        }
     }
 
-    /// Returns who this command is, for the lock file.
+    /// Returns the state's backend for a command that does not otherwise
+    /// read the manifest.
+    fn store(&self) -> Result<Box<dyn Backend>, Failure> {
+        self.store_for(None)
+    }
+
+    /// Reads only the `backend` of the manifest, if there is a manifest.
+    fn backend_config(&self) -> Result<BackendConfig, Failure> {
+        let path = &self.cli.manifest;
+        let text = match fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(BackendConfig::File),
+            Err(err) => {
+                return Err(Failure::new(format!(
+                    "cannot read manifest {} to learn where the state is: {err}",
+                    path.display()
+                )));
+            }
+        };
+        Ok(Manifest::parse(&text, &path.display().to_string())?
+            .manifest
+            .backend)
+    }
+
+    /// Returns who this command is, for the lock.
     fn holder(&self) -> Holder {
         Holder {
             user: self.env.user.clone().unwrap_or_else(|| "unknown".into()),
@@ -615,20 +709,16 @@ impl Session<'_, '_> {
     }
 
     /// Takes the state lock for a command that writes the state.
-    fn lock(&mut self, store: &FileStore) -> Result<LockGuard, Failure> {
-        Ok(lock::acquire(
-            &store.lock_path(),
-            &self.holder(),
-            self.cli.lock_timeout,
-        )?)
+    fn lock(&mut self, store: &dyn Backend) -> Result<Box<dyn LockGuard>, Failure> {
+        Ok(store.lock(&self.holder(), self.cli.lock_timeout)?)
     }
 
     /// Loads the state for a command holding the lock, first recording in
     /// it any journal an interrupted apply left behind.
-    fn load_state_locked(&mut self, store: &FileStore) -> Result<Option<State>, Failure> {
+    fn load_state_locked(&mut self, store: &dyn Backend) -> Result<Option<State>, Failure> {
         let state = store.load()?;
         let host = self.env.host.as_deref();
-        let Some((stored, summary)) = record_journal(store, state.as_ref(), host)? else {
+        let Some((stored, summary)) = store.recover(state.as_ref(), host)? else {
             return Ok(state);
         };
         self.note(&format!(
@@ -640,34 +730,20 @@ impl Session<'_, '_> {
 
     /// Loads the state for reading. A journal left by a crash is recorded
     /// first; one that a running apply is writing is only overlaid.
-    fn load_state_for_reading(&mut self, store: &FileStore) -> Result<Option<State>, Failure> {
-        let path = store.journal_path();
-        let Some(records) = journal::read(&path)? else {
-            return Ok(store.load()?);
-        };
-        let writer = match journal::check_writer_gone(&path, &records, self.env.host.as_deref()) {
-            Ok(()) => lock::acquire(&store.lock_path(), &self.holder(), Duration::ZERO),
-            Err(JournalError::Live { pid, host, .. }) => Err(LockError::Held {
-                path: store.lock_path(),
-                holder: format!("pid {pid} on {host}, whose lock file was removed"),
-            }),
-            Err(err) => return Err(err.into()),
-        };
-        match writer {
-            Ok(_guard) => self.load_state_locked(store),
-            Err(LockError::Held { holder, .. }) => {
-                let state = store.load()?;
-                journal::check_lineage(&path, &records, state.as_ref())?;
-                self.warn(&format!(
-                    "an apply is running ({holder}); this plan includes what its journal has recorded so far"
-                ));
-                let base = state.unwrap_or_else(|| {
-                    State::new(journal::lineage(&records).unwrap_or_default().into())
-                });
-                Ok(Some(journal::fold(base, &records).0))
-            }
-            Err(err) => Err(err.into()),
+    fn load_state_for_reading(&mut self, store: &dyn Backend) -> Result<Option<State>, Failure> {
+        let reading = store.read(&self.holder(), self.env.host.as_deref())?;
+        if let Some(summary) = &reading.recovered {
+            self.note(&format!(
+                "recorded the journal of an interrupted apply in the state: {} created, {} failed, {} in doubt",
+                summary.created, summary.failed, summary.in_doubt
+            ));
         }
+        if let Some(holder) = &reading.running {
+            self.warn(&format!(
+                "an apply is running ({holder}); this plan includes what its journal has recorded so far, and its creates under way show as in doubt until it records their outcome"
+            ));
+        }
+        Ok(reading.state)
     }
 
     fn validate(&mut self) -> CommandResult {
@@ -689,8 +765,8 @@ impl Session<'_, '_> {
 
     fn plan(&mut self, args: &PlanArgs) -> CommandResult {
         let loaded = self.load_manifest()?;
-        let store = self.store();
-        let state = self.load_state_for_reading(&store)?;
+        let store = self.store_for(Some(&loaded.manifest))?;
+        let state = self.load_state_for_reading(&*store)?;
         let targeting = self.targeting(&args.targeting);
         let refresh = match args.refresh.refresh {
             true => Some(self.refresh_tokens(
@@ -729,7 +805,7 @@ impl Session<'_, '_> {
         }
         if args.diff {
             if args.output == PlanFormat::Text {
-                self.preview_diff(&store, state.as_ref(), &plan)?;
+                self.preview_diff(&*store, state.as_ref(), &plan)?;
             } else {
                 self.warn("--diff is shown with --output text only; the document stays parseable");
             }
@@ -768,7 +844,7 @@ impl Session<'_, '_> {
     /// that only the API can tell marked as such.
     fn preview_diff(
         &mut self,
-        store: &FileStore,
+        store: &dyn Backend,
         state: Option<&State>,
         plan: &Plan,
     ) -> io::Result<()> {
@@ -831,48 +907,6 @@ impl Session<'_, '_> {
     fn manifest_relative(&self, path: &Path) -> PathBuf {
         crate::fsutil::parent_dir(&self.cli.manifest).join(path)
     }
-}
-
-/// Records the journal beside the state in the state, in one atomic write,
-/// then removes it. Returns the state as stored and what the journal held,
-/// or `None` when there is no journal. Needs the lock.
-fn record_journal(
-    store: &FileStore,
-    before: Option<&State>,
-    host: Option<&str>,
-) -> Result<Option<(Option<State>, FoldSummary)>, Failure> {
-    let path = store.journal_path();
-    let keep_journal = |failure: Failure| {
-        failure.hint(format!(
-            "the journal {} was kept and still records every outcome; the next tokenctl command records it once the problem is fixed",
-            path.display()
-        ))
-    };
-    let Some(records) = journal::read(&path)? else {
-        return Ok(None);
-    };
-    journal::check_writer_gone(&path, &records, host)?;
-    journal::check_lineage(&path, &records, before)?;
-    let base = before
-        .cloned()
-        .unwrap_or_else(|| State::new(journal::lineage(&records).unwrap_or_default().to_string()));
-    let (folded, summary) = journal::fold(base, &records);
-    let stored = if before.is_none() && folded.tokens.is_empty() && folded.pending.is_empty() {
-        None
-    } else {
-        Some(
-            store
-                .commit(before, folded)
-                .map_err(|e| keep_journal(e.into()))?
-                .0,
-        )
-    };
-    journal::remove(&path).map_err(|source| JournalError::Io {
-        path: path.clone(),
-        source,
-    })?;
-    crate::failpoint::hit("after-journal-removed");
-    Ok(Some((stored, summary)))
 }
 
 /// Fails on what a refresh found that must stop a plan: a token that

@@ -1,17 +1,18 @@
 //! Commands that read or edit the state by hand: resolve, import, forget,
-//! state list, state show and state fold. Each edit runs under the lock and
+//! state list, show, fold, pull and push. Each edit runs under the lock and
 //! shows the state diff.
 
+use std::fs;
 use std::path::Path;
 
 use super::apply::vault_sink;
 use super::{CommandResult, EXIT_OK, Failure, Format, ImportArgs, ResolveArgs, Session};
 use crate::address::Address;
+use crate::backend::Backend;
 use crate::render;
 use crate::secret::fingerprint_of;
 use crate::sink::{FileLookup, FoundSecret, SecretLookup};
 use crate::state::{Origin, State, TokenRecord};
-use crate::store::{FileStore, StateStore};
 
 /// A token found in a secrets file.
 struct SinkRecord {
@@ -29,7 +30,7 @@ pub(super) struct Lookups {
 
 impl Session<'_, '_> {
     /// Loads the state under the lock, or fails when there is none.
-    pub(super) fn existing_state(&mut self, store: &FileStore) -> Result<State, Failure> {
+    pub(super) fn existing_state(&mut self, store: &dyn Backend) -> Result<State, Failure> {
         self.load_state_locked(store)?.ok_or_else(|| {
             Failure::new(format!("there is no state at {}", store.location()))
                 .hint("check --state; `tokenctl apply` creates the state")
@@ -37,9 +38,10 @@ impl Session<'_, '_> {
     }
 
     pub(super) fn resolve(&mut self, args: &ResolveArgs) -> CommandResult {
-        let store = self.store();
-        let _lock = self.lock(&store)?;
-        let before = self.existing_state(&store)?;
+        let store = self.store()?;
+        let store = &*store;
+        let _lock = self.lock(store)?;
+        let before = self.existing_state(store)?;
         let address = &args.address;
         let Some(pending) = before.pending_create(address).cloned() else {
             return Err(Failure::new(format!("{address} is not in doubt"))
@@ -69,7 +71,7 @@ impl Session<'_, '_> {
             ));
             format!("{address} is recorded as token id {}.", record.id)
         };
-        self.commit_and_show(&store, &before, after)?;
+        self.commit_and_show(store, &before, after)?;
         writeln!(self.io.stdout, "{done}")?;
         Ok(EXIT_OK)
     }
@@ -216,9 +218,10 @@ impl Session<'_, '_> {
     }
 
     pub(super) fn import(&mut self, args: &ImportArgs) -> CommandResult {
-        let store = self.store();
-        let _lock = self.lock(&store)?;
-        let before = self.load_state_locked(&store)?;
+        let store = self.store()?;
+        let store = &*store;
+        let _lock = self.lock(store)?;
+        let before = self.load_state_locked(store)?;
         let address = &args.address;
         if let Some(before) = &before {
             if let Some(existing) = before.token(address) {
@@ -255,7 +258,7 @@ impl Session<'_, '_> {
             Origin::Imported,
             None,
         ));
-        self.commit_and_show_from(&store, before.as_ref(), after)?;
+        self.commit_and_show_from(store, before.as_ref(), after)?;
         writeln!(
             self.io.stdout,
             "{address} was imported as token id {}.",
@@ -271,23 +274,24 @@ impl Session<'_, '_> {
                 "remove it from the manifest first; forget is for tokens revoked in the Logz.io UI",
             ));
         }
-        let store = self.store();
-        let _lock = self.lock(&store)?;
-        let before = self.existing_state(&store)?;
+        let store = self.store()?;
+        let store = &*store;
+        let _lock = self.lock(store)?;
+        let before = self.existing_state(store)?;
         if before.token(address).is_none() {
             return Err(Failure::new(format!("{address} is not in the state"))
                 .hint("`tokenctl state list` shows the addresses it holds"));
         }
         let mut after = before.clone();
         after.tokens.retain(|t| &t.address != address);
-        self.commit_and_show(&store, &before, after)?;
+        self.commit_and_show(store, &before, after)?;
         writeln!(self.io.stdout, "{address} was removed from the state.")?;
         Ok(EXIT_OK)
     }
 
     pub(super) fn commit_and_show(
         &mut self,
-        store: &FileStore,
+        store: &dyn Backend,
         before: &State,
         after: State,
     ) -> Result<(), Failure> {
@@ -296,7 +300,7 @@ impl Session<'_, '_> {
 
     fn commit_and_show_from(
         &mut self,
-        store: &FileStore,
+        store: &dyn Backend,
         before: Option<&State>,
         after: State,
     ) -> Result<(), Failure> {
@@ -312,29 +316,126 @@ impl Session<'_, '_> {
         Ok(())
     }
 
+    /// Prints the stored state document, exactly as the state file holds it.
+    pub(super) fn state_pull(&mut self) -> CommandResult {
+        let store = self.store()?;
+        let store = &*store;
+        let Some(state) = store.load()? else {
+            return Err(
+                Failure::new(format!("there is no state at {}", store.location()))
+                    .hint("`tokenctl apply` or `tokenctl state push FILE` stores one"),
+            );
+        };
+        write!(self.io.stdout, "{}", state.to_json())?;
+        Ok(EXIT_OK)
+    }
+
+    /// Stores a state file in the backend. Refuses another lineage, an
+    /// older serial, or the same serial with other content unless forced,
+    /// and always refuses while a journal is open: its creates would be
+    /// folded into a state they were not planned from.
+    pub(super) fn state_push(&mut self, file: &Path, force: bool) -> CommandResult {
+        let text = fs::read_to_string(file).map_err(|err| {
+            Failure::new(format!("cannot read state file {}: {err}", file.display()))
+        })?;
+        let mut pushed = State::from_json(&text).map_err(|err| {
+            Failure::new(format!("{} is not a state file: {err}", file.display()))
+        })?;
+        let store = self.store()?;
+        let store = &*store;
+        let _lock = self.lock(store)?;
+        if store.has_journal()? {
+            return Err(Failure::new(format!(
+                "{} has an open journal: a run is under way or left one behind",
+                store.location()
+            ))
+            .hint("run `tokenctl state fold` (or wait for the run), check the result with `tokenctl state pull`, then push again"));
+        }
+        let current = store.load()?;
+        if let Some(current) = &current {
+            let refusal = if current.lineage != pushed.lineage {
+                Some(format!(
+                    "{} is of another state (lineage {}, the stored one has {})",
+                    file.display(),
+                    pushed.lineage,
+                    current.lineage
+                ))
+            } else if pushed.serial < current.serial {
+                Some(format!(
+                    "{} is older than the stored state (serial {}, the stored one is at {})",
+                    file.display(),
+                    pushed.serial,
+                    current.serial
+                ))
+            } else if pushed.serial == current.serial && !pushed.same_content(current) {
+                Some(format!(
+                    "{} has the stored state's serial {} but other content",
+                    file.display(),
+                    current.serial
+                ))
+            } else {
+                None
+            };
+            if let Some(refusal) = refusal
+                && !force
+            {
+                return Err(Failure::new(refusal).hint(
+                    "the stored state records tokens that cannot be listed again through the API; pull it and compare (`tokenctl state pull`) before overwriting it with --force",
+                ));
+            }
+            if pushed.serial == current.serial && pushed.same_content(current) {
+                writeln!(
+                    self.io.stdout,
+                    "{} already holds this state (serial {}).",
+                    store.location(),
+                    current.serial
+                )?;
+                return Ok(EXIT_OK);
+            }
+            // A forced push still moves the serial on, so that plan files
+            // made from the replaced state are refused as stale.
+            pushed.serial = pushed.serial.max(current.serial + 1);
+        }
+        store.compare_and_swap(
+            current.as_ref().map(|c| (c.lineage.as_str(), c.serial)),
+            &pushed,
+        )?;
+        writeln!(
+            self.io.stdout,
+            "Stored {} in {} (lineage {}, serial {}, {} tokens).",
+            file.display(),
+            store.location(),
+            pushed.lineage,
+            pushed.serial,
+            pushed.tokens.len()
+        )?;
+        Ok(EXIT_OK)
+    }
+
     /// Folds a journal left by an interrupted apply into the state and
     /// removes it, so that a pipeline can commit every open create as
     /// pending before its runner (and the journal on it) is thrown away.
     pub(super) fn state_fold(&mut self) -> CommandResult {
-        let store = self.store();
-        let _lock = self.lock(&store)?;
-        let journal = store.journal_path();
+        let store = self.store()?;
+        let store = &*store;
+        let _lock = self.lock(store)?;
+        let journal = store.journal_location();
         // Under the lock no apply is writing the journal: one that exists
         // now was left by a run that ended.
-        let had_journal = journal.exists();
-        let state = self.load_state_locked(&store)?;
+        let had_journal = store.has_journal()?;
+        let state = self.load_state_locked(store)?;
         if had_journal {
             writeln!(
                 self.io.stdout,
                 "Folded {} into {}.",
-                journal.display(),
+                journal,
                 store.location()
             )?;
         } else {
             writeln!(
                 self.io.stdout,
                 "Nothing to fold: there is no journal at {}.",
-                journal.display()
+                journal
             )?;
         }
         let pending = state.map(|s| s.pending).unwrap_or_default();
@@ -352,8 +453,9 @@ impl Session<'_, '_> {
     }
 
     pub(super) fn state_list(&mut self, output: Format) -> CommandResult {
-        let store = self.store();
-        let Some(state) = self.load_state_for_reading(&store)? else {
+        let store = self.store()?;
+        let store = &*store;
+        let Some(state) = self.load_state_for_reading(store)? else {
             writeln!(
                 self.io.stderr,
                 "There is no state at {} yet.",
@@ -384,9 +486,10 @@ impl Session<'_, '_> {
     }
 
     pub(super) fn state_show(&mut self, address: &Address) -> CommandResult {
-        let store = self.store();
+        let store = self.store()?;
+        let store = &*store;
         let state = self
-            .load_state_for_reading(&store)?
+            .load_state_for_reading(store)?
             .unwrap_or_else(|| State::new(String::new()));
         let out = &mut *self.io.stdout;
         if let Some(token) = state.token(address) {

@@ -1,0 +1,176 @@
+//! Where the state lives, with its journal and its lock: the [`Backend`]
+//! seam. The planner and the apply loop never learn which one they got.
+//!
+//! - [`file`]: the state file, a journal file and an OS lock file beside it
+//!   (the default);
+//! - [`postgres`]: one PostgreSQL database shared by every runner, with the
+//!   journal as rows and the lock as an advisory lock.
+
+pub mod file;
+pub mod postgres;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::journal::{FoldSummary, JournalError, JournalWriter, Record};
+use crate::lock::{Holder, LockError};
+use crate::state::{State, TOOL_VERSION};
+use crate::store::StoreError;
+
+/// Why the backend could not do what was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Lock(#[from] LockError),
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    #[error(transparent)]
+    Postgres(#[from] postgres::PgError),
+    /// Another writer stored a state since this command read it.
+    #[error(
+        "the state at {location} changed while this command ran (it expected serial {expected}, found {found})"
+    )]
+    Conflict {
+        location: String,
+        expected: String,
+        found: String,
+    },
+    /// Folding a journal failed after it was read; it was kept.
+    #[error("{source}")]
+    JournalKept {
+        source: Box<BackendError>,
+        journal: String,
+    },
+}
+
+impl BackendError {
+    /// Returns what the user can do about it.
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            BackendError::Store(e) => e.hint(),
+            BackendError::Lock(e) => e.hint(),
+            BackendError::Journal(e) => e.hint(),
+            BackendError::Postgres(e) => e.hint(),
+            BackendError::Conflict { .. } => Some(
+                "another command wrote the state without holding its lock; run again, and check that every runner uses the same backend".into(),
+            ),
+            BackendError::JournalKept { journal, .. } => Some(format!(
+                "the journal {journal} was kept and still records every outcome; the next tokenctl command records it once the problem is fixed"
+            )),
+        }
+    }
+}
+
+/// A held state lock; dropping it releases the lock.
+pub trait LockGuard {
+    /// Tells whether the lock still excludes other runs (a lock file that
+    /// was deleted, or a database connection that was lost, does not).
+    fn is_current(&self) -> bool;
+}
+
+/// The state as a reading command sees it.
+#[derive(Debug, Default)]
+pub struct Reading {
+    pub state: Option<State>,
+    /// A journal left by a dead run was recorded in the state first.
+    pub recovered: Option<FoldSummary>,
+    /// An apply is running: who it is. Its journal so far is overlaid on
+    /// `state`, its creates under way marked as in progress.
+    pub running: Option<String>,
+}
+
+/// Where the state of one manifest lives.
+pub trait Backend {
+    /// Names the state for messages (never with a password).
+    fn location(&self) -> String;
+
+    /// Returns the stored state, or `None` when none was ever stored.
+    fn load(&self) -> Result<Option<State>, BackendError>;
+
+    /// Stores `state` as it is if the stored one is still `expected`
+    /// (lineage and serial; `None`: no state yet), else fails with
+    /// [`BackendError::Conflict`]. The previous state is kept as history.
+    fn compare_and_swap(
+        &self,
+        expected: Option<(&str, u64)>,
+        state: &State,
+    ) -> Result<(), BackendError>;
+
+    /// Takes the state lock for this command, waiting up to `wait`.
+    fn lock(&self, holder: &Holder, wait: Duration) -> Result<Box<dyn LockGuard>, BackendError>;
+
+    /// Records a journal left behind by a run that is gone in the state,
+    /// then removes it. Returns the state as stored and what the journal
+    /// held, or `None` when there was no journal. Needs the lock.
+    fn recover(
+        &self,
+        before: Option<&State>,
+        host: Option<&str>,
+    ) -> Result<Option<(Option<State>, FoldSummary)>, BackendError>;
+
+    /// Reads the state for a command that does not write it: a journal of
+    /// a dead run is recorded first (as the next writer would), one of a
+    /// live run is overlaid.
+    fn read(&self, holder: &Holder, host: Option<&str>) -> Result<Reading, BackendError>;
+
+    /// Names the journal for messages.
+    fn journal_location(&self) -> String;
+
+    /// Tells whether a journal is open (a run is under way or left one).
+    fn has_journal(&self) -> Result<bool, BackendError>;
+
+    /// Opens the journal of a run, with its `begin` record. Needs the lock.
+    fn open_journal(&self, begin: &Record) -> Result<Journal, BackendError>;
+
+    /// Removes a journal that recorded nothing but its `begin`, for a run
+    /// that stops before its first create.
+    fn discard_journal(&self, journal: Journal) -> Result<(), BackendError>;
+
+    /// Stores `after` if its content differs from `before`, moving the
+    /// serial on; returns the state now stored and whether it was written.
+    fn commit(
+        &self,
+        before: Option<&State>,
+        mut after: State,
+    ) -> Result<(State, bool), BackendError> {
+        if let Some(before) = before {
+            if before.same_content(&after) {
+                return Ok((before.clone(), false));
+            }
+            after.serial = before.serial + 1;
+            after.lineage = before.lineage.clone();
+        } else {
+            after.serial = after.serial.max(1);
+        }
+        after.tool_version = TOOL_VERSION.to_string();
+        self.compare_and_swap(before.map(|s| (s.lineage.as_str(), s.serial)), &after)?;
+        Ok((after, true))
+    }
+}
+
+/// The journal of one run, wherever it is kept.
+pub enum Journal {
+    File(JournalWriter),
+    Postgres(postgres::PgJournal),
+}
+
+impl Journal {
+    /// Appends one record and waits until it is durable.
+    pub async fn append(&self, record: &Record) -> Result<(), JournalError> {
+        match self {
+            Journal::File(writer) => writer.append(record).await,
+            Journal::Postgres(journal) => journal.append(record).await,
+        }
+    }
+
+    /// Returns the local file that holds outcomes the backend could not
+    /// take (the connection was lost), if any was written.
+    pub fn recovery_file(&self) -> Option<PathBuf> {
+        match self {
+            Journal::File(_) => None,
+            Journal::Postgres(journal) => journal.recovery_file(),
+        }
+    }
+}

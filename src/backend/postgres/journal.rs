@@ -1,0 +1,299 @@
+//! The journal of one run as rows, written with group commit, and the
+//! local recovery file for outcomes the database can no longer take.
+
+use std::fs::{self, OpenOptions};
+use std::io::{self, Write};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+use tokio_postgres::Client;
+
+use super::{PgError, detail};
+use crate::journal::{JournalError, Record};
+
+type Item = (Record, oneshot::Sender<Result<(), String>>);
+
+/// Appends the records of one run to the journal rows of its state.
+///
+/// Appends go to one writer task, which writes everything queued in one
+/// transaction (one commit, one WAL flush for the lot): each `append`
+/// returns only after its row is committed, and rows keep their order.
+pub struct PgJournal {
+    sender: Option<mpsc::UnboundedSender<Item>>,
+    lost: Arc<AtomicBool>,
+    recovery: Arc<Mutex<Recovery>>,
+    location: String,
+}
+
+/// Where outcomes go once the connection is gone.
+struct Recovery {
+    dir: Option<PathBuf>,
+    begin: Record,
+    run_id: i64,
+    path: Option<PathBuf>,
+}
+
+impl Recovery {
+    /// Appends `record` to this run's recovery file (made with its begin
+    /// record on first use, mode 0600) and syncs it.
+    fn save(&mut self, record: &Record) -> io::Result<PathBuf> {
+        let dir = self
+            .dir
+            .clone()
+            .ok_or_else(|| io::Error::other("neither XDG_STATE_HOME nor HOME is set"))?;
+        let lineage = crate::journal::lineage(std::slice::from_ref(&self.begin))
+            .unwrap_or("none")
+            .to_string();
+        let path = dir.join(format!("pg-{lineage}-run{}.jsonl", self.run_id));
+        let fresh = self.path.is_none();
+        if fresh {
+            fs::create_dir_all(&dir)?;
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                let _ = fs::set_permissions(&dir, fs::Permissions::from_mode(0o700));
+            }
+        }
+        let mut options = OpenOptions::new();
+        options.create(true).append(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            options.mode(0o600);
+        }
+        let mut file = options.open(&path)?;
+        let mut bytes = Vec::new();
+        if fresh {
+            bytes.extend(line(&self.begin));
+        }
+        bytes.extend(line(record));
+        file.write_all(&bytes)?;
+        file.sync_all()?;
+        if fresh {
+            crate::fsutil::sync_dir(&dir)?;
+        }
+        self.path = Some(path.clone());
+        Ok(path)
+    }
+}
+
+fn line(record: &Record) -> Vec<u8> {
+    let mut bytes = serde_json::to_vec(record).unwrap_or_default();
+    bytes.push(b'\n');
+    bytes
+}
+
+/// Returns the address a record is about, as the journal rows key it.
+fn address_of(record: &Record) -> Option<String> {
+    match record {
+        Record::Begin { .. } => None,
+        Record::Intent { address, .. }
+        | Record::Created { address, .. }
+        | Record::Failed { address, .. }
+        | Record::Doubt { address, .. } => Some(address.to_string()),
+    }
+}
+
+impl PgJournal {
+    /// Writes the `begin` record and starts the writer task.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn open(
+        client: Arc<Client>,
+        schema: String,
+        state_id: i64,
+        run_id: i64,
+        fence: i64,
+        lost: Arc<AtomicBool>,
+        begin: Record,
+        recovery_dir: Option<PathBuf>,
+        lease: Duration,
+        location: String,
+    ) -> Result<PgJournal, PgError> {
+        let statement =
+            client
+                .prepare(&batch_sql(&schema))
+                .await
+                .map_err(|err| PgError::Query {
+                    location: location.clone(),
+                    detail: detail(&err),
+                })?;
+        let writer = Writer {
+            client,
+            statement,
+            state_id,
+            run_id,
+            fence,
+            lease,
+        };
+        writer
+            .write(&[&begin])
+            .await
+            .map_err(|detail| PgError::Query {
+                location: location.clone(),
+                detail,
+            })?;
+        let (sender, receiver) = mpsc::unbounded_channel();
+        tokio::spawn(writer.run(receiver, lost.clone()));
+        Ok(PgJournal {
+            sender: Some(sender),
+            lost,
+            recovery: Arc::new(Mutex::new(Recovery {
+                dir: recovery_dir,
+                begin,
+                run_id,
+                path: None,
+            })),
+            location,
+        })
+    }
+
+    /// Appends one record and waits until it is committed. Once the
+    /// connection is lost an intent fails at once (its create must not be
+    /// sent), and an outcome goes to the local recovery file instead.
+    pub async fn append(&self, record: &Record) -> Result<(), JournalError> {
+        let result = if self.lost.load(Ordering::SeqCst) {
+            Err("the connection was lost earlier in this run".to_string())
+        } else {
+            let (done, wait) = oneshot::channel();
+            match self.sender.as_ref().map(|s| s.send((record.clone(), done))) {
+                Some(Ok(())) => wait
+                    .await
+                    .unwrap_or_else(|_| Err("the journal writer stopped".into())),
+                _ => Err("the journal writer stopped".into()),
+            }
+        };
+        let Err(detail) = result else {
+            return Ok(());
+        };
+        self.lost.store(true, Ordering::SeqCst);
+        if matches!(record, Record::Intent { .. }) {
+            return Err(self.error(detail));
+        }
+        let saved = self
+            .recovery
+            .lock()
+            .map_err(|_| self.error(detail.clone()))?
+            .save(record);
+        match saved {
+            Ok(_) => Ok(()),
+            Err(err) => Err(self.error(format!(
+                "{detail}; the recovery file could not be written either: {err}"
+            ))),
+        }
+    }
+
+    fn error(&self, detail: String) -> JournalError {
+        JournalError::Remote {
+            location: self.location.clone(),
+            detail,
+        }
+    }
+
+    /// Returns the recovery file, once one was written.
+    pub fn recovery_file(&self) -> Option<PathBuf> {
+        self.recovery.lock().ok().and_then(|r| r.path.clone())
+    }
+}
+
+impl Drop for PgJournal {
+    fn drop(&mut self) {
+        // The writer task ends once the queue is closed and drained.
+        self.sender.take();
+    }
+}
+
+struct Writer {
+    client: Arc<Client>,
+    /// The batch insert, prepared once: a statement sent as text would
+    /// cost a second round trip on every batch.
+    statement: tokio_postgres::Statement,
+    state_id: i64,
+    run_id: i64,
+    fence: i64,
+    lease: Duration,
+}
+
+impl Writer {
+    async fn run(self, mut receiver: mpsc::UnboundedReceiver<Item>, lost: Arc<AtomicBool>) {
+        while let Some(first) = receiver.recv().await {
+            let mut batch = vec![first];
+            while let Ok(item) = receiver.try_recv() {
+                batch.push(item);
+            }
+            let result = if lost.load(Ordering::SeqCst) {
+                Err("the connection was lost earlier in this run".to_string())
+            } else {
+                let records: Vec<&Record> = batch.iter().map(|(r, _)| r).collect();
+                self.write(&records).await
+            };
+            if result.is_err() {
+                lost.store(true, Ordering::SeqCst);
+            }
+            for (_, done) in batch {
+                let _ = done.send(result.clone());
+            }
+        }
+    }
+
+    /// Writes `records` in one transaction that first checks the fence:
+    /// a run whose lock was taken over writes nothing.
+    async fn write(&self, records: &[&Record]) -> Result<(), String> {
+        let mut addresses = Vec::with_capacity(records.len());
+        let mut opens = Vec::with_capacity(records.len());
+        let mut lines = Vec::with_capacity(records.len());
+        let mut closes = Vec::new();
+        for record in records {
+            let address = address_of(record);
+            if let (Record::Created { .. } | Record::Failed { .. }, Some(a)) = (record, &address) {
+                closes.push(a.clone());
+            }
+            opens.push(matches!(record, Record::Intent { .. }));
+            addresses.push(address);
+            lines.push(serde_json::to_string(record).unwrap_or_default());
+        }
+
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 7] = [
+            &self.state_id,
+            &self.run_id,
+            &self.fence,
+            &addresses,
+            &opens,
+            &lines,
+            &closes,
+        ];
+        let write = self.client.execute(&self.statement, &params);
+        match tokio::time::timeout(self.lease, write).await {
+            Ok(Ok(n)) if n as usize == records.len() => Ok(()),
+            Ok(Ok(_)) => Err(
+                "this run's lock was taken over (its fence moved on); it writes nothing more"
+                    .into(),
+            ),
+            Ok(Err(err)) => Err(detail(&err)),
+            Err(_) => Err(format!(
+                "no answer within the lease of {}s",
+                self.lease.as_secs()
+            )),
+        }
+    }
+}
+
+/// Returns the statement that writes one batch of records in schema `s`,
+/// after checking the run's fence.
+fn batch_sql(s: &str) -> String {
+    format!(
+        "WITH fence AS (
+                 SELECT fence FROM {s}.states WHERE id = $1 AND fence = $3 FOR SHARE
+             ), closed AS (
+                 UPDATE {s}.journal SET open = false
+                 WHERE state_id = $1 AND open AND address = ANY($7) AND EXISTS (SELECT 1 FROM fence)
+             )
+             INSERT INTO {s}.journal (state_id, run_id, address, open, record)
+             SELECT $1, $2, a, o, r
+             FROM unnest($4::text[], $5::bool[], $6::text[]) WITH ORDINALITY AS x(a, o, r, n)
+             WHERE EXISTS (SELECT 1 FROM fence)
+             ORDER BY n"
+    )
+}

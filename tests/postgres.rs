@@ -1,0 +1,802 @@
+//! The PostgreSQL backend against a real server that the tests start
+//! themselves: every runner in its own working folder (its own disk, as a
+//! pipeline runner has), one database between them. Each fault is made to
+//! happen — a crash at every step, the server dying, the lock holder's
+//! connection killed, runners racing, a runner paused past its lease — and
+//! is followed by a normal apply from another folder and the invariant
+//! checks: no address sent twice, every issued secret in a sink or in
+//! doubt, the state parses, no secret or password in any output.
+
+mod support;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use support::mock_logzio::{Behaviour, MockLogzio};
+use support::pg::{Cluster, PASSWORD};
+use support::workspace::{Run, Workspace};
+
+const SIX: [&str; 6] = ["1/a", "1/b", "1/c", "2/d", "2/e", "2/f"];
+
+/// One database and the runners (working folders) that share it.
+struct Team {
+    conn: String,
+    db: String,
+    api: String,
+}
+
+impl Team {
+    fn new(cluster: &Cluster, api: &str) -> Team {
+        let db = cluster.create_db();
+        Team {
+            conn: cluster.conn_str(&db),
+            db,
+            api: api.to_string(),
+        }
+    }
+
+    /// Returns a new runner: a folder with the manifest and no state.
+    fn runner(&self, tokens: &[&str]) -> Workspace {
+        let ws = Workspace::new(&self.api);
+        let mut text = String::from(
+            "version: 1\nregion: eu\nbackend:\n  postgres:\n    schema: tk\n    state: team\nsecrets:\n  file: secrets/logzio-tokens.jsonl\ntokens:\n",
+        );
+        for token in tokens {
+            let (account, name) = token.split_once('/').unwrap();
+            text.push_str(&format!("  - name: {name}\n    accountId: {account}\n"));
+        }
+        ws.write("tokens.yaml", &text);
+        ws
+    }
+
+    fn env<'a>(&'a self, extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+        let mut env = vec![("TOKENCTL_PG_CONN_STR", self.conn.as_str())];
+        env.extend_from_slice(extra);
+        env
+    }
+
+    fn run(&self, ws: &mut Workspace, args: &[&str]) -> Run {
+        ws.run_with(args, &self.env(&[]))
+    }
+
+    fn run_with(&self, ws: &mut Workspace, args: &[&str], extra: &[(&str, &str)]) -> Run {
+        ws.run_with(args, &self.env(extra))
+    }
+
+    /// Returns the stored state, through `state pull`.
+    fn state(&self, ws: &mut Workspace) -> serde_json::Value {
+        let pull = self.run(ws, &["state", "pull"]);
+        assert_eq!(pull.code, 0, "{}", pull.all());
+        serde_json::from_str(&pull.stdout).unwrap()
+    }
+}
+
+fn cluster() -> Option<&'static Cluster> {
+    support::pg::shared()
+}
+
+fn addresses(state: &serde_json::Value, list: &str) -> Vec<String> {
+    let mut all: Vec<String> = state[list]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["address"].as_str().unwrap().to_string())
+        .collect();
+    all.sort();
+    all
+}
+
+/// The invariants after any fault, over every runner's sink: the state
+/// parses, each issued token is in some runner's sink with its id or in
+/// doubt, no address was sent twice, and no secret or password was
+/// printed or written outside a sink.
+async fn assert_sound(team: &Team, runners: &mut [&mut Workspace], mock: &MockLogzio) {
+    let state = team.state(runners[0]);
+    assert!(state["serial"].is_u64(), "state does not parse: {state}");
+    let pending = addresses(&state, "pending");
+    let sinks: Vec<serde_json::Value> = runners.iter().flat_map(|ws| ws.sink_records()).collect();
+    for issued in mock.issued() {
+        let address = format!("{}/{}", issued.account_id, issued.name);
+        let in_sink = sinks
+            .iter()
+            .any(|r| r["token"] == issued.token.as_str() && r["id"] == issued.id);
+        // Adopted by a person after it was in doubt: recorded with its id.
+        let recorded = state["tokens"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["id"] == issued.id && t["address"] == address.as_str());
+        assert!(
+            in_sink || pending.contains(&address) || recorded,
+            "{address} was issued but is neither in a sink, in doubt nor recorded"
+        );
+        assert!(
+            !in_sink || recorded || pending.contains(&address),
+            "{address} is in a sink but not in the state"
+        );
+    }
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    for address in mock.create_requests().await {
+        *counts.entry(address).or_default() += 1;
+    }
+    assert!(
+        counts.values().all(|&n| n == 1),
+        "an address was sent twice: {counts:?}"
+    );
+    let secrets: Vec<String> = mock.issued().into_iter().map(|i| i.token).collect();
+    for ws in runners.iter() {
+        for run in &ws.runs {
+            assert!(
+                !run.contains(PASSWORD),
+                "a run printed the password:\n{run}"
+            );
+        }
+        if !secrets.is_empty() && !ws.sink_records().is_empty() {
+            ws.assert_secrets_only_in_sink(&secrets);
+        }
+    }
+}
+
+/// Settles the creates in doubt as a person would (adopt what the server
+/// issued, abandon the rest), then applies again: every address exists.
+async fn settle_and_finish(team: &Team, ws: &mut Workspace, mock: &MockLogzio, tokens: &[&str]) {
+    let state = team.state(ws);
+    for address in addresses(&state, "pending") {
+        let issued = mock
+            .issued()
+            .into_iter()
+            .find(|i| format!("{}/{}", i.account_id, i.name) == address);
+        let run = match issued {
+            Some(issued) => team.run(
+                ws,
+                &["resolve", &address, "--adopt", &issued.id.to_string()],
+            ),
+            None => team.run(ws, &["resolve", &address, "--abandon"]),
+        };
+        assert_eq!(run.code, 0, "{}", run.all());
+    }
+    let apply = team.run(ws, &["apply", "--auto-approve"]);
+    assert_eq!(apply.code, 0, "{}", apply.all());
+    let state = team.state(ws);
+    let mut expected: Vec<String> = tokens.iter().map(|t| t.to_string()).collect();
+    expected.sort();
+    assert_eq!(addresses(&state, "tokens"), expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runners_in_different_folders_share_state_journal_and_lock() {
+    let Some(cluster) = cluster() else { return };
+    let mock = MockLogzio::start().await;
+    let team = Team::new(cluster, &mock.url());
+    let mut first = team.runner(&SIX);
+    let apply = team.run(&mut first, &["apply", "--auto-approve"]);
+    assert_eq!(apply.code, 0, "{}", apply.all());
+    assert!(
+        apply.stdout.contains("(schema tk, state team)"),
+        "{}",
+        apply.stdout
+    );
+    assert!(!first.path("state").exists(), "a state file was written");
+
+    // Another runner, with nothing on its disk, sees every token.
+    let mut second = team.runner(&SIX);
+    let plan = team.run(&mut second, &["plan", "--detailed-exitcode"]);
+    assert_eq!(plan.code, 0, "{}", plan.all());
+    assert!(
+        plan.stdout.contains("0 to create, 6 unchanged"),
+        "{}",
+        plan.stdout
+    );
+
+    // `state pull` prints exactly the file backend's document.
+    let pulled = team.run(&mut second, &["state", "pull"]);
+    let state: tokenctl::state::State = tokenctl::state::State::from_json(&pulled.stdout).unwrap();
+    assert_eq!(pulled.stdout, state.to_json());
+    assert_eq!(state.tokens.len(), 6);
+    let history: usize = cluster
+        .psql(&team.db, "SELECT count(*) FROM tk.history")
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(history, 0, "the first state has no earlier version");
+    let journal = cluster
+        .psql(&team.db, "SELECT count(*) FROM tk.journal")
+        .unwrap();
+    assert_eq!(journal, "0", "the journal rows were folded and removed");
+
+    // --state names a file, which a postgres backend does not use.
+    let refused = team.run(&mut second, &["plan", "--state", "x.json"]);
+    assert_eq!(refused.code, 1);
+    assert!(
+        refused.stderr.contains("keeps the state in PostgreSQL"),
+        "{}",
+        refused.stderr
+    );
+    assert_sound(&team, &mut [&mut first, &mut second], &mock).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_connection_string_is_checked_and_its_password_never_shown() {
+    let Some(cluster) = cluster() else { return };
+    let mock = MockLogzio::start().await;
+    let team = Team::new(cluster, &mock.url());
+    let mut ws = team.runner(&["1/a"]);
+    let missing = ws.run(&["plan"]);
+    assert_eq!(missing.code, 1);
+    assert!(
+        missing.stderr.contains("TOKENCTL_PG_CONN_STR is not set"),
+        "{}",
+        missing.stderr
+    );
+
+    let wrong = format!(
+        "postgres://postgres:wrong-{PASSWORD}@127.0.0.1:{}/{}?sslmode=disable",
+        cluster.port, team.db
+    );
+    let run = ws.run_with(&["plan"], &[("TOKENCTL_PG_CONN_STR", &wrong)]);
+    assert_eq!(run.code, 1);
+    assert!(
+        run.stderr.contains("password authentication failed"),
+        "{}",
+        run.stderr
+    );
+    assert!(!run.all().contains(PASSWORD), "{}", run.all());
+
+    let remote = format!("postgres://postgres:{PASSWORD}@db.example:5432/x?sslmode=disable");
+    let run = ws.run_with(&["plan"], &[("TOKENCTL_PG_CONN_STR", &remote)]);
+    assert!(run.stderr.contains("loopback"), "{}", run.stderr);
+    let prefer = format!("postgres://postgres:{PASSWORD}@127.0.0.1/x?sslmode=prefer");
+    let run = ws.run_with(&["plan"], &[("TOKENCTL_PG_CONN_STR", &prefer)]);
+    assert!(run.stderr.contains("plain text"), "{}", run.stderr);
+    assert!(!run.all().contains(PASSWORD));
+
+    // The password may come from PGPASSWORD instead.
+    let bare = format!(
+        "host=127.0.0.1 port={} user=postgres dbname={} sslmode=disable",
+        cluster.port, team.db
+    );
+    let run = ws.run_with(
+        &["plan"],
+        &[("TOKENCTL_PG_CONN_STR", &bare), ("PGPASSWORD", PASSWORD)],
+    );
+    assert_eq!(run.code, 0, "{}", run.all());
+    assert!(mock.issued().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_at_any_step_is_recovered_by_another_runner() {
+    let Some(cluster) = cluster() else { return };
+    let points = [
+        "after-intent",
+        "after-response",
+        "after-sink",
+        "after-outcome",
+        "before-state-write",
+        "after-state-write",
+        "after-journal-removed",
+    ];
+    for point in points {
+        let mock = MockLogzio::start().await;
+        let team = Team::new(cluster, &mock.url());
+        let mut crashed = team.runner(&SIX[..3]);
+        let crash = team.run_with(
+            &mut crashed,
+            &["apply", "--auto-approve", "--parallelism", "1"],
+            &[("TOKENCTL_FAILPOINT", point)],
+        );
+        assert_ne!(crash.code, 0, "{point}: the failpoint did not fire");
+
+        // Another runner, on another disk, records what the crash left.
+        let mut next = team.runner(&SIX[..3]);
+        let apply = team.run(&mut next, &["apply", "--auto-approve"]);
+        assert!(
+            apply.code == 0 || apply.code == 3,
+            "{point}: {}",
+            apply.all()
+        );
+        assert_sound(&team, &mut [&mut next, &mut crashed], &mock).await;
+        settle_and_finish(&team, &mut next, &mock, &SIX[..3]).await;
+        assert_sound(&team, &mut [&mut next, &mut crashed], &mock).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_runner_fails_fast_naming_the_holder_or_waits() {
+    let Some(cluster) = cluster() else { return };
+    let mock = MockLogzio::start_with(Behaviour {
+        delay: Duration::from_millis(700),
+        ..Behaviour::default()
+    })
+    .await;
+    let team = Team::new(cluster, &mock.url());
+    let mut first = team.runner(&SIX[..3]);
+    let mut second = team.runner(&SIX[..3]);
+    let child = first
+        .command(
+            &["apply", "--auto-approve", "--parallelism", "1"],
+            &team.env(&[]),
+        )
+        .spawn()
+        .unwrap();
+    mock.wait_for_requests(1).await;
+    let fast = team.run(&mut second, &["apply", "--auto-approve"]);
+    assert_eq!(fast.code, 1, "{}", fast.all());
+    assert!(
+        fast.stderr.contains("is locked by tester@"),
+        "{}",
+        fast.stderr
+    );
+    assert!(fast.stderr.contains("--lock-timeout"), "{}", fast.stderr);
+    // A plan meanwhile reads the live run's journal in one snapshot.
+    let plan = team.run(&mut second, &["plan"]);
+    assert_eq!(plan.code, 0, "{}", plan.all());
+    assert!(
+        plan.stderr.contains("an apply is running"),
+        "{}",
+        plan.stderr
+    );
+    let waited = team.run(
+        &mut second,
+        &["apply", "--auto-approve", "--lock-timeout", "5m"],
+    );
+    assert_eq!(waited.code, 0, "{}", waited.all());
+    assert!(
+        waited.stdout.contains("Nothing to create."),
+        "{}",
+        waited.stdout
+    );
+    let done = first.finish(child);
+    assert_eq!(done.code, 0, "{}", done.all());
+    assert_sound(&team, &mut [&mut first, &mut second], &mock).await;
+}
+
+async fn race(runners: usize) {
+    let Some(cluster) = cluster() else { return };
+    let mock = MockLogzio::start_with(Behaviour {
+        delay: Duration::from_millis(50),
+        ..Behaviour::default()
+    })
+    .await;
+    let team = Team::new(cluster, &mock.url());
+    let mut folders: Vec<Workspace> = (0..runners).map(|_| team.runner(&SIX)).collect();
+    let children: Vec<_> = folders
+        .iter()
+        .map(|ws| {
+            ws.command(
+                &["apply", "--auto-approve", "--lock-timeout", "10m"],
+                &team.env(&[]),
+            )
+            .spawn()
+            .unwrap()
+        })
+        .collect();
+    for (ws, child) in folders.iter_mut().zip(children) {
+        let run = ws.finish(child);
+        assert_eq!(run.code, 0, "{}", run.all());
+    }
+    assert_eq!(mock.create_requests().await.len(), SIX.len());
+    let mut all: Vec<&mut Workspace> = folders.iter_mut().collect();
+    assert_sound(&team, &mut all, &mock).await;
+    assert_eq!(addresses(&team.state(all[0]), "tokens").len(), SIX.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_runners_at_once_create_each_address_once() {
+    race(2).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eight_runners_at_once_create_each_address_once() {
+    race(8).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_lock_holders_connection_stops_its_creates() {
+    let Some(cluster) = cluster() else { return };
+    let mock = MockLogzio::start_with(Behaviour {
+        delay: Duration::from_millis(800),
+        ..Behaviour::default()
+    })
+    .await;
+    let team = Team::new(cluster, &mock.url());
+    let mut first = team.runner(&SIX);
+    let child = first
+        .command(
+            &["apply", "--auto-approve", "--parallelism", "1"],
+            &team.env(&[]),
+        )
+        .spawn()
+        .unwrap();
+    mock.wait_for_requests(2).await;
+    cluster
+        .psql(
+            &team.db,
+            "SELECT pg_terminate_backend(backend_pid) FROM tk.runs WHERE ended IS NULL",
+        )
+        .unwrap();
+    let killed = first.finish(child);
+    assert_ne!(killed.code, 0, "{}", killed.all());
+    let sent = mock.create_requests().await.len();
+    assert!(
+        sent < SIX.len(),
+        "creates went on after the lock was lost: {sent}"
+    );
+    // The answer in flight reached the sink, and its outcome the local
+    // recovery file, whose path was printed.
+    assert!(killed.stderr.contains("recovery"), "{}", killed.all());
+
+    let mut next = team.runner(&SIX);
+    let apply = team.run(&mut next, &["apply", "--auto-approve"]);
+    assert!(apply.code == 0 || apply.code == 3, "{}", apply.all());
+    assert_sound(&team, &mut [&mut next, &mut first], &mock).await;
+    // Back on the first runner, its recovery file settles what it knew.
+    let merge = team.run(&mut first, &["plan"]);
+    assert_eq!(merge.code, 0, "{}", merge.all());
+    assert!(
+        merge
+            .stderr
+            .contains("recorded the journal of an interrupted apply"),
+        "{}",
+        merge.all()
+    );
+    let recovery = first.path("home/.local/state/tokenctl/recovery");
+    assert_eq!(
+        std::fs::read_dir(&recovery).unwrap().count(),
+        0,
+        "merged files are removed"
+    );
+    settle_and_finish(&team, &mut next, &mock, &SIX).await;
+    assert_sound(&team, &mut [&mut next, &mut first], &mock).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runner_paused_past_its_lease_sends_no_further_create() {
+    let Some(cluster) = cluster() else { return };
+    let mock = MockLogzio::start_with(Behaviour {
+        delay: Duration::from_millis(300),
+        ..Behaviour::default()
+    })
+    .await;
+    let team = Team::new(cluster, &mock.url());
+    let mut paused = team.runner(&SIX);
+    let lease = [("TOKENCTL_PG_LEASE", "2s")];
+    let child = paused
+        .command(
+            &["apply", "--auto-approve", "--parallelism", "1"],
+            &team.env(&lease),
+        )
+        .spawn()
+        .unwrap();
+    mock.wait_for_requests(1).await;
+    let pid = child.id() as i32;
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    // The server ends the silent session after the lease; the other runner
+    // waits for the lock, bounded by its timeout rather than a sleep.
+    let mut other = team.runner(&SIX);
+    let took_over = team.run_with(
+        &mut other,
+        &["apply", "--auto-approve", "--lock-timeout", "5m"],
+        &lease,
+    );
+    assert!(
+        took_over.code == 0 || took_over.code == 3,
+        "{}",
+        took_over.all()
+    );
+    let before = mock.create_requests().await.len();
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    let resumed = paused.finish(child);
+    assert_ne!(resumed.code, 0, "{}", resumed.all());
+    assert_eq!(
+        mock.create_requests().await.len(),
+        before,
+        "the paused runner sent a create after losing its lease"
+    );
+    assert_sound(&team, &mut [&mut other, &mut paused], &mock).await;
+    settle_and_finish(&team, &mut other, &mock, &SIX).await;
+    assert_sound(&team, &mut [&mut other, &mut paused], &mock).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plan_file_from_another_runner_goes_stale() {
+    let Some(cluster) = cluster() else { return };
+    let mock = MockLogzio::start().await;
+    let team = Team::new(cluster, &mock.url());
+    let mut first = team.runner(&SIX[..2]);
+    assert_eq!(team.run(&mut first, &["apply", "--auto-approve"]).code, 0);
+    let mut planner = team.runner(&SIX[..3]);
+    let plan = team.run(&mut planner, &["plan", "-o", "plan.json"]);
+    assert_eq!(plan.code, 0, "{}", plan.all());
+    let mut other = team.runner(&SIX[..3]);
+    assert_eq!(team.run(&mut other, &["apply", "--auto-approve"]).code, 0);
+    let stale = team.run(&mut planner, &["apply", "plan.json"]);
+    assert_eq!(stale.code, 1, "{}", stale.all());
+    assert!(stale.stderr.contains("stale"), "{}", stale.stderr);
+    assert_sound(&team, &mut [&mut first, &mut other, &mut planner], &mock).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_push_moves_a_state_file_in_and_refuses_what_would_lose_tokens() {
+    let Some(cluster) = cluster() else { return };
+    let mock = MockLogzio::start().await;
+    let team = Team::new(cluster, &mock.url());
+    // A repository on the file backend, migrated: push, then drop the file.
+    let mut old = Workspace::new(&mock.url());
+    old.manifest(&SIX[..2]);
+    assert_eq!(old.run(&["apply", "--auto-approve"]).code, 0);
+    let file_state = old.read("state/tokens.state.json");
+    let mut ws = team.runner(&SIX[..2]);
+    ws.write("old.json", &file_state);
+    let push = team.run(&mut ws, &["state", "push", "old.json"]);
+    assert_eq!(push.code, 0, "{}", push.all());
+    assert_eq!(team.run(&mut ws, &["state", "pull"]).stdout, file_state);
+    let plan = team.run(&mut ws, &["plan", "--detailed-exitcode"]);
+    assert_eq!(plan.code, 0, "{}", plan.all());
+
+    // Another lineage, and an older serial, are refused without --force.
+    let mut other = Workspace::new(&mock.url());
+    other.manifest(&["3/z"]);
+    assert_eq!(other.run(&["apply", "--auto-approve"]).code, 0);
+    ws.write("other.json", &other.read("state/tokens.state.json"));
+    let refused = team.run(&mut ws, &["state", "push", "other.json"]);
+    assert_eq!(refused.code, 1);
+    assert!(
+        refused.stderr.contains("another state"),
+        "{}",
+        refused.stderr
+    );
+    let apply = team.run(&mut ws, &["apply", "--auto-approve"]);
+    assert_eq!(apply.code, 0);
+    let mut older: serde_json::Value = serde_json::from_str(&file_state).unwrap();
+    older["serial"] = 0.into();
+    ws.write("older.json", &older.to_string());
+    let refused = team.run(&mut ws, &["state", "push", "older.json"]);
+    assert_eq!(refused.code, 1);
+    assert!(refused.stderr.contains("older"), "{}", refused.stderr);
+    let forced = team.run(&mut ws, &["state", "push", "other.json", "--force"]);
+    assert_eq!(forced.code, 0, "{}", forced.all());
+    let state = team.state(&mut ws);
+    assert_eq!(addresses(&state, "tokens"), ["3/z"]);
+    let history: usize = cluster
+        .psql(&team.db, "SELECT count(*) FROM tk.history")
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(history, 1, "the replaced version is kept");
+
+    // An open journal (a crashed run's) refuses any push.
+    let mut crashed = team.runner(&["3/z", "3/y"]);
+    let crash = team.run_with(
+        &mut crashed,
+        &["apply", "--auto-approve"],
+        &[("TOKENCTL_FAILPOINT", "after-intent")],
+    );
+    assert_ne!(crash.code, 0);
+    let refused = team.run(&mut ws, &["state", "push", "other.json", "--force"]);
+    assert_eq!(refused.code, 1);
+    assert!(
+        refused.stderr.contains("open journal"),
+        "{}",
+        refused.stderr
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_only_server_is_refused_before_any_create() {
+    let Some(cluster) = cluster() else { return };
+    let mock = MockLogzio::start().await;
+    let team = Team::new(cluster, &mock.url());
+    let mut ws = team.runner(&SIX[..2]);
+    assert_eq!(team.run(&mut ws, &["plan"]).code, 0);
+    cluster
+        .psql(
+            "postgres",
+            &format!(
+                "ALTER DATABASE {} SET default_transaction_read_only = on",
+                team.db
+            ),
+        )
+        .unwrap();
+    let apply = team.run(&mut ws, &["apply", "--auto-approve"]);
+    assert_eq!(apply.code, 1, "{}", apply.all());
+    assert!(apply.stderr.contains("read-only"), "{}", apply.stderr);
+    assert!(mock.issued().is_empty());
+    assert!(mock.create_requests().await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_dying_mid_apply_loses_nothing() {
+    // A cluster of its own: this test stops it.
+    let Some(own) = Cluster::start() else { return };
+    let mock = MockLogzio::start_with(Behaviour {
+        delay: Duration::from_millis(800),
+        ..Behaviour::default()
+    })
+    .await;
+    let team = Team::new(&own, &mock.url());
+    let mut first = team.runner(&SIX);
+    let child = first
+        .command(
+            &["apply", "--auto-approve", "--parallelism", "1"],
+            &team.env(&[]),
+        )
+        .spawn()
+        .unwrap();
+    mock.wait_for_requests(2).await;
+    own.stop_immediate();
+    let died = first.finish(child);
+    assert_ne!(died.code, 0, "{}", died.all());
+    let sent = mock.create_requests().await.len();
+    assert!(
+        sent < SIX.len(),
+        "creates went on without the database: {sent}"
+    );
+    own.start_server();
+    let mut next = team.runner(&SIX);
+    let apply = team.run(&mut next, &["apply", "--auto-approve"]);
+    assert!(apply.code == 0 || apply.code == 3, "{}", apply.all());
+    assert_sound(&team, &mut [&mut next, &mut first], &mock).await;
+    settle_and_finish(&team, &mut next, &mock, &SIX).await;
+    assert_sound(&team, &mut [&mut next, &mut first], &mock).await;
+}
+
+/// Makes a CA and a server certificate for 127.0.0.1 and localhost signed
+/// by it, with the `openssl` command; returns (CA file, cert, key).
+fn make_certificates(
+    dir: &std::path::Path,
+    ca_name: &str,
+) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl is needed for the TLS test");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let ca_key = format!("{ca_name}.key");
+    let ca_pem = format!("{ca_name}.pem");
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        &format!("/CN={ca_name}"),
+        "-keyout",
+        &ca_key,
+        "-out",
+        &ca_pem,
+    ]);
+    std::fs::write(
+        dir.join("san.ext"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
+    )
+    .unwrap();
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=localhost",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+    ]);
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        &ca_pem,
+        "-CAkey",
+        &ca_key,
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "san.ext",
+        "-out",
+        "server.crt",
+    ]);
+    (
+        dir.join(ca_pem),
+        dir.join("server.crt"),
+        dir.join("server.key"),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_full_with_a_ca_file_connects_and_any_other_certificate_is_refused() {
+    // A cluster of its own: this test turns TLS on and plain text off.
+    let Some(own) = Cluster::start() else { return };
+    let mock = MockLogzio::start().await;
+    let certs = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = make_certificates(certs.path(), "team-ca");
+    let (other_ca, _, _) = {
+        let other = certs.path().join("other");
+        std::fs::create_dir_all(&other).unwrap();
+        make_certificates(&other, "other-ca")
+    };
+    for (from, name) in [(&cert, "server.crt"), (&key, "server.key")] {
+        let to = own.folder().join(name);
+        std::fs::copy(from, &to).unwrap();
+        own.give_to_server(&to);
+    }
+    let key_path = own.folder().join("server.key");
+    std::fs::set_permissions(
+        &key_path,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    let cert_path = own.folder().join("server.crt");
+    for setting in [
+        "ssl = on".to_string(),
+        format!("ssl_cert_file = '{}'", cert_path.display()),
+        format!("ssl_key_file = '{}'", key_path.display()),
+    ] {
+        own.psql("postgres", &format!("ALTER SYSTEM SET {setting}"))
+            .unwrap();
+    }
+    // Plain text is refused from now on, so a connection that works is TLS.
+    let hba = own.folder().join("data/pg_hba.conf");
+    let rules = std::fs::read_to_string(&hba).unwrap();
+    std::fs::write(&hba, format!("hostnossl all all all reject\n{rules}")).unwrap();
+    own.psql("postgres", "SELECT pg_reload_conf()").unwrap();
+    let team = Team::new(&own, &mock.url());
+    let tls = |host: &str, root: &std::path::Path| {
+        format!(
+            "postgres://postgres:{PASSWORD}@{host}:{}/{}?sslmode=verify-full&sslrootcert={}",
+            own.port,
+            team.db,
+            root.display()
+        )
+    };
+    let mut ws = team.runner(&SIX[..2]);
+    // The reload is asynchronous: wait until the server speaks TLS.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let run = ws.run_with(
+            &["apply", "--auto-approve"],
+            &[("TOKENCTL_PG_CONN_STR", &tls("localhost", &ca))],
+        );
+        if run.code == 0 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{}", run.all());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let by_ip = ws.run_with(
+        &["plan", "--detailed-exitcode"],
+        &[("TOKENCTL_PG_CONN_STR", &tls("127.0.0.1", &ca))],
+    );
+    assert_eq!(by_ip.code, 0, "{}", by_ip.all());
+    // A certificate from another CA, or checked against the public roots,
+    // is refused before anything is read.
+    let wrong = ws.run_with(
+        &["plan"],
+        &[("TOKENCTL_PG_CONN_STR", &tls("localhost", &other_ca))],
+    );
+    assert_eq!(wrong.code, 1, "{}", wrong.all());
+    assert!(wrong.stderr.contains("cannot connect"), "{}", wrong.stderr);
+    let public = format!(
+        "postgres://postgres:{PASSWORD}@localhost:{}/{}?sslmode=verify-full",
+        own.port, team.db
+    );
+    let refused = ws.run_with(&["plan"], &[("TOKENCTL_PG_CONN_STR", &public)]);
+    assert_eq!(refused.code, 1, "{}", refused.all());
+    for run in &ws.runs {
+        assert!(!run.contains(PASSWORD), "{run}");
+    }
+    assert_eq!(mock.issued().len(), 2);
+}
