@@ -10,6 +10,7 @@ pub mod api;
 pub mod apply;
 pub mod backend;
 pub mod cli;
+pub mod error;
 mod failpoint;
 mod fsutil;
 pub mod journal;
