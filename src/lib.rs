@@ -12,6 +12,7 @@ pub mod cli;
 pub mod failpoint;
 pub mod fsutil;
 pub mod journal;
+pub mod limiter;
 pub mod lock;
 pub mod manifest;
 pub mod plan;
