@@ -170,7 +170,7 @@ impl CreateResponder {
         }
         load.accepted += 1;
         let delay = match self.behaviour.tail {
-            Some(tail) if load.accepted % tail.every == 0 => tail.delay,
+            Some(tail) if load.accepted.is_multiple_of(tail.every) => tail.delay,
             _ => self.behaviour.delay,
         };
         load.in_flight.push(now + delay);
