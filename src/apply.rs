@@ -209,7 +209,8 @@ impl Shared<'_, '_> {
 
 impl<A: TokenApi> Apply<'_, A> {
     /// Creates every address, as many at a time as the adaptive limit
-    /// allows (never more than `parallelism`), journaling each step. Returns each address's outcome in the order given.
+    /// allows (never more than `parallelism`), journaling each step.
+    /// Returns each address's outcome in the order given.
     pub async fn run(self, creates: &[Address], events: &mut dyn FnMut(Event<'_>)) -> Report {
         let sinks = match SinkWorker::start(self.sinks, self.rescue.clone()) {
             Ok(sinks) => sinks,

@@ -22,7 +22,8 @@
 //!   before the next probe (a clean probe halves it), so a server that stays
 //!   at its limit sees a 429 every few hundred creates, not every few;
 //! - a **rising answer time** (a smoothed answer time over twice the recent
-//!   minimum) is the early sign of a queue: the limit stops growing.
+//!   minimum, and 10 ms over it) is the early sign of a queue: the limit
+//!   stops growing.
 //!   Single slow answers (a heavy tail) are clipped so they cannot stop it.
 //!
 //! The core is pure: it is told when each request was sent, how many were in
@@ -44,8 +45,11 @@ const FIRST_PROBE_WINDOWS: usize = 2;
 const PROBE_CLEAN_WINDOWS: usize = 2;
 /// Most clean round trips between probes, after many throttled ones.
 const MAX_PROBE_WINDOWS: usize = 64;
-/// A smoothed answer time this many times the minimum means a queue.
+/// A smoothed answer time this many times the minimum means a queue...
 const LATENCY_TOLERANCE: f64 = 2.0;
+/// ...if it is also this much longer: against a fast server (a local one
+/// answering in a millisecond) answer times vary twofold without any queue.
+const LATENCY_SLACK: Duration = Duration::from_millis(10);
 /// Samples above this many times the minimum are clipped before smoothing,
 /// so that one slow answer in a hundred does not read as a queue.
 const LATENCY_CLIP: f64 = 4.0;
@@ -278,8 +282,9 @@ impl Controller {
     /// the sign of a queue building on the server.
     fn queueing(&self) -> bool {
         match (self.smoothed_rtt, self.min_rtt) {
-            (Some(smoothed), Some(min)) if !min.is_zero() => {
+            (Some(smoothed), Some(min)) => {
                 smoothed.as_secs_f64() > min.as_secs_f64() * LATENCY_TOLERANCE
+                    && smoothed > min + LATENCY_SLACK
             }
             _ => false,
         }
@@ -301,6 +306,9 @@ pub struct Limiter {
 pub struct Permit<'a> {
     limiter: &'a Limiter,
     sent: Sent,
+    /// False while [`Permit::resend`] waits for a slot again, so that a
+    /// wait cut short (the future dropped) does not give a slot back twice.
+    holding: bool,
 }
 
 impl Limiter {
@@ -319,6 +327,7 @@ impl Limiter {
         Permit {
             limiter: self,
             sent: self.sent_now(),
+            holding: true,
         }
     }
 
@@ -391,8 +400,10 @@ impl Permit<'_> {
     /// one, so retries too respect the lower limit.
     pub async fn resend(&mut self) {
         if self.limiter.in_flight.get() > self.limiter.limit() {
+            self.holding = false;
             self.limiter.release();
             self.limiter.take_slot().await;
+            self.holding = true;
         }
         self.sent = self.limiter.sent_now();
     }
@@ -400,7 +411,9 @@ impl Permit<'_> {
 
 impl Drop for Permit<'_> {
     fn drop(&mut self) {
-        self.limiter.release();
+        if self.holding {
+            self.limiter.release();
+        }
     }
 }
 

@@ -187,6 +187,13 @@ fn rising_answer_times_stop_growth_but_a_heavy_tail_does_not() {
         full(&mut c, &mut t, 1, rtt);
     }
     assert_eq!(c.limit(), 64);
+
+    // Nor does a fast server's jitter: 1 ms answers, then 3 ms ones.
+    let mut c = Controller::new(64);
+    let mut t = Instant::now();
+    clean(&mut c, &mut t, 1, 1, MS);
+    full(&mut c, &mut t, 62, 3 * MS);
+    assert_eq!(c.limit(), 64);
 }
 
 #[test]
@@ -206,6 +213,62 @@ fn eta_follows_the_recent_rate() {
     assert_eq!(snapshot.eta, Some(9000 * MS));
     assert_eq!(progress.due(2, 16, t + 1500 * MS), None);
     assert!(progress.due(2, 16, t + 2100 * MS).is_some(), "a second on");
+}
+
+#[tokio::test]
+async fn the_limiter_lets_in_what_the_controller_allows() {
+    use futures_util::FutureExt;
+    let limiter = Limiter::new(4);
+    let first = limiter.acquire().await;
+    assert!(
+        limiter.acquire().now_or_never().is_none(),
+        "one alone first"
+    );
+    first.succeeded();
+    let mut a = limiter.acquire().await;
+    let b = limiter.acquire().await;
+    assert!(limiter.acquire().now_or_never().is_none(), "limit 2");
+    b.succeeded();
+    let c = limiter.acquire().await;
+    let d = limiter.acquire().await;
+    // Limit 3 with a, c, d in flight; a is refused and the limit is cut to
+    // one, so a gives its slot back and waits its turn again.
+    a.throttled();
+    assert_eq!(limiter.limit(), 1);
+    assert_eq!(limiter.throttled(), 1);
+    {
+        let mut resend = std::pin::pin!(a.resend());
+        assert!(resend.as_mut().now_or_never().is_none());
+        c.other();
+        assert!(resend.as_mut().now_or_never().is_none());
+        d.other();
+        resend.await;
+    }
+    assert!(
+        limiter.acquire().now_or_never().is_none(),
+        "a holds the one slot"
+    );
+    drop(a);
+    assert!(limiter.acquire().now_or_never().is_some());
+}
+
+#[tokio::test]
+async fn a_resend_cut_short_gives_its_slot_back_once() {
+    use futures_util::FutureExt;
+    let limiter = Limiter::new(4);
+    limiter.acquire().await.succeeded();
+    let mut a = limiter.acquire().await;
+    let b = limiter.acquire().await;
+    a.throttled();
+    // Over the limit of one: the resend gives a's slot back and waits.
+    assert!(a.resend().now_or_never().is_none());
+    drop(a);
+    drop(b);
+    // Both slots are free again, and no more: the limit is one.
+    assert!(limiter.acquire().now_or_never().is_some());
+    let held = limiter.acquire().await;
+    assert!(limiter.acquire().now_or_never().is_none());
+    drop(held);
 }
 
 /// How a simulated server refuses load.
