@@ -5,6 +5,9 @@
 //! `--runs N` (default 5), `--sizes 1000,10000,100000`, `--apply-n 2000`,
 //! `--delay-ms 20`, `--skip-apply`, `--skip-terraform`, `--terraform-max 10000`,
 //! `--skip-postgres`, `--only-postgres` (the PostgreSQL backend alone).
+//! `--only plan,apply,adaptive,postgres` (sections to run), `--adaptive-runs N`
+//! (default 1), `--baseline PATH` (another tokenctl binary, e.g. built from an
+//! earlier commit, run at fixed parallelism beside the adaptive one).
 //!
 //! Every measurement runs the release binary as a child process and reads its
 //! wall time and peak resident memory (`wait4`); the table shows the median
@@ -44,6 +47,18 @@ struct Options {
     /// Whether to run the PostgreSQL backend's benchmarks; `Some(true)`:
     /// only those.
     postgres: Option<bool>,
+    /// Sections to run: `plan`, `apply`, `adaptive`.
+    only: Vec<String>,
+    /// Runs per case of the adaptive section (each takes up to minutes).
+    adaptive_runs: usize,
+    /// A tokenctl binary to compare the adaptive section with.
+    baseline: Option<PathBuf>,
+}
+
+impl Options {
+    fn runs_section(&self, name: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|s| s == name)
+    }
 }
 
 fn options() -> Options {
@@ -56,6 +71,9 @@ fn options() -> Options {
         terraform: true,
         terraform_max: 10_000,
         postgres: Some(false),
+        only: Vec::new(),
+        adaptive_runs: 1,
+        baseline: None,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -74,6 +92,9 @@ fn options() -> Options {
                 options.delay = Duration::from_millis(value.parse().expect("--delay-ms N"))
             }
             "--terraform-max" => options.terraform_max = value.parse().expect("--terraform-max N"),
+            "--only" => options.only = value.split(',').map(str::to_string).collect(),
+            "--adaptive-runs" => options.adaptive_runs = value.parse().expect("--adaptive-runs N"),
+            "--baseline" => options.baseline = Some(PathBuf::from(value)),
             "--skip-apply" => {
                 options.apply = false;
                 i -= 1;
@@ -649,6 +670,272 @@ fn durability_costs(n: usize, report: &mut String, runtime: &tokio::runtime::Run
     );
 }
 
+/// How the mock refuses load in one adaptive-concurrency case.
+struct Server {
+    name: String,
+    behaviour: mock_logzio::Behaviour,
+    /// The best wall time any client can reach, in seconds.
+    bound: f64,
+    /// Whether the issue's 429 target (at most 5% of creates) applies.
+    throttle_target: bool,
+    /// Whether the 1.25× time target applies (not for the heavy tail).
+    time_target: bool,
+}
+
+/// One measured client against one server.
+struct Outcome {
+    wall: Duration,
+    throttled: u64,
+    /// False when the process failed or was stopped at the deadline.
+    success: bool,
+    /// Tokens the server created.
+    created: usize,
+    /// How the process ended: its exit code, or the signal that stopped it.
+    ended: String,
+}
+
+/// Runs `command` to completion, killing it after `deadline`.
+#[allow(clippy::zombie_processes)]
+fn measure_until(command: &mut Command, deadline: Duration) -> (Sample, String) {
+    command
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let start = Instant::now();
+    let child = command.spawn().expect("spawn");
+    let pid = child.id() as libc::pid_t;
+    let finished = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watchdog = {
+        let finished = finished.clone();
+        std::thread::spawn(move || {
+            while start.elapsed() < deadline {
+                if finished.load(std::sync::atomic::Ordering::SeqCst) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            if !finished.load(std::sync::atomic::Ordering::SeqCst) {
+                // SAFETY: our own child, not yet reaped (the waiter below
+                // sets `finished` first thing after reaping it).
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        })
+    };
+    let mut status = 0;
+    // SAFETY: rusage is plain data that wait4 fills in.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: waits for our own child, once.
+    let reaped = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    finished.store(true, std::sync::atomic::Ordering::SeqCst);
+    let wall = start.elapsed();
+    let _ = watchdog.join();
+    assert!(reaped > 0, "wait4 failed");
+    let ended = if libc::WIFEXITED(status) {
+        format!("exit code {}", libc::WEXITSTATUS(status))
+    } else {
+        "stopped at the deadline".to_string()
+    };
+    (
+        Sample {
+            wall,
+            peak_kib: usage.ru_maxrss as u64,
+            success: libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        },
+        ended,
+    )
+}
+
+/// Benchmarks the adaptive concurrency against servers that shed load by
+/// concurrency or by rate, or have a heavy tail, beside fixed parallelism.
+fn adaptive_benchmarks(bin: &Path, options: &Options, report: &mut String) {
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let n = options.apply_n;
+    let d = Duration::from_millis(50);
+    let ceiling = 16.0;
+    let accounts: Vec<u64> = (0..100).map(|i| FIRST_ACCOUNT + i).collect();
+    let tokens: Vec<Address> = (0..n)
+        .map(|i| Address::new(accounts[i % accounts.len()], format!("new-token-{i:05}")))
+        .collect();
+    let base = mock_logzio::Behaviour {
+        delay: d,
+        sub_accounts: Some(accounts.clone()),
+        ..Default::default()
+    };
+    let nd = n as f64 * d.as_secs_f64();
+    let mut servers = Vec::new();
+    for limit in [2usize, 4, 8, 16] {
+        servers.push(Server {
+            name: format!("sheds beyond {limit} in flight"),
+            behaviour: mock_logzio::Behaviour {
+                shed_concurrency: Some(limit),
+                ..base.clone()
+            },
+            bound: nd / limit as f64,
+            throttle_target: true,
+            time_target: true,
+        });
+    }
+    for rate in [20.0, 100.0] {
+        servers.push(Server {
+            name: format!("allows {rate:.0} creates/s (burst {:.0})", rate / 10.0),
+            behaviour: mock_logzio::Behaviour {
+                shed_rate: Some(mock_logzio::RateLimit {
+                    per_second: rate,
+                    burst: rate / 10.0,
+                }),
+                ..base.clone()
+            },
+            bound: n as f64 / rate,
+            throttle_target: false,
+            time_target: true,
+        });
+    }
+    servers.push(Server {
+        name: "no limit".into(),
+        behaviour: base.clone(),
+        bound: nd / ceiling,
+        throttle_target: false,
+        time_target: true,
+    });
+    servers.push(Server {
+        name: "no limit, 1 answer in 100 after 1 s".into(),
+        behaviour: mock_logzio::Behaviour {
+            tail: Some(mock_logzio::Tail {
+                every: 100,
+                delay: Duration::from_secs(1),
+            }),
+            ..base.clone()
+        },
+        bound: nd / ceiling,
+        throttle_target: false,
+        time_target: false,
+    });
+
+    let mut clients: Vec<(String, PathBuf, Option<&str>)> =
+        vec![("tokenctl, default flags".into(), bin.to_path_buf(), None)];
+    if let Some(baseline) = &options.baseline {
+        for p in ["4", "16"] {
+            clients.push((
+                format!("before, `--parallelism {p}`"),
+                baseline.clone(),
+                Some(p),
+            ));
+        }
+    }
+    let _ = writeln!(
+        report,
+        "\n### Adaptive concurrency: {n} creates, answers after {} ms (median of {} run(s))\n",
+        d.as_millis(),
+        options.adaptive_runs
+    );
+    let _ = writeln!(
+        report,
+        "Bound: N × d / L when the server takes L creates in flight; N / R when it takes R a second; \
+         N × d / 16 (the default ceiling) with no limit. Ratio = wall / bound (target ≤ 1.25). \
+         429s = requests the server refused, as a share of creates (target ≤ 5% when shedding by concurrency). \
+         A run that failed or passed 6× its bound (then stopped) is marked ✗.\n"
+    );
+    let mut header = String::from("| server | bound s |");
+    let mut rule = String::from("|---|---:|");
+    for (name, _, _) in &clients {
+        let _ = write!(header, " {name}: wall s | ratio | 429s |");
+        rule.push_str("---:|---:|---:|");
+    }
+    let _ = writeln!(report, "{header} targets met |");
+    let _ = writeln!(report, "{rule}---|");
+    let mut failures = Vec::new();
+    for server in &servers {
+        let mut row = format!("| {} | {:.2} |", server.name, server.bound);
+        let mut met = None;
+        for (client, binary, parallelism) in &clients {
+            let outcome = adaptive_case(
+                &runtime,
+                binary,
+                *parallelism,
+                server,
+                &tokens,
+                options.adaptive_runs,
+            );
+            let ratio = outcome.wall.as_secs_f64() / server.bound;
+            let share = 100.0 * outcome.throttled as f64 / n as f64;
+            let mark = if outcome.success { "" } else { " ✗" };
+            if !outcome.success {
+                failures.push(format!(
+                    "✗ {} / {client}: {}, {} of {n} tokens created.",
+                    server.name, outcome.ended, outcome.created
+                ));
+            }
+            let _ = write!(
+                row,
+                " {:.2}{mark} | {ratio:.2}× | {} ({share:.1}%) |",
+                outcome.wall.as_secs_f64(),
+                outcome.throttled
+            );
+            eprintln!(
+                "{} / {client}: {:.2} s, {ratio:.2}×, {} throttled",
+                server.name,
+                outcome.wall.as_secs_f64(),
+                outcome.throttled
+            );
+            if parallelism.is_none() {
+                let time_ok = !server.time_target || ratio <= 1.25;
+                let throttle_ok = !server.throttle_target || share <= 5.0;
+                met = Some(if !server.time_target {
+                    "reported".to_string()
+                } else if outcome.success && time_ok && throttle_ok {
+                    "yes".to_string()
+                } else {
+                    "no".to_string()
+                });
+            }
+        }
+        let _ = writeln!(report, "{row} {} |", met.unwrap_or_default());
+    }
+    for failure in failures {
+        let _ = writeln!(report, "\n{failure}");
+    }
+}
+
+/// Measures one client (a binary, with a fixed parallelism or the default)
+/// against a fresh mock of `server`; returns the median run.
+fn adaptive_case(
+    runtime: &tokio::runtime::Runtime,
+    binary: &Path,
+    parallelism: Option<&str>,
+    server: &Server,
+    tokens: &[Address],
+    runs: usize,
+) -> Outcome {
+    let mut outcomes = Vec::new();
+    for _ in 0..runs.max(1) {
+        let mock = runtime.block_on(mock_logzio::MockLogzio::start_with(
+            server.behaviour.clone(),
+        ));
+        let dir = tempfile::tempdir().expect("tempdir");
+        write_manifest(&dir.path().join("tokens.yaml"), tokens);
+        let mut args = vec!["apply", "--auto-approve", "--max-creates", "100000"];
+        if let Some(p) = parallelism {
+            args.extend(["--parallelism", p]);
+        }
+        let mut command = tokenctl(binary, dir.path(), &args);
+        command
+            .env("LOGZIO_API_TOKEN", mock_logzio::OWNER_TOKEN)
+            .env("LOGZIO_API_URL", mock.url());
+        let deadline = Duration::from_secs_f64((server.bound * 6.0).max(30.0));
+        let (sample, ended) = measure_until(&mut command, deadline);
+        let created = mock.issued().len();
+        outcomes.push(Outcome {
+            wall: sample.wall,
+            throttled: mock.throttled(),
+            success: sample.success && created == tokens.len(),
+            created,
+            ended,
+        });
+    }
+    outcomes.sort_by_key(|o| o.wall);
+    outcomes.swap_remove(outcomes.len() / 2)
+}
+
 fn machine() -> String {
     let cpu = fs::read_to_string("/proc/cpuinfo")
         .ok()
@@ -693,13 +980,18 @@ fn main() {
         "## Results\n\nMachine: {}. Command: `cargo run --release --example bench`.\n",
         machine()
     );
-    if options.postgres != Some(true) {
+    // --only-postgres runs the PostgreSQL section alone.
+    let others = options.postgres != Some(true);
+    if others && options.runs_section("plan") {
         plan_benchmarks(&bin, &options, &mut report);
-        if options.apply {
-            apply_benchmarks(&bin, &options, &mut report);
-        }
     }
-    if options.postgres.is_some() {
+    if others && options.apply && options.runs_section("apply") {
+        apply_benchmarks(&bin, &options, &mut report);
+    }
+    if others && options.apply && options.runs_section("adaptive") {
+        adaptive_benchmarks(&bin, &options, &mut report);
+    }
+    if options.postgres.is_some() && (!others || options.runs_section("postgres")) {
         postgres_benchmarks(&bin, &options, &mut report);
     }
     println!("{report}");

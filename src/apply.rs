@@ -15,22 +15,30 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
-use tokio::sync::{Semaphore, SemaphorePermit};
+use tokio::sync::Semaphore;
 
 use crate::address::Address;
 use crate::api::{CreateError, CreatedToken, TokenApi};
 use crate::backend::Journal;
 use crate::failpoint;
 use crate::journal::Record;
+use crate::limiter::{Limiter, Permit, Progress, Snapshot};
 use crate::sink::{Rescue, SecretSink, SinkError, SinkWorker};
 
 /// How 429 answers are retried.
+///
+/// The concurrency controller is what backs off for the run as a whole (it
+/// cuts the creates in flight on a 429), so one throttled create needs only
+/// a short wait of its own before it is sent again.
 #[derive(Debug, Clone)]
 pub struct RetryPolicy {
     /// Attempts in all, the first one included.
     pub max_attempts: u32,
     /// Wait before the first retry when the server gives no `Retry-After`.
     pub base_delay: Duration,
+    /// Shortest wait, even when the server says `Retry-After: 0`, so that a
+    /// burst of such answers cannot make the run spin.
+    pub min_delay: Duration,
     /// Longest single wait.
     pub max_delay: Duration,
 }
@@ -39,7 +47,8 @@ impl Default for RetryPolicy {
     fn default() -> Self {
         RetryPolicy {
             max_attempts: 8,
-            base_delay: Duration::from_millis(500),
+            base_delay: Duration::from_millis(100),
+            min_delay: Duration::from_millis(50),
             max_delay: Duration::from_secs(30),
         }
     }
@@ -47,18 +56,23 @@ impl Default for RetryPolicy {
 
 impl RetryPolicy {
     /// Returns the wait before retry number `retry` (0-based): the server's
-    /// `Retry-After` when given, else exponential backoff with jitter.
+    /// `Retry-After` when given, else exponential backoff with jitter; never
+    /// less than `min_delay` nor more than `max_delay`.
     pub fn delay(&self, retry: u32, retry_after: Option<Duration>) -> Duration {
-        if let Some(wait) = retry_after {
-            return wait.min(self.max_delay);
-        }
-        let exponential = self
-            .base_delay
-            .saturating_mul(2u32.saturating_pow(retry))
-            .min(self.max_delay);
-        // Half fixed, half random, so parallel runs do not retry in step.
-        let half = exponential / 2;
-        half + half.mul_f64(fastrand::f64())
+        let wait = match retry_after {
+            Some(wait) => wait,
+            None => {
+                let exponential = self
+                    .base_delay
+                    .saturating_mul(2u32.saturating_pow(retry))
+                    .min(self.max_delay);
+                // Half fixed, half random, so parallel creates do not retry
+                // in step.
+                let half = exponential / 2;
+                half + half.mul_f64(fastrand::f64())
+            }
+        };
+        wait.clamp(self.min_delay, self.max_delay.max(self.min_delay))
     }
 }
 
@@ -85,6 +99,9 @@ pub enum Outcome {
 pub enum Event<'a> {
     Creating(&'a Address),
     RateLimited(&'a Address, Duration),
+    /// The concurrency, the creates done and the time left, when the
+    /// concurrency changed or a while after it was last reported.
+    Progress(Snapshot),
     Finished(&'a Address, &'a Outcome),
     /// A sink failed; the secret went to the rescue file named, or, when
     /// none is named, could not be saved anywhere.
@@ -137,6 +154,9 @@ pub struct Report {
     pub rescued: Vec<(Address, Option<PathBuf>)>,
     /// Why the run stopped early, if it did.
     pub stopped: Option<StopReason>,
+    /// Answers that were 429 (each was retried, or failed after the last
+    /// attempt).
+    pub throttled: u64,
 }
 
 impl Report {
@@ -163,7 +183,7 @@ pub struct Apply<'a, A> {
     pub sinks: Vec<Box<dyn SecretSink>>,
     pub rescue: &'a Rescue,
     pub retry: &'a RetryPolicy,
-    /// Most creates in flight at once.
+    /// Most creates in flight at once: the ceiling of the adaptive limit.
     pub parallelism: usize,
     /// Set (by a signal handler) to start no further creates.
     pub interrupt: &'a AtomicBool,
@@ -173,6 +193,7 @@ pub struct Apply<'a, A> {
 /// task, so plain cells suffice; no borrow is held across an await.
 struct Shared<'r, 'e> {
     limiter: Limiter,
+    progress: RefCell<Progress>,
     /// Bounds creates under way, API call or not, to twice the parallelism:
     /// answered creates finish their durable steps while the next calls
     /// run, but slow sinks cannot let answers (and secrets held in memory)
@@ -217,6 +238,22 @@ impl Shared<'_, '_> {
         }
     }
 
+    /// Reports the progress when it is due; `finished` counts a create
+    /// done first.
+    fn progress(&self, finished: bool) {
+        let now = tokio::time::Instant::now().into_std();
+        let snapshot = {
+            let mut progress = self.progress.borrow_mut();
+            if finished {
+                progress.complete(now);
+            }
+            progress.due(self.limiter.limit(), self.limiter.ceiling(), now)
+        };
+        if let Some(snapshot) = snapshot {
+            self.emit(Event::Progress(snapshot));
+        }
+    }
+
     fn should_stop(&self) -> bool {
         if self.interrupt.load(Ordering::SeqCst) {
             self.stop(StopReason::Interrupted);
@@ -226,8 +263,9 @@ impl Shared<'_, '_> {
 }
 
 impl<A: TokenApi> Apply<'_, A> {
-    /// Creates every address, at most `parallelism` at a time, journaling
-    /// each step. Returns each address's outcome in the order given.
+    /// Creates every address, as many at a time as the adaptive limit
+    /// allows (never more than `parallelism`), journaling each step.
+    /// Returns each address's outcome in the order given.
     pub async fn run(self, creates: &[Address], events: &mut dyn FnMut(Event<'_>)) -> Report {
         let sinks = match SinkWorker::start(self.sinks, self.rescue.clone()) {
             Ok(sinks) => sinks,
@@ -239,11 +277,13 @@ impl<A: TokenApi> Apply<'_, A> {
                         .collect(),
                     rescued: Vec::new(),
                     stopped: Some(StopReason::Sinks(err.to_string())),
+                    throttled: 0,
                 };
             }
         };
         let shared = Shared {
             limiter: Limiter::new(self.parallelism.max(1)),
+            progress: RefCell::new(Progress::new(creates.len())),
             under_way: Semaphore::new(2 * self.parallelism.max(1)),
             stopped: RefCell::new(None),
             doubt_streak: Cell::new(0),
@@ -270,6 +310,7 @@ impl<A: TokenApi> Apply<'_, A> {
         while let Some((index, outcome)) = in_flight.next().await {
             if outcome != Outcome::Skipped {
                 shared.emit(Event::Finished(&creates[index], &outcome));
+                shared.progress(true);
             }
             outcomes[index] = Some(outcome);
         }
@@ -284,6 +325,7 @@ impl<A: TokenApi> Apply<'_, A> {
                 .cloned()
                 .zip(outcomes.into_iter().map(|o| o.unwrap_or(Outcome::Skipped)))
                 .collect(),
+            throttled: shared.limiter.throttled(),
             rescued: shared.rescued.into_inner(),
             stopped: shared.stopped.into_inner(),
         }
@@ -298,7 +340,7 @@ async fn create_one<A: TokenApi>(
     address: &Address,
 ) -> Outcome {
     let _under_way = shared.under_way.acquire().await;
-    let permit = shared.limiter.acquire().await;
+    let mut permit = shared.limiter.acquire().await;
     if shared.should_stop() {
         return Outcome::Skipped;
     }
@@ -313,19 +355,25 @@ async fn create_one<A: TokenApi>(
         return Outcome::Skipped;
     }
     failpoint::hit("after-intent");
-    let result = create_with_retries(api, retry, shared, address).await;
+    let result = create_with_retries(api, retry, shared, address, &mut permit).await;
     failpoint::hit("after-response");
+    // Reporting the answer gives the slot back: the next call may start
+    // while this one's secret and outcome are made durable, which keeps
+    // fsyncs off the critical path.
     match &result {
-        Ok(_) => shared.limiter.on_success(),
-        Err(err @ CreateError::Unauthorized { .. }) => {
-            shared.stop(StopReason::Unauthorized(err.to_string()))
+        Ok(_) => permit.succeeded(),
+        Err(CreateError::RateLimited { .. }) => {
+            permit.throttled();
+            drop(permit);
         }
-        Err(_) => {}
+        Err(err @ CreateError::Unauthorized { .. }) => {
+            permit.other();
+            shared.stop(StopReason::Unauthorized(err.to_string()));
+        }
+        Err(_) => permit.other(),
     }
     shared.count_doubts(&result);
-    // The API call is over: the next one may start while this one's secret
-    // and outcome are made durable, which keeps fsyncs off the critical path.
-    drop(permit);
+    shared.progress(false);
     let (outcome, record) = match result {
         Ok(created) => {
             let record = Record::Created {
@@ -384,6 +432,7 @@ async fn create_with_retries<A: TokenApi>(
     retry: &RetryPolicy,
     shared: &Shared<'_, '_>,
     address: &Address,
+    permit: &mut Permit<'_>,
 ) -> Result<CreatedToken, CreateError> {
     let mut attempt = 0;
     loop {
@@ -392,98 +441,18 @@ async fn create_with_retries<A: TokenApi>(
                 if attempt + 1 < retry.max_attempts =>
             {
                 // 429 means the request was not processed: safe to retry.
-                shared.limiter.on_rate_limited();
+                // The controller cuts the limit for the whole run; this
+                // create keeps its slot through its own short wait, which
+                // paces retries against a per-second limit.
+                permit.throttled();
+                shared.progress(false);
                 let wait = retry.delay(attempt, retry_after);
                 shared.emit(Event::RateLimited(address, wait));
                 tokio::time::sleep(wait).await;
+                permit.resend().await;
                 attempt += 1;
             }
             result => return result,
-        }
-    }
-}
-
-/// Limits creates in flight, lowering the limit while the server answers
-/// 429 and raising it back after a run of successes.
-///
-/// A run starts with one create alone and opens up to the full limit only
-/// after it succeeds, so a wrong owner token, region or URL costs one
-/// request, not `parallelism` of them.
-struct Limiter {
-    semaphore: Semaphore,
-    max: usize,
-    limit: Cell<usize>,
-    probing: Cell<bool>,
-    /// Permits to retire as they come back, after the limit was lowered.
-    debt: Cell<usize>,
-    successes: Cell<usize>,
-}
-
-struct Permit<'a> {
-    limiter: &'a Limiter,
-    permit: Option<SemaphorePermit<'a>>,
-}
-
-impl Drop for Permit<'_> {
-    fn drop(&mut self) {
-        let debt = self.limiter.debt.get();
-        if debt > 0
-            && let Some(permit) = self.permit.take()
-        {
-            permit.forget();
-            self.limiter.debt.set(debt - 1);
-        }
-    }
-}
-
-impl Limiter {
-    fn new(max: usize) -> Self {
-        Limiter {
-            semaphore: Semaphore::new(1),
-            max,
-            limit: Cell::new(1),
-            probing: Cell::new(true),
-            debt: Cell::new(0),
-            successes: Cell::new(0),
-        }
-    }
-
-    async fn acquire(&self) -> Permit<'_> {
-        // The semaphore is never closed, so acquiring cannot fail.
-        let permit = self.semaphore.acquire().await.ok();
-        Permit {
-            limiter: self,
-            permit,
-        }
-    }
-
-    fn on_rate_limited(&self) {
-        self.successes.set(0);
-        if self.probing.get() {
-            return;
-        }
-        if self.limit.get() > 1 {
-            self.limit.set(self.limit.get() - 1);
-            self.debt.set(self.debt.get() + 1);
-        }
-    }
-
-    fn on_success(&self) {
-        if self.probing.replace(false) {
-            self.limit.set(self.max);
-            self.semaphore.add_permits(self.max - 1);
-            return;
-        }
-        let successes = self.successes.get() + 1;
-        self.successes.set(successes);
-        if successes >= self.limit.get() && self.limit.get() < self.max {
-            self.successes.set(0);
-            self.limit.set(self.limit.get() + 1);
-            if self.debt.get() > 0 {
-                self.debt.set(self.debt.get() - 1);
-            } else {
-                self.semaphore.add_permits(1);
-            }
         }
     }
 }
@@ -500,55 +469,12 @@ pub fn now() -> i64 {
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn limiter_probes_with_one_then_opens_up() {
-        let limiter = Limiter::new(4);
-        assert_eq!(limiter.semaphore.available_permits(), 1);
-        limiter.on_rate_limited();
-        assert_eq!(limiter.semaphore.available_permits(), 1);
-        limiter.on_success();
-        assert_eq!(limiter.semaphore.available_permits(), 4);
-    }
-
-    #[tokio::test]
-    async fn limiter_lowers_on_429_and_recovers_after_successes() {
-        let limiter = Limiter::new(4);
-        limiter.on_success();
-        limiter.on_rate_limited();
-        limiter.on_rate_limited();
-        assert_eq!(limiter.limit.get(), 2);
-        // Two permits retire as they come back.
-        for _ in 0..4 {
-            drop(limiter.acquire().await);
-        }
-        assert_eq!(limiter.semaphore.available_permits(), 2);
-        for _ in 0..2 {
-            limiter.on_success();
-        }
-        assert_eq!(limiter.limit.get(), 3);
-        assert_eq!(limiter.semaphore.available_permits(), 3);
-        for _ in 0..10 {
-            limiter.on_success();
-        }
-        assert_eq!(limiter.limit.get(), 4);
-        assert_eq!(limiter.semaphore.available_permits(), 4);
-    }
-
-    #[test]
-    fn limiter_never_goes_below_one() {
-        let limiter = Limiter::new(2);
-        limiter.on_success();
-        for _ in 0..5 {
-            limiter.on_rate_limited();
-        }
-        assert_eq!(limiter.limit.get(), 1);
-    }
-
     #[test]
     fn backoff_grows_is_jittered_and_capped() {
         let policy = RetryPolicy {
             max_attempts: 8,
             base_delay: Duration::from_millis(100),
+            min_delay: Duration::from_millis(10),
             max_delay: Duration::from_secs(1),
         };
         for retry in 0..6 {
@@ -561,8 +487,18 @@ mod tests {
             Duration::from_secs(1)
         );
         assert_eq!(
-            policy.delay(0, Some(Duration::from_millis(5))),
-            Duration::from_millis(5)
+            policy.delay(0, Some(Duration::from_millis(50))),
+            Duration::from_millis(50)
         );
+        // `Retry-After: 0` (or any shorter wait) gets the floor.
+        assert_eq!(
+            policy.delay(3, Some(Duration::ZERO)),
+            Duration::from_millis(10)
+        );
+        let tiny = RetryPolicy {
+            base_delay: Duration::from_millis(1),
+            ..policy
+        };
+        assert_eq!(tiny.delay(0, None), Duration::from_millis(10));
     }
 }

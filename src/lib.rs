@@ -15,6 +15,7 @@ mod failpoint;
 mod fsutil;
 pub mod journal;
 pub mod lifecycle;
+pub mod limiter;
 pub mod lock;
 pub mod manifest;
 pub mod plan;

@@ -582,6 +582,7 @@ mod tests {
         let retry = RetryPolicy {
             max_attempts: 3,
             base_delay: Duration::from_millis(1),
+            min_delay: Duration::from_millis(1),
             max_delay: Duration::from_millis(1),
         };
         let limited = || {

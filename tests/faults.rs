@@ -343,6 +343,218 @@ async fn bursts_of_429_are_retried_and_each_token_created_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_shedding_load_beyond_its_concurrency_gets_every_create_once() {
+    let mock = MockLogzio::start_with(Behaviour {
+        delay: Duration::from_millis(10),
+        shed_concurrency: Some(3),
+        ..Behaviour::default()
+    })
+    .await;
+    let mut ws = Workspace::new(&mock.url());
+    let tokens: Vec<String> = (0..300)
+        .map(|i| format!("{}/t{i}", [1, 2, 3, 7][i % 4]))
+        .collect();
+    let tokens: Vec<&str> = tokens.iter().map(String::as_str).collect();
+    ws.manifest(&tokens);
+    // Default flags: the ceiling is well above what the server takes.
+    let apply = ws.run(&[
+        "apply",
+        "--auto-approve",
+        "--max-creates",
+        "300",
+        "--output",
+        "json",
+    ]);
+    assert_eq!(apply.code, 0, "{}", apply.all());
+    let events: Vec<serde_json::Value> = apply
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+
+    let mut created: Vec<String> = mock
+        .issued()
+        .iter()
+        .map(|i| format!("{}/{}", i.account_id, i.name))
+        .collect();
+    assert_eq!(created.len(), 300);
+    created.sort();
+    created.dedup();
+    assert_eq!(created.len(), 300, "a token was created twice");
+    assert_eq!(ws.state_addresses().len(), 300);
+
+    // Every 429 was a retry of a create, and tokenctl counted each one.
+    let throttled = mock.throttled();
+    assert_eq!(mock.create_requests().await.len() as u64, 300 + throttled);
+    let summary = events.last().unwrap();
+    assert_eq!(summary["event"], "summary");
+    assert_eq!(summary["throttled"], throttled, "{summary}");
+    assert!(
+        throttled <= 30,
+        "{throttled} of 300 creates throttled: the controller keeps hammering"
+    );
+    let rate_limited = events
+        .iter()
+        .filter(|e| e["event"] == "rate_limited")
+        .count() as u64;
+    assert_eq!(rate_limited, throttled);
+
+    // Progress events report the concurrency under the ceiling and count up.
+    let progress: Vec<&serde_json::Value> =
+        events.iter().filter(|e| e["event"] == "progress").collect();
+    assert!(!progress.is_empty(), "{}", apply.stdout);
+    let mut done = 0;
+    for event in &progress {
+        assert_eq!(
+            (event["total"].as_u64(), event["ceiling"].as_u64()),
+            (Some(300), Some(16))
+        );
+        let concurrency = event["concurrency"].as_u64().unwrap();
+        assert!((1..=16).contains(&concurrency), "{event}");
+        let now_done = event["done"].as_u64().unwrap();
+        assert!(now_done >= done, "{event}");
+        done = now_done;
+    }
+    assert!(
+        progress.iter().any(|e| e["eta_ms"].is_u64()),
+        "no time left was reported"
+    );
+    ws.assert_secrets_only_in_sink(&secrets(&mock));
+}
+
+/// Answers every create of an address with 429 and `Retry-After: 0` for
+/// its first `refusals` attempts, and records when each attempt came.
+struct RefusingApi {
+    refusals: usize,
+    calls: std::sync::Mutex<Vec<(String, std::time::Instant)>>,
+}
+
+impl tokenctl::api::TokenApi for RefusingApi {
+    fn create(
+        &self,
+        account_id: u64,
+        name: &str,
+    ) -> impl Future<Output = Result<tokenctl::api::CreatedToken, tokenctl::api::CreateError>> + Send
+    {
+        let address = format!("{account_id}/{name}");
+        let mut calls = self.calls.lock().unwrap();
+        let attempt = calls.iter().filter(|(a, _)| *a == address).count();
+        calls.push((address, std::time::Instant::now()));
+        let id = calls.len() as u64;
+        let result = if attempt < self.refusals {
+            Err(tokenctl::api::CreateError::RateLimited {
+                retry_after: Some(Duration::ZERO),
+                message: "Too Many Requests".into(),
+            })
+        } else {
+            Ok(tokenctl::api::CreatedToken {
+                id,
+                name: name.to_string(),
+                token: tokenctl::secret::Secret::new(format!("secret-{id}")),
+                created_at: 0,
+            })
+        };
+        std::future::ready(result)
+    }
+}
+
+/// Keeps delivered secrets in memory.
+struct MemorySink;
+
+impl tokenctl::sink::SecretSink for MemorySink {
+    fn deliver(
+        &mut self,
+        _token: &tokenctl::sink::NewToken<'_>,
+    ) -> Result<(), tokenctl::sink::SinkError> {
+        Ok(())
+    }
+
+    fn describe(&self) -> String {
+        "memory".into()
+    }
+}
+
+/// Runs an in-process apply of `creates` against `api`, default policy.
+async fn apply_in_process(
+    api: &RefusingApi,
+    creates: &[tokenctl::address::Address],
+) -> tokenctl::apply::Report {
+    use tokenctl::journal::{JournalWriter, Record};
+    let dir = tempfile::tempdir().unwrap();
+    let journal = JournalWriter::create(
+        &dir.path().join("journal"),
+        &Record::Begin {
+            lineage: "test".into(),
+            serial: 0,
+            started: 0,
+            pid: 0,
+            host: None,
+        },
+    )
+    .unwrap();
+    let journal = tokenctl::backend::Journal::File(journal);
+    let rescue = tokenctl::sink::Rescue::new(dir.path().join("rescue"));
+    let retry = tokenctl::apply::RetryPolicy::default();
+    let interrupt = std::sync::atomic::AtomicBool::new(false);
+    let apply = tokenctl::apply::Apply {
+        api,
+        journal: &journal,
+        sinks: vec![Box::new(MemorySink)],
+        rescue: &rescue,
+        retry: &retry,
+        parallelism: 4,
+        interrupt: &interrupt,
+    };
+    apply.run(creates, &mut |_| {}).await
+}
+
+#[tokio::test]
+async fn a_burst_of_429_with_retry_after_zero_does_not_spin() {
+    let creates: Vec<tokenctl::address::Address> = (0..6)
+        .map(|i| tokenctl::address::Address::new(1, format!("t{i}")))
+        .collect();
+    let floor = tokenctl::apply::RetryPolicy::default().min_delay;
+
+    // Five refusals each, then the create goes through.
+    let api = RefusingApi {
+        refusals: 5,
+        calls: Default::default(),
+    };
+    let report = apply_in_process(&api, &creates).await;
+    assert_eq!(report.counts(), (6, 0, 0, 0));
+    assert_eq!(report.throttled, 30);
+    let calls = api.calls.into_inner().unwrap();
+    assert_eq!(calls.len(), 6 * 6, "each create: five 429s, then one 200");
+    assert_spaced(&calls, floor);
+
+    // A server that never stops refusing: every create gives up after its
+    // attempts, a floor apart, and nothing more is sent.
+    let api = RefusingApi {
+        refusals: usize::MAX,
+        calls: Default::default(),
+    };
+    let report = apply_in_process(&api, &creates).await;
+    let (created, failed, in_doubt, skipped) = report.counts();
+    assert_eq!((created, failed, in_doubt, skipped), (0, 6, 0, 0));
+    let attempts = tokenctl::apply::RetryPolicy::default().max_attempts as usize;
+    let calls = api.calls.into_inner().unwrap();
+    assert_eq!(calls.len(), 6 * attempts);
+    assert_eq!(report.throttled, calls.len() as u64);
+    assert_spaced(&calls, floor);
+}
+
+/// Checks that the attempts of each address are at least `floor` apart.
+fn assert_spaced(calls: &[(String, std::time::Instant)], floor: Duration) {
+    let mut last: HashMap<&str, std::time::Instant> = HashMap::new();
+    for (address, at) in calls {
+        if let Some(previous) = last.insert(address, *at) {
+            let gap = at.duration_since(previous);
+            assert!(gap >= floor, "{address} sent again after {gap:?}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_applies_at_once_one_proceeds_the_other_fails_fast_or_waits() {
     let mock = MockLogzio::start_with(Behaviour {
         delay: Duration::from_millis(700),

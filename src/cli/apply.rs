@@ -17,6 +17,7 @@ use crate::backend::Backend;
 use crate::error::{ExitStatus, Hint};
 use crate::journal::Record;
 use crate::lifecycle::{self, Refresh};
+use crate::limiter::Snapshot;
 use crate::manifest::{self, Manifest};
 use crate::plan::{self, Plan};
 use crate::planfile::PlanFile;
@@ -108,7 +109,8 @@ impl Session<'_, '_> {
                 json_line(
                     self.io.stdout,
                     &serde_json::json!({"event": "summary", "created": 0, "failed": 0,
-                    "in_doubt": 0, "not_attempted": 0, "pending_total": plan.summary().in_doubt, "exit_code": code.code()}),
+                    "in_doubt": 0, "not_attempted": 0, "pending_total": plan.summary().in_doubt,
+                    "throttled": 0, "exit_code": code.code()}),
                 )?;
             } else {
                 writeln!(self.io.stdout, "\nNothing to create.")?;
@@ -174,7 +176,7 @@ impl Session<'_, '_> {
         let interrupt = Arc::new(AtomicBool::new(false));
         runtime.spawn(watch_signals(interrupt.clone()));
         let progress = (!json && self.io.terminal.stderr && creates.len() > PROGRESS_MIN)
-            .then(|| progress_bar(creates.len()));
+            .then(|| progress_bar(creates.len(), usize::from(args.parallelism)));
         if json {
             json_line(self.io.stdout, &start_event(&plan, creates.len()))?;
         } else {
@@ -188,12 +190,15 @@ impl Session<'_, '_> {
                 return;
             }
             match &progress {
-                Some(bar) => {
-                    if let Event::Finished(..) = event {
-                        bar.inc(1);
+                Some(bar) => match event {
+                    Event::Progress(snapshot) => bar.set_message(progress_message(&snapshot)),
+                    event => {
+                        if let Event::Finished(..) = event {
+                            bar.inc(1);
+                        }
+                        bar.suspend(|| print_event(event, styles, stdout, stderr));
                     }
-                    bar.suspend(|| print_event(event, styles, stdout, stderr));
-                }
+                },
                 None => print_event(event, styles, stdout, stderr),
             }
         };
@@ -383,6 +388,7 @@ impl Session<'_, '_> {
                 "pending_total": pending,
                 "rescued": rescued,
                 "stopped": report.stopped.as_ref().map(StopReason::to_string),
+                "throttled": report.throttled,
                 "exit_code": code,
             });
             json_line(self.io.stdout, &summary)?;
@@ -405,6 +411,13 @@ impl Session<'_, '_> {
             style.warn(&headline)
         };
         writeln!(out, "{headline}")?;
+        if report.throttled > 0 {
+            writeln!(
+                out,
+                "{} request(s) were throttled by the API (429) and sent again after a short wait.",
+                report.throttled
+            )?;
+        }
         if created > 0 {
             writeln!(
                 out,
@@ -801,7 +814,8 @@ fn print_event(
 ) {
     // Progress output is best effort: a closed pipe must not stop an apply.
     let _ = match event {
-        Event::Creating(_) => Ok(()),
+        // The progress bar shows it; a log would only be noise.
+        Event::Creating(_) | Event::Progress(_) => Ok(()),
         Event::RateLimited(address, wait) => writeln!(
             stderr,
             "{address}: rate limited (429), retrying in {:.1}s",
@@ -864,16 +878,37 @@ async fn preflight(api: &HttpApi, creates: &[Address]) -> Result<(), Failure> {
     Ok(())
 }
 
-fn progress_bar(total: usize) -> indicatif::ProgressBar {
+fn progress_bar(total: usize, ceiling: usize) -> indicatif::ProgressBar {
     let bar = indicatif::ProgressBar::new(total as u64);
-    // Redraw on a clock too, so the time estimate moves while creates wait.
+    // Redraw on a clock too, so the bar stays alive while creates wait.
     bar.enable_steady_tick(Duration::from_millis(200));
-    if let Ok(style) =
-        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} tokens ({eta} left)")
+    if let Ok(style) = indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} tokens, {msg}")
     {
         bar.set_style(style);
     }
+    bar.set_message(format!(
+        "1 of {ceiling} in flight (finding the API's limit)"
+    ));
     bar
+}
+
+/// Returns the progress bar's text: the concurrency and the time left.
+fn progress_message(snapshot: &Snapshot) -> String {
+    let concurrency = format!("{} of {} in flight", snapshot.concurrency, snapshot.ceiling);
+    match snapshot.eta {
+        Some(eta) => format!("{concurrency}, {} left", format_eta(eta)),
+        None => concurrency,
+    }
+}
+
+/// Formats a time left to the second: `45s`, `3m 05s`, `1h 02m`.
+fn format_eta(eta: Duration) -> String {
+    let seconds = eta.as_secs_f64().round() as u64;
+    match seconds {
+        0..60 => format!("{seconds}s"),
+        60..3600 => format!("{}m {:02}s", seconds / 60, seconds % 60),
+        _ => format!("{}h {:02}m", seconds / 3600, seconds % 3600 / 60),
+    }
 }
 
 fn json_line(out: &mut dyn Write, value: &serde_json::Value) -> io::Result<()> {
@@ -918,5 +953,9 @@ fn json_event(event: &Event<'_>) -> serde_json::Value {
             "error": err.to_string(), "rescue_file": rescue.map(|p| p.display().to_string())})
         }
         Event::Stopping(reason) => json!({"event": "stopping", "reason": reason.to_string()}),
+        Event::Progress(snapshot) => json!({"event": "progress", "done": snapshot.done,
+            "total": snapshot.total, "concurrency": snapshot.concurrency,
+            "ceiling": snapshot.ceiling,
+            "eta_ms": snapshot.eta.map(|eta| eta.as_millis() as u64)}),
     }
 }

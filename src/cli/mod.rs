@@ -217,8 +217,10 @@ struct ApplyArgs {
     /// share of them came back revoked.
     #[arg(long, requires = "refresh")]
     force: bool,
-    /// Most creates in flight at once; lowered automatically while the API answers 429.
-    #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+    /// Most creates in flight at once: the ceiling under which the number in
+    /// flight adapts to what the API accepts (it grows while answers are
+    /// clean and is cut on 429).
+    #[arg(long, value_name = "N", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=64))]
     parallelism: u16,
     /// How long one create may take before its outcome counts as in doubt.
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_request_timeout)]

@@ -1,12 +1,21 @@
 //! A stand-in for the Logz.io API: the create endpoint, answering like the
 //! real one and remembering every token it issued.
+//!
+//! It can shed load as a rate-limited API does, with a plain 429 answered at
+//! once: by concurrency (creates beyond L in flight) or by rate (a token
+//! bucket). wiremock applies a response's delay *after* the responder ran,
+//! so the responder cannot see requests leave; instead it counts a create
+//! as in flight from its arrival until arrival + its delay, which is when
+//! wiremock starts writing the answer. A client can only send its next
+//! request after reading that answer, so the count never holds a request
+//! the client already saw answered (no false 429 from the bookkeeping).
 
 #![allow(dead_code)]
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use wiremock::matchers::{body_partial_json, method, path};
 use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
@@ -37,6 +46,22 @@ pub struct MockLogzio {
     pub server: MockServer,
     issued: Arc<Mutex<Vec<Issued>>>,
     revoked: Arc<Mutex<HashSet<String>>>,
+    throttled: Arc<AtomicU64>,
+}
+
+/// A token bucket: `per_second` creates a second, at most `burst` at once.
+#[derive(Clone, Copy, Debug)]
+pub struct RateLimit {
+    pub per_second: f64,
+    pub burst: f64,
+}
+
+/// A heavy tail: every `every`-th create accepted is answered after
+/// `delay` instead of the usual delay.
+#[derive(Clone, Copy, Debug)]
+pub struct Tail {
+    pub every: u64,
+    pub delay: Duration,
 }
 
 /// How the mock answers creates.
@@ -50,6 +75,12 @@ pub struct Behaviour {
     pub whoami_refusal: Option<String>,
     /// Sub-accounts to list instead of `SUB_ACCOUNTS`.
     pub sub_accounts: Option<Vec<u64>>,
+    /// Answer 429 to a create arriving while this many are in flight.
+    pub shed_concurrency: Option<usize>,
+    /// Answer 429 to creates beyond this rate.
+    pub shed_rate: Option<RateLimit>,
+    /// Answer some creates much later than the others.
+    pub tail: Option<Tail>,
 }
 
 fn owner_ok(request: &Request) -> bool {
@@ -125,6 +156,49 @@ struct CreateResponder {
     next_id: AtomicU64,
     issued: Arc<Mutex<Vec<Issued>>>,
     behaviour: Behaviour,
+    load: Mutex<Load>,
+    throttled: Arc<AtomicU64>,
+}
+
+/// What the create endpoint is serving, for shedding.
+struct Load {
+    /// When each accepted create in flight will be answered.
+    in_flight: Vec<Instant>,
+    /// Tokens in the bucket, and when it was last filled.
+    tokens: f64,
+    filled: Instant,
+    accepted: u64,
+}
+
+impl CreateResponder {
+    /// Returns `None` when a create arriving now is beyond a limit, else
+    /// the delay to answer it after (it counts as in flight until then).
+    fn admit(&self) -> Option<Duration> {
+        let now = Instant::now();
+        let mut load = self.load.lock().unwrap();
+        load.in_flight.retain(|answered| *answered > now);
+        if let Some(limit) = self.behaviour.shed_concurrency
+            && load.in_flight.len() >= limit
+        {
+            return None;
+        }
+        if let Some(rate) = self.behaviour.shed_rate {
+            let refill = now.duration_since(load.filled).as_secs_f64() * rate.per_second;
+            load.tokens = (load.tokens + refill).min(rate.burst);
+            load.filled = now;
+            if load.tokens < 1.0 {
+                return None;
+            }
+            load.tokens -= 1.0;
+        }
+        load.accepted += 1;
+        let delay = match self.behaviour.tail {
+            Some(tail) if load.accepted.is_multiple_of(tail.every) => tail.delay,
+            _ => self.behaviour.delay,
+        };
+        load.in_flight.push(now + delay);
+        Some(delay)
+    }
 }
 
 impl Respond for CreateResponder {
@@ -155,6 +229,10 @@ impl Respond for CreateResponder {
                 serde_json::json!({"message": format!("Account {account_id} not found")}),
             );
         }
+        let Some(delay) = self.admit() else {
+            self.throttled.fetch_add(1, Ordering::SeqCst);
+            return ResponseTemplate::new(429).set_body_string("Too Many Requests");
+        };
         let id = self.next_id.fetch_add(1, Ordering::SeqCst);
         let token = format!("mock-secret-{}", uuid::Uuid::new_v4());
         self.issued.lock().unwrap().push(Issued {
@@ -164,7 +242,7 @@ impl Respond for CreateResponder {
             token: token.clone(),
         });
         ResponseTemplate::new(200)
-            .set_delay(self.behaviour.delay)
+            .set_delay(delay)
             .set_body_json(serde_json::json!({
                 "id": id,
                 "name": name,
@@ -188,6 +266,7 @@ impl MockLogzio {
         let server = MockServer::start().await;
         let issued = Arc::new(Mutex::new(Vec::new()));
         let revoked = Arc::new(Mutex::new(HashSet::new()));
+        let throttled = Arc::new(AtomicU64::new(0));
         Mock::given(method("GET"))
             .and(path("/v2/whoami"))
             .respond_with(WhoamiResponder {
@@ -212,7 +291,14 @@ impl MockLogzio {
             .respond_with(CreateResponder {
                 next_id: AtomicU64::new(5001),
                 issued: issued.clone(),
+                load: Mutex::new(Load {
+                    in_flight: Vec::new(),
+                    tokens: behaviour.shed_rate.map_or(0.0, |r| r.burst),
+                    filled: Instant::now(),
+                    accepted: 0,
+                }),
                 behaviour,
+                throttled: throttled.clone(),
             })
             .mount(&server)
             .await;
@@ -220,6 +306,7 @@ impl MockLogzio {
             server,
             issued,
             revoked,
+            throttled,
         }
     }
 
@@ -281,6 +368,12 @@ impl MockLogzio {
     /// Returns the base URL to point tokenctl at.
     pub fn url(&self) -> String {
         self.server.uri()
+    }
+
+    /// Returns how many creates were shed with a 429 (by `shed_concurrency`
+    /// or `shed_rate`; not those of `answer_first`).
+    pub fn throttled(&self) -> u64 {
+        self.throttled.load(Ordering::SeqCst)
     }
 
     /// Returns every token issued so far.
