@@ -541,9 +541,21 @@ impl PgBackend {
         let client = self.connect().await?;
         // Every intent must be on disk at the server before its request.
         let lease_ms = self.lease.as_millis().to_string();
+        let version: i32 = client
+            .query_one("SELECT current_setting('server_version_num')::integer", &[])
+            .await
+            .map_err(self.query_err())?
+            .get(0);
+        // idle_session_timeout came with PostgreSQL 14; before it, a silent
+        // holder keeps the lock until TCP gives up on its connection.
+        let idle = if version >= 140_000 {
+            format!("SET idle_session_timeout = {lease_ms};")
+        } else {
+            String::new()
+        };
         client
             .batch_execute(&format!(
-                "SET synchronous_commit = on; SET plan_cache_mode = force_custom_plan; SET idle_session_timeout = {lease_ms}; SET idle_in_transaction_session_timeout = {lease_ms}"
+                "SET synchronous_commit = on; SET plan_cache_mode = force_custom_plan; {idle} SET idle_in_transaction_session_timeout = {lease_ms}"
             ))
             .await
             .map_err(self.query_err())?;
