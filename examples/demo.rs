@@ -52,7 +52,7 @@ fn main() -> io::Result<()> {
             terminal: Terminal::default(),
             read_line: &mut no_input,
         };
-        let code = cli::run(argv, &env, &mut io);
+        let code = i32::from(cli::run(argv, &env, &mut io).code());
         println!("(exit code {code})\n");
         code
     };

@@ -138,9 +138,15 @@ pub enum PreflightError {
     Failed { call: &'static str, detail: String },
 }
 
+impl crate::error::Hint for PreflightError {
+    fn hint(&self) -> Option<String> {
+        Some(self.advice())
+    }
+}
+
 impl PreflightError {
     /// Returns what the user can do about it.
-    pub fn hint(&self) -> String {
+    fn advice(&self) -> String {
         match self {
             PreflightError::Refused { message, .. } if message.to_lowercase().contains("region") => {
                 "the owner token belongs to another Logz.io region: set the manifest's `region` to the token's region".into()
@@ -586,12 +592,12 @@ mod tests {
                 403,
                 "Account region us differs from current server region eu"
             )
-            .hint()
+            .advice()
             .contains("region")
         );
         assert!(
             refused(401, "Unauthorized")
-                .hint()
+                .advice()
                 .contains("LOGZIO_API_TOKEN")
         );
     }

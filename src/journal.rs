@@ -82,9 +82,8 @@ pub enum JournalError {
     },
 }
 
-impl JournalError {
-    /// Returns what the user can do about it.
-    pub fn hint(&self) -> Option<String> {
+impl crate::error::Hint for JournalError {
+    fn hint(&self) -> Option<String> {
         match self {
             JournalError::Io { .. } | JournalError::Remote { .. } => None,
             JournalError::Live { .. } => Some(

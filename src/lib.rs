@@ -10,8 +10,9 @@ pub mod api;
 pub mod apply;
 pub mod backend;
 pub mod cli;
-pub mod failpoint;
-pub mod fsutil;
+pub mod error;
+mod failpoint;
+mod fsutil;
 pub mod journal;
 pub mod lifecycle;
 pub mod lock;
@@ -22,6 +23,5 @@ pub mod render;
 pub mod schema;
 pub mod secret;
 pub mod sink;
-
 pub mod state;
 pub mod store;

@@ -47,9 +47,8 @@ pub enum LockError {
     Io { path: PathBuf, source: io::Error },
 }
 
-impl LockError {
-    /// Returns what the user can do about it.
-    pub fn hint(&self) -> Option<String> {
+impl crate::error::Hint for LockError {
+    fn hint(&self) -> Option<String> {
         match self {
             LockError::Held { path, .. } => Some(format!(
                 "wait for it to finish, or pass --lock-timeout 5m to wait; the lock is an OS lock on {} and goes away with its process, so never delete the file to break it",
@@ -150,6 +149,7 @@ fn is_at_path(_file: &File, path: &Path) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::Hint;
 
     fn holder(pid: u32) -> Holder {
         Holder {

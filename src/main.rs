@@ -26,5 +26,5 @@ fn main() -> ExitCode {
         read_line: &mut read_line,
     };
     let code = cli::run(std::env::args_os(), &env, &mut io);
-    ExitCode::from(u8::try_from(code).unwrap_or(1))
+    ExitCode::from(code.code())
 }

@@ -213,6 +213,12 @@ pub struct ManifestError {
     pub hint: Option<String>,
 }
 
+impl crate::error::Hint for ManifestError {
+    fn hint(&self) -> Option<String> {
+        self.hint.clone()
+    }
+}
+
 impl Manifest {
     /// Parses and validates manifest text; `origin` names it in errors.
     pub fn parse(text: &str, origin: &str) -> Result<Parsed, ManifestError> {

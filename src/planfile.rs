@@ -49,9 +49,15 @@ pub enum PlanFileError {
     Manifest,
 }
 
+impl crate::error::Hint for PlanFileError {
+    fn hint(&self) -> Option<String> {
+        Some(self.advice().to_string())
+    }
+}
+
 impl PlanFileError {
     /// Returns what the user can do about it.
-    pub fn hint(&self) -> &'static str {
+    fn advice(&self) -> &'static str {
         match self {
             PlanFileError::Unreadable(_) => "pass a file written by `tokenctl plan -o FILE`",
             PlanFileError::ToolVersion { .. } => {

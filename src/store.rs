@@ -25,9 +25,8 @@ pub enum StoreError {
     Write { path: PathBuf, source: io::Error },
 }
 
-impl StoreError {
-    /// Returns what the user can do about the error.
-    pub fn hint(&self) -> Option<String> {
+impl crate::error::Hint for StoreError {
+    fn hint(&self) -> Option<String> {
         match self {
             StoreError::Corrupt { backup, .. } => Some(format!(
                 "the file was left untouched; repair it, or restore the version before the last write from {} (or from git), then run again",
@@ -207,6 +206,7 @@ impl StateStore for FileStore {
 mod tests {
     use super::*;
     use crate::address::Address;
+    use crate::error::Hint;
     use crate::state::TokenRecord;
 
     fn one_token(state: &mut State, name: &str, id: u64) {

@@ -1,6 +1,6 @@
 //! End-to-end runs of the real binary against a mock Logz.io API.
 
-mod support;
+use crate::support;
 
 use support::mock_logzio::{Behaviour, MockLogzio};
 use support::workspace::Workspace;

@@ -3,7 +3,7 @@
 //! at once, failing sinks, SIGTERM — and checks that no token is created
 //! twice, no secret is lost, and the state stays sound.
 
-mod support;
+use crate::support;
 
 use std::collections::HashMap;
 use std::io::Read;

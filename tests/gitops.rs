@@ -1,7 +1,7 @@
 //! End-to-end runs of what pipelines use: machine output, pull-request
 //! output, import/forget, budgets, pre-flight, targeting, plain output.
 
-mod support;
+use crate::support;
 
 use serde::Deserialize;
 use support::mock_logzio::{Behaviour, MockLogzio};

@@ -2,7 +2,7 @@
 //! secret lost or leaked, or an exit code lie actually happen, and checks
 //! that it no longer does.
 
-mod support;
+use crate::support;
 
 use std::collections::HashMap;
 use std::fs;

@@ -2,7 +2,7 @@
 //! itself, re-creation of revoked tokens, rotation, and retiring the
 //! superseded tokens a person revoked.
 
-mod support;
+use crate::support;
 
 use std::collections::HashMap;
 

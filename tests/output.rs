@@ -4,7 +4,7 @@
 //! version are redacted, so the snapshots hold only what is meant to be
 //! stable. Snapshots are never rewritten under `CI=true`.
 
-mod support;
+use crate::support;
 
 use support::mock_logzio::MockLogzio;
 use support::workspace::{Run, Workspace};

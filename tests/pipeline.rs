@@ -6,7 +6,7 @@
 
 #![cfg(target_os = "linux")]
 
-mod support;
+use crate::support;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
@@ -144,10 +144,15 @@ async fn state_fold_records_a_left_journal_and_removes_it() {
     assert_eq!(fold.code, 0, "{}", fold.all());
     assert!(!journal.exists(), "the journal is still there");
     // 1/a was created and journaled; the next create may have started
-    // while its outcome was made durable, so it is in doubt or absent.
-    assert_eq!(ws.state_addresses(), ["1/a"]);
+    // while its outcome was made durable, so it is created, in doubt or
+    // absent (it may even have been journaled in the same group commit).
+    let created = ws.state_addresses();
     let pending = ws.pending_addresses();
-    assert!(pending.is_empty() || pending == ["1/b"], "{pending:?}");
+    match created.as_slice() {
+        [a] if a == "1/a" => assert!(pending.is_empty() || pending == ["1/b"], "{pending:?}"),
+        [a, b] if a == "1/a" && b == "1/b" => assert!(pending.is_empty(), "{pending:?}"),
+        other => panic!("unexpected state after the crash: {other:?}"),
+    }
     let mut expected =
         String::from("Folded state/tokens.state.json.journal into state/tokens.state.json.\n");
     if !pending.is_empty() {
@@ -156,7 +161,8 @@ async fn state_fold_records_a_left_journal_and_removes_it() {
         );
     }
     assert_eq!(fold.stdout, expected);
-    assert!(fold.stderr.contains("1 created"), "{}", fold.stderr);
+    let summary = format!("{} created", created.len());
+    assert!(fold.stderr.contains(&summary), "{}", fold.stderr);
 
     let again = ws.run(&["state", "fold"]);
     assert_eq!(again.code, 0, "{}", again.all());

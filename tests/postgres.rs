@@ -7,7 +7,7 @@
 //! checks: no address sent twice, every issued secret in a sink or in
 //! doubt, the state parses, no secret or password in any output.
 
-mod support;
+use crate::support;
 
 use std::collections::HashMap;
 use std::time::Duration;

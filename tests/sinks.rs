@@ -2,7 +2,7 @@
 //! `age` read what apply wrote, and an OpenBao dev server holds what it
 //! sent. A missing tool fails these tests in CI and skips them elsewhere.
 
-mod support;
+use crate::support;
 
 use std::fs;
 use std::path::{Path, PathBuf};

@@ -45,9 +45,8 @@ pub enum BackendError {
     },
 }
 
-impl BackendError {
-    /// Returns what the user can do about it.
-    pub fn hint(&self) -> Option<String> {
+impl crate::error::Hint for BackendError {
+    fn hint(&self) -> Option<String> {
         match self {
             BackendError::Store(e) => e.hint(),
             BackendError::Lock(e) => e.hint(),

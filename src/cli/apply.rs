@@ -8,13 +8,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use super::{
-    ApplyArgs, CommandResult, ConnectArgs, EXIT_IN_DOUBT, EXIT_INTERRUPTED, EXIT_OK, Failure,
-    Format, Session, check_budget, check_refresh,
+    ApplyArgs, CommandResult, ConnectArgs, Failure, Format, Session, check_budget, check_refresh,
 };
 use crate::address::Address;
 use crate::api::{self, HttpApi, Timeouts};
 use crate::apply::{Apply, Event, Outcome, Report, RetryPolicy, StopReason, now};
 use crate::backend::Backend;
+use crate::error::{ExitStatus, Hint};
 use crate::journal::Record;
 use crate::lifecycle::{self, Refresh};
 use crate::manifest::{self, Manifest};
@@ -99,16 +99,16 @@ impl Session<'_, '_> {
         }
         if creates.is_empty() {
             let code = if plan.summary().in_doubt > 0 {
-                EXIT_IN_DOUBT
+                ExitStatus::InDoubt
             } else {
-                EXIT_OK
+                ExitStatus::Success
             };
             if json {
                 json_line(self.io.stdout, &start_event(&plan, 0))?;
                 json_line(
                     self.io.stdout,
                     &serde_json::json!({"event": "summary", "created": 0, "failed": 0,
-                    "in_doubt": 0, "not_attempted": 0, "pending_total": plan.summary().in_doubt, "exit_code": code}),
+                    "in_doubt": 0, "not_attempted": 0, "pending_total": plan.summary().in_doubt, "exit_code": code.code()}),
                 )?;
             } else {
                 writeln!(self.io.stdout, "\nNothing to create.")?;
@@ -360,7 +360,10 @@ impl Session<'_, '_> {
         self.warn_about_reused_ids(before, report);
         let result = apply_result(report, pending);
         if json {
-            let code = result.as_ref().map_or_else(|f| f.code, |code| *code);
+            let code = result
+                .as_ref()
+                .map_or_else(|f| f.status, |code| *code)
+                .code();
             let rescued: Vec<_> = report
                 .rescued
                 .iter()
@@ -697,7 +700,7 @@ fn apply_result(report: &Report, pending: usize) -> CommandResult {
                 "interrupted: {created} created, {skipped} not attempted; the state records every outcome"
             ))
             .hint("run apply again to create the rest");
-            failure.code = EXIT_INTERRUPTED;
+            failure.status = ExitStatus::Interrupted;
             return Err(failure);
         }
         Some(reason @ StopReason::Unauthorized(_)) => {
@@ -744,7 +747,11 @@ fn apply_result(report: &Report, pending: usize) -> CommandResult {
             "fix the cause and run apply again: a failed create made no token and is planned again",
         ));
     }
-    Ok(if pending > 0 { EXIT_IN_DOUBT } else { EXIT_OK })
+    Ok(if pending > 0 {
+        ExitStatus::InDoubt
+    } else {
+        ExitStatus::Success
+    })
 }
 
 /// Stops new creates at the first Ctrl-C or SIGTERM; exits at once on the
@@ -762,7 +769,7 @@ async fn watch_signals(interrupt: Arc<AtomicBool>) {
     eprint(
         "Interrupted again: exiting now. The journal records what was done; the next tokenctl command folds it into the state.",
     );
-    std::process::exit(EXIT_INTERRUPTED);
+    std::process::exit(i32::from(ExitStatus::Interrupted.code()));
 }
 
 #[cfg(unix)]
@@ -837,10 +844,10 @@ fn print_event(
 /// region and that every target account is one of its sub-accounts.
 async fn preflight(api: &HttpApi, creates: &[Address]) -> Result<(), Failure> {
     let owner = api.whoami().await.map_err(|e| {
-        Failure::new(format!("pre-flight: {e}; nothing was created")).hint(e.hint())
+        Failure::new(format!("pre-flight: {e}; nothing was created")).maybe_hint(e.hint())
     })?;
     let accounts = api.associated_accounts().await.map_err(|e| {
-        Failure::new(format!("pre-flight: {e}; nothing was created")).hint(e.hint())
+        Failure::new(format!("pre-flight: {e}; nothing was created")).maybe_hint(e.hint())
     })?;
     let wanted: Vec<u64> = creates.iter().map(|a| a.account_id).collect();
     let missing = api::not_sub_accounts(&wanted, &accounts);

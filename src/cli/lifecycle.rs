@@ -7,10 +7,11 @@ use std::time::Duration;
 use rustc_hash::{FxHashMap, FxHashSet};
 
 use super::state_cmds::Lookups;
-use super::{CommandResult, ConnectArgs, EXIT_OK, Failure, RetireArgs, Session};
+use super::{CommandResult, ConnectArgs, Failure, RetireArgs, Session};
 use crate::address::Address;
 use crate::api::{HttpApi, Timeouts, TokenCheck};
 use crate::apply::{RetryPolicy, now};
+use crate::error::{ExitStatus, Hint};
 use crate::lifecycle::{self, Probe, Refresh};
 use crate::manifest::Manifest;
 use crate::secret::{Secret, fingerprint_of};
@@ -111,7 +112,7 @@ impl Session<'_, '_> {
         let api = self.connect_api(connect, manifest)?;
         let runtime = self.runtime()?;
         runtime.block_on(api.whoami()).map_err(|e| {
-            Failure::new(format!("refresh: the owner token check failed: {e}")).hint(e.hint())
+            Failure::new(format!("refresh: the owner token check failed: {e}")).maybe_hint(e.hint())
         })?;
         // Each token with the fingerprint its secret had when it was made,
         // and whether it is the address's current token.
@@ -189,7 +190,7 @@ impl Session<'_, '_> {
             "Token id {} of {address} was retired from the state.",
             args.id
         )?;
-        Ok(EXIT_OK)
+        Ok(ExitStatus::Success)
     }
 
     /// Checks with the token itself that it is revoked.
@@ -210,7 +211,8 @@ impl Session<'_, '_> {
         // A wrong region or API URL answers 401 for every token: check
         // the owner token first, as a refresh does.
         runtime.block_on(api.whoami()).map_err(|e| {
-            Failure::new(format!("cannot verify: the owner token check failed: {e}")).hint(e.hint())
+            Failure::new(format!("cannot verify: the owner token check failed: {e}"))
+                .maybe_hint(e.hint())
         })?;
         let answer = runtime.block_on(api.whoami_as(&secret));
         let (status, detail) = lifecycle::classify(args.address.account_id, &answer);

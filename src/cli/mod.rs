@@ -17,27 +17,14 @@ use crate::address::Address;
 use crate::backend::file::FileBackend;
 use crate::backend::postgres::{self, PgBackend};
 use crate::backend::{Backend, BackendError, LockGuard};
-use crate::journal::JournalError;
+use crate::error::{ExitStatus, Hint};
 use crate::lifecycle::Refresh;
-use crate::lock::{Holder, LockError};
-use crate::manifest::{BackendConfig, Manifest, ManifestError};
+use crate::lock::Holder;
+use crate::manifest::{BackendConfig, Manifest};
 use crate::plan::{self, Pattern, Plan, Targeting};
-use crate::planfile::{PlanFile, PlanFileError};
+use crate::planfile::PlanFile;
 use crate::render::{self, Style};
-use crate::sink::SinkError;
 use crate::state::{Origin, State, TokenRecord};
-use crate::store::StoreError;
-
-/// Exit code: success, or no changes.
-pub const EXIT_OK: i32 = 0;
-/// Exit code: an error.
-pub const EXIT_ERROR: i32 = 1;
-/// Exit code: `plan --detailed-exitcode` found tokens to create.
-pub const EXIT_CHANGES: i32 = 2;
-/// Exit code: `apply` finished, but some creates are in doubt.
-pub const EXIT_IN_DOUBT: i32 = 3;
-/// Exit code: interrupted by a signal, after recording what was done.
-pub const EXIT_INTERRUPTED: i32 = 130;
 
 /// The state file when neither `--state` nor a backend says otherwise.
 const DEFAULT_STATE: &str = "state/tokens.state.json";
@@ -442,12 +429,14 @@ pub struct Io<'a> {
     pub read_line: &'a mut dyn FnMut() -> io::Result<String>,
 }
 
-/// A failure, as the user sees it: what went wrong, what to do, the exit code.
+/// A failure, as the user sees it: what went wrong, what to do, and the
+/// exit status. Every error type of the library becomes one through its
+/// [`Hint`].
 #[derive(Debug)]
 pub struct Failure {
     pub message: String,
     pub hint: Option<String>,
-    pub code: i32,
+    pub status: ExitStatus,
 }
 
 impl Failure {
@@ -455,38 +444,24 @@ impl Failure {
         Failure {
             message: message.into(),
             hint: None,
-            code: EXIT_ERROR,
+            status: ExitStatus::Error,
         }
     }
 
-    fn hint(mut self, hint: impl Into<String>) -> Self {
-        self.hint = Some(hint.into());
+    fn hint(self, hint: impl Into<String>) -> Self {
+        self.maybe_hint(Some(hint.into()))
+    }
+
+    fn maybe_hint(mut self, hint: Option<String>) -> Self {
+        self.hint = hint;
         self
     }
 }
 
-macro_rules! failure_from {
-    ($($error:ty => |$e:ident| $hint:expr),* $(,)?) => {$(
-        impl From<$error> for Failure {
-            fn from($e: $error) -> Self {
-                Failure {
-                    hint: $hint,
-                    message: $e.to_string(),
-                    code: EXIT_ERROR,
-                }
-            }
-        }
-    )*};
-}
-
-failure_from! {
-    ManifestError => |e| e.hint.clone(),
-    StoreError => |e| e.hint(),
-    SinkError => |e| e.hint.clone(),
-    PlanFileError => |e| Some(e.hint().to_string()),
-    JournalError => |e| e.hint(),
-    LockError => |e| e.hint(),
-    BackendError => |e| e.hint(),
+impl<E: std::error::Error + Hint> From<E> for Failure {
+    fn from(err: E) -> Self {
+        Failure::new(err.to_string()).maybe_hint(err.hint())
+    }
 }
 
 impl From<io::Error> for Failure {
@@ -495,12 +470,12 @@ impl From<io::Error> for Failure {
     }
 }
 
-/// The result of a command: an exit code or a failure.
-type CommandResult = Result<i32, Failure>;
+/// The result of a command: an exit status or a failure.
+type CommandResult = Result<ExitStatus, Failure>;
 
 /// Runs tokenctl with `args` (the program name first) and returns the exit
 /// code. Every message goes to the writers of `io`.
-pub fn run(args: impl IntoIterator<Item = OsString>, env: &Env, io: &mut Io<'_>) -> i32 {
+pub fn run(args: impl IntoIterator<Item = OsString>, env: &Env, io: &mut Io<'_>) -> ExitStatus {
     let args: Vec<OsString> = args.into_iter().collect();
     let cli = match Cli::try_parse_from(&args) {
         Ok(cli) => cli,
@@ -517,10 +492,10 @@ pub fn run(args: impl IntoIterator<Item = OsString>, env: &Env, io: &mut Io<'_>)
             if err.use_stderr() {
                 let _ = write!(io.stderr, "{text}");
                 // clap exits 2 on usage errors; 2 means "changes" here.
-                return EXIT_ERROR;
+                return ExitStatus::Error;
             }
             let _ = write!(io.stdout, "{text}");
-            return EXIT_OK;
+            return ExitStatus::Success;
         }
     };
     // Each stream is coloured when it is a terminal: `plan 2>log` keeps
@@ -559,7 +534,7 @@ pub fn run(args: impl IntoIterator<Item = OsString>, env: &Env, io: &mut Io<'_>)
             if let Some(hint) = &failure.hint {
                 let _ = writeln!(session.io.stderr, "{} {hint}", err_style.warn("hint:"));
             }
-            failure.code
+            failure.status
         }
     }
 }
@@ -594,7 +569,7 @@ impl Session<'_, '_> {
             Command::State(StateCommand::List { output }) => self.state_list(*output),
             Command::Schema => {
                 writeln!(self.io.stdout, "{}", crate::schema::manifest_schema_text())?;
-                Ok(EXIT_OK)
+                Ok(ExitStatus::Success)
             }
             Command::State(StateCommand::Show { address }) => self.state_show(address),
             Command::State(StateCommand::Fold) => self.state_fold(),
@@ -760,7 +735,7 @@ impl Session<'_, '_> {
             tokens.len(),
             accounts.len()
         )?;
-        Ok(EXIT_OK)
+        Ok(ExitStatus::Success)
     }
 
     fn plan(&mut self, args: &PlanArgs) -> CommandResult {
@@ -833,9 +808,9 @@ impl Session<'_, '_> {
         let revoked = refresh.as_ref().is_some_and(|r| r.counts().revoked > 0);
         Ok(
             if args.detailed_exitcode && (plan.has_changes() || revoked) {
-                EXIT_CHANGES
+                ExitStatus::Changes
             } else {
-                EXIT_OK
+                ExitStatus::Success
             },
         )
     }
@@ -991,7 +966,7 @@ mod tests {
 
     /// Runs tokenctl in-process with the given terminals; returns the exit
     /// code, stdout and stderr.
-    fn run_with_terminal(args: &[&str], terminal: Terminal) -> (i32, String, String) {
+    fn run_with_terminal(args: &[&str], terminal: Terminal) -> (ExitStatus, String, String) {
         let (mut out, mut err) = (Vec::new(), Vec::new());
         let mut read_line = || Ok(String::new());
         let mut io = Io {
@@ -1016,7 +991,7 @@ mod tests {
             ..Terminal::default()
         };
         let (code, _, err) = run_with_terminal(&["-f", missing, "validate"], stderr_only);
-        assert_eq!(code, EXIT_ERROR);
+        assert_eq!(code, ExitStatus::Error);
         assert!(err.starts_with("\x1b["), "{err:?}");
         let stdout_only = Terminal {
             stdout: true,
@@ -1025,7 +1000,7 @@ mod tests {
         let (_, _, err) = run_with_terminal(&["-f", missing, "validate"], stdout_only);
         assert!(!err.contains('\x1b'), "{err:?}");
         let (code, _, err) = run_with_terminal(&["plan", "--no-such-flag"], stdout_only);
-        assert_eq!(code, EXIT_ERROR);
+        assert_eq!(code, ExitStatus::Error);
         assert!(!err.contains('\x1b'), "{err:?}");
     }
 

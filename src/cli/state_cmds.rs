@@ -6,9 +6,10 @@ use std::fs;
 use std::path::Path;
 
 use super::apply::vault_sink;
-use super::{CommandResult, EXIT_OK, Failure, Format, ImportArgs, ResolveArgs, Session};
+use super::{CommandResult, Failure, Format, ImportArgs, ResolveArgs, Session};
 use crate::address::Address;
 use crate::backend::Backend;
+use crate::error::ExitStatus;
 use crate::render;
 use crate::secret::fingerprint_of;
 use crate::sink::{FileLookup, FoundSecret, SecretLookup};
@@ -73,7 +74,7 @@ impl Session<'_, '_> {
         };
         self.commit_and_show(store, &before, after)?;
         writeln!(self.io.stdout, "{done}")?;
-        Ok(EXIT_OK)
+        Ok(ExitStatus::Success)
     }
 
     /// Finds the secret an in-doubt create delivered before its run died,
@@ -264,7 +265,7 @@ impl Session<'_, '_> {
             "{address} was imported as token id {}.",
             args.id
         )?;
-        Ok(EXIT_OK)
+        Ok(ExitStatus::Success)
     }
 
     pub(super) fn forget(&mut self, address: &Address) -> CommandResult {
@@ -286,7 +287,7 @@ impl Session<'_, '_> {
         after.tokens.retain(|t| &t.address != address);
         self.commit_and_show(store, &before, after)?;
         writeln!(self.io.stdout, "{address} was removed from the state.")?;
-        Ok(EXIT_OK)
+        Ok(ExitStatus::Success)
     }
 
     pub(super) fn commit_and_show(
@@ -327,7 +328,7 @@ impl Session<'_, '_> {
             );
         };
         write!(self.io.stdout, "{}", state.to_json())?;
-        Ok(EXIT_OK)
+        Ok(ExitStatus::Success)
     }
 
     /// Stores a state file in the backend. Refuses another lineage, an
@@ -390,7 +391,7 @@ impl Session<'_, '_> {
                     store.location(),
                     current.serial
                 )?;
-                return Ok(EXIT_OK);
+                return Ok(ExitStatus::Success);
             }
             // A forced push still moves the serial on, so that plan files
             // made from the replaced state are refused as stale.
@@ -409,7 +410,7 @@ impl Session<'_, '_> {
             pushed.serial,
             pushed.tokens.len()
         )?;
-        Ok(EXIT_OK)
+        Ok(ExitStatus::Success)
     }
 
     /// Folds a journal left by an interrupted apply into the state and
@@ -449,7 +450,7 @@ impl Session<'_, '_> {
                 writeln!(self.io.stdout, "  ? {}", create.address)?;
             }
         }
-        Ok(EXIT_OK)
+        Ok(ExitStatus::Success)
     }
 
     pub(super) fn state_list(&mut self, output: Format) -> CommandResult {
@@ -461,13 +462,13 @@ impl Session<'_, '_> {
                 "There is no state at {} yet.",
                 store.location()
             )?;
-            return Ok(EXIT_OK);
+            return Ok(ExitStatus::Success);
         };
         if output == Format::Json {
             // The state document is itself versioned (format_version) and
             // holds no secrets.
             write!(self.io.stdout, "{}", state.to_json())?;
-            return Ok(EXIT_OK);
+            return Ok(ExitStatus::Success);
         }
         for token in &state.tokens {
             writeln!(self.io.stdout, "{}\t{}", token.address, token.id)?;
@@ -482,7 +483,7 @@ impl Session<'_, '_> {
                 old.address, old.id, old.address, old.id
             )?;
         }
-        Ok(EXIT_OK)
+        Ok(ExitStatus::Success)
     }
 
     pub(super) fn state_show(&mut self, address: &Address) -> CommandResult {
@@ -512,7 +513,7 @@ impl Session<'_, '_> {
                 "fingerprint: {}",
                 token.fingerprint.as_deref().unwrap_or("unknown")
             )?;
-            return Ok(EXIT_OK);
+            return Ok(ExitStatus::Success);
         }
         if let Some(pending) = state.pending_create(address) {
             writeln!(out, "address:     {}", pending.address)?;
@@ -522,7 +523,7 @@ impl Session<'_, '_> {
                 render::utc(pending.since)
             )?;
             writeln!(out, "reason:      {}", pending.reason)?;
-            return Ok(EXIT_OK);
+            return Ok(ExitStatus::Success);
         }
         Err(Failure::new(format!("{address} is not in the state"))
             .hint("`tokenctl state list` shows the addresses it holds"))

@@ -58,6 +58,12 @@ pub struct SinkError {
     pub hint: Option<String>,
 }
 
+impl crate::error::Hint for SinkError {
+    fn hint(&self) -> Option<String> {
+        self.hint.clone()
+    }
+}
+
 /// Receives new secrets.
 pub trait SecretSink: Send {
     /// Hands over one new token; returns once it is durable.

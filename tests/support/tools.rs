@@ -2,8 +2,6 @@
 //! server. Missing tools skip a test on a developer's machine and fail it
 //! in CI (`CI=true`), where `.ci/run` installs them.
 
-#![allow(dead_code)]
-
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

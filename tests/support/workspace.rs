@@ -1,8 +1,6 @@
 //! A temp folder with a manifest, and runs of the real binary in it with a
 //! cleared environment.
 
-#![allow(dead_code)]
-
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};

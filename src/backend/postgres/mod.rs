@@ -69,9 +69,8 @@ pub enum PgError {
     Lost { location: String, detail: String },
 }
 
-impl PgError {
-    /// Returns what the user can do about it.
-    pub fn hint(&self) -> Option<String> {
+impl crate::error::Hint for PgError {
+    fn hint(&self) -> Option<String> {
         Some(match self {
             PgError::MissingConnStr | PgError::ConnStr(_) => format!(
                 "set {CONN_STR_VAR} to e.g. postgres://USER@HOST/DB?sslmode=verify-full&sslrootcert=CA.pem (the password may come from PGPASSWORD); it is never read from the manifest or the command line"

@@ -1,0 +1,15 @@
+//! The integration tests, in one binary: each module covers one area, and
+//! the helpers in `support` compile once for all of them.
+
+mod support;
+
+mod api;
+mod cli;
+mod faults;
+mod gitops;
+mod hardening;
+mod lifecycle;
+mod output;
+mod pipeline;
+mod postgres;
+mod sinks;
