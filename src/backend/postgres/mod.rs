@@ -924,10 +924,11 @@ impl Backend for PgBackend {
             .unwrap_or_default();
         let base = snapshot.state.unwrap_or_else(|| State::new(lineage));
         let records: Vec<Record> = snapshot.records.into_iter().map(|(_, r)| r).collect();
+        let holder = running.unwrap_or_else(|| "a run that just started".into());
         Ok(Reading {
-            state: Some(file_journal::fold(base, &records).0),
+            state: Some(super::overlay_running(base, &records, &holder)),
             recovered: None,
-            running: Some(running.unwrap_or_else(|| "a run that just started".into())),
+            running: Some(holder),
         })
     }
 
