@@ -350,12 +350,32 @@ impl PgBackend {
 
     /// Reads the state row and the journal rows in one snapshot.
     async fn snapshot(&self, client: &Client) -> Result<Snapshot, PgError> {
-        let s = &self.schema;
-        let tx_err = self.query_err();
         client
             .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
             .await
-            .map_err(&tx_err)?;
+            .map_err(self.query_err())?;
+        match self.read_snapshot(client).await {
+            Ok(snapshot) => {
+                client
+                    .batch_execute("COMMIT")
+                    .await
+                    .map_err(self.query_err())?;
+                Ok(snapshot)
+            }
+            Err(err) => {
+                // The lock connection goes on being used: never leave it
+                // in an aborted transaction.
+                let _ = client.batch_execute("ROLLBACK").await;
+                Err(err)
+            }
+        }
+    }
+
+    /// Reads the state row and the journal rows, inside the snapshot's
+    /// transaction.
+    async fn read_snapshot(&self, client: &Client) -> Result<Snapshot, PgError> {
+        let s = &self.schema;
+        let tx_err = self.query_err();
         let row = client
             .query_opt(
                 &format!("SELECT id, document FROM {s}.states WHERE name = $1"),
@@ -393,7 +413,6 @@ impl PgBackend {
                 snapshot.records.push((row.get(1), record));
             }
         }
-        client.batch_execute("COMMIT").await.map_err(&tx_err)?;
         Ok(snapshot)
     }
 
