@@ -335,6 +335,16 @@ async fn a_second_runner_fails_fast_naming_the_holder_or_waits() {
         "{}",
         plan.stderr
     );
+    // Its creates under way are in progress, not in doubt: it is alive.
+
+    let json = team.run(&mut second, &["plan", "--output", "json"]);
+    assert_eq!(json.code, 0, "{}", json.all());
+    let document: serde_json::Value = serde_json::from_str(&json.stdout).unwrap();
+    for change in document["changes"].as_array().unwrap() {
+        if let Some(reason) = change["reason"].as_str() {
+            assert!(reason.starts_with("in progress"), "{change}");
+        }
+    }
     let waited = team.run(
         &mut second,
         &["apply", "--auto-approve", "--lock-timeout", "5m"],

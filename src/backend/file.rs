@@ -171,7 +171,7 @@ impl Backend for FileBackend {
                     State::new(journal::lineage(&records).unwrap_or_default().into())
                 });
                 Ok(Reading {
-                    state: Some(journal::fold(base, &records).0),
+                    state: Some(super::overlay_running(base, &records, &holder)),
                     recovered: None,
                     running: Some(holder),
                 })

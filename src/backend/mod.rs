@@ -80,6 +80,24 @@ pub struct Reading {
     pub running: Option<String>,
 }
 
+/// Overlays the journal of a running apply on `base`: the outcomes it
+/// recorded so far, and its creates under way as pending with a reason that
+/// says they are in progress — their run is alive and will record their
+/// outcome, unlike those of a dead run, which are in doubt.
+pub fn overlay_running(base: State, records: &[Record], holder: &str) -> State {
+    let before: Vec<crate::address::Address> =
+        base.pending.iter().map(|p| p.address.clone()).collect();
+    let (mut state, _) = crate::journal::fold(base, records);
+    for pending in &mut state.pending {
+        if !before.contains(&pending.address) {
+            pending.reason = format!(
+                "in progress: the running apply of {holder} sent it and will record its outcome"
+            );
+        }
+    }
+    state
+}
+
 /// Where the state of one manifest lives.
 pub trait Backend {
     /// Names the state for messages (never with a password).

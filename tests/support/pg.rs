@@ -155,9 +155,12 @@ impl Cluster {
                 self.data.display()
             )
         };
+        // The shared cluster lives in a static, which is never dropped:
+        // its folder goes with the watchdog too.
         let script = format!(
-            "while kill -0 {} 2>/dev/null; do sleep 1; done; {stop} >/dev/null 2>&1",
-            std::process::id()
+            "while kill -0 {} 2>/dev/null; do sleep 1; done; {stop} >/dev/null 2>&1; rm -rf '{}'",
+            std::process::id(),
+            self.folder().display()
         );
         // Left to run on its own: it outlives this process on purpose.
         #[allow(clippy::zombie_processes)]

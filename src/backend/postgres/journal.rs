@@ -218,22 +218,45 @@ struct Writer {
 
 impl Writer {
     async fn run(self, mut receiver: mpsc::UnboundedReceiver<Item>, lost: Arc<AtomicBool>) {
-        while let Some(first) = receiver.recv().await {
-            let mut batch = vec![first];
-            while let Ok(item) = receiver.try_recv() {
-                batch.push(item);
-            }
-            let result = if lost.load(Ordering::SeqCst) {
-                Err("the connection was lost earlier in this run".to_string())
-            } else {
-                let records: Vec<&Record> = batch.iter().map(|(r, _)| r).collect();
-                self.write(&records).await
-            };
-            if result.is_err() {
-                lost.store(true, Ordering::SeqCst);
-            }
-            for (_, done) in batch {
-                let _ = done.send(result.clone());
+        use futures_util::StreamExt;
+        use futures_util::stream::FuturesOrdered;
+        // A few batches are sent without waiting for the one before
+        // (pipelining on the one connection): the server commits them in
+        // order, and a create's intent waits for less than a round trip
+        // more than its own commit. An outcome is only ever sent after its
+        // intent was acknowledged, so no batch depends on another's order.
+        const IN_FLIGHT: usize = 4;
+        let writer = &self;
+        let mut in_flight = FuturesOrdered::new();
+        let mut open = true;
+        while open || !in_flight.is_empty() {
+            tokio::select! {
+                item = receiver.recv(), if open && in_flight.len() < IN_FLIGHT => {
+                    let Some(first) = item else {
+                        open = false;
+                        continue;
+                    };
+                    let mut batch = vec![first];
+                    while let Ok(item) = receiver.try_recv() {
+                        batch.push(item);
+                    }
+                    let lost = lost.clone();
+                    in_flight.push_back(async move {
+                        let result = if lost.load(Ordering::SeqCst) {
+                            Err("the connection was lost earlier in this run".to_string())
+                        } else {
+                            let records: Vec<&Record> = batch.iter().map(|(r, _)| r).collect();
+                            writer.write(&records).await
+                        };
+                        if result.is_err() {
+                            lost.store(true, Ordering::SeqCst);
+                        }
+                        for (_, done) in batch {
+                            let _ = done.send(result.clone());
+                        }
+                    });
+                }
+                Some(()) = in_flight.next(), if !in_flight.is_empty() => {}
             }
         }
     }

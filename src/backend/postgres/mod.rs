@@ -350,12 +350,32 @@ impl PgBackend {
 
     /// Reads the state row and the journal rows in one snapshot.
     async fn snapshot(&self, client: &Client) -> Result<Snapshot, PgError> {
-        let s = &self.schema;
-        let tx_err = self.query_err();
         client
             .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
             .await
-            .map_err(&tx_err)?;
+            .map_err(self.query_err())?;
+        match self.read_snapshot(client).await {
+            Ok(snapshot) => {
+                client
+                    .batch_execute("COMMIT")
+                    .await
+                    .map_err(self.query_err())?;
+                Ok(snapshot)
+            }
+            Err(err) => {
+                // The lock connection goes on being used: never leave it
+                // in an aborted transaction.
+                let _ = client.batch_execute("ROLLBACK").await;
+                Err(err)
+            }
+        }
+    }
+
+    /// Reads the state row and the journal rows, inside the snapshot's
+    /// transaction.
+    async fn read_snapshot(&self, client: &Client) -> Result<Snapshot, PgError> {
+        let s = &self.schema;
+        let tx_err = self.query_err();
         let row = client
             .query_opt(
                 &format!("SELECT id, document FROM {s}.states WHERE name = $1"),
@@ -393,7 +413,6 @@ impl PgBackend {
                 snapshot.records.push((row.get(1), record));
             }
         }
-        client.batch_execute("COMMIT").await.map_err(&tx_err)?;
         Ok(snapshot)
     }
 
@@ -540,9 +559,21 @@ impl PgBackend {
         let client = self.connect().await?;
         // Every intent must be on disk at the server before its request.
         let lease_ms = self.lease.as_millis().to_string();
+        let version: i32 = client
+            .query_one("SELECT current_setting('server_version_num')::integer", &[])
+            .await
+            .map_err(self.query_err())?
+            .get(0);
+        // idle_session_timeout came with PostgreSQL 14; before it, a silent
+        // holder keeps the lock until TCP gives up on its connection.
+        let idle = if version >= 140_000 {
+            format!("SET idle_session_timeout = {lease_ms};")
+        } else {
+            String::new()
+        };
         client
             .batch_execute(&format!(
-                "SET synchronous_commit = on; SET plan_cache_mode = force_custom_plan; SET idle_session_timeout = {lease_ms}; SET idle_in_transaction_session_timeout = {lease_ms}"
+                "SET synchronous_commit = on; SET plan_cache_mode = force_custom_plan; {idle} SET idle_in_transaction_session_timeout = {lease_ms}"
             ))
             .await
             .map_err(self.query_err())?;
@@ -912,10 +943,11 @@ impl Backend for PgBackend {
             .unwrap_or_default();
         let base = snapshot.state.unwrap_or_else(|| State::new(lineage));
         let records: Vec<Record> = snapshot.records.into_iter().map(|(_, r)| r).collect();
+        let holder = running.unwrap_or_else(|| "a run that just started".into());
         Ok(Reading {
-            state: Some(file_journal::fold(base, &records).0),
+            state: Some(super::overlay_running(base, &records, &holder)),
             recovered: None,
-            running: Some(running.unwrap_or_else(|| "a run that just started".into())),
+            running: Some(holder),
         })
     }
 
