@@ -25,6 +25,9 @@ pub enum Action {
     /// Revoked outside tokenctl, with `on_revoked: recreate`: a successor
     /// will be created.
     Replace,
+    /// A create that an apply running right now has sent: it will record
+    /// the outcome (unlike a create in doubt, whose run is gone).
+    InProgress,
 }
 
 impl Action {
@@ -56,6 +59,8 @@ pub struct Summary {
     pub orphaned: usize,
     pub in_doubt: usize,
     #[serde(skip_serializing_if = "is_zero")]
+    pub in_progress: usize,
+    #[serde(skip_serializing_if = "is_zero")]
     pub rotate: usize,
     #[serde(skip_serializing_if = "is_zero")]
     pub replace: usize,
@@ -80,9 +85,13 @@ impl std::fmt::Display for Summary {
         }
         write!(
             f,
-            ", {} unchanged, {} orphaned, {} in doubt.",
+            ", {} unchanged, {} orphaned, {} in doubt",
             self.unchanged, self.orphaned, self.in_doubt
-        )
+        )?;
+        if self.in_progress > 0 {
+            write!(f, ", {} in progress", self.in_progress)?;
+        }
+        f.write_str(".")
     }
 }
 
@@ -102,6 +111,7 @@ impl Plan {
                 Action::Unchanged => summary.unchanged += 1,
                 Action::Orphaned => summary.orphaned += 1,
                 Action::InDoubt => summary.in_doubt += 1,
+                Action::InProgress => summary.in_progress += 1,
                 Action::Rotate => {
                     summary.create += 1;
                     summary.rotate += 1;
@@ -122,6 +132,17 @@ impl Plan {
             .filter(|c| c.action.creates())
             .map(|c| c.address.clone())
             .collect()
+    }
+
+    /// Marks the creates that a running apply has under way as in
+    /// progress rather than in doubt.
+    pub fn mark_in_progress(mut self, under_way: &[Address]) -> Plan {
+        for change in &mut self.changes {
+            if change.action == Action::InDoubt && under_way.contains(&change.address) {
+                change.action = Action::InProgress;
+            }
+        }
+        self
     }
 
     /// Tells whether applying the plan would change anything.

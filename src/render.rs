@@ -84,7 +84,7 @@ impl Style {
 /// entries, then the summary line. Unchanged tokens are only counted.
 pub fn plan_text(plan: &Plan, style: Style, w: &mut dyn Write) -> io::Result<()> {
     let summary = plan.summary();
-    if summary.create + summary.orphaned + summary.in_doubt == 0 {
+    if summary.create + summary.orphaned + summary.in_doubt + summary.in_progress == 0 {
         writeln!(
             w,
             "{} The state matches the manifest.",
@@ -141,6 +141,11 @@ fn change_text(change: &Change, style: Style, w: &mut dyn Write) -> io::Result<(
             "  {} {address} ({}): revoked outside tokenctl; a successor is created",
             style.good("+"),
             token_id(change)
+        ),
+        Action::InProgress => writeln!(
+            w,
+            "  {} {address}: in progress, a running apply sent it and will record its outcome",
+            style.paint(MAGENTA, "*")
         ),
         Action::Unchanged => Ok(()),
     }
@@ -518,6 +523,9 @@ pub fn plan_markdown(
                 "| ♻️ | {name} | replace ({} was revoked outside tokenctl) |",
                 token_id(change)
             ),
+            Action::InProgress => {
+                format!("| ⏳ | {name} | in progress: a running apply sent it |")
+            }
             Action::Unchanged => continue,
         };
         rows.push(row);

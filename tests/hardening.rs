@@ -736,3 +736,39 @@ async fn a_lock_deleted_before_the_journal_exists_stops_the_first_apply() {
     assert_each_sent_once(&mock).await;
     assert_eq!(ws.state_addresses().len(), tokens.len());
 }
+
+/// While an apply runs, its creates under way are in progress, not in
+/// doubt: their run is alive and will record the outcome.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plan_during_an_apply_shows_its_creates_in_progress() {
+    let mock = MockLogzio::start_with(Behaviour {
+        delay: Duration::from_secs(5),
+        ..Behaviour::default()
+    })
+    .await;
+    let mut ws = Workspace::new(&mock.url());
+    ws.manifest(&["1/a"]);
+    let apply = ws
+        .command(&["apply", "--auto-approve"], &[])
+        .spawn()
+        .unwrap();
+    mock.wait_for_requests(1).await;
+    let plan = ws.run(&["plan"]);
+    assert_eq!(plan.code, 0, "{}", plan.all());
+    assert!(
+        plan.stdout
+            .contains("* 1/a: in progress, a running apply sent it"),
+        "{}",
+        plan.stdout
+    );
+    assert!(
+        plan.stdout
+            .contains("Plan: 0 to create, 0 unchanged, 0 orphaned, 0 in doubt, 1 in progress."),
+        "{}",
+        plan.stdout
+    );
+    let list = ws.run(&["state", "list"]);
+    assert_eq!(list.stdout, "1/a\t(in progress)\n");
+    assert_eq!(ws.finish(apply).code, 0);
+    assert_eq!(ws.state_addresses(), ["1/a"]);
+}

@@ -157,6 +157,7 @@ impl Backend for FileBackend {
                         state: stored,
                         recovered: Some(summary),
                         running: None,
+                        in_progress: Vec::new(),
                     }),
                     None => Ok(Reading {
                         state,
@@ -170,11 +171,7 @@ impl Backend for FileBackend {
                 let base = state.unwrap_or_else(|| {
                     State::new(journal::lineage(&records).unwrap_or_default().into())
                 });
-                Ok(Reading {
-                    state: Some(super::overlay_running(base, &records, &holder)),
-                    recovered: None,
-                    running: Some(holder),
-                })
+                Ok(Reading::running(base, &records, holder))
             }
             Err(err) => Err(err.into()),
         }

@@ -78,6 +78,30 @@ pub struct Reading {
     /// An apply is running: who it is. Its journal so far is overlaid on
     /// `state`, its creates under way marked as in progress.
     pub running: Option<String>,
+    /// The creates the running apply has under way (pending in `state`).
+    pub in_progress: Vec<crate::address::Address>,
+}
+
+impl Reading {
+    /// Returns what a reader sees while an apply runs: `base` with the
+    /// apply's journal so far overlaid.
+    pub fn running(base: State, records: &[Record], holder: String) -> Self {
+        let before: Vec<crate::address::Address> =
+            base.pending.iter().map(|p| p.address.clone()).collect();
+        let state = overlay_running(base, records, &holder);
+        let in_progress = state
+            .pending
+            .iter()
+            .map(|p| p.address.clone())
+            .filter(|a| !before.contains(a))
+            .collect();
+        Reading {
+            state: Some(state),
+            recovered: None,
+            running: Some(holder),
+            in_progress,
+        }
+    }
 }
 
 /// Overlays the journal of a running apply on `base`: the outcomes it

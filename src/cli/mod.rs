@@ -707,7 +707,12 @@ impl Session<'_, '_> {
 
     /// Loads the state for reading. A journal left by a crash is recorded
     /// first; one that a running apply is writing is only overlaid.
-    fn load_state_for_reading(&mut self, store: &dyn Backend) -> Result<Option<State>, Failure> {
+    /// Returns the state for reading, and the creates that an apply running
+    /// right now has under way.
+    fn load_state_for_reading(
+        &mut self,
+        store: &dyn Backend,
+    ) -> Result<(Option<State>, Vec<Address>), Failure> {
         let reading = store.read(&self.holder(), self.env.host.as_deref())?;
         if let Some(summary) = &reading.recovered {
             self.note(&format!(
@@ -717,10 +722,10 @@ impl Session<'_, '_> {
         }
         if let Some(holder) = &reading.running {
             self.warn(&format!(
-                "an apply is running ({holder}); this plan includes what its journal has recorded so far, and its creates under way show as in doubt until it records their outcome"
+                "an apply is running ({holder}); this plan includes what its journal has recorded so far, and its creates under way show as in progress"
             ));
         }
-        Ok(reading.state)
+        Ok((reading.state, reading.in_progress))
     }
 
     fn validate(&mut self) -> CommandResult {
@@ -743,7 +748,7 @@ impl Session<'_, '_> {
     fn plan(&mut self, args: &PlanArgs) -> CommandResult {
         let loaded = self.load_manifest()?;
         let store = self.store_for(Some(&loaded.manifest))?;
-        let state = self.load_state_for_reading(&*store)?;
+        let (state, under_way) = self.load_state_for_reading(&*store)?;
         let targeting = self.targeting(&args.targeting);
         let refresh = match args.refresh.refresh {
             true => Some(self.refresh_tokens(
@@ -762,7 +767,8 @@ impl Session<'_, '_> {
             crate::apply::now(),
             refresh.as_ref(),
             stampede.is_some(),
-        );
+        )
+        .mark_in_progress(&under_way);
         self.warn_if_all_orphaned(&plan);
         let extras = render::Extras {
             refresh: refresh.as_ref(),

@@ -456,7 +456,7 @@ impl Session<'_, '_> {
     pub(super) fn state_list(&mut self, output: Format) -> CommandResult {
         let store = self.store()?;
         let store = &*store;
-        let Some(state) = self.load_state_for_reading(store)? else {
+        let (Some(state), under_way) = self.load_state_for_reading(store)? else {
             writeln!(
                 self.io.stderr,
                 "There is no state at {} yet.",
@@ -474,7 +474,11 @@ impl Session<'_, '_> {
             writeln!(self.io.stdout, "{}\t{}", token.address, token.id)?;
         }
         for pending in &state.pending {
-            writeln!(self.io.stdout, "{}\t(in doubt)", pending.address)?;
+            let status = match under_way.contains(&pending.address) {
+                true => "in progress",
+                false => "in doubt",
+            };
+            writeln!(self.io.stdout, "{}\t({status})", pending.address)?;
         }
         for old in &state.superseded {
             writeln!(
@@ -491,6 +495,7 @@ impl Session<'_, '_> {
         let store = &*store;
         let state = self
             .load_state_for_reading(store)?
+            .0
             .unwrap_or_else(|| State::new(String::new()));
         let out = &mut *self.io.stdout;
         if let Some(token) = state.token(address) {

@@ -921,6 +921,7 @@ impl Backend for PgBackend {
                             state: stored,
                             recovered: Some(summary),
                             running: None,
+                            in_progress: Vec::new(),
                         },
                         None => Reading {
                             state,
@@ -944,11 +945,7 @@ impl Backend for PgBackend {
         let base = snapshot.state.unwrap_or_else(|| State::new(lineage));
         let records: Vec<Record> = snapshot.records.into_iter().map(|(_, r)| r).collect();
         let holder = running.unwrap_or_else(|| "a run that just started".into());
-        Ok(Reading {
-            state: Some(super::overlay_running(base, &records, &holder)),
-            recovered: None,
-            running: Some(holder),
-        })
+        Ok(Reading::running(base, &records, holder))
     }
 
     fn journal_location(&self) -> String {
