@@ -53,24 +53,33 @@ pub trait StateStore {
 
     /// Stores `after` if its content differs from `before`, moving the
     /// serial on; returns the state now stored and whether it was written.
-    fn commit(
-        &self,
-        before: Option<&State>,
-        mut after: State,
-    ) -> Result<(State, bool), StoreError> {
-        if let Some(before) = before {
-            if before.same_content(&after) {
-                return Ok((before.clone(), false));
-            }
-            after.serial = before.serial + 1;
-            after.lineage = before.lineage.clone();
-        } else {
-            after.serial = after.serial.max(1);
-        }
-        after.tool_version = TOOL_VERSION.to_string();
+    fn commit(&self, before: Option<&State>, after: State) -> Result<(State, bool), StoreError> {
+        let Some(after) = next_version(before, after) else {
+            return Ok((
+                before.cloned().unwrap_or_else(|| State::new(String::new())),
+                false,
+            ));
+        };
         self.save(&after)?;
         Ok((after, true))
     }
+}
+
+/// Returns `after` as the next version of `before` (same lineage, serial
+/// moved on, this tool's version), or `None` when its content is the same
+/// and there is nothing to store.
+pub fn next_version(before: Option<&State>, mut after: State) -> Option<State> {
+    if let Some(before) = before {
+        if before.same_content(&after) {
+            return None;
+        }
+        after.serial = before.serial + 1;
+        after.lineage = before.lineage.clone();
+    } else {
+        after.serial = after.serial.max(1);
+    }
+    after.tool_version = TOOL_VERSION.to_string();
+    Some(after)
 }
 
 /// The state as a JSON file, with its backup, journal and lock beside it.

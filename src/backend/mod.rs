@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use crate::journal::{FoldSummary, JournalError, JournalWriter, Record};
 use crate::lock::{Holder, LockError};
-use crate::state::{State, TOOL_VERSION};
+use crate::state::State;
 use crate::store::StoreError;
 
 /// Why the backend could not do what was asked.
@@ -171,21 +171,13 @@ pub trait Backend {
 
     /// Stores `after` if its content differs from `before`, moving the
     /// serial on; returns the state now stored and whether it was written.
-    fn commit(
-        &self,
-        before: Option<&State>,
-        mut after: State,
-    ) -> Result<(State, bool), BackendError> {
-        if let Some(before) = before {
-            if before.same_content(&after) {
-                return Ok((before.clone(), false));
-            }
-            after.serial = before.serial + 1;
-            after.lineage = before.lineage.clone();
-        } else {
-            after.serial = after.serial.max(1);
-        }
-        after.tool_version = TOOL_VERSION.to_string();
+    fn commit(&self, before: Option<&State>, after: State) -> Result<(State, bool), BackendError> {
+        let Some(after) = crate::store::next_version(before, after) else {
+            return Ok((
+                before.cloned().unwrap_or_else(|| State::new(String::new())),
+                false,
+            ));
+        };
         self.compare_and_swap(before.map(|s| (s.lineage.as_str(), s.serial)), &after)?;
         Ok((after, true))
     }
