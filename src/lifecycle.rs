@@ -236,6 +236,13 @@ pub fn plan_successors(
     hold_back_replacements: bool,
 ) -> Plan {
     let Some(state) = state else { return plan };
+    // Nothing to rotate or replace: a plan of many tokens skips the pass.
+    if refresh.is_none()
+        && lifecycle.default.rotate_after.is_none()
+        && lifecycle.per_token.is_empty()
+    {
+        return plan;
+    }
     for change in &mut plan.changes {
         if change.action != Action::Unchanged {
             continue;

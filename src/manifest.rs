@@ -921,7 +921,8 @@ pub fn validate_name(name: &str) -> Result<(), String> {
             u32::from(c)
         ));
     }
-    if let Some(c) = name.chars().find(|&c| is_invisible(c)) {
+    // Every invisible character is outside ASCII: most names skip the scan.
+    if let Some(c) = name.chars().find(|&c| !c.is_ascii() && is_invisible(c)) {
         return Err(format!(
             "token name {} contains U+{:04X}{}, an invisible formatting character that makes names look alike",
             name.escape_default(),

@@ -137,6 +137,9 @@ impl Plan {
     /// Marks the creates that a running apply has under way as in
     /// progress rather than in doubt.
     pub fn mark_in_progress(mut self, under_way: &[Address]) -> Plan {
+        if under_way.is_empty() {
+            return self;
+        }
         for change in &mut self.changes {
             if change.action == Action::InDoubt && under_way.contains(&change.address) {
                 change.action = Action::InProgress;

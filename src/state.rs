@@ -260,8 +260,8 @@ impl State {
         }
         // An address has at most one current token and one pending create;
         // both at once is a successor's create in doubt.
-        fn twice<'a>(mut addresses: impl Iterator<Item = &'a Address>) -> Option<Address> {
-            let mut seen = FxHashSet::default();
+        fn twice<'a>(mut addresses: impl ExactSizeIterator<Item = &'a Address>) -> Option<Address> {
+            let mut seen = FxHashSet::with_capacity_and_hasher(addresses.len(), Default::default());
             addresses.find(|a| !seen.insert(*a)).cloned()
         }
         let twice = twice(self.tokens.iter().map(|t| &t.address))
