@@ -402,3 +402,33 @@ async fn a_crash_during_rotation_keeps_the_predecessor_and_sends_no_second_succe
     assert_eq!(mock.create_requests().await.len(), 2);
     ws.assert_secrets_only_in_sink(&secrets(&mock));
 }
+
+/// What a refresh learnt is stored only once the apply goes ahead: an
+/// apply that is not confirmed leaves the state as it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unconfirmed_apply_records_nothing_of_its_refresh() {
+    let mock = MockLogzio::start().await;
+    let mut ws = Workspace::new(&mock.url());
+    manifest(&ws, "", &["1/a"]);
+    assert_eq!(ws.run(&["apply", "--auto-approve"]).code, 0);
+    manifest(&ws, "", &["1/a", "1/b"]);
+    let before = ws.read("state/tokens.state.json");
+    let unconfirmed = ws.run(&["apply", "--refresh"]);
+    assert_eq!(unconfirmed.code, 1, "{}", unconfirmed.all());
+    assert!(
+        unconfirmed.stderr.contains("needs confirmation"),
+        "{}",
+        unconfirmed.stderr
+    );
+    assert_eq!(ws.read("state/tokens.state.json"), before);
+    let confirmed = ws.run(&["apply", "--refresh", "--auto-approve"]);
+    assert_eq!(confirmed.code, 0, "{}", confirmed.all());
+    let state = ws.state();
+    let a = state["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["address"] == "1/a")
+        .unwrap();
+    assert_eq!(a["checked"]["status"], "alive");
+}

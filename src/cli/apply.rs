@@ -26,7 +26,7 @@ use crate::secret::Secret;
 use crate::sink::sops::{self, SopsSink};
 use crate::sink::vault::{VaultClient, VaultEnv, VaultSink};
 use crate::sink::{ExecSink, FileSink, Rescue, SecretSink, SinkError};
-use crate::state::State;
+use crate::state::{State, SupersededToken};
 
 /// How long an exec sink may take for one token.
 const EXEC_SINK_TIMEOUT: Duration = Duration::from_secs(60);
@@ -48,6 +48,10 @@ impl Session<'_, '_> {
             Some(path) => Some(self.load_plan_file(path, &loaded.bytes, state.as_ref())?),
             None => None,
         };
+        // What a refresh learnt, applied to `state` but not stored until
+        // the apply goes ahead (after the confirmation): the state before
+        // it, and the superseded tokens it retires.
+        let mut unrecorded: Option<(State, Vec<SupersededToken>)> = None;
         let refresh = match args.refresh {
             true => {
                 let refresh = self.refresh_tokens(
@@ -67,7 +71,12 @@ impl Session<'_, '_> {
                     return Err(failure);
                 }
                 let retire = refresh.stampede().is_none() || args.force;
-                state = self.record_refresh(store, state, &refresh, retire)?;
+                if let Some(before) = state.take() {
+                    let mut after = before.clone();
+                    let retired = lifecycle::record_refresh(&mut after, &refresh, retire);
+                    state = Some(after);
+                    unrecorded = Some((before, retired));
+                }
                 Some(refresh)
             }
             false => None,
@@ -99,6 +108,7 @@ impl Session<'_, '_> {
             render::lifecycle_text(&extras, self.style, self.io.stdout)?;
         }
         if creates.is_empty() {
+            self.record_refresh(store, &mut state, unrecorded)?;
             let code = if plan.summary().in_doubt > 0 {
                 ExitStatus::InDoubt
             } else {
@@ -137,6 +147,7 @@ impl Session<'_, '_> {
         if args.plan_file.is_none() && !args.auto_approve {
             self.confirm(creates.len())?;
         }
+        self.record_refresh(store, &mut state, unrecorded)?;
         // Only now, after the answer, is anything made on disk; and all of
         // it before the first create, so a refusal costs no token.
         let rescue = self.rescue()?;
@@ -296,26 +307,30 @@ impl Session<'_, '_> {
         Ok(saved)
     }
 
-    /// Records a refresh in the state (each token's last check) and
-    /// retires superseded tokens that answered 401; returns the state.
+    /// Stores what a refresh learnt (each token's last check, and the
+    /// superseded tokens that answered 401 retired), once the apply goes
+    /// ahead; `state` becomes the state as stored.
     fn record_refresh(
         &mut self,
         store: &dyn Backend,
-        state: Option<State>,
-        refresh: &Refresh,
-        retire: bool,
-    ) -> Result<Option<State>, Failure> {
-        let Some(before) = state else { return Ok(None) };
-        let mut after = before.clone();
-        let retired = lifecycle::record_refresh(&mut after, refresh, retire);
+        state: &mut Option<State>,
+        unrecorded: Option<(State, Vec<SupersededToken>)>,
+    ) -> Result<(), Failure> {
+        let Some((before, retired)) = unrecorded else {
+            return Ok(());
+        };
+        let Some(after) = state.take() else {
+            return Ok(());
+        };
         let (stored, _) = store.commit(Some(&before), after)?;
+        *state = Some(stored);
         for old in retired {
             self.note(&format!(
                 "retired token id {} of {}: it answers 401, so it was revoked as asked",
                 old.id, old.address
             ));
         }
-        Ok(Some(stored))
+        Ok(())
     }
 
     /// Retires the predecessors of tokens that replaced revoked ones: the
