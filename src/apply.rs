@@ -437,8 +437,11 @@ async fn create_with_retries<A: TokenApi>(
     let mut attempt = 0;
     loop {
         match api.create(address.account_id, &address.name).await {
+            // Once the run is stopping, a throttled create is not sent
+            // again: 429 means it was not processed, so it ends as failed
+            // and the next run creates it.
             Err(CreateError::RateLimited { retry_after, .. })
-                if attempt + 1 < retry.max_attempts =>
+                if attempt + 1 < retry.max_attempts && !shared.should_stop() =>
             {
                 // 429 means the request was not processed: safe to retry.
                 // The controller cuts the limit for the whole run; this
@@ -448,12 +451,35 @@ async fn create_with_retries<A: TokenApi>(
                 shared.progress(false);
                 let wait = retry.delay(attempt, retry_after);
                 shared.emit(Event::RateLimited(address, wait));
-                tokio::time::sleep(wait).await;
+                if !sleep_unless_stopped(shared, wait).await {
+                    return Err(CreateError::RateLimited {
+                        retry_after,
+                        message: "the run stopped while this create waited to be sent again".into(),
+                    });
+                }
                 permit.resend().await;
                 attempt += 1;
             }
             result => return result,
         }
+    }
+}
+
+/// Waits `wait`, or less when the run is stopping (an interrupt): a CI
+/// runner that is being cancelled must not wait out a long backoff.
+/// Returns whether the whole wait passed.
+async fn sleep_unless_stopped(shared: &Shared<'_, '_>, wait: Duration) -> bool {
+    let step = Duration::from_millis(100);
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        if shared.should_stop() {
+            return false;
+        }
+        let now = tokio::time::Instant::now();
+        if now >= deadline {
+            return true;
+        }
+        tokio::time::sleep((deadline - now).min(step)).await;
     }
 }
 

@@ -772,3 +772,39 @@ async fn a_plan_during_an_apply_shows_its_creates_in_progress() {
     assert_eq!(ws.finish(apply).code, 0);
     assert_eq!(ws.state_addresses(), ["1/a"]);
 }
+
+/// An interrupt while a throttled create waits to be sent again: it is not
+/// sent again (429 means it was never processed), and the run ends at once
+/// instead of waiting out the server's Retry-After.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupt_ends_a_throttled_wait_without_resending() {
+    let mock = MockLogzio::start().await;
+    let mut ws = Workspace::new(&mock.url());
+    ws.manifest(&["1/a"]);
+    mock.answer_first(
+        1,
+        None,
+        ResponseTemplate::new(429)
+            .insert_header("Retry-After", "30")
+            .set_body_string("Too Many Requests"),
+    )
+    .await;
+    let child = ws
+        .command(&["apply", "--auto-approve"], &[])
+        .spawn()
+        .unwrap();
+    mock.wait_for_requests(1).await;
+    kill("-TERM", child.id());
+    let run = ws.finish(child);
+    assert_eq!(run.code, 130, "{}", run.all());
+    assert_eq!(mock.create_requests().await.len(), 1);
+    // Never processed: nothing in doubt, and the next run creates it.
+    assert!(
+        !ws.state_path().exists() || ws.pending_addresses().is_empty(),
+        "{}",
+        run.all()
+    );
+    assert_eq!(ws.run(&["apply", "--auto-approve"]).code, 0);
+    assert_eq!(ws.state_addresses(), ["1/a"]);
+}

@@ -66,7 +66,9 @@ impl Recovery {
         }
         let mut file = options.open(&path)?;
         let mut bytes = Vec::new();
-        if fresh {
+        // A file that another command merged and removed meanwhile is made
+        // again: it needs its begin record again, or it would be refused.
+        if file.metadata()?.len() == 0 {
             bytes.extend(line(&self.begin));
         }
         bytes.extend(line(record));

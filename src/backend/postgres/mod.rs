@@ -829,12 +829,32 @@ impl Backend for PgBackend {
                 }
             }
         }
-        for (_, file) in &recovered {
-            records.extend(file.iter().skip(1).cloned());
-        }
         let base = before
             .cloned()
             .unwrap_or_else(|| State::new(lineage.clone().unwrap_or_default()));
+        // A recovery file settles only creates still open: in the journal,
+        // or pending in the state. One whose address was resolved (and
+        // perhaps created again) since is old news and must not overwrite
+        // the live token's record.
+        let open: Vec<crate::address::Address> = file_journal::fold(base.clone(), &records)
+            .0
+            .pending
+            .into_iter()
+            .map(|p| p.address)
+            .collect();
+        for (_, file) in &recovered {
+            records.extend(
+                file.iter()
+                    .skip(1)
+                    .filter(|record| match record {
+                        Record::Created { address, .. }
+                        | Record::Failed { address, .. }
+                        | Record::Doubt { address, .. } => open.contains(address),
+                        Record::Intent { .. } | Record::Begin { .. } => false,
+                    })
+                    .cloned(),
+            );
+        }
         let (mut folded, summary) = file_journal::fold(base, &records);
         // What to store: nothing for a journal that recorded nothing on a
         // first run, the state as it was when the fold changed nothing,
