@@ -422,10 +422,11 @@ fn classify(
             retry_after,
             message,
         },
-        300..=399 => CreateError::Refused {
-            status: code,
-            message: format!(
-                "the server redirected to {}; redirects are not followed, check the API URL",
+        // The server answered the POST with a redirect; it may have
+        // processed it first (303 See Other), so a token may exist.
+        300..=399 => CreateError::Ambiguous {
+            detail: format!(
+                "the server answered {code}, a redirect to {}; redirects are not followed, check the API URL",
                 location.as_deref().unwrap_or("another address")
             ),
         },
@@ -610,7 +611,7 @@ mod tests {
         assert!(matches!(c(401), CreateError::Unauthorized { .. }));
         assert!(matches!(c(403), CreateError::Unauthorized { .. }));
         assert!(matches!(c(429), CreateError::RateLimited { .. }));
-        assert!(matches!(c(302), CreateError::Refused { .. }));
+        assert!(matches!(c(302), CreateError::Ambiguous { .. }));
         for code in [408, 409, 500, 502, 503, 504] {
             assert!(matches!(c(code), CreateError::Ambiguous { .. }), "{code}");
         }
