@@ -373,6 +373,10 @@ fn line(record: &Record) -> Vec<u8> {
 }
 
 fn write_batches(mut file: File, receiver: mpsc::Receiver<Batch>) {
+    // After a failed write (a full disk) part of a line may be on disk:
+    // nothing more is written behind it, so the reader sees a torn last
+    // line, which it ignores, rather than a damaged one in the middle.
+    let mut broken: Option<(io::ErrorKind, String)> = None;
     while let Ok(first) = receiver.recv() {
         let mut batch = vec![first];
         batch.extend(receiver.try_iter());
@@ -380,7 +384,16 @@ fn write_batches(mut file: File, receiver: mpsc::Receiver<Batch>) {
         for (line, _) in &batch {
             bytes.extend_from_slice(line);
         }
-        let result = file.write_all(&bytes).and_then(|()| file.sync_data());
+        let result = match &broken {
+            Some((kind, text)) => Err(io::Error::new(
+                *kind,
+                format!("an earlier write to the journal failed: {text}"),
+            )),
+            None => file.write_all(&bytes).and_then(|()| file.sync_data()),
+        };
+        if let (Err(err), None) = (&result, &broken) {
+            broken = Some((err.kind(), err.to_string()));
+        }
         for (_, done) in batch {
             let _ = done.send(match &result {
                 Ok(()) => Ok(()),
