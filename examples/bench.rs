@@ -239,6 +239,25 @@ fn tokenctl(bin: &Path, dir: &Path, args: &[&str]) -> Command {
     command
 }
 
+/// Returns `tokenctl apply` of everything at `parallelism` against the
+/// mock at `api_url`, in `dir`.
+fn apply_command(bin: &Path, dir: &Path, parallelism: usize, api_url: &str) -> Command {
+    let p = parallelism.to_string();
+    let args = [
+        "apply",
+        "--auto-approve",
+        "--parallelism",
+        &p,
+        "--max-creates",
+        "100000",
+    ];
+    let mut command = tokenctl(bin, dir, &args);
+    command
+        .env("LOGZIO_API_TOKEN", mock_logzio::OWNER_TOKEN)
+        .env("LOGZIO_API_URL", api_url);
+    command
+}
+
 fn terraform_available() -> bool {
     Command::new("terraform")
         .arg("version")
@@ -455,22 +474,7 @@ fn apply_benchmarks(bin: &Path, options: &Options, report: &mut String) {
         for _ in 0..options.runs {
             let dir = tempfile::tempdir().expect("tempdir");
             write_manifest(&dir.path().join("tokens.yaml"), &tokens);
-            let p = parallelism.to_string();
-            let mut command = tokenctl(
-                bin,
-                dir.path(),
-                &[
-                    "apply",
-                    "--auto-approve",
-                    "--parallelism",
-                    &p,
-                    "--max-creates",
-                    "100000",
-                ],
-            );
-            command
-                .env("LOGZIO_API_TOKEN", mock_logzio::OWNER_TOKEN)
-                .env("LOGZIO_API_URL", mock.url());
+            let mut command = apply_command(bin, dir.path(), parallelism, &mock.url());
             let sample = measure(&mut command);
             assert!(sample.success, "apply failed");
             walls.push(sample.wall);
@@ -1133,23 +1137,8 @@ fn postgres_benchmarks(bin: &Path, options: &Options, report: &mut String) {
             } else {
                 write_manifest(&dir.path().join("tokens.yaml"), &tokens);
             }
-            let p = parallelism.to_string();
-            let mut command = tokenctl(
-                bin,
-                dir.path(),
-                &[
-                    "apply",
-                    "--auto-approve",
-                    "--parallelism",
-                    &p,
-                    "--max-creates",
-                    "100000",
-                ],
-            );
-            command
-                .env("LOGZIO_API_TOKEN", mock_logzio::OWNER_TOKEN)
-                .env("LOGZIO_API_URL", mock.url())
-                .env("TOKENCTL_PG_CONN_STR", cluster.conn_str(&db));
+            let mut command = apply_command(bin, dir.path(), parallelism, &mock.url());
+            command.env("TOKENCTL_PG_CONN_STR", cluster.conn_str(&db));
             let sample = measure(&mut command);
             assert!(sample.success, "apply failed");
             if backend == "postgres" {

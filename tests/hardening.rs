@@ -37,6 +37,35 @@ fn as_strs(names: &[String]) -> Vec<&str> {
     names.iter().map(String::as_str).collect()
 }
 
+/// Starts an apply of `n` tokens named `prefix<i>`, at `parallelism`,
+/// against a mock that answers after `delay_ms`; returns once its first
+/// create has reached the mock.
+async fn apply_under_way(
+    delay_ms: u64,
+    prefix: &str,
+    n: usize,
+    parallelism: u32,
+) -> (MockLogzio, Workspace, std::process::Child, Vec<String>) {
+    let mock = MockLogzio::start_with(Behaviour {
+        delay: Duration::from_millis(delay_ms),
+        ..Behaviour::default()
+    })
+    .await;
+    let ws = Workspace::new(&mock.url());
+    let tokens = names(prefix, n);
+    ws.manifest(&as_strs(&tokens));
+    let parallelism = parallelism.to_string();
+    let child = ws
+        .command(
+            &["apply", "--auto-approve", "--parallelism", &parallelism],
+            &[],
+        )
+        .spawn()
+        .unwrap();
+    mock.wait_for_requests(1).await;
+    (mock, ws, child, tokens)
+}
+
 fn git(dir: &std::path::Path, args: &[&str]) {
     let status = Command::new("git")
         .args(args)
@@ -63,19 +92,7 @@ fn kill(signal: &str, pid: u32) {
 #[cfg(target_os = "linux")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deleted_lock_file_does_not_let_a_second_apply_fold_a_live_journal() {
-    let mock = MockLogzio::start_with(Behaviour {
-        delay: Duration::from_millis(700),
-        ..Behaviour::default()
-    })
-    .await;
-    let mut ws = Workspace::new(&mock.url());
-    let tokens = names("t", 6);
-    ws.manifest(&as_strs(&tokens));
-    let first = ws
-        .command(&["apply", "--auto-approve", "--parallelism", "2"], &[])
-        .spawn()
-        .unwrap();
-    mock.wait_for_requests(1).await;
+    let (mock, mut ws, first, tokens) = apply_under_way(700, "t", 6, 2).await;
     fs::remove_file(ws.path("state/tokens.state.json.lock")).unwrap();
 
     let second = ws.run(&["apply", "--auto-approve"]);
@@ -654,19 +671,7 @@ async fn small_safety_nets() {
 /// not cost the run's records: the next apply would create them again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_journal_deleted_mid_apply_still_leaves_every_create_recorded() {
-    let mock = MockLogzio::start_with(Behaviour {
-        delay: Duration::from_millis(400),
-        ..Behaviour::default()
-    })
-    .await;
-    let mut ws = Workspace::new(&mock.url());
-    let tokens = names("j", 4);
-    ws.manifest(&as_strs(&tokens));
-    let child = ws
-        .command(&["apply", "--auto-approve", "--parallelism", "1"], &[])
-        .spawn()
-        .unwrap();
-    mock.wait_for_requests(1).await;
+    let (mock, mut ws, child, tokens) = apply_under_way(400, "j", 4, 1).await;
     fs::remove_file(ws.path("state/tokens.state.json.journal")).unwrap();
     let run = ws.finish(child);
     assert_eq!(run.code, 0, "{}", run.all());

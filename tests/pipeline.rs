@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use support::mock_logzio::{CREATE_PATH, MockLogzio, OWNER_TOKEN};
-use support::workspace::Workspace;
+use support::workspace::{self, Workspace};
 use wiremock::matchers::{body_partial_json, method, path};
 use wiremock::{Mock, Request, Respond, ResponseTemplate};
 
@@ -389,17 +389,10 @@ impl Forge {
     /// Returns (created, pending) addresses of the state on main, sorted.
     fn main_state(&self) -> (Vec<String>, Vec<String>) {
         let state = self.main_state_document();
-        let list = |key: &str| {
-            let mut addresses: Vec<String> = state[key]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|t| t["address"].as_str().unwrap().to_string())
-                .collect();
-            addresses.sort();
-            addresses
-        };
-        (list("tokens"), list("pending"))
+        (
+            workspace::addresses_in(&state, "tokens"),
+            workspace::addresses_in(&state, "pending"),
+        )
     }
 
     /// Runs a step's shell script in `dir`, as a child in a process group

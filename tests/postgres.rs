@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use support::mock_logzio::{Behaviour, MockLogzio};
 use support::pg::{Cluster, PASSWORD};
-use support::workspace::{Run, Workspace};
+use support::workspace::{Run, Workspace, addresses_in as addresses};
 
 const SIX: [&str; 6] = ["1/a", "1/b", "1/c", "2/d", "2/e", "2/f"];
 
@@ -73,17 +73,6 @@ impl Team {
 
 fn cluster() -> Option<&'static Cluster> {
     support::pg::shared()
-}
-
-fn addresses(state: &serde_json::Value, list: &str) -> Vec<String> {
-    let mut all: Vec<String> = state[list]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t["address"].as_str().unwrap().to_string())
-        .collect();
-    all.sort();
-    all
 }
 
 /// The invariants after any fault, over every runner's sink: the state

@@ -84,17 +84,23 @@ pub struct Reading {
 
 impl Reading {
     /// Returns what a reader sees while an apply runs: `base` with the
-    /// apply's journal so far overlaid.
+    /// apply's journal so far overlaid, the outcomes it recorded so far,
+    /// and its creates under way as pending with a reason that says they
+    /// are in progress — their run is alive and will record their outcome,
+    /// unlike those of a dead run, which are in doubt.
     pub fn running(base: State, records: &[Record], holder: String) -> Self {
         let before: Vec<crate::address::Address> =
             base.pending.iter().map(|p| p.address.clone()).collect();
-        let state = overlay_running(base, records, &holder);
-        let in_progress = state
-            .pending
-            .iter()
-            .map(|p| p.address.clone())
-            .filter(|a| !before.contains(a))
-            .collect();
+        let (mut state, _) = crate::journal::fold(base, records);
+        let mut in_progress = Vec::new();
+        for pending in &mut state.pending {
+            if !before.contains(&pending.address) {
+                pending.reason = format!(
+                    "in progress: the running apply of {holder} sent it and will record its outcome"
+                );
+                in_progress.push(pending.address.clone());
+            }
+        }
         Reading {
             state: Some(state),
             recovered: None,
@@ -102,24 +108,6 @@ impl Reading {
             in_progress,
         }
     }
-}
-
-/// Overlays the journal of a running apply on `base`: the outcomes it
-/// recorded so far, and its creates under way as pending with a reason that
-/// says they are in progress — their run is alive and will record their
-/// outcome, unlike those of a dead run, which are in doubt.
-pub fn overlay_running(base: State, records: &[Record], holder: &str) -> State {
-    let before: Vec<crate::address::Address> =
-        base.pending.iter().map(|p| p.address.clone()).collect();
-    let (mut state, _) = crate::journal::fold(base, records);
-    for pending in &mut state.pending {
-        if !before.contains(&pending.address) {
-            pending.reason = format!(
-                "in progress: the running apply of {holder} sent it and will record its outcome"
-            );
-        }
-    }
-    state
 }
 
 /// Where the state of one manifest lives.

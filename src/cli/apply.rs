@@ -12,7 +12,7 @@ use super::{
 };
 use crate::address::Address;
 use crate::api::{self, HttpApi, Timeouts};
-use crate::apply::{Apply, Event, Outcome, Report, RetryPolicy, StopReason, now};
+use crate::apply::{Apply, Event, Outcome, Report, StopReason, now};
 use crate::backend::Backend;
 use crate::error::{ExitStatus, Hint};
 use crate::journal::Record;
@@ -129,18 +129,12 @@ impl Session<'_, '_> {
         }
         check_budget(&plan, &args.budget)?;
         let secrets_file = self.secrets_file(args, &loaded.manifest)?;
-        let owner_token = self.owner_token(&args.connect)?;
-        let base_url = self.base_url(&args.connect, &loaded.manifest)?;
         let timeouts = Timeouts {
             request: args.request_timeout,
             ..Timeouts::default()
         };
-        let api = HttpApi::new(&base_url, owner_token, timeouts)
-            .map_err(|err| Failure::new(err.to_string()))?;
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|err| Failure::new(format!("cannot start the async runtime: {err}")))?;
+        let api = self.connect_api(&args.connect, &loaded.manifest, timeouts)?;
+        let runtime = self.runtime()?;
         if !args.skip_preflight {
             runtime.block_on(preflight(&api, &creates))?;
         }
@@ -153,10 +147,7 @@ impl Session<'_, '_> {
         let rescue = self.rescue()?;
         let sinks = self.open_sinks(secrets_file, &loaded.manifest, &rescue, &creates)?;
         let sink_names: Vec<String> = sinks.iter().map(|s| s.describe()).collect();
-        let mut retry = RetryPolicy::default();
-        if let Some(ms) = self.env.backoff_ms {
-            retry.base_delay = Duration::from_millis(ms);
-        }
+        let retry = self.retry_policy();
 
         // A first apply makes the state's lineage here; the fold reads it
         // back from the journal.

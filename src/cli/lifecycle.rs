@@ -23,25 +23,27 @@ const REFRESH_CONCURRENCY: usize = 4;
 
 impl Session<'_, '_> {
     /// Returns a client for the API, acting with the owner token.
-    fn connect_api(
+    pub(super) fn connect_api(
         &mut self,
         connect: &ConnectArgs,
         manifest: &Manifest,
+        timeouts: Timeouts,
     ) -> Result<HttpApi, Failure> {
         let owner_token = self.owner_token(connect)?;
         let base_url = self.base_url(connect, manifest)?;
-        HttpApi::new(&base_url, owner_token, Timeouts::default())
-            .map_err(|err| Failure::new(err.to_string()))
+        HttpApi::new(&base_url, owner_token, timeouts).map_err(|err| Failure::new(err.to_string()))
     }
 
-    fn runtime(&self) -> Result<tokio::runtime::Runtime, Failure> {
+    /// Returns the runtime the API calls of one command run on.
+    pub(super) fn runtime(&self) -> Result<tokio::runtime::Runtime, Failure> {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(|err| Failure::new(format!("cannot start the async runtime: {err}")))
     }
 
-    fn retry_policy(&self) -> RetryPolicy {
+    /// Returns how 429 answers are retried (with the test knob applied).
+    pub(super) fn retry_policy(&self) -> RetryPolicy {
         let mut retry = RetryPolicy::default();
         if let Some(ms) = self.env.backoff_ms {
             retry.base_delay = Duration::from_millis(ms);
@@ -109,7 +111,7 @@ impl Session<'_, '_> {
         manifest: &Manifest,
         state: Option<&State>,
     ) -> Result<Refresh, Failure> {
-        let api = self.connect_api(connect, manifest)?;
+        let api = self.connect_api(connect, manifest, Timeouts::default())?;
         let runtime = self.runtime()?;
         runtime.block_on(api.whoami()).map_err(|e| {
             Failure::new(format!("refresh: the owner token check failed: {e}")).maybe_hint(e.hint())
@@ -206,7 +208,7 @@ impl Session<'_, '_> {
             ))
             .hint("retire without --verify once you revoked it in the UI")
         })?;
-        let api = self.connect_api(&args.connect, &loaded.manifest)?;
+        let api = self.connect_api(&args.connect, &loaded.manifest, Timeouts::default())?;
         let runtime = self.runtime()?;
         // A wrong region or API URL answers 401 for every token: check
         // the owner token first, as a refresh does.

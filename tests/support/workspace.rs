@@ -87,15 +87,7 @@ impl Workspace {
     }
 
     fn addresses_in(&self, list: &str) -> Vec<String> {
-        let state = self.state();
-        let mut addresses: Vec<String> = state[list]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|t| t["address"].as_str().unwrap().to_string())
-            .collect();
-        addresses.sort();
-        addresses
+        addresses_in(&self.state(), list)
     }
 
     /// Returns the sink file's records.
@@ -195,4 +187,17 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
         }
     }
     files
+}
+
+/// Returns the sorted addresses of one list (`tokens`, `pending`) of a
+/// state document.
+pub fn addresses_in(state: &serde_json::Value, list: &str) -> Vec<String> {
+    let mut addresses: Vec<String> = state[list]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["address"].as_str().unwrap().to_string())
+        .collect();
+    addresses.sort();
+    addresses
 }
