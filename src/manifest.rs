@@ -5,14 +5,15 @@
 //! column and says what would be accepted.
 
 use rustc_hash::FxHashMap;
+use std::borrow::Cow;
 use std::fmt;
-use std::path::PathBuf;
 
+use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::Deserialize;
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
 use crate::address::Address;
-use crate::sink::sops::{self, SopsFormat};
+use crate::sink::Secrets;
 
 /// The manifest format version this tool reads.
 pub const MANIFEST_VERSION: u64 = 1;
@@ -21,7 +22,8 @@ pub const MANIFEST_VERSION: u64 = 1;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Manifest {
     pub endpoint: Endpoint,
-    pub secrets: SecretsConfig,
+    /// Where new secrets go: one spec per kind of sink.
+    pub secrets: Secrets,
     /// Desired tokens, in the order the manifest lists them.
     pub tokens: Vec<Address>,
     /// Rotation and what to do about revoked tokens.
@@ -99,38 +101,6 @@ impl Endpoint {
             Endpoint::Url(url) => url,
         }
     }
-}
-
-/// Where new secrets go, as the manifest says.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct SecretsConfig {
-    /// JSON Lines file, relative to the manifest's folder.
-    pub file: Option<PathBuf>,
-    /// A command that receives each new token as JSON on stdin.
-    pub exec: Option<Vec<String>>,
-    /// One SOPS file per new token, encrypted to age recipients.
-    pub sops: Option<SopsConfig>,
-    /// A KV version 2 store on Vault or OpenBao.
-    pub vault: Option<VaultConfig>,
-}
-
-/// The `secrets.sops` settings.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SopsConfig {
-    /// Folder of the SOPS files, relative to the manifest's folder.
-    pub dir: PathBuf,
-    /// age recipients (`age1…`), each checked to parse.
-    pub age: Vec<String>,
-    pub format: SopsFormat,
-}
-
-/// The `secrets.vault` settings.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct VaultConfig {
-    /// Mount of the KV version 2 engine, without slashes at its ends.
-    pub mount: String,
-    /// Path template under the mount, with `{accountId}`, `{name}`, `{id}`.
-    pub path: String,
 }
 
 /// A Logz.io region.
@@ -287,22 +257,7 @@ impl Manifest {
                     .map_or_else(|| "default".into(), |StateName(s)| s),
             },
         };
-        let secrets = raw
-            .secrets
-            .map(|s| SecretsConfig {
-                file: s.file.map(PathBuf::from),
-                exec: s.exec.map(|ExecField(argv)| argv),
-                sops: s.sops.map(|sops| SopsConfig {
-                    dir: PathBuf::from(sops.dir.0),
-                    age: sops.age.0,
-                    format: sops.format.map_or(SopsFormat::Plain, |f| f.0),
-                }),
-                vault: s.vault.map(|vault| VaultConfig {
-                    mount: vault.mount.0,
-                    path: vault.path.0,
-                }),
-            })
-            .unwrap_or_default();
+        let secrets = raw.secrets.unwrap_or_default();
         let default = Policy {
             rotate_after: raw.rotate_after.map(|RotateAfter(s)| s),
             on_revoked: raw
@@ -488,31 +443,54 @@ fn locate_token(text: &str, index: usize) -> Option<(usize, usize)> {
     err.location().map(|l| (l.line(), l.column()))
 }
 
-#[derive(Deserialize)]
+/// Logz.io sub-account API tokens that should exist.
+///
+/// The manifest as written, before the checks that span fields; its JSON
+/// Schema is generated from these types (see `schema.rs`).
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct RawManifest {
+#[schemars(
+    title = "tokenctl manifest",
+    description = "Logz.io sub-account API tokens that should exist.",
+    extend("oneOf" = [
+        { "required": ["region"], "not": { "required": ["api_url"] } },
+        { "required": ["api_url"], "not": { "required": ["region"] } }
+    ])
+)]
+pub(crate) struct RawManifest {
+    /// Manifest format version.
+    #[schemars(required)]
     version: Option<VersionField>,
+    /// Logz.io region of the owner account (nl and wa are deprecated).
     region: Option<RegionField>,
+    /// API base URL instead of a region: https://, or http:// to a loopback host.
     api_url: Option<ApiUrlField>,
-    secrets: Option<RawSecrets>,
+    secrets: Option<Secrets>,
+    /// Age after which apply creates a successor and keeps the old token to be revoked, e.g. 90d (at least 1h). On a token, it wins over the top level.
     rotate_after: Option<RotateAfter>,
+    /// What a refresh that finds the token revoked plans: report (the default) or recreate. On a token, it wins over the top level.
     on_revoked: Option<OnRevokedField>,
+    /// Where the state, its journal and its lock live. Without it: the file given by --state.
     backend: Option<RawBackend>,
+    /// The tokens that should exist; each address accountId/name is unique.
     tokens: TokenList,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct RawBackend {
+    /// A PostgreSQL database; the connection string comes only from TOKENCTL_PG_CONN_STR.
     postgres: RawPostgres,
 }
 
 /// `backend.postgres`; the connection string is deliberately not a field:
 /// it holds a password, and the manifest is committed.
-#[derive(Deserialize)]
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct RawPostgres {
+    /// Schema of tokenctl's tables (default tokenctl), created on first use.
     schema: Option<SchemaName>,
+    /// Name of this state; several can share one schema (default default).
     state: Option<StateName>,
 }
 
@@ -623,192 +601,75 @@ impl<'de> Deserialize<'de> for TokenList {
     }
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawSecrets {
-    file: Option<String>,
-    exec: Option<ExecField>,
-    sops: Option<RawSops>,
-    vault: Option<RawVault>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawSops {
-    dir: NonEmpty,
-    age: AgeRecipients,
-    format: Option<SopsFormatField>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawVault {
-    mount: VaultMount,
-    path: VaultPath,
-}
-
-struct NonEmpty(String);
-impl<'de> Deserialize<'de> for NonEmpty {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        checked_string(d, "a folder (a string)", |text| {
-            if text.trim().is_empty() {
-                return Err("must not be empty".into());
-            }
-            Ok(NonEmpty(text.to_string()))
-        })
-    }
-}
-
-struct AgeRecipient(String);
-impl<'de> Deserialize<'de> for AgeRecipient {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        checked_string(d, "an age recipient (age1…)", |text| {
-            sops::parse_recipient(text).map(|_| AgeRecipient(text.trim().to_string()))
-        })
-    }
-}
-
-struct AgeRecipients(Vec<String>);
-impl<'de> Deserialize<'de> for AgeRecipients {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct ListVisitor;
-        impl<'de> Visitor<'de> for ListVisitor {
-            type Value = AgeRecipients;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a list of age recipients, e.g. [age1…]")
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<AgeRecipients, A::Error> {
-                let mut keys = Vec::new();
-                while let Some(AgeRecipient(key)) = seq.next_element()? {
-                    keys.push(key);
-                }
-                if keys.is_empty() {
-                    return Err(de::Error::custom(
-                        "needs at least one age recipient (age1…), the public key of whoever decrypts the files",
-                    ));
-                }
-                Ok(AgeRecipients(keys))
-            }
-        }
-        d.deserialize_seq(ListVisitor)
-    }
-}
-
-struct SopsFormatField(SopsFormat);
-impl<'de> Deserialize<'de> for SopsFormatField {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        checked_string(d, "a SOPS file format", |text| {
-            SopsFormat::from_name(text)
-                .map(SopsFormatField)
-                .ok_or_else(|| format!("unknown format `{text}`; use plain or k8s-secret"))
-        })
-    }
-}
-
-struct VaultMount(String);
-impl<'de> Deserialize<'de> for VaultMount {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        checked_string(d, "a KV mount (a string)", |text| {
-            check_vault_segments(text, "the mount").map(|()| VaultMount(text.to_string()))
-        })
-    }
-}
-
-struct VaultPath(String);
-impl<'de> Deserialize<'de> for VaultPath {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        checked_string(d, "a path template (a string)", |text| {
-            check_vault_path(text).map(|()| VaultPath(text.to_string()))
-        })
-    }
-}
-
-/// Checks a Vault path or mount: segments separated by single `/`, none of
-/// them empty, `.` or `..` (a URL would fold those into another path).
-fn check_vault_segments(text: &str, what: &str) -> Result<(), String> {
-    if text.trim().is_empty() {
-        return Err(format!("{what} must not be empty"));
-    }
-    if text.chars().any(char::is_control) {
-        return Err(format!("{what} contains a control character"));
-    }
-    if text
-        .split('/')
-        .any(|segment| segment.is_empty() || segment == "." || segment == "..")
-    {
-        return Err(format!(
-            "{what} `{text}` has an empty, `.` or `..` segment; write it like `logzio/tokens`, without a leading or trailing `/`"
-        ));
-    }
-    Ok(())
-}
-
-/// Checks a path template: known placeholders only, and one that tells
-/// tokens apart.
-fn check_vault_path(text: &str) -> Result<(), String> {
-    check_vault_segments(text, "the path")?;
-    let mut rest = text;
-    while let Some(open) = rest.find('{') {
-        let after = &rest[open + 1..];
-        let close = after
-            .find('}')
-            .ok_or_else(|| format!("the path `{text}` has a `{{` without its `}}`"))?;
-        let name = &after[..close];
-        if !["accountId", "name", "id"].contains(&name) {
-            return Err(format!(
-                "unknown placeholder `{{{name}}}` in the path; use {{accountId}}, {{name}} or {{id}}"
-            ));
-        }
-        rest = &after[close + 1..];
-    }
-    if rest.contains('}') {
-        return Err(format!("the path `{text}` has a `}}` without its `{{`"));
-    }
-    let distinct =
-        text.contains("{id}") || (text.contains("{name}") && text.contains("{accountId}"));
-    if !distinct {
-        return Err(format!(
-            "the path `{text}` would be the same for different tokens; include {{accountId}} and {{name}}, or {{id}}"
-        ));
-    }
-    Ok(())
-}
-
-struct ExecField(Vec<String>);
-impl<'de> Deserialize<'de> for ExecField {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct ArgvVisitor;
-        impl<'de> Visitor<'de> for ArgvVisitor {
-            type Value = ExecField;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a command as a list of strings, e.g. [vault-put, --path, logzio]")
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<ExecField, A::Error> {
-                let mut argv = Vec::new();
-                while let Some(arg) = seq.next_element::<String>()? {
-                    argv.push(arg);
-                }
-                if argv.first().is_none_or(|program| program.trim().is_empty()) {
-                    return Err(de::Error::custom(
-                        "secrets.exec needs at least the program to run, e.g. [vault-put, --path, logzio]",
-                    ));
-                }
-                Ok(ExecField(argv))
-            }
-        }
-        d.deserialize_seq(ArgvVisitor)
-    }
-}
-
-#[derive(Deserialize)]
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct RawToken {
+    /// Token name: printable, not blank, no surrounding white space.
     name: TokenName,
+    /// Sub-account id.
     #[serde(rename = "accountId")]
     account_id: AccountId,
+    /// Age after which apply creates a successor and keeps the old token to be revoked, e.g. 90d (at least 1h). On a token, it wins over the top level.
     rotate_after: Option<RotateAfter>,
+    /// What a refresh that finds the token revoked plans: report (the default) or recreate. On a token, it wins over the top level.
     on_revoked: Option<OnRevokedField>,
 }
+
+/// Implements `JsonSchema` for a field type whose `Deserialize` checks
+/// the value: the schema says, as far as JSON Schema can, what it accepts.
+macro_rules! field_schema {
+    ($ty:ty, |$generator:ident| $schema:expr) => {
+        impl JsonSchema for $ty {
+            fn schema_name() -> Cow<'static, str> {
+                stringify!($ty).into()
+            }
+            fn inline_schema() -> bool {
+                true
+            }
+            fn json_schema($generator: &mut SchemaGenerator) -> Schema {
+                $schema
+            }
+        }
+    };
+}
+
+field_schema!(
+    VersionField,
+    |_g| json_schema!({ "const": MANIFEST_VERSION })
+);
+field_schema!(RegionField, |_g| {
+    let codes: Vec<&str> = REGIONS.iter().map(|(_, code, _)| *code).collect();
+    json_schema!({ "enum": codes })
+});
+field_schema!(
+    ApiUrlField,
+    |_g| json_schema!({ "type": "string", "pattern": "^https?://" })
+);
+field_schema!(
+    RotateAfter,
+    |_g| json_schema!({ "type": "string", "pattern": "^\\s*[0-9]" })
+);
+field_schema!(
+    OnRevokedField,
+    |_g| json_schema!({ "enum": ["report", "recreate"] })
+);
+field_schema!(TokenList, |g| g.subschema_for::<Vec<RawToken>>());
+field_schema!(
+    SchemaName,
+    |_g| json_schema!({ "type": "string", "pattern": "^[a-z_][a-z0-9_]{0,62}$" })
+);
+field_schema!(
+    StateName,
+    |_g| json_schema!({ "type": "string", "pattern": "^[A-Za-z0-9._/-]{1,200}$" })
+);
+field_schema!(
+    AccountId,
+    |_g| json_schema!({ "type": "integer", "minimum": 1 })
+);
+field_schema!(
+    TokenName,
+    |_g| json_schema!({ "type": "string", "minLength": 1, "pattern": "^\\S(.*\\S)?$" })
+);
 
 struct VersionField;
 impl<'de> Deserialize<'de> for VersionField {
@@ -886,7 +747,7 @@ impl<'de> Deserialize<'de> for TokenName {
 /// Deserializes a string and checks it inside the deserializer, where
 /// serde_yaml can still attach the value's position to the error. Other
 /// YAML types (`123`, `true`) are refused rather than read as text.
-fn checked_string<'de, D, T>(
+pub(crate) fn checked_string<'de, D, T>(
     d: D,
     expecting: &'static str,
     check: fn(&str) -> Result<T, String>,

@@ -2,163 +2,53 @@
 //! CI linters. The manifest parser stays the authority; a test keeps the two
 //! in step.
 
-use serde_json::{Value, json};
+use schemars::generate::SchemaSettings;
+use serde_json::Value;
 
-/// Returns the JSON Schema (draft-07) of a version 1 manifest.
+use crate::manifest::RawManifest;
+
+/// Where the schema is published, for editors that fetch it by URL.
+const SCHEMA_ID: &str = "https://github.com/tokenctl/tokenctl/tokenctl.schema.json";
+
+/// Returns the JSON Schema (draft-07) of a version 1 manifest, generated
+/// from the types the parser reads: a key the parser accepts is in the
+/// schema because it is a field of those types.
 pub fn manifest_schema() -> Value {
-    json!({
-        "$schema": "http://json-schema.org/draft-07/schema#",
-        "$id": "https://github.com/tokenctl/tokenctl/tokenctl.schema.json",
-        "title": "tokenctl manifest",
-        "description": "Logz.io sub-account API tokens that should exist.",
-        "type": "object",
-        "additionalProperties": false,
-        "required": ["version", "tokens"],
-        "oneOf": [
-            { "required": ["region"], "not": { "required": ["api_url"] } },
-            { "required": ["api_url"], "not": { "required": ["region"] } }
-        ],
-        "properties": {
-            "version": {
-                "description": "Manifest format version.",
-                "const": 1
-            },
-            "region": {
-                "description": "Logz.io region of the owner account (nl and wa are deprecated).",
-                "enum": ["us", "eu", "uk", "ca", "au", "nl", "wa"]
-            },
-            "api_url": {
-                "description": "API base URL instead of a region: https://, or http:// to a loopback host.",
-                "type": "string",
-                "pattern": "^https?://"
-            },
-            "secrets": {
-                "description": "Where new token values go.",
-                "type": "object",
-                "additionalProperties": false,
-                "properties": {
-                    "file": {
-                        "description": "JSON Lines file, relative to the manifest's folder; mode 0600; must be git-ignored.",
-                        "type": "string",
-                        "minLength": 1
-                    },
-                    "exec": {
-                        "description": "Command run once per new token, with its JSON object on stdin.",
-                        "type": "array",
-                        "items": { "type": "string" },
-                        "minItems": 1
-                    },
-                    "sops": {
-                        "description": "One SOPS file per new token, only the token encrypted, to age recipients; meant to be committed.",
-                        "type": "object",
-                        "additionalProperties": false,
-                        "required": ["dir", "age"],
-                        "properties": {
-                            "dir": {
-                                "description": "Folder of the SOPS files, relative to the manifest's folder.",
-                                "type": "string",
-                                "minLength": 1
-                            },
-                            "age": {
-                                "description": "age recipients (public keys) that can decrypt the files.",
-                                "type": "array",
-                                "minItems": 1,
-                                "items": { "type": "string", "pattern": "^age1[0-9a-z]+$" }
-                            },
-                            "format": {
-                                "description": "plain (the token's fields) or k8s-secret (a Kubernetes v1 Secret with stringData.token).",
-                                "enum": ["plain", "k8s-secret"]
-                            }
-                        }
-                    },
-                    "vault": {
-                        "description": "KV version 2 on Vault or OpenBao; address and token from VAULT_ADDR and VAULT_TOKEN (or VAULT_TOKEN_FILE).",
-                        "type": "object",
-                        "additionalProperties": false,
-                        "required": ["mount", "path"],
-                        "properties": {
-                            "mount": {
-                                "description": "Mount of the KV version 2 engine, e.g. secret.",
-                                "type": "string",
-                                "pattern": "^[^/]+(/[^/]+)*$"
-                            },
-                            "path": {
-                                "description": "Path template under the mount with {accountId}, {name} and {id}; it must tell tokens apart.",
-                                "type": "string",
-                                "pattern": "^[^/]+(/[^/]+)*$"
-                            }
-                        }
-                    }
-                }
-            },
-            "rotate_after": rotate_after(),
-            "on_revoked": on_revoked(),
-            "backend": {
-                "description": "Where the state, its journal and its lock live. Without it: the file given by --state.",
-                "type": "object",
-                "additionalProperties": false,
-                "required": ["postgres"],
-                "properties": {
-                    "postgres": {
-                        "description": "A PostgreSQL database; the connection string comes only from TOKENCTL_PG_CONN_STR.",
-                        "type": "object",
-                        "additionalProperties": false,
-                        "properties": {
-                            "schema": {
-                                "description": "Schema of tokenctl's tables (default tokenctl), created on first use.",
-                                "type": "string",
-                                "pattern": "^[a-z_][a-z0-9_]{0,62}$"
-                            },
-                            "state": {
-                                "description": "Name of this state; several can share one schema (default default).",
-                                "type": "string",
-                                "pattern": "^[A-Za-z0-9._/-]{1,200}$"
-                            }
-                        }
-                    }
-                }
-            },
-            "tokens": {
-                "description": "The tokens that should exist; each address accountId/name is unique.",
-                "type": "array",
-                "items": {
-                    "type": "object",
-                    "additionalProperties": false,
-                    "required": ["name", "accountId"],
-                    "properties": {
-                        "name": {
-                            "description": "Token name: printable, not blank, no surrounding white space.",
-                            "type": "string",
-                            "minLength": 1,
-                            "pattern": "^\\S(.*\\S)?$"
-                        },
-                        "accountId": {
-                            "description": "Sub-account id.",
-                            "type": "integer",
-                            "minimum": 1
-                        },
-                        "rotate_after": rotate_after(),
-                        "on_revoked": on_revoked()
-                    }
+    let mut settings = SchemaSettings::draft07();
+    settings.inline_subschemas = true;
+    let schema = settings
+        .into_generator()
+        .into_root_schema_for::<RawManifest>();
+    let mut value = schema.to_value();
+    without_null(&mut value);
+    if let Some(object) = value.as_object_mut() {
+        object.insert("$id".into(), Value::from(SCHEMA_ID));
+    }
+    value
+}
+
+/// Removes `null` from every `type` and `enum`: an optional key of the
+/// manifest is left out when not wanted, and a `null` value is never what
+/// an editor should suggest (for `version` or `region`, the parser would
+/// refuse the manifest).
+fn without_null(value: &mut Value) {
+    match value {
+        Value::Object(object) => {
+            if let Some(Value::Array(types)) = object.get_mut("type") {
+                types.retain(|t| t != "null");
+                if let [only] = types.as_slice() {
+                    let only = only.clone();
+                    object.insert("type".into(), only);
                 }
             }
+            if let Some(Value::Array(values)) = object.get_mut("enum") {
+                values.retain(|v| !v.is_null());
+            }
+            object.values_mut().for_each(without_null);
         }
-    })
-}
-
-fn rotate_after() -> Value {
-    json!({
-        "description": "Age after which apply creates a successor and keeps the old token to be revoked, e.g. 90d (at least 1h). On a token, it wins over the top level.",
-        "type": "string",
-        "pattern": "^\\s*[0-9]"
-    })
-}
-
-fn on_revoked() -> Value {
-    json!({
-        "description": "What a refresh that finds the token revoked plans: report (the default) or recreate. On a token, it wins over the top level.",
-        "enum": ["report", "recreate"]
-    })
+        Value::Array(items) => items.iter_mut().for_each(without_null),
+        _ => {}
+    }
 }
 
 /// Returns the schema as pretty-printed JSON.
@@ -198,10 +88,9 @@ mod tests {
                 "version"
             ]
         );
-        assert_eq!(
-            keys(&schema["properties"]["secrets"]),
-            ["exec", "file", "sops", "vault"]
-        );
+        let mut sinks: Vec<&str> = crate::sink::SinkSpec::KEYS.to_vec();
+        sinks.sort();
+        assert_eq!(keys(&schema["properties"]["secrets"]), sinks);
         let secrets = &schema["properties"]["secrets"]["properties"];
         assert_eq!(keys(&secrets["sops"]), ["age", "dir", "format"]);
         assert_eq!(keys(&secrets["vault"]), ["mount", "path"]);

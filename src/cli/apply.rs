@@ -2,13 +2,14 @@
 
 use std::fs;
 use std::io::{self, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use super::{
-    ApplyArgs, CommandResult, ConnectArgs, Failure, Format, Session, check_budget, check_refresh,
+    ApplyArgs, CommandResult, ConfiguredSink, ConnectArgs, Failure, Format, Session, check_budget,
+    check_refresh,
 };
 use crate::address::Address;
 use crate::api::{self, HttpApi, Timeouts};
@@ -23,13 +24,8 @@ use crate::plan::{self, Plan};
 use crate::planfile::PlanFile;
 use crate::render::{self, Style};
 use crate::secret::Secret;
-use crate::sink::sops::{self, SopsSink};
-use crate::sink::vault::{VaultClient, VaultEnv, VaultSink};
-use crate::sink::{ExecSink, FileSink, Rescue, SecretSink, SinkError};
+use crate::sink::{ForApply, Rescue, SecretSink, SinkSpec};
 use crate::state::{State, SupersededToken};
-
-/// How long an exec sink may take for one token.
-const EXEC_SINK_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Applies with more creates than this show a progress bar on a terminal.
 const PROGRESS_MIN: usize = 3;
@@ -128,7 +124,7 @@ impl Session<'_, '_> {
             return Ok(code);
         }
         check_budget(&plan, &args.budget)?;
-        let secrets_file = self.secrets_file(args, &loaded.manifest)?;
+        let configured = self.apply_sinks(args, &loaded.manifest)?;
         let timeouts = Timeouts {
             request: args.request_timeout,
             ..Timeouts::default()
@@ -145,7 +141,7 @@ impl Session<'_, '_> {
         // Only now, after the answer, is anything made on disk; and all of
         // it before the first create, so a refusal costs no token.
         let rescue = self.rescue()?;
-        let sinks = self.open_sinks(secrets_file, &loaded.manifest, &rescue, &creates)?;
+        let sinks = self.open_sinks(&configured, &rescue, &creates)?;
         let sink_names: Vec<String> = sinks.iter().map(|s| s.describe()).collect();
         let retry = self.retry_policy();
 
@@ -439,32 +435,23 @@ impl Session<'_, '_> {
         }
         result
     }
-    /// Returns the secrets file to append to, after checking that some
-    /// sink is configured at all.
-    fn secrets_file(
-        &mut self,
+    /// Returns the sinks of the run, after checking that there is one.
+    fn apply_sinks(
+        &self,
         args: &ApplyArgs,
         manifest: &Manifest,
-    ) -> Result<Option<PathBuf>, Failure> {
-        let file = match (&args.secrets_out, &manifest.secrets.file) {
-            (Some(path), _) => Some(path.clone()),
-            (None, Some(relative)) => Some(self.manifest_relative(relative)),
-            (None, None) => None,
-        };
-        let secrets = &manifest.secrets;
-        if file.is_none()
-            && secrets.exec.is_none()
-            && secrets.sops.is_none()
-            && secrets.vault.is_none()
-        {
+    ) -> Result<Vec<ConfiguredSink>, Failure> {
+        let sinks = self.configured_sinks(Some(manifest), args.secrets_out.as_deref());
+        if sinks.is_empty() {
             return Err(Failure::new(
                 "no secret sink is configured, so new secrets would have nowhere to go; nothing was created",
             )
-            .hint(
-                "add `secrets: {file: secrets/logzio-tokens.jsonl}` (git-ignored), `secrets.sops`, `secrets.vault` or `secrets: {exec: [program, args]}` to the manifest, or pass --secrets-out PATH",
-            ));
+            .hint(format!(
+                "add one under `secrets` in the manifest ({}), e.g. `secrets: {{file: secrets/logzio-tokens.jsonl}}` (git-ignored), or pass --secrets-out PATH",
+                SinkSpec::KEYS.join(", ")
+            )));
         }
-        Ok(file)
+        Ok(sinks)
     }
 
     /// Returns the rescue folder, checked to be writable.
@@ -487,83 +474,31 @@ impl Session<'_, '_> {
         Ok(rescue)
     }
 
-    /// Opens every configured sink and runs its checks, so that a sink
-    /// that would refuse a secret does so before anything is created.
+    /// Opens every sink and runs its checks, so that a sink that would
+    /// refuse a secret does so before anything is created.
     fn open_sinks(
-        &mut self,
-        file: Option<PathBuf>,
-        manifest: &Manifest,
+        &self,
+        configured: &[ConfiguredSink],
         rescue: &Rescue,
         creates: &[Address],
     ) -> Result<Vec<Box<dyn SecretSink>>, Failure> {
-        let mut sinks: Vec<Box<dyn SecretSink>> = Vec::new();
-        if let Some(path) = file {
-            sinks.push(Box::new(FileSink::open(&path)?));
-        }
-        if let Some(argv) = &manifest.secrets.exec {
-            sinks.push(Box::new(ExecSink::new(
-                argv.clone(),
-                EXEC_SINK_TIMEOUT,
-                rescue.dir().to_path_buf(),
-            )?));
-        }
-        if let Some(config) = &manifest.secrets.sops {
-            let sink = self.sops_sink(config, false)?;
-            sink.check_writable()?;
-            sinks.push(Box::new(sink));
-        }
-        if let Some(config) = &manifest.secrets.vault {
-            let sink = vault_sink(config)?;
-            sink.preflight(creates).map_err(|err| {
-                let failure = Failure::from(err);
-                let message = format!("pre-flight: {}; nothing was created", failure.message);
-                Failure { message, ..failure }
-            })?;
-            sinks.push(Box::new(sink));
-        }
-        Ok(sinks)
-    }
-
-    /// Returns the `sops` sink of the manifest; with `for_lookup`, loaded
-    /// with the age identities of `SOPS_AGE_KEY_FILE` / `SOPS_AGE_KEY` (else
-    /// sops's default key file), which writing never needs.
-    pub(super) fn sops_sink(
-        &self,
-        config: &manifest::SopsConfig,
-        for_lookup: bool,
-    ) -> Result<SopsSink, Failure> {
-        let dir = self.manifest_relative(&config.dir);
-        let mut recipients = Vec::with_capacity(config.age.len());
-        for key in &config.age {
-            // The manifest parser checked each key already.
-            recipients.push(sops::parse_recipient(key).map_err(|err| {
-                Failure::from(SinkError {
-                    sink: format!("sops {}", dir.display()),
-                    detail: format!("{key}: {err}"),
-                    hint: None,
-                })
-            })?);
-        }
-        let identities = if for_lookup {
-            let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
-            let (key_file, key) = (var("SOPS_AGE_KEY_FILE"), var("SOPS_AGE_KEY"));
-            // Where sops itself looks when neither variable is set.
-            let default_file = var("XDG_CONFIG_HOME")
-                .map(PathBuf::from)
-                .or_else(|| self.env.home.as_ref().map(|h| Path::new(h).join(".config")))
-                .map(|config| config.join("sops/age/keys.txt"))
-                .filter(|path| key_file.is_none() && key.is_none() && path.is_file())
-                .map(|path| path.display().to_string());
-            sops::identities_from(key_file.or(default_file).as_deref(), key.as_deref())
-            .map_err(|err| {
-                Failure::new(err).hint(
-                    "SOPS_AGE_KEY_FILE names a file of age identities (AGE-SECRET-KEY-1…); SOPS_AGE_KEY holds them",
-                )
-            })?
-        } else {
-            Vec::new()
+        let apply = ForApply {
+            rescue_dir: rescue.dir(),
+            creates,
         };
-        Ok(SopsSink::new(dir, recipients, config.format, identities))
+        configured
+            .iter()
+            .map(|sink| {
+                sink.spec
+                    .kind()
+                    .open(&self.sink_context(&sink.base_dir), &apply)
+                    .map_err(|err| {
+                        let failure = Failure::from(err);
+                        let message = format!("{}; nothing was created", failure.message);
+                        Failure { message, ..failure }
+                    })
+            })
+            .collect()
     }
 
     pub(super) fn owner_token(&mut self, args: &ConnectArgs) -> Result<Secret, Failure> {
@@ -694,20 +629,6 @@ fn saved_creates(saved: PlanFile, plan: &Plan) -> Result<Vec<Address>, Failure> 
         ));
     }
     Ok(saved.creates)
-}
-
-/// Returns the `vault` sink of the manifest, with the server and token of
-/// the `VAULT_*` variables.
-pub(super) fn vault_sink(config: &manifest::VaultConfig) -> Result<VaultSink, Failure> {
-    let client =
-        VaultClient::from_env(&VaultEnv::from_process(), &config.mount).map_err(|err| {
-            Failure::from(SinkError {
-                sink: format!("vault {}", config.mount),
-                detail: err.detail,
-                hint: err.hint,
-            })
-        })?;
-    Ok(VaultSink::new(client, config.path.clone()))
 }
 
 /// Returns the exit code of a finished apply, or the failure to report.

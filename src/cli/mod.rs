@@ -24,6 +24,7 @@ use crate::manifest::{BackendConfig, Manifest};
 use crate::plan::{self, Pattern, Plan, Targeting};
 use crate::planfile::PlanFile;
 use crate::render::{self, Style};
+use crate::sink::{FileSpec, SinkContext, SinkSpec};
 use crate::state::{Origin, State, TokenRecord};
 
 /// The state file when neither `--state` nor a backend says otherwise.
@@ -553,6 +554,12 @@ struct Session<'a, 'io> {
 }
 
 /// A manifest as read from disk, with its bytes for digests.
+/// A sink of this run, with the folder its relative paths start from.
+struct ConfiguredSink {
+    base_dir: PathBuf,
+    spec: SinkSpec,
+}
+
 struct LoadedManifest {
     manifest: Manifest,
     bytes: Vec<u8>,
@@ -887,8 +894,46 @@ impl Session<'_, '_> {
     }
 
     /// Resolves a path from the manifest, which is relative to its folder.
-    fn manifest_relative(&self, path: &Path) -> PathBuf {
-        crate::fsutil::parent_dir(&self.cli.manifest).join(path)
+    fn manifest_dir(&self) -> PathBuf {
+        crate::fsutil::parent_dir(&self.cli.manifest).to_path_buf()
+    }
+
+    /// Returns the sinks of this run: the manifest's, with `--secrets-out`
+    /// in place of its `file`.
+    fn configured_sinks(
+        &self,
+        manifest: Option<&Manifest>,
+        secrets_out: Option<&Path>,
+    ) -> Vec<ConfiguredSink> {
+        let mut sinks = Vec::new();
+        if let Some(path) = secrets_out {
+            // A path given on the command line is relative to where
+            // tokenctl runs, not to the manifest.
+            sinks.push(ConfiguredSink {
+                base_dir: PathBuf::new(),
+                spec: SinkSpec::File(FileSpec {
+                    path: path.to_path_buf(),
+                }),
+            });
+        }
+        let specs = manifest.map(|m| m.secrets.0.as_slice()).unwrap_or_default();
+        for spec in specs {
+            if secrets_out.is_some() && matches!(spec, SinkSpec::File(_)) {
+                continue;
+            }
+            sinks.push(ConfiguredSink {
+                base_dir: self.manifest_dir(),
+                spec: spec.clone(),
+            });
+        }
+        sinks
+    }
+
+    fn sink_context<'s>(&'s self, base_dir: &'s Path) -> SinkContext<'s> {
+        SinkContext {
+            base_dir,
+            home: self.env.home.as_deref().map(Path::new),
+        }
     }
 }
 

@@ -5,14 +5,13 @@
 use std::fs;
 use std::path::Path;
 
-use super::apply::vault_sink;
 use super::{CommandResult, Failure, Format, ImportArgs, ResolveArgs, Session};
 use crate::address::Address;
 use crate::backend::Backend;
 use crate::error::ExitStatus;
 use crate::render;
 use crate::secret::fingerprint_of;
-use crate::sink::{FileLookup, FoundSecret, SecretLookup};
+use crate::sink::{FoundSecret, SecretLookup};
 use crate::state::{Origin, State, TokenRecord};
 
 /// A token found in a secrets file.
@@ -159,51 +158,31 @@ impl Session<'_, '_> {
     }
 
     /// Returns a reader for every sink that can read secrets back: the
-    /// file (`--secrets-out` or the manifest's), and the manifest's `sops`
-    /// and `vault` sinks; and why any of them could not be set up (say,
-    /// no `VAULT_ADDR`), which need not stop a search of the others.
+    /// file (`--secrets-out` or the manifest's), and the manifest's others
+    /// that can; and why any of them could not be set up (say, no
+    /// `VAULT_ADDR`), which need not stop a search of the others.
     pub(super) fn lookups(&mut self, secrets_out: Option<&Path>) -> Result<Lookups, Failure> {
         let manifest = match (secrets_out, self.load_manifest()) {
             (_, Ok(loaded)) => Some(loaded.manifest),
             (Some(_), Err(_)) => None,
             (None, Err(err)) => return Err(err),
         };
-        let mut lookups: Vec<Box<dyn SecretLookup>> = Vec::new();
-        let file = match (
-            secrets_out,
-            manifest.as_ref().and_then(|m| m.secrets.file.as_ref()),
-        ) {
-            (Some(path), _) => Some(path.to_path_buf()),
-            (None, Some(relative)) => Some(self.manifest_relative(relative)),
-            (None, None) => None,
-        };
-        if let Some(path) = file {
-            lookups.push(Box::new(FileLookup::new(path)));
-        }
+        let mut readers: Vec<Box<dyn SecretLookup>> = Vec::new();
         let mut problems = Vec::new();
-        let mut note = |failure: Failure| {
-            problems.push(match failure.hint {
-                Some(hint) => format!("{} ({hint})", failure.message),
-                None => failure.message,
-            })
-        };
-        if let Some(secrets) = manifest.map(|m| m.secrets) {
-            if let Some(config) = &secrets.sops {
-                match self.sops_sink(config, true) {
-                    Ok(sink) => lookups.push(Box::new(sink)),
-                    Err(failure) => note(failure),
-                }
-            }
-            if let Some(config) = &secrets.vault {
-                match vault_sink(config) {
-                    Ok(sink) => lookups.push(Box::new(sink)),
-                    Err(failure) => note(failure),
-                }
+        for sink in self.configured_sinks(manifest.as_ref(), secrets_out) {
+            let reader = sink.spec.kind().reader(&self.sink_context(&sink.base_dir));
+            match reader {
+                Some(Ok(reader)) => readers.push(reader),
+                Some(Err(err)) => problems.push(match &err.hint {
+                    Some(hint) => format!("{err} ({hint})"),
+                    None => err.to_string(),
+                }),
+                None => {}
             }
         }
-        if lookups.is_empty() {
+        if readers.is_empty() {
             let mut message = String::from(
-                "there is no sink to look in (secrets.file, secrets.sops or secrets.vault)",
+                "there is no sink to look in (one that can read secrets back: secrets.file, secrets.sops or secrets.vault)",
             );
             for problem in &problems {
                 message.push_str(&format!("\n  {problem}"));
@@ -212,10 +191,7 @@ impl Session<'_, '_> {
                 Failure::new(message).hint("pass --adopt ID, --abandon, or --secrets-out PATH")
             );
         }
-        Ok(Lookups {
-            readers: lookups,
-            problems,
-        })
+        Ok(Lookups { readers, problems })
     }
 
     pub(super) fn import(&mut self, args: &ImportArgs) -> CommandResult {

@@ -1,4 +1,8 @@
+use std::path::PathBuf;
+
 use super::*;
+use crate::sink::sops::SopsFormat;
+use crate::sink::{ExecSpec, FileSpec, SinkSpec, SopsSpec, VaultSpec};
 
 const GOOD: &str = "\
 version: 1
@@ -31,8 +35,10 @@ fn parses_a_valid_manifest() {
     assert_eq!(manifest.endpoint, Endpoint::Region(Region::Eu));
     assert_eq!(manifest.endpoint.base_url(), "https://api-eu.logz.io");
     assert_eq!(
-        manifest.secrets.file,
-        Some(PathBuf::from("secrets/tokens.jsonl"))
+        manifest.secrets.0,
+        [SinkSpec::File(FileSpec {
+            path: PathBuf::from("secrets/tokens.jsonl")
+        })]
     );
     assert_eq!(
         manifest.tokens,
@@ -233,8 +239,10 @@ fn reads_an_exec_sink() {
         "version: 1\nregion: us\nsecrets:\n  exec: [vault-put, --path, logzio]\ntokens: []\n";
     let parsed = Manifest::parse(text, "m").unwrap();
     assert_eq!(
-        parsed.manifest.secrets.exec,
-        Some(vec!["vault-put".into(), "--path".into(), "logzio".into()])
+        parsed.manifest.secrets.get("exec"),
+        Some(&SinkSpec::Exec(ExecSpec {
+            argv: vec!["vault-put".into(), "--path".into(), "logzio".into()]
+        }))
     );
     let err = reject("version: 1\nregion: us\nsecrets:\n  exec: []\ntokens: []\n");
     assert_eq!(err.line, 4, "{err}");
@@ -348,29 +356,26 @@ fn sops_and_vault_sinks_are_read() {
     );
     let secrets = Manifest::parse(&text, "m").unwrap().manifest.secrets;
     assert_eq!(
-        secrets.sops,
-        Some(SopsConfig {
-            dir: PathBuf::from("secrets/tokens"),
-            age: vec![AGE_KEY.into()],
-            format: SopsFormat::K8sSecret,
-        })
-    );
-    assert_eq!(
-        secrets.vault,
-        Some(VaultConfig {
-            mount: "secret".into(),
-            path: "logzio/{accountId}/{name}".into(),
-        })
+        secrets.0,
+        [
+            SinkSpec::Sops(SopsSpec {
+                dir: PathBuf::from("secrets/tokens"),
+                age: vec![AGE_KEY.into()],
+                format: SopsFormat::K8sSecret,
+            }),
+            SinkSpec::Vault(VaultSpec {
+                mount: "secret".into(),
+                path: "logzio/{accountId}/{name}".into(),
+            })
+        ]
     );
     let plain = format!(
         "version: 1\nregion: eu\nsecrets:\n  sops:\n    dir: s\n    age: [{AGE_KEY}]\ntokens: []\n"
     );
-    let sops = Manifest::parse(&plain, "m")
-        .unwrap()
-        .manifest
-        .secrets
-        .sops
-        .unwrap();
+    let secrets = Manifest::parse(&plain, "m").unwrap().manifest.secrets;
+    let Some(SinkSpec::Sops(sops)) = secrets.get("sops") else {
+        panic!("no sops sink: {secrets:?}");
+    };
     assert_eq!(sops.format, SopsFormat::Plain);
 }
 
@@ -417,4 +422,27 @@ fn vault_paths_are_checked() {
     let text = "version: 1\nregion: eu\nsecrets:\n  vault:\n    mount: secret/\n    path: \"{id}\"\ntokens: []\n";
     let err = Manifest::parse(text, "m").unwrap_err();
     assert!(err.message.contains("secrets.vault.mount"), "{err}");
+}
+
+#[test]
+fn an_unknown_or_repeated_sink_is_located_at_its_key() {
+    let err = reject("version: 1\nregion: eu\nsecrets:\n  file: a.jsonl\n  s3: x\ntokens: []\n");
+    assert_eq!((err.line, err.column), (5, 3), "{err}");
+    assert!(
+        err.message
+            .contains("unknown field `s3`, expected one of `file`, `exec`, `sops`, `vault`"),
+        "{err}"
+    );
+    let err =
+        reject("version: 1\nregion: eu\nsecrets:\n  file: a.jsonl\n  file: b.jsonl\ntokens: []\n");
+    assert_eq!((err.line, err.column), (5, 3), "{err}");
+    assert!(err.message.contains("duplicate field `file`"), "{err}");
+}
+
+#[test]
+fn sinks_keep_the_manifest_order() {
+    let text = "version: 1\nregion: eu\nsecrets:\n  exec: [x]\n  file: a.jsonl\ntokens: []\n";
+    let secrets = Manifest::parse(text, "m").unwrap().manifest.secrets;
+    let keys: Vec<&str> = secrets.0.iter().map(SinkSpec::key).collect();
+    assert_eq!(keys, ["exec", "file"]);
 }

@@ -7,8 +7,78 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::{NewToken, SecretSink, SinkError, create_private_dir};
+use std::borrow::Cow;
+use std::fmt;
+
+use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
+use serde::de::{self, Deserialize, Deserializer, SeqAccess, Visitor};
+
+use super::{ForApply, NewToken, SecretSink, SinkContext, SinkError, SinkKind, create_private_dir};
 use crate::fsutil;
+
+/// How long the command may take for one token.
+const TIMEOUT: Duration = Duration::from_secs(60);
+
+/// `secrets.exec`: the command, as a list of the program and its
+/// arguments.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecSpec {
+    pub argv: Vec<String>,
+}
+
+impl SinkKind for ExecSpec {
+    fn open(
+        &self,
+        _ctx: &SinkContext<'_>,
+        apply: &ForApply<'_>,
+    ) -> Result<Box<dyn SecretSink>, SinkError> {
+        let sink = ExecSink::new(self.argv.clone(), TIMEOUT, apply.rescue_dir.to_path_buf())?;
+        Ok(Box::new(sink))
+    }
+}
+
+impl<'de> Deserialize<'de> for ExecSpec {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct ArgvVisitor;
+        impl<'de> Visitor<'de> for ArgvVisitor {
+            type Value = ExecSpec;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a command as a list of strings, e.g. [vault-put, --path, logzio]")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<ExecSpec, A::Error> {
+                let mut argv = Vec::new();
+                while let Some(arg) = seq.next_element::<String>()? {
+                    argv.push(arg);
+                }
+                if argv.first().is_none_or(|program| program.trim().is_empty()) {
+                    return Err(de::Error::custom(
+                        "secrets.exec needs at least the program to run, e.g. [vault-put, --path, logzio]",
+                    ));
+                }
+                Ok(ExecSpec { argv })
+            }
+        }
+        d.deserialize_seq(ArgvVisitor)
+    }
+}
+
+impl JsonSchema for ExecSpec {
+    fn schema_name() -> Cow<'static, str> {
+        "ExecSpec".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "type": "array",
+            "items": { "type": "string" },
+            "minItems": 1
+        })
+    }
+
+    fn inline_schema() -> bool {
+        true
+    }
+}
 
 /// Runs a command per token with the token's JSON object on its stdin; a
 /// non-zero exit or a timeout is a failure.

@@ -6,10 +6,45 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use super::{FoundSecret, NewToken, SecretLookup, SecretSink, SinkError, create_private_dir};
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+use super::{
+    ForApply, FoundSecret, NewToken, SecretLookup, SecretSink, SinkContext, SinkError, SinkKind,
+    create_private_dir,
+};
 use crate::address::Address;
 use crate::fsutil;
 use crate::secret::Secret;
+
+/// `secrets.file`: the path of the secrets file.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(transparent)]
+pub struct FileSpec {
+    #[schemars(length(min = 1))]
+    pub path: PathBuf,
+}
+
+impl FileSpec {
+    /// Returns the file's path, relative ones taken from `base_dir`.
+    fn path_in(&self, ctx: &SinkContext<'_>) -> PathBuf {
+        ctx.base_dir.join(&self.path)
+    }
+}
+
+impl SinkKind for FileSpec {
+    fn open(
+        &self,
+        ctx: &SinkContext<'_>,
+        _apply: &ForApply<'_>,
+    ) -> Result<Box<dyn SecretSink>, SinkError> {
+        Ok(Box::new(FileSink::open(&self.path_in(ctx))?))
+    }
+
+    fn reader(&self, ctx: &SinkContext<'_>) -> Option<Result<Box<dyn SecretLookup>, SinkError>> {
+        Some(Ok(Box::new(FileLookup::new(self.path_in(ctx)))))
+    }
+}
 
 /// Appends one JSON object per token to a file of mode 0600, fsynced per
 /// token, so each token costs the same however large the file is.

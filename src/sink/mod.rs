@@ -1,9 +1,10 @@
 //! Secret sinks: the only places a token value is ever written.
 //!
 //! One file per kind of sink: `file` (JSON Lines), `exec` (a command),
-//! `sops` (encrypted files to commit), `vault` (KV v2). `worker` runs the
-//! sinks on a thread of their own during an apply; `rescue` keeps a secret
-//! that a sink refused.
+//! `sops` (encrypted files to commit), `vault` (KV v2). Each file holds the
+//! sink's manifest settings (its spec), how it opens, and the sink itself;
+//! [`SinkSpec`] lists the kinds. `worker` runs the sinks on a thread of
+//! their own during an apply; `rescue` keeps a secret that a sink refused.
 
 mod exec;
 mod file;
@@ -12,16 +13,24 @@ pub mod sops;
 pub mod vault;
 mod worker;
 
+use std::borrow::Cow;
+use std::fmt;
 use std::fs;
 use std::io;
 use std::path::Path;
 
+use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
+use serde::Deserialize;
+use serde::de::{self, Deserializer, IntoDeserializer, MapAccess, Visitor};
+
 use crate::address::Address;
 use crate::secret::Secret;
 
-pub use exec::{ExecSink, WITHHELD_FROM_EXEC};
-pub use file::{FileLookup, FileSink};
+pub use exec::{ExecSink, ExecSpec, WITHHELD_FROM_EXEC};
+pub use file::{FileLookup, FileSink, FileSpec};
 pub use rescue::Rescue;
+pub use sops::SopsSpec;
+pub use vault::VaultSpec;
 pub use worker::{Delivery, SinkWorker, deliver_all};
 
 /// A token just created, with its secret, on its way to the sinks.
@@ -96,6 +105,258 @@ pub trait SecretLookup {
 
     /// Names the sink for messages.
     fn describe(&self) -> String;
+}
+
+/// Where a sink's settings are read: what opening one may need.
+pub struct SinkContext<'a> {
+    /// The folder relative paths in a spec start from: the manifest's.
+    pub base_dir: &'a Path,
+    /// The user's home folder, where tools keep their default key files.
+    pub home: Option<&'a Path>,
+}
+
+/// The apply a sink is opened for.
+pub struct ForApply<'a> {
+    /// The private folder for rescue files (and a failed command's output).
+    pub rescue_dir: &'a Path,
+    /// The tokens the apply will create, for checks that need their names.
+    pub creates: &'a [Address],
+}
+
+/// One kind of sink, as the manifest configures it: its spec type
+/// implements this, and [`SinkSpec`] lists it.
+pub trait SinkKind {
+    /// Opens the sink for an apply, after the checks that can refuse
+    /// before any token exists.
+    fn open(
+        &self,
+        ctx: &SinkContext<'_>,
+        apply: &ForApply<'_>,
+    ) -> Result<Box<dyn SecretSink>, SinkError>;
+
+    /// Opens a reader of the secrets the sink holds, for sinks that can
+    /// read back (`resolve`, `--refresh`); `None` for those that cannot.
+    fn reader(&self, ctx: &SinkContext<'_>) -> Option<Result<Box<dyn SecretLookup>, SinkError>> {
+        let _ = ctx;
+        None
+    }
+}
+
+/// Declares [`SinkSpec`]: one variant per kind of sink, named by its key
+/// under the manifest's `secrets`.
+macro_rules! sink_specs {
+    ($($(#[$doc:meta])* $variant:ident($key:literal, $spec:ty),)*) => {
+        /// One entry of the manifest's `secrets`: a kind of sink and its
+        /// settings.
+        #[derive(Debug, Clone, PartialEq, Eq, Deserialize, JsonSchema)]
+        pub enum SinkSpec {
+            $($(#[$doc])* #[serde(rename = $key)] $variant($spec),)*
+        }
+
+        impl SinkSpec {
+            /// The keys of the manifest's `secrets`, one per kind.
+            pub const KEYS: &'static [&'static str] = &[$($key),*];
+
+            /// Returns the kind, to open it.
+            pub fn kind(&self) -> &dyn SinkKind {
+                match self {
+                    $(SinkSpec::$variant(spec) => spec,)*
+                }
+            }
+
+            /// Returns the key the manifest names this kind with.
+            pub fn key(&self) -> &'static str {
+                match self {
+                    $(SinkSpec::$variant(_) => $key,)*
+                }
+            }
+        }
+    };
+}
+
+sink_specs! {
+    /// A JSON Lines file, relative to the manifest's folder; mode 0600; must be git-ignored.
+    File("file", FileSpec),
+    /// A command run once per new token, with its JSON object on stdin.
+    Exec("exec", ExecSpec),
+    /// One SOPS file per new token, only the token encrypted, to age recipients; meant to be committed.
+    Sops("sops", SopsSpec),
+    /// KV version 2 on Vault or OpenBao; address and token from VAULT_ADDR and VAULT_TOKEN (or VAULT_TOKEN_FILE).
+    Vault("vault", VaultSpec),
+}
+
+/// The manifest's `secrets`: a map with at most one entry per kind of
+/// sink, kept in the manifest's order.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Secrets(pub Vec<SinkSpec>);
+
+impl Secrets {
+    /// Returns the spec of the given kind, if configured.
+    pub fn get(&self, key: &str) -> Option<&SinkSpec> {
+        self.0.iter().find(|spec| spec.key() == key)
+    }
+
+    /// Tells whether no sink is configured.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl<'de> Deserialize<'de> for Secrets {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct SecretsVisitor;
+        impl<'de> Visitor<'de> for SecretsVisitor {
+            type Value = Secrets;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                write!(f, "a map of secret sinks ({})", SinkSpec::KEYS.join(", "))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Secrets, A::Error> {
+                let mut specs: Vec<SinkSpec> = Vec::new();
+                while let Some(key) = map.next_key_seed(KeySeed { seen: &specs })? {
+                    // Each entry is read as the one-entry map that names an
+                    // enum variant.
+                    let spec = SinkSpec::deserialize(Entry { key, map: &mut map })?;
+                    specs.push(spec);
+                }
+                Ok(Secrets(specs))
+            }
+        }
+        d.deserialize_map(SecretsVisitor)
+    }
+}
+
+/// Reads a key of `secrets`, refusing unknown and repeated ones while the
+/// key is read, so that the error points at it.
+struct KeySeed<'s> {
+    seen: &'s [SinkSpec],
+}
+
+impl<'de> de::DeserializeSeed<'de> for KeySeed<'_> {
+    type Value = &'static str;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<&'static str, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for KeySeed<'_> {
+    type Value = &'static str;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("the name of a kind of secret sink")
+    }
+
+    fn visit_str<E: de::Error>(self, key: &str) -> Result<&'static str, E> {
+        let Some(known) = SinkSpec::KEYS.iter().find(|k| **k == key) else {
+            return Err(E::unknown_field(key, SinkSpec::KEYS));
+        };
+        if self.seen.iter().any(|spec| spec.key() == key) {
+            return Err(E::duplicate_field(known));
+        }
+        Ok(known)
+    }
+}
+
+/// One entry of a map, read as an externally tagged enum.
+struct Entry<'m, A> {
+    key: &'static str,
+    map: &'m mut A,
+}
+
+impl<'de, A: MapAccess<'de>> Deserializer<'de> for Entry<'_, A> {
+    type Error = A::Error;
+
+    fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, A::Error> {
+        visitor.visit_enum(self)
+    }
+
+    serde::forward_to_deserialize_any! {
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string
+        bytes byte_buf option unit unit_struct newtype_struct seq tuple
+        tuple_struct map struct enum identifier ignored_any
+    }
+}
+
+impl<'de, A: MapAccess<'de>> de::EnumAccess<'de> for Entry<'_, A> {
+    type Error = A::Error;
+    type Variant = Self;
+
+    fn variant_seed<V: de::DeserializeSeed<'de>>(
+        self,
+        seed: V,
+    ) -> Result<(V::Value, Self), A::Error> {
+        let key: de::value::StrDeserializer<'_, A::Error> = self.key.into_deserializer();
+        let variant = seed.deserialize(key)?;
+        Ok((variant, self))
+    }
+}
+
+impl<'de, A: MapAccess<'de>> de::VariantAccess<'de> for Entry<'_, A> {
+    type Error = A::Error;
+
+    fn unit_variant(self) -> Result<(), A::Error> {
+        self.map.next_value()
+    }
+
+    fn newtype_variant_seed<T: de::DeserializeSeed<'de>>(
+        self,
+        seed: T,
+    ) -> Result<T::Value, A::Error> {
+        self.map.next_value_seed(seed)
+    }
+
+    fn tuple_variant<V: Visitor<'de>>(self, _len: usize, _v: V) -> Result<V::Value, A::Error> {
+        Err(de::Error::custom("a sink's settings are a value or a map"))
+    }
+
+    fn struct_variant<V: Visitor<'de>>(
+        self,
+        _fields: &'static [&'static str],
+        _v: V,
+    ) -> Result<V::Value, A::Error> {
+        Err(de::Error::custom("a sink's settings are a value or a map"))
+    }
+}
+
+impl JsonSchema for Secrets {
+    fn schema_name() -> Cow<'static, str> {
+        "Secrets".into()
+    }
+
+    /// An object with one optional property per kind of sink, each taken
+    /// from [`SinkSpec`]'s variants (which alone would allow one key).
+    fn json_schema(generator: &mut SchemaGenerator) -> Schema {
+        let variants = generator.subschema_for::<SinkSpec>();
+        let mut properties = serde_json::Map::new();
+        let one_of = variants
+            .get("oneOf")
+            .and_then(|v| v.as_array())
+            .cloned()
+            .unwrap_or_default();
+        for variant in one_of {
+            if let Some(props) = variant.get("properties").and_then(|p| p.as_object()) {
+                for (key, value) in props {
+                    let mut value = value.clone();
+                    if let (Some(obj), Some(doc)) =
+                        (value.as_object_mut(), variant.get("description"))
+                    {
+                        obj.insert("description".into(), doc.clone());
+                    }
+                    properties.insert(key.clone(), value);
+                }
+            }
+        }
+        json_schema!({
+            "description": "Where new token values go.",
+            "type": "object",
+            "additionalProperties": false,
+            "properties": properties,
+        })
+    }
+
+    fn inline_schema() -> bool {
+        true
+    }
 }
 
 /// Creates a folder, and the ones above it, readable by the user alone.

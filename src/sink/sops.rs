@@ -28,9 +28,12 @@ use sha2::{Digest, Sha512};
 
 use crate::address::Address;
 use crate::fsutil;
+use crate::manifest::checked_string;
 use crate::render;
 use crate::secret::Secret;
-use crate::sink::{FoundSecret, NewToken, SecretLookup, SecretSink, SinkError};
+use crate::sink::{
+    ForApply, FoundSecret, NewToken, SecretLookup, SecretSink, SinkContext, SinkError, SinkKind,
+};
 
 /// AES-256-GCM with SOPS's 32-byte nonces.
 type SopsCipher = AesGcm<Aes256, U32>;
@@ -49,23 +52,171 @@ pub const FILE_SUFFIX: &str = ".sops.yaml";
 const NAME_PART_MAX: usize = 40;
 const ANNOTATION_PREFIX: &str = "tokenctl";
 
+/// `secrets.sops`: where the files go, who can read them, their shape.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SopsSpec {
+    /// Folder of the SOPS files, relative to the manifest's folder.
+    #[serde(deserialize_with = "folder")]
+    #[schemars(length(min = 1))]
+    pub dir: PathBuf,
+    /// age recipients (public keys) that can decrypt the files.
+    #[serde(deserialize_with = "recipients")]
+    #[schemars(schema_with = "recipients_schema")]
+    pub age: Vec<String>,
+    /// plain (the token's fields) or k8s-secret (a Kubernetes v1 Secret with stringData.token).
+    #[serde(default, deserialize_with = "format")]
+    #[schemars(schema_with = "format_schema")]
+    pub format: SopsFormat,
+}
+
+impl SopsSpec {
+    /// Returns the sink; with `for_lookup`, loaded with the age identities
+    /// of `SOPS_AGE_KEY_FILE` / `SOPS_AGE_KEY` (else sops's default key
+    /// file), which writing never needs.
+    fn sink(&self, ctx: &SinkContext<'_>, for_lookup: bool) -> Result<SopsSink, SinkError> {
+        let dir = ctx.base_dir.join(&self.dir);
+        let mut recipients = Vec::with_capacity(self.age.len());
+        for key in &self.age {
+            // The manifest parser checked each key already.
+            recipients.push(parse_recipient(key).map_err(|err| SinkError {
+                sink: format!("sops {}", dir.display()),
+                detail: format!("{key}: {err}"),
+                hint: None,
+            })?);
+        }
+        let identities = match for_lookup {
+            true => {
+                let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+                let (key_file, key) = (var("SOPS_AGE_KEY_FILE"), var("SOPS_AGE_KEY"));
+                // Where sops itself looks when neither variable is set.
+                let default_file = var("XDG_CONFIG_HOME")
+                    .map(PathBuf::from)
+                    .or_else(|| ctx.home.map(|home| home.join(".config")))
+                    .map(|config| config.join("sops/age/keys.txt"))
+                    .filter(|path| key_file.is_none() && key.is_none() && path.is_file())
+                    .map(|path| path.display().to_string());
+                identities_from(key_file.or(default_file).as_deref(), key.as_deref()).map_err(
+                    |detail| SinkError {
+                        sink: format!("sops {}", dir.display()),
+                        detail,
+                        hint: Some("SOPS_AGE_KEY_FILE names a file of age identities (AGE-SECRET-KEY-1…); SOPS_AGE_KEY holds them".into()),
+                    },
+                )?
+            }
+            false => Vec::new(),
+        };
+        Ok(SopsSink::new(dir, recipients, self.format, identities))
+    }
+}
+
+impl SinkKind for SopsSpec {
+    fn open(
+        &self,
+        ctx: &SinkContext<'_>,
+        _apply: &ForApply<'_>,
+    ) -> Result<Box<dyn SecretSink>, SinkError> {
+        let sink = self.sink(ctx, false)?;
+        sink.check_writable()?;
+        Ok(Box::new(sink))
+    }
+
+    fn reader(&self, ctx: &SinkContext<'_>) -> Option<Result<Box<dyn SecretLookup>, SinkError>> {
+        Some(
+            self.sink(ctx, true)
+                .map(|sink| Box::new(sink) as Box<dyn SecretLookup>),
+        )
+    }
+}
+
+fn folder<'de, D: serde::Deserializer<'de>>(d: D) -> Result<PathBuf, D::Error> {
+    checked_string(d, "a folder (a string)", |text| {
+        if text.trim().is_empty() {
+            return Err("must not be empty".into());
+        }
+        Ok(PathBuf::from(text))
+    })
+}
+
+fn recipients<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    use serde::de::{self, Deserialize, SeqAccess, Visitor};
+    struct Recipient(String);
+    impl<'de> Deserialize<'de> for Recipient {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            checked_string(d, "an age recipient (age1…)", |text| {
+                parse_recipient(text).map(|_| Recipient(text.trim().to_string()))
+            })
+        }
+    }
+    struct ListVisitor;
+    impl<'de> Visitor<'de> for ListVisitor {
+        type Value = Vec<String>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a list of age recipients, e.g. [age1…]")
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<String>, A::Error> {
+            let mut keys = Vec::new();
+            while let Some(Recipient(key)) = seq.next_element()? {
+                keys.push(key);
+            }
+            if keys.is_empty() {
+                return Err(de::Error::custom(
+                    "needs at least one age recipient (age1…), the public key of whoever decrypts the files",
+                ));
+            }
+            Ok(keys)
+        }
+    }
+    d.deserialize_seq(ListVisitor)
+}
+
+fn recipients_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "array",
+        "minItems": 1,
+        "items": { "type": "string", "pattern": "^age1[0-9a-z]+$" }
+    })
+}
+
+fn format<'de, D: serde::Deserializer<'de>>(d: D) -> Result<SopsFormat, D::Error> {
+    checked_string(d, "a SOPS file format", |text| {
+        SopsFormat::from_name(text).ok_or_else(|| {
+            let known: Vec<&str> = SopsFormat::ALL.iter().map(|f| f.name()).collect();
+            format!("unknown format `{text}`; use {}", known.join(" or "))
+        })
+    })
+}
+
+fn format_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    let names: Vec<&str> = SopsFormat::ALL.iter().map(|f| f.name()).collect();
+    schemars::json_schema!({ "enum": names })
+}
+
 /// The document shape of a SOPS file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum SopsFormat {
     /// Keys `address, accountId, name, id, createdAt, token`.
+    #[default]
     Plain,
     /// A Kubernetes `v1` Secret with `stringData.token`.
     K8sSecret,
 }
 
 impl SopsFormat {
+    /// Every format, in the order the manifest's help lists them.
+    pub const ALL: [SopsFormat; 2] = [SopsFormat::Plain, SopsFormat::K8sSecret];
+
+    /// Returns the name the manifest gives the format.
+    pub fn name(self) -> &'static str {
+        match self {
+            SopsFormat::Plain => "plain",
+            SopsFormat::K8sSecret => "k8s-secret",
+        }
+    }
+
     /// Returns the format named in a manifest, if it is one.
     pub fn from_name(name: &str) -> Option<SopsFormat> {
-        match name {
-            "plain" => Some(SopsFormat::Plain),
-            "k8s-secret" => Some(SopsFormat::K8sSecret),
-            _ => None,
-        }
+        SopsFormat::ALL.into_iter().find(|f| f.name() == name)
     }
 }
 

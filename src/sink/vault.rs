@@ -18,14 +18,136 @@ use reqwest::{Method, StatusCode, Url};
 use serde_json::{Value, json};
 
 use crate::address::Address;
+use crate::manifest::checked_string;
 use crate::secret::Secret;
-use crate::sink::{FoundSecret, NewToken, SecretLookup, SecretSink, SinkError};
+use crate::sink::{
+    ForApply, FoundSecret, NewToken, SecretLookup, SecretSink, SinkContext, SinkError, SinkKind,
+};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Stands for `{id}` when checking capabilities before ids exist; real ids
 /// are positive, so it names no real secret.
 const PROBE_ID: u64 = 0;
+
+/// `secrets.vault`: the KV version 2 mount and the path of each token.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VaultSpec {
+    /// Mount of the KV version 2 engine, e.g. secret.
+    #[serde(deserialize_with = "mount")]
+    #[schemars(schema_with = "segments_schema")]
+    pub mount: String,
+    /// Path template under the mount with {accountId}, {name} and {id}; it must tell tokens apart.
+    #[serde(deserialize_with = "path_template")]
+    #[schemars(schema_with = "segments_schema")]
+    pub path: String,
+}
+
+impl VaultSpec {
+    /// Returns the sink, with the server and token of the `VAULT_*`
+    /// variables.
+    fn sink(&self) -> Result<VaultSink, SinkError> {
+        let client =
+            VaultClient::from_env(&VaultEnv::from_process(), &self.mount).map_err(|err| {
+                SinkError {
+                    sink: format!("vault {}", self.mount),
+                    detail: err.detail,
+                    hint: err.hint,
+                }
+            })?;
+        Ok(VaultSink::new(client, self.path.clone()))
+    }
+}
+
+impl SinkKind for VaultSpec {
+    fn open(
+        &self,
+        _ctx: &SinkContext<'_>,
+        apply: &ForApply<'_>,
+    ) -> Result<Box<dyn SecretSink>, SinkError> {
+        let sink = self.sink()?;
+        sink.preflight(apply.creates).map_err(|err| SinkError {
+            detail: format!("pre-flight: {}", err.detail),
+            ..err
+        })?;
+        Ok(Box::new(sink))
+    }
+
+    fn reader(&self, _ctx: &SinkContext<'_>) -> Option<Result<Box<dyn SecretLookup>, SinkError>> {
+        Some(
+            self.sink()
+                .map(|sink| Box::new(sink) as Box<dyn SecretLookup>),
+        )
+    }
+}
+
+fn mount<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    checked_string(d, "a KV mount (a string)", |text| {
+        check_segments(text, "the mount").map(|()| text.to_string())
+    })
+}
+
+fn path_template<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    checked_string(d, "a path template (a string)", |text| {
+        check_path_template(text).map(|()| text.to_string())
+    })
+}
+
+fn segments_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({ "type": "string", "pattern": "^[^/]+(/[^/]+)*$" })
+}
+
+/// Checks a Vault path or mount: segments separated by single `/`, none of
+/// them empty, `.` or `..` (a URL would fold those into another path).
+fn check_segments(text: &str, what: &str) -> Result<(), String> {
+    if text.trim().is_empty() {
+        return Err(format!("{what} must not be empty"));
+    }
+    if text.chars().any(char::is_control) {
+        return Err(format!("{what} contains a control character"));
+    }
+    if text
+        .split('/')
+        .any(|segment| segment.is_empty() || segment == "." || segment == "..")
+    {
+        return Err(format!(
+            "{what} `{text}` has an empty, `.` or `..` segment; write it like `logzio/tokens`, without a leading or trailing `/`"
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a path template: known placeholders only, and one that tells
+/// tokens apart.
+fn check_path_template(text: &str) -> Result<(), String> {
+    check_segments(text, "the path")?;
+    let mut rest = text;
+    while let Some(open) = rest.find('{') {
+        let after = &rest[open + 1..];
+        let close = after
+            .find('}')
+            .ok_or_else(|| format!("the path `{text}` has a `{{` without its `}}`"))?;
+        let name = &after[..close];
+        if !["accountId", "name", "id"].contains(&name) {
+            return Err(format!(
+                "unknown placeholder `{{{name}}}` in the path; use {{accountId}}, {{name}} or {{id}}"
+            ));
+        }
+        rest = &after[close + 1..];
+    }
+    if rest.contains('}') {
+        return Err(format!("the path `{text}` has a `}}` without its `{{`"));
+    }
+    let distinct =
+        text.contains("{id}") || (text.contains("{name}") && text.contains("{accountId}"));
+    if !distinct {
+        return Err(format!(
+            "the path `{text}` would be the same for different tokens; include {{accountId}} and {{name}}, or {{id}}"
+        ));
+    }
+    Ok(())
+}
 
 /// The `VAULT_*` variables, as read from the environment.
 #[derive(Default)]
