@@ -25,12 +25,13 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokenctl::address::Address;
-use tokenctl::journal::{JournalWriter, Record};
+use tokenctl::backend::JournalWriter;
+use tokenctl::model::address::Address;
+use tokenctl::model::journal::Record;
+use tokenctl::model::state::{State, TokenRecord};
 use tokenctl::secret::Secret;
 use tokenctl::sink::sops::{SopsFormat, SopsSink};
 use tokenctl::sink::{FileSink, NewToken, SecretSink};
-use tokenctl::state::{State, TokenRecord};
 
 const ACCOUNTS: u64 = 1_000;
 const FIRST_ACCOUNT: u64 = 10_001;

@@ -1,28 +1,22 @@
 //! tokenctl: declarative management of Logz.io sub-account API tokens.
 //!
-//! The core is pure — [`manifest`] parses, [`plan`] diffs, [`render`]
-//! writes — and the effects sit at the edges behind small interfaces:
-//! [`api`] (the Logz.io client), [`store`] (the state file), [`sink`]
-//! (where secrets go). [`apply`] sequences them; [`cli`] is the front door.
+//! The layers, from the inside out (see ARCHITECTURE.md):
+//! - [`model`]: the pure core (manifest, state, plan, journal fold);
+//! - [`ops`]: the operations, sequenced over the effects;
+//! - the effects, each behind a small interface: [`api`] (the Logz.io
+//!   client), [`backend`] (where the state, journal and lock live),
+//!   [`sink`] (where secrets go);
+//! - [`render`]: text, JSON and Markdown for people and pipelines;
+//! - [`cli`]: the front door, the only owner of stdout and stderr.
 
-pub mod address;
 pub mod api;
-pub mod apply;
 pub mod backend;
 pub mod cli;
 pub mod error;
 mod failpoint;
 mod fsutil;
-pub mod journal;
-pub mod lifecycle;
-pub mod limiter;
-pub mod lock;
-pub mod manifest;
-pub mod plan;
-pub mod planfile;
+pub mod model;
+pub mod ops;
 pub mod render;
-pub mod schema;
 pub mod secret;
 pub mod sink;
-pub mod state;
-pub mod store;

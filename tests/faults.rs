@@ -477,9 +477,10 @@ impl tokenctl::sink::SecretSink for MemorySink {
 /// Runs an in-process apply of `creates` against `api`, default policy.
 async fn apply_in_process(
     api: &RefusingApi,
-    creates: &[tokenctl::address::Address],
-) -> tokenctl::apply::Report {
-    use tokenctl::journal::{JournalWriter, Record};
+    creates: &[tokenctl::model::address::Address],
+) -> tokenctl::ops::create::Report {
+    use tokenctl::backend::JournalWriter;
+    use tokenctl::model::journal::Record;
     let dir = tempfile::tempdir().unwrap();
     let journal = JournalWriter::create(
         &dir.path().join("journal"),
@@ -494,9 +495,9 @@ async fn apply_in_process(
     .unwrap();
     let journal = tokenctl::backend::Journal::File(journal);
     let rescue = tokenctl::sink::Rescue::new(dir.path().join("rescue"));
-    let retry = tokenctl::apply::RetryPolicy::default();
+    let retry = tokenctl::ops::create::RetryPolicy::default();
     let interrupt = std::sync::atomic::AtomicBool::new(false);
-    let apply = tokenctl::apply::Apply {
+    let apply = tokenctl::ops::create::Apply {
         api,
         journal: &journal,
         sinks: vec![Box::new(MemorySink)],
@@ -510,10 +511,10 @@ async fn apply_in_process(
 
 #[tokio::test]
 async fn a_burst_of_429_with_retry_after_zero_does_not_spin() {
-    let creates: Vec<tokenctl::address::Address> = (0..6)
-        .map(|i| tokenctl::address::Address::new(1, format!("t{i}")))
+    let creates: Vec<tokenctl::model::address::Address> = (0..6)
+        .map(|i| tokenctl::model::address::Address::new(1, format!("t{i}")))
         .collect();
-    let floor = tokenctl::apply::RetryPolicy::default().min_delay;
+    let floor = tokenctl::ops::create::RetryPolicy::default().min_delay;
 
     // Five refusals each, then the create goes through.
     let api = RefusingApi {
@@ -536,7 +537,7 @@ async fn a_burst_of_429_with_retry_after_zero_does_not_spin() {
     let report = apply_in_process(&api, &creates).await;
     let (created, failed, in_doubt, skipped) = report.counts();
     assert_eq!((created, failed, in_doubt, skipped), (0, 6, 0, 0));
-    let attempts = tokenctl::apply::RetryPolicy::default().max_attempts as usize;
+    let attempts = tokenctl::ops::create::RetryPolicy::default().max_attempts as usize;
     let calls = api.calls.into_inner().unwrap();
     assert_eq!(calls.len(), 6 * attempts);
     assert_eq!(report.throttled, calls.len() as u64);

@@ -179,7 +179,8 @@ async fn runners_in_different_folders_share_state_journal_and_lock() {
 
     // `state pull` prints exactly the file backend's document.
     let pulled = team.run(&mut second, &["state", "pull"]);
-    let state: tokenctl::state::State = tokenctl::state::State::from_json(&pulled.stdout).unwrap();
+    let state: tokenctl::model::state::State =
+        tokenctl::model::state::State::from_json(&pulled.stdout).unwrap();
     assert_eq!(pulled.stdout, state.to_json());
     assert_eq!(state.tokens.len(), 6);
     let history: usize = cluster

@@ -12,10 +12,12 @@ pub mod postgres;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::journal::{FoldSummary, JournalError, JournalWriter, Record};
-use crate::lock::{Holder, LockError};
-use crate::state::State;
-use crate::store::StoreError;
+use crate::model::journal::{FoldSummary, Record};
+use crate::model::state::State;
+pub use file::journal::{JournalError, JournalWriter};
+pub use file::lock::Holder;
+use file::lock::LockError;
+use file::store::StoreError;
 
 /// Why the backend could not do what was asked.
 #[derive(Debug, thiserror::Error)]
@@ -79,7 +81,7 @@ pub struct Reading {
     /// `state`, its creates under way marked as in progress.
     pub running: Option<String>,
     /// The creates the running apply has under way (pending in `state`).
-    pub in_progress: Vec<crate::address::Address>,
+    pub in_progress: Vec<crate::model::address::Address>,
 }
 
 impl Reading {
@@ -89,9 +91,9 @@ impl Reading {
     /// are in progress — their run is alive and will record their outcome,
     /// unlike those of a dead run, which are in doubt.
     pub fn running(base: State, records: &[Record], holder: String) -> Self {
-        let before: Vec<crate::address::Address> =
+        let before: Vec<crate::model::address::Address> =
             base.pending.iter().map(|p| p.address.clone()).collect();
-        let (mut state, _) = crate::journal::fold(base, records);
+        let (mut state, _) = crate::model::journal::fold(base, records);
         let mut in_progress = Vec::new();
         for pending in &mut state.pending {
             if !before.contains(&pending.address) {
@@ -160,7 +162,7 @@ pub trait Backend {
     /// Stores `after` if its content differs from `before`, moving the
     /// serial on; returns the state now stored and whether it was written.
     fn commit(&self, before: Option<&State>, after: State) -> Result<(State, bool), BackendError> {
-        let Some(after) = crate::store::next_version(before, after) else {
+        let Some(after) = crate::backend::file::store::next_version(before, after) else {
             return Ok((
                 before.cloned().unwrap_or_else(|| State::new(String::new())),
                 false,

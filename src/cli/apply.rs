@@ -11,21 +11,21 @@ use super::{
     ApplyArgs, CommandResult, ConfiguredSink, ConnectArgs, Failure, Format, Session, check_budget,
     check_refresh,
 };
-use crate::address::Address;
 use crate::api::{self, HttpApi, Timeouts};
-use crate::apply::{Apply, Event, Outcome, Report, StopReason, now};
 use crate::backend::Backend;
 use crate::error::{ExitStatus, Hint};
-use crate::journal::Record;
-use crate::lifecycle::{self, Refresh};
-use crate::limiter::Snapshot;
-use crate::manifest::{self, Manifest};
-use crate::plan::{self, Plan};
-use crate::planfile::PlanFile;
+use crate::model::address::Address;
+use crate::model::journal::Record;
+use crate::model::lifecycle::{self, Refresh};
+use crate::model::manifest::{self, Manifest};
+use crate::model::plan::{self, Plan};
+use crate::model::planfile::PlanFile;
+use crate::model::state::{State, SupersededToken};
+use crate::ops::create::{Apply, Event, Outcome, Report, StopReason, now};
+use crate::ops::limiter::Snapshot;
 use crate::render::{self, Style};
 use crate::secret::Secret;
 use crate::sink::{ForApply, Rescue, SecretSink, SinkSpec};
-use crate::state::{State, SupersededToken};
 
 /// Applies with more creates than this show a progress bar on a terminal.
 const PROGRESS_MIN: usize = 3;
@@ -598,18 +598,16 @@ impl Session<'_, '_> {
 fn fold_outcomes(mut state: State, report: &Report) -> State {
     for (address, outcome) in &report.outcomes {
         match outcome {
-            Outcome::Created { id } => state.record_created(crate::state::TokenRecord::new(
+            Outcome::Created { id } => state.record_created(crate::model::state::TokenRecord::new(
                 address.clone(),
                 *id,
                 None,
-                crate::state::Origin::Created,
+                crate::model::state::Origin::Created,
                 None,
             )),
-            Outcome::InDoubt { reason } => state.record_pending(crate::state::PendingCreate::new(
-                address.clone(),
-                now(),
-                reason.clone(),
-            )),
+            Outcome::InDoubt { reason } => state.record_pending(
+                crate::model::state::PendingCreate::new(address.clone(), now(), reason.clone()),
+            ),
             Outcome::Failed { .. } | Outcome::Skipped => {}
         }
     }
@@ -847,7 +845,7 @@ fn start_event(plan: &Plan, creates: usize) -> serde_json::Value {
     serde_json::json!({
         "format_version": render::OUTPUT_FORMAT_VERSION,
         "event": "start",
-        "tool_version": crate::state::TOOL_VERSION,
+        "tool_version": crate::model::state::TOOL_VERSION,
         "summary": plan.summary(),
         "creates": creates,
     })

@@ -8,15 +8,16 @@ use rustc_hash::{FxHashMap, FxHashSet};
 
 use super::state_cmds::Lookups;
 use super::{CommandResult, ConnectArgs, Failure, RetireArgs, Session};
-use crate::address::Address;
 use crate::api::{HttpApi, Timeouts, TokenCheck};
-use crate::apply::{RetryPolicy, now};
 use crate::error::{ExitStatus, Hint};
-use crate::lifecycle::{self, Probe, Refresh};
-use crate::manifest::Manifest;
+use crate::model::address::Address;
+use crate::model::lifecycle::Refresh;
+use crate::model::manifest::Manifest;
+use crate::model::state::{Liveness, State};
+use crate::ops::create::{RetryPolicy, now};
+use crate::ops::refresh::{self, Probe};
 use crate::secret::{Secret, fingerprint_of};
 use crate::sink::FoundSecret;
-use crate::state::{Liveness, State};
 
 /// Refresh calls in flight at once: the API rate-limits per account.
 const REFRESH_CONCURRENCY: usize = 4;
@@ -153,7 +154,7 @@ impl Session<'_, '_> {
             }
         }
         let retry = self.retry_policy();
-        Ok(runtime.block_on(lifecycle::refresh(
+        Ok(runtime.block_on(refresh::refresh(
             &api,
             probes,
             unreadable,
@@ -217,7 +218,7 @@ impl Session<'_, '_> {
                 .maybe_hint(e.hint())
         })?;
         let answer = runtime.block_on(api.whoami_as(&secret));
-        let (status, detail) = lifecycle::classify(args.address.account_id, &answer);
+        let (status, detail) = refresh::classify(args.address.account_id, &answer);
         match status {
             Liveness::Revoked => Ok(()),
             Liveness::Alive | Liveness::Misdelivered => Err(Failure::new(format!(

@@ -13,19 +13,19 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::address::Address;
 use crate::backend::file::FileBackend;
+use crate::backend::file::lock::Holder;
 use crate::backend::postgres::{self, PgBackend};
 use crate::backend::{Backend, BackendError, LockGuard};
 use crate::error::{ExitStatus, Hint};
-use crate::lifecycle::Refresh;
-use crate::lock::Holder;
-use crate::manifest::{BackendConfig, Manifest};
-use crate::plan::{self, Pattern, Plan, Targeting};
-use crate::planfile::PlanFile;
+use crate::model::address::Address;
+use crate::model::lifecycle::Refresh;
+use crate::model::manifest::{BackendConfig, Manifest};
+use crate::model::plan::{self, Pattern, Plan, Targeting};
+use crate::model::planfile::PlanFile;
+use crate::model::state::{Origin, State, TokenRecord};
 use crate::render::{self, Style};
 use crate::sink::{FileSpec, SinkContext, SinkSpec};
-use crate::state::{Origin, State, TokenRecord};
 
 /// The state file when neither `--state` nor a backend says otherwise.
 const DEFAULT_STATE: &str = "state/tokens.state.json";
@@ -577,7 +577,11 @@ impl Session<'_, '_> {
             Command::Retire(args) => self.retire(args),
             Command::State(StateCommand::List { output }) => self.state_list(*output),
             Command::Schema => {
-                writeln!(self.io.stdout, "{}", crate::schema::manifest_schema_text())?;
+                writeln!(
+                    self.io.stdout,
+                    "{}",
+                    crate::model::schema::manifest_schema_text()
+                )?;
                 Ok(ExitStatus::Success)
             }
             Command::State(StateCommand::Show { address }) => self.state_show(address),
@@ -687,7 +691,7 @@ impl Session<'_, '_> {
             host: self.env.host.clone().unwrap_or_else(|| "unknown".into()),
             pid: std::process::id(),
             command: self.command_line.clone(),
-            started: crate::apply::now(),
+            started: crate::ops::create::now(),
             ci_job_url: self.env.ci_job_url.clone(),
         }
     }
@@ -767,11 +771,11 @@ impl Session<'_, '_> {
             false => None,
         };
         let stampede = refresh.as_ref().and_then(Refresh::stampede);
-        let plan = crate::lifecycle::plan_successors(
+        let plan = crate::model::lifecycle::plan_successors(
             plan::plan(&loaded.manifest.tokens, state.as_ref()).restrict(&targeting),
             state.as_ref(),
             &loaded.manifest.lifecycle,
-            crate::apply::now(),
+            crate::ops::create::now(),
             refresh.as_ref(),
             stampede.is_some(),
         )

@@ -6,13 +6,13 @@ use std::fs;
 use std::path::Path;
 
 use super::{CommandResult, Failure, Format, ImportArgs, ResolveArgs, Session};
-use crate::address::Address;
 use crate::backend::Backend;
 use crate::error::ExitStatus;
+use crate::model::address::Address;
+use crate::model::state::{Origin, State, TokenRecord};
 use crate::render;
 use crate::secret::fingerprint_of;
 use crate::sink::{FoundSecret, SecretLookup};
-use crate::state::{Origin, State, TokenRecord};
 
 /// A token found in a secrets file.
 struct SinkRecord {

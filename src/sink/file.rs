@@ -13,8 +13,8 @@ use super::{
     ForApply, FoundSecret, NewToken, SecretLookup, SecretSink, SinkContext, SinkError, SinkKind,
     create_private_dir,
 };
-use crate::address::Address;
 use crate::fsutil;
+use crate::model::address::Address;
 use crate::secret::Secret;
 
 /// `secrets.file`: the path of the secrets file.

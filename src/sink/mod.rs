@@ -23,7 +23,7 @@ use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::Deserialize;
 use serde::de::{self, Deserializer, IntoDeserializer, MapAccess, Visitor};
 
-use crate::address::Address;
+use crate::model::address::Address;
 use crate::secret::Secret;
 
 pub use exec::{ExecSink, ExecSpec, WITHHELD_FROM_EXEC};

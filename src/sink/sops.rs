@@ -26,9 +26,9 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use serde_yaml::{Mapping, Value};
 use sha2::{Digest, Sha512};
 
-use crate::address::Address;
 use crate::fsutil;
-use crate::manifest::checked_string;
+use crate::model::address::Address;
+use crate::model::manifest::checked_string;
 use crate::render;
 use crate::secret::Secret;
 use crate::sink::{

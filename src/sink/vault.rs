@@ -17,8 +17,8 @@ use reqwest::blocking::{Client, RequestBuilder, Response};
 use reqwest::{Method, StatusCode, Url};
 use serde_json::{Value, json};
 
-use crate::address::Address;
-use crate::manifest::checked_string;
+use crate::model::address::Address;
+use crate::model::manifest::checked_string;
 use crate::secret::Secret;
 use crate::sink::{
     ForApply, FoundSecret, NewToken, SecretLookup, SecretSink, SinkContext, SinkError, SinkKind,

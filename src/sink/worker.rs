@@ -4,7 +4,7 @@ use std::io;
 use std::path::PathBuf;
 
 use super::{NewToken, Rescue, SecretSink, SinkError};
-use crate::address::Address;
+use crate::model::address::Address;
 use crate::secret::Secret;
 
 /// What happened when one secret was handed to the sinks.

@@ -12,7 +12,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::Client;
 
 use super::{PgError, detail};
-use crate::journal::{JournalError, Record};
+use crate::backend::JournalError;
+use crate::model::journal::Record;
 
 type Item = (Record, oneshot::Sender<Result<(), String>>);
 
@@ -44,7 +45,7 @@ impl Recovery {
             .dir
             .clone()
             .ok_or_else(|| io::Error::other("neither XDG_STATE_HOME nor HOME is set"))?;
-        let lineage = crate::journal::lineage(std::slice::from_ref(&self.begin))
+        let lineage = crate::model::journal::lineage(std::slice::from_ref(&self.begin))
             .unwrap_or("none")
             .to_string();
         let path = dir.join(format!("pg-{lineage}-run{}.jsonl", self.run_id));

@@ -34,9 +34,10 @@ pub use conn::{ConnSpec, Tls};
 pub use journal::PgJournal;
 
 use super::{Backend, BackendError, Journal, LockGuard, Reading};
-use crate::journal::{self as file_journal, FoldSummary, Record};
-use crate::lock::Holder;
-use crate::state::{State, StateParseError, TOOL_VERSION};
+use crate::backend::file::journal as file_journal;
+use crate::backend::file::lock::Holder;
+use crate::model::journal::{self as records_of, FoldSummary, Record};
+use crate::model::state::{State, StateParseError, TOOL_VERSION};
 
 /// The environment variable holding the connection string.
 pub const CONN_STR_VAR: &str = "TOKENCTL_PG_CONN_STR";
@@ -546,7 +547,7 @@ impl PgBackend {
         paths.sort();
         for path in paths {
             if let Ok(Some(records)) = file_journal::read(&path)
-                && file_journal::lineage(&records) == Some(lineage)
+                && records_of::lineage(&records) == Some(lineage)
             {
                 found.push((path, records));
             }
@@ -836,7 +837,7 @@ impl Backend for PgBackend {
         // or pending in the state. One whose address was resolved (and
         // perhaps created again) since is old news and must not overwrite
         // the live token's record.
-        let open: Vec<crate::address::Address> = file_journal::fold(base.clone(), &records)
+        let open: Vec<crate::model::address::Address> = records_of::fold(base.clone(), &records)
             .0
             .pending
             .into_iter()
@@ -855,7 +856,7 @@ impl Backend for PgBackend {
                     .cloned(),
             );
         }
-        let (mut folded, summary) = file_journal::fold(base, &records);
+        let (mut folded, summary) = records_of::fold(base, &records);
         // What to store: nothing for a journal that recorded nothing on a
         // first run, the state as it was when the fold changed nothing,
         // else the fold with its serial moved on.

@@ -8,10 +8,16 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::{Backend, BackendError, Journal, LockGuard, Reading};
-use crate::journal::{self, FoldSummary, JournalError, JournalWriter, Record};
-use crate::lock::{self, Holder, LockError};
-use crate::state::State;
-use crate::store::{FileStore, StateStore};
+use crate::model::journal::{self as records_of, FoldSummary, Record};
+
+pub mod journal;
+pub mod lock;
+pub mod store;
+
+use crate::model::state::State;
+use journal::{JournalError, JournalWriter};
+use lock::{Holder, LockError};
+use store::{FileStore, StateStore};
 
 /// The state file at a path, with its journal and lock beside it.
 #[derive(Debug, Clone)]
@@ -110,9 +116,13 @@ impl Backend for FileBackend {
         journal::check_writer_gone(&path, &records, host)?;
         journal::check_lineage(&path, &records, before)?;
         let base = before.cloned().unwrap_or_else(|| {
-            State::new(journal::lineage(&records).unwrap_or_default().to_string())
+            State::new(
+                records_of::lineage(&records)
+                    .unwrap_or_default()
+                    .to_string(),
+            )
         });
-        let (folded, summary) = journal::fold(base, &records);
+        let (folded, summary) = records_of::fold(base, &records);
         let stored = if before.is_none() && folded.tokens.is_empty() && folded.pending.is_empty() {
             None
         } else {
@@ -169,7 +179,7 @@ impl Backend for FileBackend {
                 let state = self.load()?;
                 journal::check_lineage(&path, &records, state.as_ref())?;
                 let base = state.unwrap_or_else(|| {
-                    State::new(journal::lineage(&records).unwrap_or_default().into())
+                    State::new(records_of::lineage(&records).unwrap_or_default().into())
                 });
                 Ok(Reading::running(base, &records, holder))
             }
@@ -213,8 +223,8 @@ mod tests {
         other.serial = 7;
         std::fs::write(backend.store().path(), other.to_json()).unwrap();
         let mut next = first.clone();
-        next.record_pending(crate::state::PendingCreate::new(
-            crate::address::Address::new(1, "a"),
+        next.record_pending(crate::model::state::PendingCreate::new(
+            crate::model::address::Address::new(1, "a"),
             0,
             "x".into(),
         ));

@@ -5,7 +5,7 @@
 use schemars::generate::SchemaSettings;
 use serde_json::Value;
 
-use crate::manifest::RawManifest;
+use crate::model::manifest::RawManifest;
 
 /// Where the schema is published, for editors that fetch it by URL.
 const SCHEMA_ID: &str = "https://github.com/tokenctl/tokenctl/tokenctl.schema.json";
@@ -59,7 +59,7 @@ pub fn manifest_schema_text() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::manifest::Manifest;
+    use crate::model::manifest::Manifest;
 
     fn keys(value: &Value) -> Vec<String> {
         let mut keys: Vec<String> = value["properties"]
@@ -143,7 +143,7 @@ mod tests {
 
     #[test]
     fn the_committed_schema_file_is_current() {
-        let committed = include_str!("../tokenctl.schema.json");
+        let committed = include_str!("../../tokenctl.schema.json");
         assert_eq!(
             committed.trim_end(),
             manifest_schema_text(),

@@ -17,12 +17,12 @@ use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use tokio::sync::Semaphore;
 
-use crate::address::Address;
 use crate::api::{CreateError, CreatedToken, TokenApi};
 use crate::backend::Journal;
 use crate::failpoint;
-use crate::journal::Record;
-use crate::limiter::{Limiter, Permit, Progress, Snapshot};
+use crate::model::address::Address;
+use crate::model::journal::Record;
+use crate::ops::limiter::{Limiter, Permit, Progress, Snapshot};
 use crate::sink::{Rescue, SecretSink, SinkError, SinkWorker};
 
 /// How 429 answers are retried.

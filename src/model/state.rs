@@ -7,7 +7,7 @@ use rustc_hash::FxHashSet;
 
 use serde::{Deserialize, Serialize};
 
-use crate::address::Address;
+use crate::model::address::Address;
 
 /// The newest state format version this tool reads and writes.
 ///

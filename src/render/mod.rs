@@ -6,9 +6,9 @@ use similar::{Algorithm, TextDiff};
 
 use serde::Serialize;
 
-use crate::lifecycle::{Finding, Refresh, RefreshCounts};
-use crate::plan::{Action, Change, Plan, Summary};
-use crate::state::{Liveness, State, SupersededToken};
+use crate::model::lifecycle::{Finding, Refresh, RefreshCounts};
+use crate::model::plan::{Action, Change, Plan, Summary};
+use crate::model::state::{Liveness, State, SupersededToken};
 
 /// What a plan shows beside its changes: what a refresh found, and the
 /// superseded tokens a person still has to revoke.
@@ -272,7 +272,7 @@ pub fn doubt_hint(change: &Change) -> String {
 }
 
 /// Returns, on one line, how to settle a create in doubt.
-fn doubt_action(address: &crate::address::Address) -> String {
+fn doubt_action(address: &crate::model::address::Address) -> String {
     format!(
         "Look for the token in the Logz.io UI of account {}: if it exists, run `tokenctl resolve {address} --adopt <id>`; \
          if not, `tokenctl resolve {address} --abandon` and the next apply creates it.",
@@ -359,7 +359,7 @@ pub fn plan_json(
     let summary = plan.summary();
     let document = PlanDocument {
         format_version: OUTPUT_FORMAT_VERSION,
-        tool_version: crate::state::TOOL_VERSION,
+        tool_version: crate::model::state::TOOL_VERSION,
         summary,
         max_creates,
         over_budget: summary.create > max_creates,
@@ -629,9 +629,9 @@ pub fn parse_time(text: &str) -> Result<i64, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::address::Address;
-    use crate::plan::plan;
-    use crate::state::{PendingCreate, State, TokenRecord};
+    use crate::model::address::Address;
+    use crate::model::plan::plan;
+    use crate::model::state::{PendingCreate, State, TokenRecord};
 
     fn render(plan: &Plan, style: Style) -> String {
         let mut out = Vec::new();
@@ -673,7 +673,7 @@ mod tests {
         let mut out = Vec::new();
         plan_json(&mixed_plan(), 50, &Extras::default(), &mut out).unwrap();
         let text = String::from_utf8(out).unwrap();
-        insta::assert_snapshot!(text.replace(crate::state::TOOL_VERSION, "<version>"));
+        insta::assert_snapshot!(text.replace(crate::model::state::TOOL_VERSION, "<version>"));
     }
 
     #[test]

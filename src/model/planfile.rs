@@ -7,9 +7,9 @@
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::address::Address;
-use crate::plan::Plan;
-use crate::state::{State, TOOL_VERSION};
+use crate::model::address::Address;
+use crate::model::plan::Plan;
+use crate::model::state::{State, TOOL_VERSION};
 
 /// The plan file format version.
 pub const PLAN_FORMAT_VERSION: u32 = 1;
@@ -166,7 +166,7 @@ impl PlanFile {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plan::plan;
+    use crate::model::plan::plan;
 
     fn saved(state: Option<&State>) -> PlanFile {
         let desired = [Address::new(1, "a")];

@@ -6,7 +6,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use crate::fsutil;
-use crate::state::{State, StateParseError, TOOL_VERSION};
+use crate::model::state::{State, StateParseError, TOOL_VERSION};
 
 /// Why the state could not be read or written.
 #[derive(Debug, thiserror::Error)]
@@ -214,9 +214,9 @@ impl StateStore for FileStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::address::Address;
     use crate::error::Hint;
-    use crate::state::TokenRecord;
+    use crate::model::address::Address;
+    use crate::model::state::TokenRecord;
 
     fn one_token(state: &mut State, name: &str, id: u64) {
         state.record_created(TokenRecord::created(
