@@ -195,16 +195,30 @@ impl HttpApi {
         }
         serde_json::from_str(&body).map_err(|e| failed(format!("unexpected answer: {e}")))
     }
+}
 
+/// What the owner token itself can be asked: who it is, and which accounts
+/// it manages. Apply's pre-flight and a refresh start here.
+pub trait OwnerApi {
     /// Returns the owner account of the API token (`GET /v2/whoami`).
-    pub async fn whoami(&self) -> Result<Owner, PreflightError> {
-        self.get_json("whoami", "/v2/whoami").await
+    fn whoami(&self) -> impl Future<Output = Result<Owner, PreflightError>> + Send;
+
+    /// Returns the accounts associated with the owner
+    /// (`GET /v1/associated-accounts`).
+    fn associated_accounts(
+        &self,
+    ) -> impl Future<Output = Result<Vec<AssociatedAccount>, PreflightError>> + Send;
+}
+
+impl OwnerApi for HttpApi {
+    fn whoami(&self) -> impl Future<Output = Result<Owner, PreflightError>> + Send {
+        self.get_json("whoami", "/v2/whoami")
     }
 
-    /// Returns the accounts associated with the owner (`GET /v1/associated-accounts`).
-    pub async fn associated_accounts(&self) -> Result<Vec<AssociatedAccount>, PreflightError> {
+    fn associated_accounts(
+        &self,
+    ) -> impl Future<Output = Result<Vec<AssociatedAccount>, PreflightError>> + Send {
         self.get_json("associated-accounts", "/v1/associated-accounts")
-            .await
     }
 }
 

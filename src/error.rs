@@ -1,6 +1,8 @@
 //! The one shape of a failure as a user meets it: the error's message, a
 //! hint saying what to do next, and an exit status.
 
+use std::io;
+
 /// Says what the user can do about an error. Every error type a command
 /// can end with implements it, so every failure reads the same way:
 /// `error: …` then `hint: …`.
@@ -34,5 +36,46 @@ impl ExitStatus {
             ExitStatus::InDoubt => 3,
             ExitStatus::Interrupted => 130,
         }
+    }
+}
+
+/// A failure, as the user sees it: what went wrong, what to do, and the
+/// exit status. Every error type of the library becomes one through its
+/// [`Hint`].
+#[derive(Debug)]
+pub struct Failure {
+    pub message: String,
+    pub hint: Option<String>,
+    pub status: ExitStatus,
+}
+
+impl Failure {
+    pub fn new(message: impl Into<String>) -> Self {
+        Failure {
+            message: message.into(),
+            hint: None,
+            status: ExitStatus::Error,
+        }
+    }
+
+    pub fn hint(self, hint: impl Into<String>) -> Self {
+        self.maybe_hint(Some(hint.into()))
+    }
+
+    pub fn maybe_hint(mut self, hint: Option<String>) -> Self {
+        self.hint = hint;
+        self
+    }
+}
+
+impl<E: std::error::Error + Hint> From<E> for Failure {
+    fn from(err: E) -> Self {
+        Failure::new(err.to_string()).maybe_hint(err.hint())
+    }
+}
+
+impl From<io::Error> for Failure {
+    fn from(err: io::Error) -> Self {
+        Failure::new(format!("cannot write output: {err}"))
     }
 }

@@ -1,4 +1,5 @@
-//! The `apply` command: plan, confirm, create with the journal, fold.
+//! The `apply` command: builds the options of `ops::apply`, shows what it
+//! reports, and turns its result into output and an exit status.
 
 use std::fs;
 use std::io::{self, Write};
@@ -7,25 +8,21 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use super::{
-    ApplyArgs, CommandResult, ConfiguredSink, ConnectArgs, Failure, Format, Session, check_budget,
-    check_refresh,
-};
-use crate::api::{self, HttpApi, Timeouts};
-use crate::backend::Backend;
-use crate::error::{ExitStatus, Hint};
-use crate::model::address::Address;
-use crate::model::journal::Record;
-use crate::model::lifecycle::{self, Refresh};
+use super::{ApplyArgs, CommandResult, ConnectArgs, Env, Failure, Format, Io, Session};
+use crate::api::{HttpApi, Timeouts};
+use crate::error::ExitStatus;
+use crate::model::lifecycle::Refresh;
 use crate::model::manifest::{self, Manifest};
-use crate::model::plan::{self, Plan};
-use crate::model::planfile::PlanFile;
-use crate::model::state::{State, SupersededToken};
-use crate::ops::create::{Apply, Event, Outcome, Report, StopReason, now};
+use crate::model::plan::Plan;
+use crate::model::state::State;
+use crate::ops::Ui;
+use crate::ops::apply::{self, Applied, ApplyOptions, ApplyUi, Finished};
+use crate::ops::create::{Event, Outcome, Report, StopReason};
 use crate::ops::limiter::Snapshot;
+use crate::ops::sinks;
 use crate::render::{self, Style};
 use crate::secret::Secret;
-use crate::sink::{ForApply, Rescue, SecretSink, SinkSpec};
+use crate::sink::Rescue;
 
 /// Applies with more creates than this show a progress bar on a terminal.
 const PROGRESS_MIN: usize = 3;
@@ -34,540 +31,117 @@ impl Session<'_, '_> {
     pub(super) fn apply(&mut self, args: &ApplyArgs) -> CommandResult {
         let loaded = self.load_manifest()?;
         let store = self.store_for(Some(&loaded.manifest))?;
-        let store = &*store;
-        let lock = self.lock(store)?;
-        let mut state = self.load_state_locked(store)?;
+        let lock = self.lock(&*store)?;
+        let state = self.load_state_locked(&*store)?;
         let targeting = self.targeting(&args.targeting);
-        // A saved plan is checked against the state it was made from,
-        // before a refresh records anything in it.
-        let saved = match &args.plan_file {
-            Some(path) => Some(self.load_plan_file(path, &loaded.bytes, state.as_ref())?),
-            None => None,
-        };
-        // What a refresh learnt, applied to `state` but not stored until
-        // the apply goes ahead (after the confirmation): the state before
-        // it, and the superseded tokens it retires.
-        let mut unrecorded: Option<(State, Vec<SupersededToken>)> = None;
-        let refresh = match args.refresh {
-            true => {
-                let refresh = self.refresh_tokens(
-                    &args.connect,
-                    args.secrets_out.as_deref(),
-                    &loaded.manifest,
-                    state.as_ref(),
-                )?;
-                // Nothing is recorded from a refresh that cannot be trusted
-                // or that fails the plan.
-                if let Err(failure) = check_refresh(&refresh, &loaded.manifest, args.force) {
-                    let extras = render::Extras {
-                        refresh: Some(&refresh),
-                        state: None,
-                    };
-                    render::lifecycle_text(&extras, self.style, self.io.stdout)?;
-                    return Err(failure);
-                }
-                let retire = refresh.stampede().is_none() || args.force;
-                if let Some(before) = state.take() {
-                    let mut after = before.clone();
-                    let retired = lifecycle::record_refresh(&mut after, &refresh, retire);
-                    state = Some(after);
-                    unrecorded = Some((before, retired));
-                }
-                Some(refresh)
-            }
-            false => None,
-        };
-        let hold_back = refresh
-            .as_ref()
-            .and_then(Refresh::stampede)
-            .is_some_and(|_| !args.force);
-        let plan = lifecycle::plan_successors(
-            plan::plan(&loaded.manifest.tokens, state.as_ref()).restrict(&targeting),
-            state.as_ref(),
-            &loaded.manifest.lifecycle,
-            now(),
-            refresh.as_ref(),
-            hold_back,
-        );
-        self.warn_if_all_orphaned(&plan);
-        let creates = match saved {
-            Some(saved) => saved_creates(saved, &plan)?,
-            None => plan.creates(),
-        };
-        let json = args.output == Format::Json;
-        if !json {
-            render::plan_text(&plan, self.style, self.io.stdout)?;
-            let extras = render::Extras {
-                refresh: refresh.as_ref(),
-                state: state.as_ref(),
-            };
-            render::lifecycle_text(&extras, self.style, self.io.stdout)?;
-        }
-        if creates.is_empty() {
-            self.record_refresh(store, &mut state, unrecorded)?;
-            let code = if plan.summary().in_doubt > 0 {
-                ExitStatus::InDoubt
-            } else {
-                ExitStatus::Success
-            };
-            if json {
-                json_line(self.io.stdout, &start_event(&plan, 0))?;
-                json_line(
-                    self.io.stdout,
-                    &serde_json::json!({"event": "summary", "created": 0, "failed": 0,
-                    "in_doubt": 0, "not_attempted": 0, "pending_total": plan.summary().in_doubt,
-                    "throttled": 0, "exit_code": code.code()}),
-                )?;
-            } else {
-                writeln!(self.io.stdout, "\nNothing to create.")?;
-            }
-            return Ok(code);
-        }
-        check_budget(&plan, &args.budget)?;
-        let configured = self.apply_sinks(args, &loaded.manifest)?;
-        let timeouts = Timeouts {
-            request: args.request_timeout,
-            ..Timeouts::default()
-        };
-        let api = self.connect_api(&args.connect, &loaded.manifest, timeouts)?;
-        let runtime = self.runtime()?;
-        if !args.skip_preflight {
-            runtime.block_on(preflight(&api, &creates))?;
-        }
-        if args.plan_file.is_none() && !args.auto_approve {
-            self.confirm(creates.len())?;
-        }
-        self.record_refresh(store, &mut state, unrecorded)?;
-        // Only now, after the answer, is anything made on disk; and all of
-        // it before the first create, so a refusal costs no token.
-        let rescue = self.rescue()?;
-        let sinks = self.open_sinks(&configured, &rescue, &creates)?;
-        let sink_names: Vec<String> = sinks.iter().map(|s| s.describe()).collect();
-        let retry = self.retry_policy();
-
-        // A first apply makes the state's lineage here; the fold reads it
-        // back from the journal.
-        let lineage = state
-            .as_ref()
-            .map(|s| s.lineage.clone())
-            .unwrap_or_else(|| State::fresh().lineage);
-        let journal = store.open_journal(&Record::Begin {
-            lineage: lineage.clone(),
-            serial: state.as_ref().map_or(0, |s| s.serial),
-            started: now(),
-            pid: std::process::id(),
-            host: self.env.host.clone(),
-        })?;
-        // Between taking the lock and making the journal, another run may
-        // have got in, if the lock file was deleted meanwhile: it would
-        // have moved the state on, or left its own lock file at the path.
-        let moved = store.load()?.map(|s| (s.lineage, s.serial))
-            != state.as_ref().map(|s| (s.lineage.clone(), s.serial));
-        if moved || !lock.is_current() {
-            store.discard_journal(journal)?;
-            return Err(Failure::new(format!(
-                "another run changed the state or took its lock while this one prepared ({}); nothing was created",
-                store.location()
-            ))
-            .hint("the lock was probably lost while tokenctl ran (a lock file removed, a database connection cut); check that nothing deletes files beside the state, then run again"));
-        }
-        let interrupt = Arc::new(AtomicBool::new(false));
-        runtime.spawn(watch_signals(interrupt.clone()));
-        let progress = (!json && self.io.terminal.stderr && creates.len() > PROGRESS_MIN)
-            .then(|| progress_bar(creates.len(), usize::from(args.parallelism)));
-        if json {
-            json_line(self.io.stdout, &start_event(&plan, creates.len()))?;
-        } else {
-            writeln!(self.io.stdout)?;
-        }
-        let styles = (self.style, self.err_style);
-        let (stdout, stderr) = (&mut *self.io.stdout, &mut *self.io.stderr);
-        let mut events = |event: Event<'_>| {
-            if json {
-                let _ = json_line(stdout, &json_event(&event));
-                return;
-            }
-            match &progress {
-                Some(bar) => match event {
-                    Event::Progress(snapshot) => bar.set_message(progress_message(&snapshot)),
-                    event => {
-                        if let Event::Finished(..) = event {
-                            bar.inc(1);
-                        }
-                        bar.suspend(|| print_event(event, styles, stdout, stderr));
-                    }
-                },
-                None => print_event(event, styles, stdout, stderr),
-            }
-        };
-        let apply = Apply {
-            api: &api,
-            journal: &journal,
-            sinks,
-            rescue: &rescue,
-            retry: &retry,
+        let configured = self.configured_sinks(Some(&loaded.manifest), args.secrets_out.as_deref());
+        let home = self.env.home.as_deref().map(Path::new);
+        let readers = args.refresh.then(|| sinks::readers(&configured, home));
+        let manifest_name = self.cli.manifest.display().to_string();
+        let options = ApplyOptions {
+            manifest: &loaded.manifest,
+            manifest_bytes: &loaded.bytes,
+            manifest_name: &manifest_name,
+            targeting: &targeting,
+            saved_plan: args.plan_file.as_deref(),
+            refresh: readers.as_ref(),
+            force: args.force,
+            max_creates: args.budget.max_creates,
+            sinks: &configured,
+            home,
+            rescue_dir: Rescue::default_dir(
+                self.env.xdg_state_home.as_deref(),
+                self.env.home.as_deref(),
+            ),
             parallelism: usize::from(args.parallelism),
-            interrupt: &interrupt,
+            preflight: !args.skip_preflight,
+            confirm: args.plan_file.is_none() && !args.auto_approve,
+            timeouts: Timeouts {
+                request: args.request_timeout,
+                ..Timeouts::default()
+            },
+            retry: self.retry_policy(),
+            host: self.env.host.as_deref(),
         };
-        let report = runtime.block_on(apply.run(&creates, &mut events));
-        let recovery = journal.recovery_file();
-        drop(journal);
-        if let Some(bar) = progress {
-            bar.finish_and_clear();
-        }
-
-        if let Some(path) = &recovery {
-            self.warn(&format!(
-                "the connection to the state's database was lost during the apply; the outcomes it could not take are in {} (mode 0600), which the next run on this machine merges",
-                path.display()
-            ));
-        }
-        let stored = match store.recover(state.as_ref(), self.env.host.as_deref())? {
-            Some((stored, _)) => stored,
-            None if report.outcomes.iter().any(|(_, o)| *o != Outcome::Skipped) => {
-                // Something removed the journal while the run wrote to it:
-                // record what this run knows, or the next run would send
-                // the same creates again.
-                self.warn(&format!(
-                    "the journal {} disappeared during the apply; the state was rebuilt from this run's outcomes (without creation times and fingerprints). Check that nothing deletes files beside the state while tokenctl runs",
-                    store.journal_location()
-                ));
-                let base = state.clone().unwrap_or_else(|| State::new(lineage));
-                Some(
-                    store
-                        .commit(state.as_ref(), fold_outcomes(base, &report))?
-                        .0,
-                )
-            }
-            None => state.clone(),
+        let env = self.env;
+        let mut connect = |timeouts, ui: &mut dyn Ui| {
+            connect_api(env, &args.connect, &loaded.manifest, timeouts, ui)
         };
-        let stored = match &refresh {
-            Some(refresh) => self.retire_replaced(store, stored, &report, refresh.at)?,
-            None => stored,
+        let mut screen = ApplyScreen {
+            io: &mut *self.io,
+            style: self.style,
+            err_style: self.err_style,
+            json: args.output == Format::Json,
+            parallelism: usize::from(args.parallelism),
+            progress: None,
+            signals: None,
         };
-        self.finish(
-            store,
-            state.as_ref(),
-            stored.as_ref(),
-            &report,
-            &sink_names,
-            json,
-        )
-    }
-
-    /// Warns when the server returned an id that the state already records
-    /// for another address: one of the two records is wrong.
-    fn warn_about_reused_ids(&mut self, before: Option<&State>, report: &Report) {
-        let Some(before) = before else { return };
-        for (address, outcome) in &report.outcomes {
-            let Outcome::Created { id } = outcome else {
-                continue;
-            };
-            if let Some(other) = before
-                .tokens
-                .iter()
-                .find(|t| t.id == *id && &t.address != address)
-            {
-                self.warn(&format!(
-                    "the server returned id {id} for {address}, an id the state already records for {}; check both in the Logz.io UI",
-                    other.address
-                ));
-            }
+        let applied = apply::apply(&*store, &*lock, state, &options, &mut connect, &mut screen)?;
+        match applied {
+            Applied::NothingToCreate(plan) => screen.nothing_to_create(&plan),
+            Applied::Ran(finished) => screen.finish(&store.location(), &finished),
         }
     }
+}
 
-    /// Returns the creates of a saved plan, after checking that it was made
-    /// from exactly the current manifest and state.
-    /// Reads a saved plan, after checking that it was made from exactly
-    /// the current manifest and state.
-    fn load_plan_file(
-        &mut self,
-        path: &Path,
-        manifest_bytes: &[u8],
-        state: Option<&State>,
-    ) -> Result<PlanFile, Failure> {
-        let text = fs::read_to_string(path).map_err(|err| {
-            Failure::new(format!("cannot read plan file {}: {err}", path.display()))
-        })?;
-        let saved = PlanFile::from_json(&text)?;
-        saved.check(manifest_bytes, state)?;
-        Ok(saved)
+/// Returns a client for the API, acting with the owner token.
+pub(super) fn connect_api(
+    env: &Env,
+    connect: &ConnectArgs,
+    manifest: &Manifest,
+    timeouts: Timeouts,
+    ui: &mut dyn Ui,
+) -> Result<HttpApi, Failure> {
+    let owner_token = owner_token(env, connect, ui)?;
+    let base_url = base_url(env, connect, manifest)?;
+    HttpApi::new(&base_url, owner_token, timeouts).map_err(|err| Failure::new(err.to_string()))
+}
+
+/// What `apply` shows while it runs: the plan, the question, each create
+/// (or a progress bar on a terminal), as text or JSON events.
+struct ApplyScreen<'s, 'io> {
+    io: &'s mut Io<'io>,
+    style: Style,
+    err_style: Style,
+    json: bool,
+    parallelism: usize,
+    progress: Option<indicatif::ProgressBar>,
+    signals: Option<SignalWatch>,
+}
+
+impl Ui for ApplyScreen<'_, '_> {
+    fn warn(&mut self, text: &str) {
+        let _ = writeln!(self.io.stderr, "{} {text}", self.err_style.warn("warning:"));
     }
 
-    /// Stores what a refresh learnt (each token's last check, and the
-    /// superseded tokens that answered 401 retired), once the apply goes
-    /// ahead; `state` becomes the state as stored.
-    fn record_refresh(
-        &mut self,
-        store: &dyn Backend,
-        state: &mut Option<State>,
-        unrecorded: Option<(State, Vec<SupersededToken>)>,
-    ) -> Result<(), Failure> {
-        let Some((before, retired)) = unrecorded else {
-            return Ok(());
+    fn note(&mut self, text: &str) {
+        let _ = writeln!(self.io.stderr, "{} {text}", self.err_style.bold("note:"));
+    }
+}
+
+impl ApplyUi for ApplyScreen<'_, '_> {
+    fn refresh_refused(&mut self, refresh: &Refresh) -> Result<(), Failure> {
+        let extras = render::Extras {
+            refresh: Some(refresh),
+            state: None,
         };
-        let Some(after) = state.take() else {
-            return Ok(());
-        };
-        let (stored, _) = store.commit(Some(&before), after)?;
-        *state = Some(stored);
-        for old in retired {
-            self.note(&format!(
-                "retired token id {} of {}: it answers 401, so it was revoked as asked",
-                old.id, old.address
-            ));
-        }
+        render::lifecycle_text(&extras, self.style, self.io.stdout)?;
         Ok(())
     }
 
-    /// Retires the predecessors of tokens that replaced revoked ones: the
-    /// refresh already found them revoked.
-    fn retire_replaced(
+    fn planned(
         &mut self,
-        store: &dyn Backend,
-        state: Option<State>,
-        report: &Report,
-        refreshed_at: i64,
-    ) -> Result<Option<State>, Failure> {
-        let Some(before) = state else { return Ok(None) };
-        let successors: rustc_hash::FxHashSet<u64> = report
-            .outcomes
-            .iter()
-            .filter_map(|(_, outcome)| match outcome {
-                Outcome::Created { id } => Some(*id),
-                _ => None,
-            })
-            .collect();
-        let mut after = before.clone();
-        let retired = lifecycle::retire_replaced(&mut after, &successors, refreshed_at);
-        if retired.is_empty() {
-            return Ok(Some(before));
+        plan: &Plan,
+        refresh: Option<&Refresh>,
+        state: Option<&State>,
+    ) -> Result<(), Failure> {
+        if self.json {
+            return Ok(());
         }
-        let (stored, _) = store.commit(Some(&before), after)?;
-        for old in retired {
-            self.note(&format!(
-                "retired token id {} of {}: it was found revoked and now has a successor",
-                old.id, old.address
-            ));
-        }
-        Ok(Some(stored))
-    }
-
-    fn finish(
-        &mut self,
-        store: &dyn Backend,
-        before: Option<&State>,
-        after: Option<&State>,
-        report: &Report,
-        sink_names: &[String],
-        json: bool,
-    ) -> CommandResult {
-        let (created, failed, in_doubt, skipped) = report.counts();
-        let pending = after.map_or(0, |s| s.pending.len());
-        self.warn_about_reused_ids(before, report);
-        let result = apply_result(report, pending);
-        if json {
-            let code = result
-                .as_ref()
-                .map_or_else(|f| f.status, |code| *code)
-                .code();
-            let rescued: Vec<_> = report
-                .rescued
-                .iter()
-                .map(|(address, path)| {
-                    serde_json::json!({
-                        "address": address.to_string(),
-                        "rescue_file": path.as_ref().map(|p| p.display().to_string()),
-                    })
-                })
-                .collect();
-            let summary = serde_json::json!({
-                "event": "summary",
-                "created": created,
-                "failed": failed,
-                "in_doubt": in_doubt,
-                "not_attempted": skipped,
-                "pending_total": pending,
-                "rescued": rescued,
-                "stopped": report.stopped.as_ref().map(StopReason::to_string),
-                "throttled": report.throttled,
-                "exit_code": code,
-            });
-            json_line(self.io.stdout, &summary)?;
-            return result;
-        }
-        let style = self.style;
-        let out = &mut *self.io.stdout;
-        writeln!(out)?;
-        let before_text = before.map(State::to_json).unwrap_or_default();
-        let after_text = after.map(State::to_json).unwrap_or_default();
-        render::state_diff(&store.location(), &before_text, &after_text, style, out)?;
-        writeln!(out)?;
-        let headline = format!(
-            "Apply finished: {created} created, {failed} failed, {in_doubt} in doubt, {skipped} not attempted."
-        );
-        let healthy = failed + in_doubt + skipped == 0 && report.rescued.is_empty();
-        let headline = if healthy {
-            style.good(&headline)
-        } else {
-            style.warn(&headline)
-        };
-        writeln!(out, "{headline}")?;
-        if report.throttled > 0 {
-            writeln!(
-                out,
-                "{} request(s) were throttled by the API (429) and sent again after a short wait.",
-                report.throttled
-            )?;
-        }
-        if created > 0 {
-            writeln!(
-                out,
-                "New secrets were delivered to: {}",
-                sink_names.join(", ")
-            )?;
-        }
-        if pending > 0 {
-            writeln!(
-                out,
-                "{pending} create(s) in doubt: nothing more is created for them until `tokenctl resolve` settles each; `tokenctl plan` says how."
-            )?;
-        }
-        result
-    }
-    /// Returns the sinks of the run, after checking that there is one.
-    fn apply_sinks(
-        &self,
-        args: &ApplyArgs,
-        manifest: &Manifest,
-    ) -> Result<Vec<ConfiguredSink>, Failure> {
-        let sinks = self.configured_sinks(Some(manifest), args.secrets_out.as_deref());
-        if sinks.is_empty() {
-            return Err(Failure::new(
-                "no secret sink is configured, so new secrets would have nowhere to go; nothing was created",
-            )
-            .hint(format!(
-                "add one under `secrets` in the manifest ({}), e.g. `secrets: {{file: secrets/logzio-tokens.jsonl}}` (git-ignored), or pass --secrets-out PATH",
-                SinkSpec::KEYS.join(", ")
-            )));
-        }
-        Ok(sinks)
-    }
-
-    /// Returns the rescue folder, checked to be writable.
-    fn rescue(&mut self) -> Result<Rescue, Failure> {
-        let dir = Rescue::default_dir(self.env.xdg_state_home.as_deref(), self.env.home.as_deref())
-            .ok_or_else(|| {
-                Failure::new(
-                    "neither XDG_STATE_HOME nor HOME is set, so there is no private folder for rescue files; nothing was created",
-                )
-                .hint("set HOME (or XDG_STATE_HOME) to a folder only you can read")
-            })?;
-        let rescue = Rescue::new(dir);
-        rescue.prepare().map_err(|err| {
-            Failure::new(format!(
-                "cannot write to the rescue folder {}: {err}; nothing was created",
-                rescue.dir().display()
-            ))
-            .hint("a secret no sink would take is kept there; make the folder writable, or set XDG_STATE_HOME to another private folder")
-        })?;
-        Ok(rescue)
-    }
-
-    /// Opens every sink and runs its checks, so that a sink that would
-    /// refuse a secret does so before anything is created.
-    fn open_sinks(
-        &self,
-        configured: &[ConfiguredSink],
-        rescue: &Rescue,
-        creates: &[Address],
-    ) -> Result<Vec<Box<dyn SecretSink>>, Failure> {
-        let apply = ForApply {
-            rescue_dir: rescue.dir(),
-            creates,
-        };
-        configured
-            .iter()
-            .map(|sink| {
-                sink.spec
-                    .kind()
-                    .open(&self.sink_context(&sink.base_dir), &apply)
-                    .map_err(|err| {
-                        let failure = Failure::from(err);
-                        let message = format!("{}; nothing was created", failure.message);
-                        Failure { message, ..failure }
-                    })
-            })
-            .collect()
-    }
-
-    pub(super) fn owner_token(&mut self, args: &ConnectArgs) -> Result<Secret, Failure> {
-        if let Some(path) = &args.api_token_file {
-            self.warn_if_shared(path);
-        }
-        let token = match (&args.api_token_file, &self.env.api_token) {
-            (Some(path), _) => fs::read_to_string(path)
-                .map_err(|err| {
-                    Failure::new(format!(
-                        "cannot read the API token file {}: {err}",
-                        path.display()
-                    ))
-                })?
-                .trim()
-                .to_string(),
-            (None, Some(token)) => token.trim().to_string(),
-            (None, None) => String::new(),
-        };
-        if token.is_empty() {
-            return Err(Failure::new("no owner-account API token was given").hint(
-                "set LOGZIO_API_TOKEN, or pass --api-token-file PATH (a file holding the token)",
-            ));
-        }
-        // A token that cannot go into a header fails while the request is
-        // built; say so now rather than after planning every create.
-        if let Some(bad) = token.chars().find(|c| !c.is_ascii_graphic()) {
-            let what = match bad {
-                '\n' | '\r' => "a line break".to_string(),
-                ' ' | '\t' => "white space".to_string(),
-                other => format!("the character U+{:04X}", u32::from(other)),
-            };
-            return Err(Failure::new(format!(
-                "the owner-account API token contains {what}, which cannot be sent in an HTTP header; nothing was sent"
-            ))
-            .hint("LOGZIO_API_TOKEN (or the --api-token-file file) must hold the token alone, on one line"));
-        }
-        Ok(Secret::new(token))
-    }
-
-    /// Warns when a file holding the owner token can be read by others.
-    fn warn_if_shared(&mut self, path: &Path) {
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            if let Ok(meta) = fs::metadata(path)
-                && meta.permissions().mode() & 0o077 != 0
-            {
-                self.warn(&format!(
-                    "the API token file {} can be read by other users (mode {:o}); run `chmod 600 {}`",
-                    path.display(),
-                    meta.permissions().mode() & 0o777,
-                    path.display()
-                ));
-            }
-        }
-    }
-
-    pub(super) fn base_url(
-        &mut self,
-        args: &ConnectArgs,
-        manifest: &Manifest,
-    ) -> Result<String, Failure> {
-        match args.api_url.as_ref().or(self.env.api_url.as_ref()) {
-            Some(url) => manifest::check_api_url(url).map_err(|err| {
-                Failure::new(err).hint("pass an https:// URL, or http:// to a loopback address")
-            }),
-            None => Ok(manifest.endpoint.base_url().to_string()),
-        }
+        render::plan_text(plan, self.style, self.io.stdout)?;
+        let extras = render::Extras { refresh, state };
+        render::lifecycle_text(&extras, self.style, self.io.stdout)?;
+        Ok(())
     }
 
     fn confirm(&mut self, creates: usize) -> Result<(), Failure> {
@@ -591,47 +165,240 @@ impl Session<'_, '_> {
         }
         Ok(())
     }
-}
 
-/// Records a run's outcomes in the state without its journal: created
-/// tokens by id, and creates in doubt as pending.
-fn fold_outcomes(mut state: State, report: &Report) -> State {
-    for (address, outcome) in &report.outcomes {
-        match outcome {
-            Outcome::Created { id } => state.record_created(crate::model::state::TokenRecord::new(
-                address.clone(),
-                *id,
-                None,
-                crate::model::state::Origin::Created,
-                None,
-            )),
-            Outcome::InDoubt { reason } => state.record_pending(
-                crate::model::state::PendingCreate::new(address.clone(), now(), reason.clone()),
-            ),
-            Outcome::Failed { .. } | Outcome::Skipped => {}
+    fn creating(
+        &mut self,
+        plan: &Plan,
+        creates: usize,
+        interrupt: &Arc<AtomicBool>,
+    ) -> Result<(), Failure> {
+        self.signals = Some(SignalWatch::start(interrupt.clone()).map_err(|err| {
+            Failure::new(format!(
+                "cannot watch for Ctrl-C: {err}; nothing was created"
+            ))
+        })?);
+        if !self.json && self.io.terminal.stderr && creates > PROGRESS_MIN {
+            self.progress = Some(progress_bar(creates, self.parallelism));
+        }
+        if self.json {
+            json_line(self.io.stdout, &start_event(plan, creates))?;
+        } else {
+            writeln!(self.io.stdout)?;
+        }
+        Ok(())
+    }
+
+    fn event(&mut self, event: Event<'_>) {
+        let styles = (self.style, self.err_style);
+        let (stdout, stderr) = (&mut *self.io.stdout, &mut *self.io.stderr);
+        if self.json {
+            let _ = json_line(stdout, &json_event(&event));
+            return;
+        }
+        match &self.progress {
+            Some(bar) => match event {
+                Event::Progress(snapshot) => bar.set_message(progress_message(&snapshot)),
+                event => {
+                    if let Event::Finished(..) = event {
+                        bar.inc(1);
+                    }
+                    bar.suspend(|| print_event(event, styles, stdout, stderr));
+                }
+            },
+            None => print_event(event, styles, stdout, stderr),
         }
     }
-    state
+
+    fn created(&mut self) {
+        self.signals = None;
+        if let Some(bar) = self.progress.take() {
+            bar.finish_and_clear();
+        }
+    }
 }
 
-/// Returns the creates of a saved plan: same inputs give the same plan, and
-/// a saved plan may be narrower (made with --target), never wider.
-fn saved_creates(saved: PlanFile, plan: &Plan) -> Result<Vec<Address>, Failure> {
-    let planned = plan.creates();
-    if let Some(extra) = saved.creates.iter().find(|a| !planned.contains(a)) {
-        return Err(Failure::new(format!(
-            "the plan file creates {extra}, which the current plan does not"
-        ))
-        .hint(
-            "make a new plan with the same --target/--exclude and --refresh options you apply with",
+impl ApplyScreen<'_, '_> {
+    /// Reports an apply with nothing to create.
+    fn nothing_to_create(&mut self, plan: &Plan) -> CommandResult {
+        let code = if plan.summary().in_doubt > 0 {
+            ExitStatus::InDoubt
+        } else {
+            ExitStatus::Success
+        };
+        if self.json {
+            json_line(self.io.stdout, &start_event(plan, 0))?;
+            json_line(
+                self.io.stdout,
+                &serde_json::json!({"event": "summary", "created": 0, "failed": 0,
+                "in_doubt": 0, "not_attempted": 0, "pending_total": plan.summary().in_doubt,
+                "throttled": 0, "exit_code": code.code()}),
+            )?;
+        } else {
+            writeln!(self.io.stdout, "\nNothing to create.")?;
+        }
+        Ok(code)
+    }
+
+    /// Reports the creates: the state's diff and the summary.
+    fn finish(&mut self, location: &str, finished: &Finished) -> CommandResult {
+        let Finished {
+            before,
+            after,
+            report,
+            sinks,
+        } = finished;
+        let counts = report.counts();
+        let pending = after.as_ref().map_or(0, |s| s.pending.len());
+        let result = apply_result(report, pending);
+        if self.json {
+            let code = result
+                .as_ref()
+                .map_or_else(|f| f.status, |code| *code)
+                .code();
+            let rescued: Vec<_> = report
+                .rescued
+                .iter()
+                .map(|(address, path)| {
+                    serde_json::json!({
+                        "address": address.to_string(),
+                        "rescue_file": path.as_ref().map(|p| p.display().to_string()),
+                    })
+                })
+                .collect();
+            let summary = serde_json::json!({
+                "event": "summary",
+                "created": counts.created,
+                "failed": counts.failed,
+                "in_doubt": counts.in_doubt,
+                "not_attempted": counts.not_attempted,
+                "pending_total": pending,
+                "rescued": rescued,
+                "stopped": report.stopped.as_ref().map(StopReason::to_string),
+                "throttled": report.throttled,
+                "exit_code": code,
+            });
+            json_line(self.io.stdout, &summary)?;
+            return result;
+        }
+        let style = self.style;
+        let out = &mut *self.io.stdout;
+        writeln!(out)?;
+        let before_text = before.as_ref().map(State::to_json).unwrap_or_default();
+        let after_text = after.as_ref().map(State::to_json).unwrap_or_default();
+        render::state_diff(location, &before_text, &after_text, style, out)?;
+        writeln!(out)?;
+        let headline = format!(
+            "Apply finished: {} created, {} failed, {} in doubt, {} not attempted.",
+            counts.created, counts.failed, counts.in_doubt, counts.not_attempted
+        );
+        let healthy = counts.failed + counts.in_doubt + counts.not_attempted == 0
+            && report.rescued.is_empty();
+        let headline = if healthy {
+            style.good(&headline)
+        } else {
+            style.warn(&headline)
+        };
+        writeln!(out, "{headline}")?;
+        if report.throttled > 0 {
+            writeln!(
+                out,
+                "{} request(s) were throttled by the API (429) and sent again after a short wait.",
+                report.throttled
+            )?;
+        }
+        if counts.created > 0 {
+            writeln!(out, "New secrets were delivered to: {}", sinks.join(", "))?;
+        }
+        if pending > 0 {
+            writeln!(
+                out,
+                "{pending} create(s) in doubt: nothing more is created for them until `tokenctl resolve` settles each; `tokenctl plan` says how."
+            )?;
+        }
+        result
+    }
+}
+
+/// Reads the owner token: from `--api-token-file`, else `LOGZIO_API_TOKEN`.
+pub(super) fn owner_token(
+    env: &Env,
+    args: &ConnectArgs,
+    ui: &mut dyn Ui,
+) -> Result<Secret, Failure> {
+    if let Some(path) = &args.api_token_file {
+        warn_if_shared(path, ui);
+    }
+    let token = match (&args.api_token_file, &env.api_token) {
+        (Some(path), _) => fs::read_to_string(path)
+            .map_err(|err| {
+                Failure::new(format!(
+                    "cannot read the API token file {}: {err}",
+                    path.display()
+                ))
+            })?
+            .trim()
+            .to_string(),
+        (None, Some(token)) => token.trim().to_string(),
+        (None, None) => String::new(),
+    };
+    if token.is_empty() {
+        return Err(Failure::new("no owner-account API token was given").hint(
+            "set LOGZIO_API_TOKEN, or pass --api-token-file PATH (a file holding the token)",
         ));
     }
-    Ok(saved.creates)
+    // A token that cannot go into a header fails while the request is
+    // built; say so now rather than after planning every create.
+    if let Some(bad) = token.chars().find(|c| !c.is_ascii_graphic()) {
+        let what = match bad {
+            '\n' | '\r' => "a line break".to_string(),
+            ' ' | '\t' => "white space".to_string(),
+            other => format!("the character U+{:04X}", u32::from(other)),
+        };
+        return Err(Failure::new(format!(
+                "the owner-account API token contains {what}, which cannot be sent in an HTTP header; nothing was sent"
+            ))
+            .hint("LOGZIO_API_TOKEN (or the --api-token-file file) must hold the token alone, on one line"));
+    }
+    Ok(Secret::new(token))
+}
+
+/// Warns when a file holding the owner token can be read by others.
+fn warn_if_shared(path: &Path, ui: &mut dyn Ui) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if let Ok(meta) = fs::metadata(path)
+            && meta.permissions().mode() & 0o077 != 0
+        {
+            ui.warn(&format!(
+                "the API token file {} can be read by other users (mode {:o}); run `chmod 600 {}`",
+                path.display(),
+                meta.permissions().mode() & 0o777,
+                path.display()
+            ));
+        }
+    }
+}
+
+/// Returns the API's base URL: `--api-url`, `LOGZIO_API_URL`, else the
+/// manifest's.
+pub(super) fn base_url(
+    env: &Env,
+    args: &ConnectArgs,
+    manifest: &Manifest,
+) -> Result<String, Failure> {
+    match args.api_url.as_ref().or(env.api_url.as_ref()) {
+        Some(url) => manifest::check_api_url(url).map_err(|err| {
+            Failure::new(err).hint("pass an https:// URL, or http:// to a loopback address")
+        }),
+        None => Ok(manifest.endpoint.base_url().to_string()),
+    }
 }
 
 /// Returns the exit code of a finished apply, or the failure to report.
 fn apply_result(report: &Report, pending: usize) -> CommandResult {
-    let (created, failed, _, skipped) = report.counts();
+    let counts = report.counts();
+    let (created, failed, skipped) = (counts.created, counts.failed, counts.not_attempted);
     match &report.stopped {
         Some(StopReason::Interrupted) => {
             let mut failure = Failure::new(format!(
@@ -692,43 +459,95 @@ fn apply_result(report: &Report, pending: usize) -> CommandResult {
     })
 }
 
-/// Stops new creates at the first Ctrl-C or SIGTERM; exits at once on the
-/// second (the journal keeps the next run correct).
-async fn watch_signals(interrupt: Arc<AtomicBool>) {
-    let eprint = |text: &str| {
-        let _ = writeln!(std::io::stderr(), "{text}");
-    };
-    wait_for_signal().await;
-    interrupt.store(true, Ordering::SeqCst);
-    eprint(
-        "Interrupted: starting no more creates; waiting for those in flight, then recording every outcome. Interrupt again to exit at once.",
-    );
-    wait_for_signal().await;
-    eprint(
-        "Interrupted again: exiting now. The journal records what was done; the next tokenctl command folds it into the state.",
-    );
-    std::process::exit(i32::from(ExitStatus::Interrupted.code()));
+/// Watches for Ctrl-C and SIGTERM while the creates run, on a thread of
+/// its own: the first stops new creates, the second exits at once (the
+/// journal keeps the next run correct). Dropping it stops the watch.
+///
+/// Its two messages go straight to the process's stderr: they answer a
+/// signal at any moment, the second one just before the process exits, so
+/// they cannot wait for the writer the rest of the output goes through.
+struct SignalWatch {
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+impl SignalWatch {
+    fn start(interrupt: Arc<AtomicBool>) -> io::Result<SignalWatch> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        // The handlers are in place before the first create is sent.
+        let mut signals = {
+            let _context = runtime.enter();
+            Signals::new()?
+        };
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let eprint = |text: &str| {
+            let _ = writeln!(std::io::stderr(), "{text}");
+        };
+        let watch = async move {
+            signals.recv().await;
+            interrupt.store(true, Ordering::SeqCst);
+            eprint(
+                "Interrupted: starting no more creates; waiting for those in flight, then recording every outcome. Interrupt again to exit at once.",
+            );
+            signals.recv().await;
+            eprint(
+                "Interrupted again: exiting now. The journal records what was done; the next tokenctl command folds it into the state.",
+            );
+            std::process::exit(i32::from(ExitStatus::Interrupted.code()));
+        };
+        std::thread::Builder::new()
+            .name("signals".into())
+            .spawn(move || {
+                runtime.block_on(async move {
+                    tokio::select! {
+                        _ = stopped => {}
+                        () = watch => {}
+                    }
+                });
+            })?;
+        Ok(SignalWatch { _stop: stop })
+    }
+}
+
+/// Ctrl-C and SIGTERM.
+#[cfg(unix)]
+struct Signals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
 }
 
 #[cfg(unix)]
-async fn wait_for_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
+impl Signals {
+    fn new() -> io::Result<Signals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            interrupt: signal(SignalKind::interrupt())?,
+            terminate: signal(SignalKind::terminate())?,
+        })
+    }
+
+    async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.interrupt.recv() => {}
+            _ = self.terminate.recv() => {}
         }
     }
 }
 
+/// Ctrl-C.
 #[cfg(not(unix))]
-async fn wait_for_signal() {
-    let _ = tokio::signal::ctrl_c().await;
+struct Signals;
+
+#[cfg(not(unix))]
+impl Signals {
+    fn new() -> io::Result<Signals> {
+        Ok(Signals)
+    }
+
+    async fn recv(&mut self) {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
 
 fn print_event(
@@ -777,30 +596,6 @@ fn print_event(
             writeln!(stderr, "{} stopping: {reason}", err_style.bad("error:"))
         }
     };
-}
-
-/// Checks, before the first create, that the owner token works in this
-/// region and that every target account is one of its sub-accounts.
-async fn preflight(api: &HttpApi, creates: &[Address]) -> Result<(), Failure> {
-    let owner = api.whoami().await.map_err(|e| {
-        Failure::new(format!("pre-flight: {e}; nothing was created")).maybe_hint(e.hint())
-    })?;
-    let accounts = api.associated_accounts().await.map_err(|e| {
-        Failure::new(format!("pre-flight: {e}; nothing was created")).maybe_hint(e.hint())
-    })?;
-    let wanted: Vec<u64> = creates.iter().map(|a| a.account_id).collect();
-    let missing = api::not_sub_accounts(&wanted, &accounts);
-    if !missing.is_empty() {
-        let list: Vec<String> = missing.iter().map(u64::to_string).collect();
-        return Err(Failure::new(format!(
-            "pre-flight: account(s) {} are not sub-accounts of owner account {} ({}); nothing was created",
-            list.join(", "),
-            owner.account_id,
-            owner.account_name
-        ))
-        .hint("check the accountId values in the manifest, and that the owner token is for the right owner account"));
-    }
-    Ok(())
 }
 
 fn progress_bar(total: usize, ceiling: usize) -> indicatif::ProgressBar {

@@ -17,15 +17,19 @@ use crate::backend::file::FileBackend;
 use crate::backend::file::lock::Holder;
 use crate::backend::postgres::{self, PgBackend};
 use crate::backend::{Backend, BackendError, LockGuard};
-use crate::error::{ExitStatus, Hint};
+use crate::error::ExitStatus;
+pub use crate::error::Failure;
 use crate::model::address::Address;
 use crate::model::lifecycle::Refresh;
 use crate::model::manifest::{BackendConfig, Manifest};
 use crate::model::plan::{self, Pattern, Plan, Targeting};
 use crate::model::planfile::PlanFile;
 use crate::model::state::{Origin, State, TokenRecord};
+use crate::ops::Ui;
+use crate::ops::apply::{check_budget, check_refresh};
+use crate::ops::sinks::ConfiguredSink;
 use crate::render::{self, Style};
-use crate::sink::{FileSpec, SinkContext, SinkSpec};
+use crate::sink::{FileSpec, SinkSpec};
 
 /// The state file when neither `--state` nor a backend says otherwise.
 const DEFAULT_STATE: &str = "state/tokens.state.json";
@@ -432,47 +436,6 @@ pub struct Io<'a> {
     pub read_line: &'a mut dyn FnMut() -> io::Result<String>,
 }
 
-/// A failure, as the user sees it: what went wrong, what to do, and the
-/// exit status. Every error type of the library becomes one through its
-/// [`Hint`].
-#[derive(Debug)]
-pub struct Failure {
-    pub message: String,
-    pub hint: Option<String>,
-    pub status: ExitStatus,
-}
-
-impl Failure {
-    fn new(message: impl Into<String>) -> Self {
-        Failure {
-            message: message.into(),
-            hint: None,
-            status: ExitStatus::Error,
-        }
-    }
-
-    fn hint(self, hint: impl Into<String>) -> Self {
-        self.maybe_hint(Some(hint.into()))
-    }
-
-    fn maybe_hint(mut self, hint: Option<String>) -> Self {
-        self.hint = hint;
-        self
-    }
-}
-
-impl<E: std::error::Error + Hint> From<E> for Failure {
-    fn from(err: E) -> Self {
-        Failure::new(err.to_string()).maybe_hint(err.hint())
-    }
-}
-
-impl From<io::Error> for Failure {
-    fn from(err: io::Error) -> Self {
-        Failure::new(format!("cannot write output: {err}"))
-    }
-}
-
 /// The result of a command: an exit status or a failure.
 type CommandResult = Result<ExitStatus, Failure>;
 
@@ -554,15 +517,19 @@ struct Session<'a, 'io> {
 }
 
 /// A manifest as read from disk, with its bytes for digests.
-/// A sink of this run, with the folder its relative paths start from.
-struct ConfiguredSink {
-    base_dir: PathBuf,
-    spec: SinkSpec,
-}
-
 struct LoadedManifest {
     manifest: Manifest,
     bytes: Vec<u8>,
+}
+
+impl crate::ops::Ui for Session<'_, '_> {
+    fn warn(&mut self, text: &str) {
+        let _ = writeln!(self.io.stderr, "{} {text}", self.err_style.warn("warning:"));
+    }
+
+    fn note(&mut self, text: &str) {
+        let _ = writeln!(self.io.stderr, "{} {text}", self.err_style.bold("note:"));
+    }
 }
 
 impl Session<'_, '_> {
@@ -589,14 +556,6 @@ impl Session<'_, '_> {
             Command::State(StateCommand::Pull) => self.state_pull(),
             Command::State(StateCommand::Push { file, force }) => self.state_push(file, *force),
         }
-    }
-
-    fn warn(&mut self, text: &str) {
-        let _ = writeln!(self.io.stderr, "{} {text}", self.err_style.warn("warning:"));
-    }
-
-    fn note(&mut self, text: &str) {
-        let _ = writeln!(self.io.stderr, "{} {text}", self.err_style.bold("note:"));
     }
 
     fn load_manifest(&mut self) -> Result<LoadedManifest, Failure> {
@@ -804,7 +763,7 @@ impl Session<'_, '_> {
                 self.warn("--diff is shown with --output text only; the document stays parseable");
             }
         }
-        check_budget(&plan, &args.budget)?;
+        check_budget(&plan, args.budget.max_creates)?;
         if let Some(refresh) = &refresh {
             check_refresh(refresh, &loaded.manifest, false)?;
         }
@@ -932,50 +891,6 @@ impl Session<'_, '_> {
         }
         sinks
     }
-
-    fn sink_context<'s>(&'s self, base_dir: &'s Path) -> SinkContext<'s> {
-        SinkContext {
-            base_dir,
-            home: self.env.home.as_deref().map(Path::new),
-        }
-    }
-}
-
-/// Fails on what a refresh found that must stop a plan: a token that
-/// answers for another account, or a stampede of revocations that would be
-/// re-created (unless `force`).
-fn check_refresh(refresh: &Refresh, manifest: &Manifest, force: bool) -> Result<(), Failure> {
-    let counts = refresh.counts();
-    if counts.misdelivered > 0 {
-        return Err(Failure::new(format!(
-            "{} token(s) answer for another account than their address says (see above)",
-            counts.misdelivered
-        ))
-        .hint("the secret recorded for that address belongs elsewhere: check the sink's records and the Logz.io UI before anything else"));
-    }
-    if let Some(stampede) = refresh.stampede()
-        && manifest.lifecycle.recreates_any()
-        && !force
-    {
-        return Err(Failure::new(format!(
-            "{} of {} tokens that answered came back revoked; that many looks like a wrong region, a wrong API URL or a broken proxy, so no re-creation is planned",
-            stampede.revoked, stampede.checked
-        ))
-        .hint("check the region and the network; if the tokens really were revoked, run `tokenctl apply --refresh --force`"));
-    }
-    Ok(())
-}
-
-fn check_budget(plan: &Plan, budget: &Budget) -> Result<(), Failure> {
-    let creates = plan.summary().create;
-    if creates > budget.max_creates {
-        return Err(Failure::new(format!(
-            "the plan creates {creates} tokens, more than the safety budget of {}; nothing was sent",
-            budget.max_creates
-        ))
-        .hint(format!("if this many tokens are intended, pass --max-creates {creates}")));
-    }
-    Ok(())
 }
 
 /// Parses a duration such as `30s`, `5m`, `1h 30m`, `250ms` or `10` (seconds).

@@ -10,22 +10,17 @@ use crate::backend::Backend;
 use crate::error::ExitStatus;
 use crate::model::address::Address;
 use crate::model::state::{Origin, State, TokenRecord};
+use crate::ops::Ui;
+use crate::ops::sinks::Readers;
 use crate::render;
 use crate::secret::fingerprint_of;
-use crate::sink::{FoundSecret, SecretLookup};
+use crate::sink::FoundSecret;
 
 /// A token found in a secrets file.
 struct SinkRecord {
     id: u64,
     created_at: Option<i64>,
     fingerprint: String,
-}
-
-/// The sinks `resolve` can read, and why others could not be read.
-/// The sinks that can read secrets back, and why others could not.
-pub(super) struct Lookups {
-    pub(super) readers: Vec<Box<dyn SecretLookup>>,
-    pub(super) problems: Vec<String>,
 }
 
 impl Session<'_, '_> {
@@ -89,10 +84,10 @@ impl Session<'_, '_> {
         since: i64,
         state: &State,
     ) -> Result<SinkRecord, Failure> {
-        let Lookups {
+        let Readers {
             readers: lookups,
             mut problems,
-        } = self.lookups(args.secrets_out.as_deref())?;
+        } = self.readers(args.secrets_out.as_deref())?;
         let mut searched = Vec::new();
         let mut candidates: Vec<(FoundSecret, String)> = Vec::new();
         for lookup in &lookups {
@@ -155,43 +150,6 @@ impl Session<'_, '_> {
                 .hint(format!("check which one is live in the Logz.io UI and run `tokenctl resolve {address} --adopt ID`")))
             }
         }
-    }
-
-    /// Returns a reader for every sink that can read secrets back: the
-    /// file (`--secrets-out` or the manifest's), and the manifest's others
-    /// that can; and why any of them could not be set up (say, no
-    /// `VAULT_ADDR`), which need not stop a search of the others.
-    pub(super) fn lookups(&mut self, secrets_out: Option<&Path>) -> Result<Lookups, Failure> {
-        let manifest = match (secrets_out, self.load_manifest()) {
-            (_, Ok(loaded)) => Some(loaded.manifest),
-            (Some(_), Err(_)) => None,
-            (None, Err(err)) => return Err(err),
-        };
-        let mut readers: Vec<Box<dyn SecretLookup>> = Vec::new();
-        let mut problems = Vec::new();
-        for sink in self.configured_sinks(manifest.as_ref(), secrets_out) {
-            let reader = sink.spec.kind().reader(&self.sink_context(&sink.base_dir));
-            match reader {
-                Some(Ok(reader)) => readers.push(reader),
-                Some(Err(err)) => problems.push(match &err.hint {
-                    Some(hint) => format!("{err} ({hint})"),
-                    None => err.to_string(),
-                }),
-                None => {}
-            }
-        }
-        if readers.is_empty() {
-            let mut message = String::from(
-                "there is no sink to look in (one that can read secrets back: secrets.file, secrets.sops or secrets.vault)",
-            );
-            for problem in &problems {
-                message.push_str(&format!("\n  {problem}"));
-            }
-            return Err(
-                Failure::new(message).hint("pass --adopt ID, --abandon, or --secrets-out PATH")
-            );
-        }
-        Ok(Lookups { readers, problems })
     }
 
     pub(super) fn import(&mut self, args: &ImportArgs) -> CommandResult {

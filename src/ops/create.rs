@@ -159,16 +159,26 @@ pub struct Report {
     pub throttled: u64,
 }
 
+/// How many creates ended each way.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub created: usize,
+    pub failed: usize,
+    pub in_doubt: usize,
+    /// Not attempted: the run stopped first.
+    pub not_attempted: usize,
+}
+
 impl Report {
-    /// Counts outcomes: (created, failed, in doubt, skipped).
-    pub fn counts(&self) -> (usize, usize, usize, usize) {
-        let mut counts = (0, 0, 0, 0);
+    /// Counts the outcomes.
+    pub fn counts(&self) -> Counts {
+        let mut counts = Counts::default();
         for (_, outcome) in &self.outcomes {
             match outcome {
-                Outcome::Created { .. } => counts.0 += 1,
-                Outcome::Failed { .. } => counts.1 += 1,
-                Outcome::InDoubt { .. } => counts.2 += 1,
-                Outcome::Skipped => counts.3 += 1,
+                Outcome::Created { .. } => counts.created += 1,
+                Outcome::Failed { .. } => counts.failed += 1,
+                Outcome::InDoubt { .. } => counts.in_doubt += 1,
+                Outcome::Skipped => counts.not_attempted += 1,
             }
         }
         counts

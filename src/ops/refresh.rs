@@ -6,12 +6,73 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 
-use crate::api::{CheckError, Owner, TokenCheck};
+use super::Ui;
+use super::sinks::{self, Readers};
+use crate::api::{CheckError, Owner, OwnerApi, TokenCheck};
+use crate::error::{Failure, Hint};
 use crate::model::address::Address;
 use crate::model::lifecycle::{Finding, Refresh};
-use crate::model::state::Liveness;
+use crate::model::state::{Liveness, State};
 use crate::ops::create::RetryPolicy;
-use crate::secret::Secret;
+use crate::secret::{Secret, fingerprint_of};
+
+/// Refresh calls in flight at once: the API rate-limits per account.
+const CONCURRENCY: usize = 4;
+
+/// Asks every token of the state (current and superseded) whose secret a
+/// reader holds whether it still works. The owner token is checked first,
+/// so a wrong region or token fails once, not once per token.
+pub fn refresh_state<A: OwnerApi + TokenCheck + Sync>(
+    api: &A,
+    runtime: &tokio::runtime::Runtime,
+    readers: &Readers,
+    state: Option<&State>,
+    retry: &RetryPolicy,
+    now: i64,
+    ui: &mut dyn Ui,
+) -> Result<Refresh, Failure> {
+    runtime.block_on(api.whoami()).map_err(|e| {
+        Failure::new(format!("refresh: the owner token check failed: {e}")).maybe_hint(e.hint())
+    })?;
+    // Each token with the fingerprint its secret had when it was made, and
+    // whether it is the address's current token.
+    let known: Vec<(Address, u64, Option<&str>, bool)> = state
+        .into_iter()
+        .flat_map(|s| {
+            s.tokens
+                .iter()
+                .map(|t| (t.address.clone(), t.id, t.fingerprint.as_deref(), true))
+                .chain(
+                    s.superseded
+                        .iter()
+                        .map(|o| (o.address.clone(), o.id, o.fingerprint.as_deref(), false)),
+                )
+        })
+        .collect();
+    let keys: Vec<(Address, u64)> = known.iter().map(|(a, id, ..)| (a.clone(), *id)).collect();
+    // Sinks are read outside the runtime: some read with blocking clients.
+    let mut secrets = sinks::readable_secrets(readers, &keys, ui)?;
+    let mut probes = Vec::new();
+    let mut unreadable = Vec::new();
+    for (address, id, fingerprint, current) in known {
+        // A secret that is not the one the token was made with (an edited
+        // file, a bad restore) says nothing about the token: a 401 from it
+        // must not retire or replace a live token.
+        let secret = secrets
+            .remove(&(address.clone(), id))
+            .filter(|s| fingerprint.is_none_or(|f| fingerprint_of(s.expose()) == f));
+        match secret {
+            Some(secret) => probes.push(Probe {
+                address,
+                id,
+                secret,
+                current,
+            }),
+            None => unreadable.push((address, id, current)),
+        }
+    }
+    Ok(runtime.block_on(refresh(api, probes, unreadable, CONCURRENCY, retry, now)))
+}
 
 /// Classifies a token's own whoami answer.
 pub fn classify(account_id: u64, answer: &Result<Owner, CheckError>) -> (Liveness, Option<String>) {

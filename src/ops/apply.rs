@@ -1,0 +1,538 @@
+//! The apply operation: plan against the locked state, ask, open the
+//! sinks, create through the journal, fold, and retire what a refresh
+//! found replaced.
+//!
+//! Everything that can refuse runs before the first create, and nothing is
+//! written to disk before the confirmation: a refusal costs no token.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use rustc_hash::FxHashSet;
+
+use super::Ui;
+use super::create::{Apply, Event, Outcome, Report, RetryPolicy, now};
+use super::refresh;
+use super::sinks::{self, ConfiguredSink, Readers};
+use crate::api::{self, OwnerApi, Timeouts, TokenApi, TokenCheck};
+use crate::backend::{Backend, LockGuard};
+use crate::error::{Failure, Hint};
+use crate::model::address::Address;
+use crate::model::journal::Record;
+use crate::model::lifecycle::{self, Refresh};
+use crate::model::manifest::Manifest;
+use crate::model::plan::{self, Plan, Targeting};
+use crate::model::planfile::PlanFile;
+use crate::model::state::{Origin, PendingCreate, State, SupersededToken, TokenRecord};
+use crate::sink::Rescue;
+
+/// What an apply is asked to do.
+pub struct ApplyOptions<'a> {
+    pub manifest: &'a Manifest,
+    /// The manifest's bytes, which a saved plan must match.
+    pub manifest_bytes: &'a [u8],
+    /// The manifest's name in messages.
+    pub manifest_name: &'a str,
+    pub targeting: &'a Targeting,
+    /// A plan saved by `plan -o`, applied only while still current.
+    pub saved_plan: Option<&'a Path>,
+    /// Refresh first (`apply --refresh`), with the sinks that can read
+    /// secrets back.
+    pub refresh: Option<&'a Readers>,
+    /// Re-create even when a refresh looks like a stampede.
+    pub force: bool,
+    /// Refuse a plan with more creates than this.
+    pub max_creates: usize,
+    pub sinks: &'a [ConfiguredSink],
+    /// The user's home, for sinks that keep key files there.
+    pub home: Option<&'a Path>,
+    /// The private folder for rescue files; `None` when there is none.
+    pub rescue_dir: Option<PathBuf>,
+    /// Most creates in flight at once.
+    pub parallelism: usize,
+    /// Check the owner token and the accounts before the first create.
+    pub preflight: bool,
+    /// Ask before creating (not for a saved plan or `--auto-approve`).
+    pub confirm: bool,
+    /// Timeouts of the create requests.
+    pub timeouts: Timeouts,
+    pub retry: RetryPolicy,
+    /// This host, recorded in the journal.
+    pub host: Option<&'a str>,
+}
+
+/// Where an apply reports while it runs: the plan before it asks, the
+/// question, and each create.
+pub trait ApplyUi: Ui {
+    /// Shows a refresh whose findings stop the apply.
+    fn refresh_refused(&mut self, refresh: &Refresh) -> Result<(), Failure>;
+
+    /// Shows the plan, with what a refresh found.
+    fn planned(
+        &mut self,
+        plan: &Plan,
+        refresh: Option<&Refresh>,
+        state: Option<&State>,
+    ) -> Result<(), Failure>;
+
+    /// Asks whether to create `creates` tokens; an error cancels.
+    fn confirm(&mut self, creates: usize) -> Result<(), Failure>;
+
+    /// The creates start; the UI sets `interrupt` to stop starting more.
+    fn creating(
+        &mut self,
+        plan: &Plan,
+        creates: usize,
+        interrupt: &Arc<AtomicBool>,
+    ) -> Result<(), Failure>;
+
+    /// One step of the creates.
+    fn event(&mut self, event: Event<'_>);
+
+    /// The creates are over (before the fold).
+    fn created(&mut self);
+}
+
+/// The Logz.io calls an apply makes.
+pub trait ApplyApi: TokenApi + TokenCheck + OwnerApi + Sync {}
+impl<A: TokenApi + TokenCheck + OwnerApi + Sync> ApplyApi for A {}
+
+/// How an apply ended, for the caller to show.
+pub enum Applied {
+    /// The plan has nothing to create.
+    NothingToCreate(Plan),
+    /// The creates ran.
+    Ran(Box<Finished>),
+}
+
+/// The creates of an apply, and the state before and after them.
+pub struct Finished {
+    pub before: Option<State>,
+    pub after: Option<State>,
+    pub report: Report,
+    /// The sinks that took the new secrets, for messages.
+    pub sinks: Vec<String>,
+}
+
+/// Runs an apply on the state `store` holds under `lock`, loaded as
+/// `state`. `connect` makes the API client with the given timeouts, once
+/// something needs it.
+pub fn apply<A: ApplyApi>(
+    store: &dyn Backend,
+    lock: &dyn LockGuard,
+    mut state: Option<State>,
+    options: &ApplyOptions<'_>,
+    connect: &mut dyn FnMut(Timeouts, &mut dyn Ui) -> Result<A, Failure>,
+    ui: &mut dyn ApplyUi,
+) -> Result<Applied, Failure> {
+    let runtime = runtime()?;
+    // A saved plan is checked against the state it was made from, before
+    // a refresh records anything in it.
+    let saved = match options.saved_plan {
+        Some(path) => Some(load_plan_file(
+            path,
+            options.manifest_bytes,
+            state.as_ref(),
+        )?),
+        None => None,
+    };
+    // What a refresh learnt, applied to `state` but not stored until the
+    // apply goes ahead (after the confirmation).
+    let mut unrecorded: Option<Unrecorded> = None;
+    let refresh = match options.refresh {
+        Some(readers) => {
+            let api = connect(Timeouts::default(), ui)?;
+            let refresh = refresh::refresh_state(
+                &api,
+                &runtime,
+                readers,
+                state.as_ref(),
+                &options.retry,
+                now(),
+                ui,
+            )?;
+            // Nothing is recorded from a refresh that cannot be trusted or
+            // that fails the plan.
+            if let Err(failure) = check_refresh(&refresh, options.manifest, options.force) {
+                ui.refresh_refused(&refresh)?;
+                return Err(failure);
+            }
+            let retire = refresh.stampede().is_none() || options.force;
+            if let Some(before) = state.take() {
+                let mut after = before.clone();
+                let retired = lifecycle::record_refresh(&mut after, &refresh, retire);
+                state = Some(after);
+                unrecorded = Some(Unrecorded { before, retired });
+            }
+            Some(refresh)
+        }
+        None => None,
+    };
+    let hold_back = refresh
+        .as_ref()
+        .and_then(Refresh::stampede)
+        .is_some_and(|_| !options.force);
+    let plan = lifecycle::plan_successors(
+        plan::plan(&options.manifest.tokens, state.as_ref()).restrict(options.targeting),
+        state.as_ref(),
+        &options.manifest.lifecycle,
+        now(),
+        refresh.as_ref(),
+        hold_back,
+    );
+    warn_if_all_orphaned(&plan, options.manifest_name, ui);
+    let creates = match saved {
+        Some(saved) => saved_creates(saved, &plan)?,
+        None => plan.creates(),
+    };
+    ui.planned(&plan, refresh.as_ref(), state.as_ref())?;
+    if creates.is_empty() {
+        record_refresh(store, &mut state, unrecorded, ui)?;
+        return Ok(Applied::NothingToCreate(plan));
+    }
+    check_budget(&plan, options.max_creates)?;
+    if options.sinks.is_empty() {
+        return Err(Failure::new(
+            "no secret sink is configured, so new secrets would have nowhere to go; nothing was created",
+        )
+        .hint(format!(
+            "add one under `secrets` in the manifest ({}), e.g. `secrets: {{file: secrets/logzio-tokens.jsonl}}` (git-ignored), or pass --secrets-out PATH",
+            crate::sink::SinkSpec::KEYS.join(", ")
+        )));
+    }
+    let api = connect(options.timeouts, ui)?;
+    if options.preflight {
+        runtime.block_on(preflight(&api, &creates))?;
+    }
+    if options.confirm {
+        ui.confirm(creates.len())?;
+    }
+    record_refresh(store, &mut state, unrecorded, ui)?;
+    // Only now, after the answer, is anything made on disk; and all of it
+    // before the first create, so a refusal costs no token.
+    let rescue = rescue(options.rescue_dir.clone())?;
+    let opened = sinks::open(options.sinks, options.home, &rescue, &creates)?;
+    let sink_names: Vec<String> = opened.iter().map(|s| s.describe()).collect();
+
+    // A first apply makes the state's lineage here; the fold reads it back
+    // from the journal.
+    let lineage = state
+        .as_ref()
+        .map(|s| s.lineage.clone())
+        .unwrap_or_else(|| State::fresh().lineage);
+    let journal = store.open_journal(&Record::Begin {
+        lineage: lineage.clone(),
+        serial: state.as_ref().map_or(0, |s| s.serial),
+        started: now(),
+        pid: std::process::id(),
+        host: options.host.map(str::to_string),
+    })?;
+    // Between taking the lock and making the journal, another run may have
+    // got in, if the lock file was deleted meanwhile: it would have moved
+    // the state on, or left its own lock file at the path.
+    let moved = store.load()?.map(|s| (s.lineage, s.serial))
+        != state.as_ref().map(|s| (s.lineage.clone(), s.serial));
+    if moved || !lock.is_current() {
+        store.discard_journal(journal)?;
+        return Err(Failure::new(format!(
+            "another run changed the state or took its lock while this one prepared ({}); nothing was created",
+            store.location()
+        ))
+        .hint("the lock was probably lost while tokenctl ran (a lock file removed, a database connection cut); check that nothing deletes files beside the state, then run again"));
+    }
+    let interrupt = Arc::new(AtomicBool::new(false));
+    if let Err(failure) = ui.creating(&plan, creates.len(), &interrupt) {
+        store.discard_journal(journal)?;
+        return Err(failure);
+    }
+    let run = Apply {
+        api: &api,
+        journal: &journal,
+        sinks: opened,
+        rescue: &rescue,
+        retry: &options.retry,
+        parallelism: options.parallelism,
+        interrupt: &interrupt,
+    };
+    let report = runtime.block_on(run.run(&creates, &mut |event| ui.event(event)));
+    let recovery = journal.recovery_file();
+    drop(journal);
+    ui.created();
+
+    if let Some(path) = &recovery {
+        ui.warn(&format!(
+            "the connection to the state's database was lost during the apply; the outcomes it could not take are in {} (mode 0600), which the next run on this machine merges",
+            path.display()
+        ));
+    }
+    let stored = match store.recover(state.as_ref(), options.host)? {
+        Some((stored, _)) => stored,
+        None if report.outcomes.iter().any(|(_, o)| *o != Outcome::Skipped) => {
+            // Something removed the journal while the run wrote to it:
+            // record what this run knows, or the next run would send the
+            // same creates again.
+            ui.warn(&format!(
+                "the journal {} disappeared during the apply; the state was rebuilt from this run's outcomes (without creation times and fingerprints). Check that nothing deletes files beside the state while tokenctl runs",
+                store.journal_location()
+            ));
+            let base = state.clone().unwrap_or_else(|| State::new(lineage));
+            Some(
+                store
+                    .commit(state.as_ref(), fold_outcomes(base, &report))?
+                    .0,
+            )
+        }
+        None => state.clone(),
+    };
+    let stored = match &refresh {
+        Some(refresh) => retire_replaced(store, stored, &report, refresh.at, ui)?,
+        None => stored,
+    };
+    warn_about_reused_ids(state.as_ref(), &report, ui);
+    Ok(Applied::Ran(Box::new(Finished {
+        before: state,
+        after: stored,
+        report,
+        sinks: sink_names,
+    })))
+}
+
+/// What a refresh changed in the state before it is stored: the state
+/// before it, and the superseded tokens it retires.
+struct Unrecorded {
+    before: State,
+    retired: Vec<SupersededToken>,
+}
+
+/// Returns the runtime the API calls of one command run on.
+pub fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|err| Failure::new(format!("cannot start the async runtime: {err}")))
+}
+
+/// Fails on what a refresh found that must stop a plan: a token that
+/// answers for another account, or a stampede of revocations that would be
+/// re-created (unless `force`).
+pub fn check_refresh(refresh: &Refresh, manifest: &Manifest, force: bool) -> Result<(), Failure> {
+    let counts = refresh.counts();
+    if counts.misdelivered > 0 {
+        return Err(Failure::new(format!(
+            "{} token(s) answer for another account than their address says (see above)",
+            counts.misdelivered
+        ))
+        .hint("the secret recorded for that address belongs elsewhere: check the sink's records and the Logz.io UI before anything else"));
+    }
+    if let Some(stampede) = refresh.stampede()
+        && manifest.lifecycle.recreates_any()
+        && !force
+    {
+        return Err(Failure::new(format!(
+            "{} of {} tokens that answered came back revoked; that many looks like a wrong region, a wrong API URL or a broken proxy, so no re-creation is planned",
+            stampede.revoked, stampede.checked
+        ))
+        .hint("check the region and the network; if the tokens really were revoked, run `tokenctl apply --refresh --force`"));
+    }
+    Ok(())
+}
+
+/// Refuses a plan with more creates than the budget.
+pub fn check_budget(plan: &Plan, max_creates: usize) -> Result<(), Failure> {
+    let creates = plan.summary().create;
+    if creates > max_creates {
+        return Err(Failure::new(format!(
+            "the plan creates {creates} tokens, more than the safety budget of {max_creates}; nothing was sent"
+        ))
+        .hint(format!("if this many tokens are intended, pass --max-creates {creates}")));
+    }
+    Ok(())
+}
+
+/// Warns when the manifest keeps none of the state's tokens.
+pub fn warn_if_all_orphaned(plan: &Plan, manifest_name: &str, ui: &mut dyn Ui) {
+    let summary = plan.summary();
+    if summary.orphaned > 0 && summary.unchanged == 0 && summary.in_doubt == 0 {
+        ui.warn(&format!(
+            "the manifest keeps none of the {} token(s) in the state: every one is orphaned. \
+             Tokens cannot be deleted through the API, so nothing is revoked, but check that \
+             `tokens` in {manifest_name} is the list you meant",
+            summary.orphaned,
+        ));
+    }
+}
+
+/// Reads a saved plan, after checking that it was made from exactly the
+/// current manifest and state.
+fn load_plan_file(
+    path: &Path,
+    manifest_bytes: &[u8],
+    state: Option<&State>,
+) -> Result<PlanFile, Failure> {
+    let text = fs::read_to_string(path)
+        .map_err(|err| Failure::new(format!("cannot read plan file {}: {err}", path.display())))?;
+    let saved = PlanFile::from_json(&text)?;
+    saved.check(manifest_bytes, state)?;
+    Ok(saved)
+}
+
+/// Returns the creates of a saved plan: same inputs give the same plan, and
+/// a saved plan may be narrower (made with --target), never wider.
+fn saved_creates(saved: PlanFile, plan: &Plan) -> Result<Vec<Address>, Failure> {
+    let planned = plan.creates();
+    if let Some(extra) = saved.creates.iter().find(|a| !planned.contains(a)) {
+        return Err(Failure::new(format!(
+            "the plan file creates {extra}, which the current plan does not"
+        ))
+        .hint(
+            "make a new plan with the same --target/--exclude and --refresh options you apply with",
+        ));
+    }
+    Ok(saved.creates)
+}
+
+/// Stores what a refresh learnt (each token's last check, and the
+/// superseded tokens that answered 401 retired), once the apply goes
+/// ahead; `state` becomes the state as stored.
+fn record_refresh(
+    store: &dyn Backend,
+    state: &mut Option<State>,
+    unrecorded: Option<Unrecorded>,
+    ui: &mut dyn Ui,
+) -> Result<(), Failure> {
+    let Some(Unrecorded { before, retired }) = unrecorded else {
+        return Ok(());
+    };
+    let Some(after) = state.take() else {
+        return Ok(());
+    };
+    let (stored, _) = store.commit(Some(&before), after)?;
+    *state = Some(stored);
+    for old in retired {
+        ui.note(&format!(
+            "retired token id {} of {}: it answers 401, so it was revoked as asked",
+            old.id, old.address
+        ));
+    }
+    Ok(())
+}
+
+/// Retires the predecessors of tokens that replaced revoked ones: the
+/// refresh already found them revoked.
+fn retire_replaced(
+    store: &dyn Backend,
+    state: Option<State>,
+    report: &Report,
+    refreshed_at: i64,
+    ui: &mut dyn Ui,
+) -> Result<Option<State>, Failure> {
+    let Some(before) = state else { return Ok(None) };
+    let successors: FxHashSet<u64> = report
+        .outcomes
+        .iter()
+        .filter_map(|(_, outcome)| match outcome {
+            Outcome::Created { id } => Some(*id),
+            _ => None,
+        })
+        .collect();
+    let mut after = before.clone();
+    let retired = lifecycle::retire_replaced(&mut after, &successors, refreshed_at);
+    if retired.is_empty() {
+        return Ok(Some(before));
+    }
+    let (stored, _) = store.commit(Some(&before), after)?;
+    for old in retired {
+        ui.note(&format!(
+            "retired token id {} of {}: it was found revoked and now has a successor",
+            old.id, old.address
+        ));
+    }
+    Ok(Some(stored))
+}
+
+/// Warns when the server returned an id that the state already records
+/// for another address: one of the two records is wrong.
+fn warn_about_reused_ids(before: Option<&State>, report: &Report, ui: &mut dyn Ui) {
+    let Some(before) = before else { return };
+    for (address, outcome) in &report.outcomes {
+        let Outcome::Created { id } = outcome else {
+            continue;
+        };
+        if let Some(other) = before
+            .tokens
+            .iter()
+            .find(|t| t.id == *id && &t.address != address)
+        {
+            ui.warn(&format!(
+                "the server returned id {id} for {address}, an id the state already records for {}; check both in the Logz.io UI",
+                other.address
+            ));
+        }
+    }
+}
+
+/// Returns the rescue folder, checked to be writable.
+fn rescue(dir: Option<PathBuf>) -> Result<Rescue, Failure> {
+    let dir = dir.ok_or_else(|| {
+        Failure::new(
+            "neither XDG_STATE_HOME nor HOME is set, so there is no private folder for rescue files; nothing was created",
+        )
+        .hint("set HOME (or XDG_STATE_HOME) to a folder only you can read")
+    })?;
+    let rescue = Rescue::new(dir);
+    rescue.prepare().map_err(|err| {
+        Failure::new(format!(
+            "cannot write to the rescue folder {}: {err}; nothing was created",
+            rescue.dir().display()
+        ))
+        .hint("a secret no sink would take is kept there; make the folder writable, or set XDG_STATE_HOME to another private folder")
+    })?;
+    Ok(rescue)
+}
+
+/// Checks, before the first create, that the owner token works in this
+/// region and that every target account is one of its sub-accounts.
+async fn preflight<A: OwnerApi>(api: &A, creates: &[Address]) -> Result<(), Failure> {
+    let owner = api.whoami().await.map_err(|e| {
+        Failure::new(format!("pre-flight: {e}; nothing was created")).maybe_hint(e.hint())
+    })?;
+    let accounts = api.associated_accounts().await.map_err(|e| {
+        Failure::new(format!("pre-flight: {e}; nothing was created")).maybe_hint(e.hint())
+    })?;
+    let wanted: Vec<u64> = creates.iter().map(|a| a.account_id).collect();
+    let missing = api::not_sub_accounts(&wanted, &accounts);
+    if !missing.is_empty() {
+        let list: Vec<String> = missing.iter().map(u64::to_string).collect();
+        return Err(Failure::new(format!(
+            "pre-flight: account(s) {} are not sub-accounts of owner account {} ({}); nothing was created",
+            list.join(", "),
+            owner.account_id,
+            owner.account_name
+        ))
+        .hint("check the accountId values in the manifest, and that the owner token is for the right owner account"));
+    }
+    Ok(())
+}
+
+/// Records a run's outcomes in the state without its journal: created
+/// tokens by id, and creates in doubt as pending.
+fn fold_outcomes(mut state: State, report: &Report) -> State {
+    for (address, outcome) in &report.outcomes {
+        match outcome {
+            Outcome::Created { id } => state.record_created(TokenRecord::new(
+                address.clone(),
+                *id,
+                None,
+                Origin::Created,
+                None,
+            )),
+            Outcome::InDoubt { reason } => {
+                state.record_pending(PendingCreate::new(address.clone(), now(), reason.clone()))
+            }
+            Outcome::Failed { .. } | Outcome::Skipped => {}
+        }
+    }
+    state
+}

@@ -1,0 +1,124 @@
+//! The sinks of a run: opened for an apply (each runs its checks first),
+//! or as readers for `resolve` and a refresh.
+
+use std::path::{Path, PathBuf};
+
+use rustc_hash::{FxHashMap, FxHashSet};
+
+use super::Ui;
+use crate::error::Failure;
+use crate::model::address::Address;
+use crate::secret::Secret;
+use crate::sink::{ForApply, FoundSecret, Rescue, SecretLookup, SecretSink, SinkContext, SinkSpec};
+
+/// A sink of this run, with the folder its relative paths start from.
+#[derive(Debug, Clone)]
+pub struct ConfiguredSink {
+    pub base_dir: PathBuf,
+    pub spec: SinkSpec,
+}
+
+impl ConfiguredSink {
+    fn context<'a>(&'a self, home: Option<&'a Path>) -> SinkContext<'a> {
+        SinkContext {
+            base_dir: &self.base_dir,
+            home,
+        }
+    }
+}
+
+/// Opens every sink and runs its checks, so that a sink that would refuse
+/// a secret does so before anything is created.
+pub fn open(
+    sinks: &[ConfiguredSink],
+    home: Option<&Path>,
+    rescue: &Rescue,
+    creates: &[Address],
+) -> Result<Vec<Box<dyn SecretSink>>, Failure> {
+    let apply = ForApply {
+        rescue_dir: rescue.dir(),
+        creates,
+    };
+    sinks
+        .iter()
+        .map(|sink| {
+            sink.spec
+                .kind()
+                .open(&sink.context(home), &apply)
+                .map_err(|err| {
+                    let failure = Failure::from(err);
+                    let message = format!("{}; nothing was created", failure.message);
+                    Failure { message, ..failure }
+                })
+        })
+        .collect()
+}
+
+/// The sinks that can read secrets back, and why others could not.
+#[derive(Default)]
+pub struct Readers {
+    pub readers: Vec<Box<dyn SecretLookup>>,
+    pub problems: Vec<String>,
+}
+
+/// Returns a reader for every sink that can read secrets back, and why any
+/// of them could not be set up (say, no `VAULT_ADDR`), which need not stop
+/// a search of the others.
+pub fn readers(sinks: &[ConfiguredSink], home: Option<&Path>) -> Readers {
+    let mut readers = Vec::new();
+    let mut problems = Vec::new();
+    for sink in sinks {
+        match sink.spec.kind().reader(&sink.context(home)) {
+            Some(Ok(reader)) => readers.push(reader),
+            Some(Err(err)) => problems.push(match &err.hint {
+                Some(hint) => format!("{err} ({hint})"),
+                None => err.to_string(),
+            }),
+            None => {}
+        }
+    }
+    Readers { readers, problems }
+}
+
+/// Returns the secrets of `wanted` tokens that some reader holds, by
+/// address and id. A sink that cannot be read is warned about; its tokens
+/// stay unverifiable.
+pub fn readable_secrets(
+    readers: &Readers,
+    wanted: &[(Address, u64)],
+    ui: &mut dyn Ui,
+) -> Result<FxHashMap<(Address, u64), Secret>, Failure> {
+    let mut secrets = FxHashMap::default();
+    for problem in &readers.problems {
+        ui.warn(&format!("a sink cannot be read: {problem}"));
+    }
+    let wanted_set: FxHashSet<&(Address, u64)> = wanted.iter().collect();
+    let mut addresses: Vec<&Address> = wanted.iter().map(|(a, _)| a).collect();
+    addresses.sort();
+    addresses.dedup();
+    for reader in &readers.readers {
+        let found: Vec<(Address, FoundSecret)> = match reader.lookup_all() {
+            Some(all) => all.map_err(Failure::from)?,
+            None => {
+                let mut found = Vec::new();
+                for address in &addresses {
+                    match reader.lookup(address) {
+                        Ok(list) => found.extend(list.into_iter().map(|f| ((*address).clone(), f))),
+                        Err(err) => {
+                            ui.warn(&err.to_string());
+                            break;
+                        }
+                    }
+                }
+                found
+            }
+        };
+        for (address, secret) in found {
+            let key = (address, secret.id);
+            if wanted_set.contains(&key) {
+                secrets.insert(key, secret.token);
+            }
+        }
+    }
+    Ok(secrets)
+}
