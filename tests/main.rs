@@ -9,6 +9,7 @@ mod faults;
 mod gitops;
 mod hardening;
 mod lifecycle;
+mod ops;
 mod output;
 mod pipeline;
 mod postgres;
