@@ -1,0 +1,93 @@
+//! What a refresh found, and the superseded tokens a person still has to
+//! revoke, as text.
+
+use std::io::{self, Write};
+
+use super::plan::indent;
+use super::{Extras, Style, utc};
+use crate::model::lifecycle::Finding;
+use crate::model::state::{Liveness, State, SupersededToken};
+
+/// Writes what a refresh found and the tokens waiting to be revoked.
+pub fn lifecycle_text(extras: &Extras<'_>, style: Style, w: &mut dyn Write) -> io::Result<()> {
+    let notable = extras.notable();
+    if !notable.is_empty() {
+        writeln!(w)?;
+        writeln!(w, "Changes outside tokenctl (found by the refresh):")?;
+        for finding in notable {
+            let (mark, text) = finding_text(finding);
+            let mark = match finding.status {
+                Liveness::Revoked | Liveness::Misdelivered => style.bad(mark),
+                _ => style.warn(mark),
+            };
+            writeln!(
+                w,
+                "  {mark} {} (token id {}): {text}",
+                finding.address, finding.id
+            )?;
+        }
+    }
+    if let Some(refresh) = extras.refresh {
+        writeln!(w, "{}", style.bold(&refresh.counts().to_string()))?;
+    }
+    let superseded = extras.superseded();
+    if !superseded.is_empty() {
+        writeln!(w)?;
+        writeln!(
+            w,
+            "Superseded tokens for a person to revoke in the Logz.io UI:"
+        )?;
+        for old in superseded {
+            writeln!(
+                w,
+                "  {} {} (token id {})",
+                style.warn("-"),
+                old.address,
+                old.id
+            )?;
+            let instruction = revoke_instruction(old, extras.state);
+            writeln!(w, "{}", style.dim(&indent(&instruction)))?;
+        }
+    }
+    Ok(())
+}
+
+pub(super) fn finding_text(finding: &Finding) -> (&'static str, String) {
+    let detail = finding.detail.as_deref().unwrap_or("");
+    match finding.status {
+        Liveness::Revoked => ("x", "revoked: its own whoami answered 401".into()),
+        Liveness::Misdelivered => (
+            "!",
+            format!("misdelivered: {detail}; the secret in the sink belongs to another account"),
+        ),
+        Liveness::Unknown => ("?", format!("unknown ({detail}); not taken as revoked")),
+        Liveness::Alive => ("", "alive".into()),
+        Liveness::Unverifiable => ("", "unverifiable: no sink can read its secret".into()),
+    }
+}
+
+/// Returns how a person revokes a superseded token, and how to tell it
+/// from its successor in the UI, which shows names and creation times.
+pub fn revoke_instruction(old: &SupersededToken, state: Option<&State>) -> String {
+    let created = old
+        .created_at
+        .map(utc)
+        .unwrap_or_else(|| "at an unknown time".into());
+    let successor = state
+        .and_then(|s| s.token(&old.address))
+        .filter(|t| t.id == old.successor_id)
+        .map(|t| {
+            format!(
+                "its successor (id {}) has the same name and was created {}: keep that one",
+                t.id,
+                t.created_at.map(utc).unwrap_or_else(|| "later".into())
+            )
+        })
+        .unwrap_or_else(|| format!("its successor is token id {}", old.successor_id));
+    format!(
+        "In the Logz.io UI of account {} (Settings > Manage tokens > API tokens), revoke the token named {:?} created {created};
+         {successor}. Then run: tokenctl retire {} --id {}
+         (or let `tokenctl apply --refresh` retire it once it answers 401)",
+        old.account_id, old.name, old.address, old.id
+    )
+}
