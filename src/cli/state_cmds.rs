@@ -390,7 +390,8 @@ impl Session<'_, '_> {
     pub(super) fn state_list(&mut self, output: Format) -> CommandResult {
         let store = self.store()?;
         let store = &*store;
-        let (Some(state), under_way) = self.load_state_for_reading(store)? else {
+        let reading = self.load_state_for_reading(store)?;
+        let (Some(state), under_way) = (reading.state, reading.in_progress) else {
             writeln!(
                 self.io.stderr,
                 "There is no state at {} yet.",
@@ -429,7 +430,7 @@ impl Session<'_, '_> {
         let store = &*store;
         let state = self
             .load_state_for_reading(store)?
-            .0
+            .state
             .unwrap_or_else(|| State::new(String::new()));
         let out = &mut *self.io.stdout;
         if let Some(token) = state.token(address) {
