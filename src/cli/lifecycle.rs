@@ -13,6 +13,7 @@ use crate::model::manifest::Manifest;
 use crate::model::state::{Liveness, State};
 use crate::ops::apply::runtime;
 use crate::ops::create::{RetryPolicy, now};
+use crate::ops::edit;
 use crate::ops::refresh;
 use crate::ops::sinks::{self, Readers};
 
@@ -75,18 +76,7 @@ impl Session<'_, '_> {
         let _lock = self.lock(store)?;
         let before = self.existing_state(store)?;
         let address = &args.address;
-        if before.superseded_of(address).all(|old| old.id != args.id) {
-            let current = before.token(address).filter(|t| t.id == args.id);
-            let hint = match current {
-                Some(_) => "it is the address's current token; to drop it, remove it from the manifest, revoke it and run `tokenctl forget`".to_string(),
-                None => "`tokenctl state list` shows the superseded tokens waiting to be revoked".to_string(),
-            };
-            return Err(Failure::new(format!(
-                "token id {} of {address} is not a superseded token",
-                args.id
-            ))
-            .hint(hint));
-        }
+        edit::check_retirable(&before, address, args.id)?;
         if args.verify {
             self.verify_revoked(args)?;
         }

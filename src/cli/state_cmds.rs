@@ -9,19 +9,10 @@ use super::{CommandResult, Failure, Format, ImportArgs, ResolveArgs, Session};
 use crate::backend::Backend;
 use crate::error::ExitStatus;
 use crate::model::address::Address;
-use crate::model::state::{Origin, State, TokenRecord};
+use crate::model::state::{Origin, State};
 use crate::ops::Ui;
-use crate::ops::sinks::Readers;
+use crate::ops::edit::{self, Settle};
 use crate::render;
-use crate::secret::fingerprint_of;
-use crate::sink::FoundSecret;
-
-/// A token found in a secrets file.
-struct SinkRecord {
-    id: u64,
-    created_at: Option<i64>,
-    fingerprint: String,
-}
 
 impl Session<'_, '_> {
     /// Loads the state under the lock, or fails when there is none.
@@ -37,119 +28,16 @@ impl Session<'_, '_> {
         let store = &*store;
         let _lock = self.lock(store)?;
         let before = self.existing_state(store)?;
-        let address = &args.address;
-        let Some(pending) = before.pending_create(address).cloned() else {
-            return Err(Failure::new(format!("{address} is not in doubt"))
-                .hint("`tokenctl plan` marks the creates in doubt with `?`"));
+        edit::check_in_doubt(&before, &args.address)?;
+        let how = match (args.adopt, args.abandon) {
+            (Some(id), _) => Settle::Adopt(id),
+            (None, true) => Settle::Abandon,
+            (None, false) => Settle::FromSinks(self.readers(args.secrets_out.as_deref())?),
         };
-        let mut after = before.clone();
-        let done = if args.abandon {
-            after.pending.retain(|p| &p.address != address);
-            format!(
-                "{address} was abandoned; the next apply creates it if the manifest still lists it."
-            )
-        } else {
-            let record = match args.adopt {
-                Some(id) => SinkRecord {
-                    id,
-                    created_at: None,
-                    fingerprint: String::new(),
-                },
-                None => self.find_in_sink(args, address, pending.since, &before)?,
-            };
-            after.record_created(TokenRecord::new(
-                pending.address.clone(),
-                record.id,
-                record.created_at,
-                Origin::Created,
-                (!record.fingerprint.is_empty()).then_some(record.fingerprint),
-            ));
-            format!("{address} is recorded as token id {}.", record.id)
-        };
+        let (after, done) = edit::resolve(&before, &args.address, how)?;
         self.commit_and_show(store, &before, after)?;
         writeln!(self.io.stdout, "{done}")?;
         Ok(ExitStatus::Success)
-    }
-
-    /// Finds the secret an in-doubt create delivered before its run died,
-    /// in every sink that can read secrets back: a sink's newest secret for
-    /// the address, if it was made since the create was sent and the state
-    /// does not hold its id already. An older one is a token from before
-    /// (perhaps revoked and forgotten since). Sinks that disagree are
-    /// refused as ambiguous.
-    fn find_in_sink(
-        &mut self,
-        args: &ResolveArgs,
-        address: &Address,
-        since: i64,
-        state: &State,
-    ) -> Result<SinkRecord, Failure> {
-        let Readers {
-            readers: lookups,
-            mut problems,
-        } = self.readers(args.secrets_out.as_deref())?;
-        let mut searched = Vec::new();
-        let mut candidates: Vec<(FoundSecret, String)> = Vec::new();
-        for lookup in &lookups {
-            searched.push(lookup.describe());
-            match lookup.lookup(address) {
-                // Only a sink's newest secret for the address can be the
-                // in-doubt one: older ones belong to tokens made before it
-                // (and perhaps forgotten since).
-                Ok(found) => {
-                    let newest = found.into_iter().last();
-                    if let Some(secret) =
-                        newest.filter(|s| s.created_at.is_some_and(|t| t >= since))
-                    {
-                        let known = state.tokens.iter().any(|t| t.id == secret.id)
-                            || state.superseded.iter().any(|o| o.id == secret.id);
-                        if !known && !candidates.iter().any(|(c, _)| c.id == secret.id) {
-                            candidates.push((secret, lookup.describe()));
-                        }
-                    }
-                }
-                Err(err) => problems.push(match &err.hint {
-                    Some(hint) => format!("{err} ({hint})"),
-                    None => err.to_string(),
-                }),
-            }
-        }
-        let ui_hint = format!(
-            "look for the token in the Logz.io UI of account {}: if it exists, run `tokenctl resolve {address} --adopt ID`; if not, `--abandon`",
-            address.account_id
-        );
-        match candidates.len() {
-            1 => {
-                let (found, _) = candidates.remove(0);
-                Ok(SinkRecord {
-                    id: found.id,
-                    created_at: found.created_at,
-                    fingerprint: fingerprint_of(found.token.expose()),
-                })
-            }
-            0 => {
-                let mut message = format!(
-                    "no sink holds a token for {address} created since its create was sent ({}) that the state does not record yet (searched: {})",
-                    render::utc(since),
-                    searched.join(", ")
-                );
-                for problem in &problems {
-                    message.push_str(&format!("\n  {problem}"));
-                }
-                Err(Failure::new(message).hint(ui_hint))
-            }
-            _ => {
-                let list: Vec<String> = candidates
-                    .iter()
-                    .map(|(found, sink)| format!("id {} in {sink} ({})", found.id, found.place))
-                    .collect();
-                Err(Failure::new(format!(
-                    "the sinks hold several tokens for {address} that the state does not record: {}",
-                    list.join(", ")
-                ))
-                .hint(format!("check which one is live in the Logz.io UI and run `tokenctl resolve {address} --adopt ID`")))
-            }
-        }
     }
 
     pub(super) fn import(&mut self, args: &ImportArgs) -> CommandResult {
@@ -158,25 +46,7 @@ impl Session<'_, '_> {
         let _lock = self.lock(store)?;
         let before = self.load_state_locked(store)?;
         let address = &args.address;
-        if let Some(before) = &before {
-            if let Some(existing) = before.token(address) {
-                return Err(Failure::new(format!(
-                    "{address} is already in the state (token id {})",
-                    existing.id
-                ))
-                .hint(
-                    "to replace it, revoke the old token in the UI and run `tokenctl forget` first",
-                ));
-            }
-            if before.pending_create(address).is_some() {
-                return Err(
-                    Failure::new(format!("{address} has a create in doubt")).hint(format!(
-                        "settle it with `tokenctl resolve {address} --adopt {}`",
-                        args.id
-                    )),
-                );
-            }
-        }
+        let after = edit::import(before.as_ref(), address, args.id, args.created_at)?;
         if let Ok(loaded) = self.load_manifest()
             && !loaded.manifest.tokens.contains(address)
         {
@@ -184,15 +54,6 @@ impl Session<'_, '_> {
                 "{address} is not in the manifest; plans will show it as orphaned until you add it"
             ));
         }
-        let base = before.clone().unwrap_or_else(State::fresh);
-        let mut after = base.clone();
-        after.record_created(TokenRecord::new(
-            address.clone(),
-            args.id,
-            args.created_at,
-            Origin::Imported,
-            None,
-        ));
         self.commit_and_show_from(store, before.as_ref(), after)?;
         writeln!(
             self.io.stdout,
@@ -204,21 +65,16 @@ impl Session<'_, '_> {
 
     pub(super) fn forget(&mut self, address: &Address) -> CommandResult {
         let loaded = self.load_manifest()?;
-        if loaded.manifest.tokens.contains(address) {
-            return Err(Failure::new(format!("{address} is still in the manifest")).hint(
-                "remove it from the manifest first; forget is for tokens revoked in the Logz.io UI",
-            ));
+        let in_manifest = loaded.manifest.tokens.contains(address);
+        if in_manifest {
+            // Refused before the lock is taken.
+            edit::forget(&State::fresh(), address, true)?;
         }
         let store = self.store()?;
         let store = &*store;
         let _lock = self.lock(store)?;
         let before = self.existing_state(store)?;
-        if before.token(address).is_none() {
-            return Err(Failure::new(format!("{address} is not in the state"))
-                .hint("`tokenctl state list` shows the addresses it holds"));
-        }
-        let mut after = before.clone();
-        after.tokens.retain(|t| &t.address != address);
+        let after = edit::forget(&before, address, in_manifest)?;
         self.commit_and_show(store, &before, after)?;
         writeln!(self.io.stdout, "{address} was removed from the state.")?;
         Ok(ExitStatus::Success)

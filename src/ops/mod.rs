@@ -6,12 +6,14 @@
 //! - `apply`: plan, confirm, open the sinks, create, fold, retire;
 //! - `create`: the concurrent create loop with its journal protocol, and
 //!   `limiter`, its adaptive concurrency;
+//! - `edit`: the state's hand edits (resolve, import, forget, retire);
 //! - `recover`: a journal left by a dead run, folded or overlaid;
 //! - `refresh`: each token's own whoami, and what it says;
 //! - `sinks`: the configured sinks, opened for an apply or for reading.
 
 pub mod apply;
 pub mod create;
+pub mod edit;
 pub mod limiter;
 pub mod recover;
 pub mod refresh;

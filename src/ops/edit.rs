@@ -1,0 +1,361 @@
+//! Hand edits of the state: settle a create in doubt, import a token made
+//! elsewhere, forget one revoked in the UI, retire a superseded one. Each
+//! takes the state as loaded under the lock and returns the state to
+//! commit, or why the edit cannot be made; the caller commits it.
+
+use crate::error::Failure;
+use crate::model::address::Address;
+use crate::model::state::{Origin, State, TokenRecord};
+use crate::ops::sinks::Readers;
+use crate::render;
+use crate::secret::fingerprint_of;
+use crate::sink::FoundSecret;
+
+/// How to settle a create in doubt.
+pub enum Settle {
+    /// The token exists with this id (a person found it in the UI).
+    Adopt(u64),
+    /// No token was made: forget the create.
+    Abandon,
+    /// Look for the secret the create delivered in these sinks.
+    FromSinks(Readers),
+}
+
+/// Fails unless `address` has a create in doubt.
+pub fn check_in_doubt(state: &State, address: &Address) -> Result<(), Failure> {
+    match state.pending_create(address) {
+        Some(_) => Ok(()),
+        None => Err(not_in_doubt(address)),
+    }
+}
+
+fn not_in_doubt(address: &Address) -> Failure {
+    Failure::new(format!("{address} is not in doubt"))
+        .hint("`tokenctl plan` marks the creates in doubt with `?`")
+}
+
+/// A token found in a sink.
+struct SinkRecord {
+    id: u64,
+    created_at: Option<i64>,
+    fingerprint: String,
+}
+
+/// Settles the create in doubt of `address`; returns the state to commit
+/// and a sentence saying what was done.
+pub fn resolve(before: &State, address: &Address, how: Settle) -> Result<(State, String), Failure> {
+    let pending = before
+        .pending_create(address)
+        .cloned()
+        .ok_or_else(|| not_in_doubt(address))?;
+    let mut after = before.clone();
+    let record = match how {
+        Settle::Abandon => {
+            after.pending.retain(|p| &p.address != address);
+            return Ok((
+                after,
+                format!(
+                    "{address} was abandoned; the next apply creates it if the manifest still lists it."
+                ),
+            ));
+        }
+        Settle::Adopt(id) => SinkRecord {
+            id,
+            created_at: None,
+            fingerprint: String::new(),
+        },
+        Settle::FromSinks(readers) => find_in_sinks(readers, address, pending.since, before)?,
+    };
+    after.record_created(TokenRecord::new(
+        pending.address.clone(),
+        record.id,
+        record.created_at,
+        Origin::Created,
+        (!record.fingerprint.is_empty()).then_some(record.fingerprint),
+    ));
+    Ok((
+        after,
+        format!("{address} is recorded as token id {}.", record.id),
+    ))
+}
+
+/// Finds the secret an in-doubt create delivered before its run died, in
+/// every sink that can read secrets back: a sink's newest secret for the
+/// address, if it was made since the create was sent and the state does
+/// not hold its id already. An older one is a token from before (perhaps
+/// revoked and forgotten since). Sinks that disagree are refused as
+/// ambiguous.
+fn find_in_sinks(
+    readers: Readers,
+    address: &Address,
+    since: i64,
+    state: &State,
+) -> Result<SinkRecord, Failure> {
+    let Readers {
+        readers: lookups,
+        mut problems,
+    } = readers;
+    let mut searched = Vec::new();
+    let mut candidates: Vec<(FoundSecret, String)> = Vec::new();
+    for lookup in &lookups {
+        searched.push(lookup.describe());
+        match lookup.lookup(address) {
+            // Only a sink's newest secret for the address can be the
+            // in-doubt one: older ones belong to tokens made before it
+            // (and perhaps forgotten since).
+            Ok(found) => {
+                let newest = found.into_iter().last();
+                if let Some(secret) = newest.filter(|s| s.created_at.is_some_and(|t| t >= since)) {
+                    let known = state.tokens.iter().any(|t| t.id == secret.id)
+                        || state.superseded.iter().any(|o| o.id == secret.id);
+                    if !known && !candidates.iter().any(|(c, _)| c.id == secret.id) {
+                        candidates.push((secret, lookup.describe()));
+                    }
+                }
+            }
+            Err(err) => problems.push(match &err.hint {
+                Some(hint) => format!("{err} ({hint})"),
+                None => err.to_string(),
+            }),
+        }
+    }
+    let ui_hint = format!(
+        "look for the token in the Logz.io UI of account {}: if it exists, run `tokenctl resolve {address} --adopt ID`; if not, `--abandon`",
+        address.account_id
+    );
+    match candidates.len() {
+        1 => {
+            let (found, _) = candidates.remove(0);
+            Ok(SinkRecord {
+                id: found.id,
+                created_at: found.created_at,
+                fingerprint: fingerprint_of(found.token.expose()),
+            })
+        }
+        0 => {
+            let mut message = format!(
+                "no sink holds a token for {address} created since its create was sent ({}) that the state does not record yet (searched: {})",
+                render::utc(since),
+                searched.join(", ")
+            );
+            for problem in &problems {
+                message.push_str(&format!("\n  {problem}"));
+            }
+            Err(Failure::new(message).hint(ui_hint))
+        }
+        _ => {
+            let list: Vec<String> = candidates
+                .iter()
+                .map(|(found, sink)| format!("id {} in {sink} ({})", found.id, found.place))
+                .collect();
+            Err(Failure::new(format!(
+                    "the sinks hold several tokens for {address} that the state does not record: {}",
+                    list.join(", ")
+                ))
+                .hint(format!("check which one is live in the Logz.io UI and run `tokenctl resolve {address} --adopt ID`")))
+        }
+    }
+}
+
+/// Records a token made outside tokenctl; returns the state to commit.
+pub fn import(
+    before: Option<&State>,
+    address: &Address,
+    id: u64,
+    created_at: Option<i64>,
+) -> Result<State, Failure> {
+    if let Some(before) = before {
+        if let Some(existing) = before.token(address) {
+            return Err(Failure::new(format!(
+                "{address} is already in the state (token id {})",
+                existing.id
+            ))
+            .hint(
+                "to replace it, revoke the old token in the UI and run `tokenctl forget` first",
+            ));
+        }
+        if before.pending_create(address).is_some() {
+            return Err(
+                Failure::new(format!("{address} has a create in doubt")).hint(format!(
+                    "settle it with `tokenctl resolve {address} --adopt {id}`"
+                )),
+            );
+        }
+    }
+    let mut after = before.cloned().unwrap_or_else(State::fresh);
+    after.record_created(TokenRecord::new(
+        address.clone(),
+        id,
+        created_at,
+        Origin::Imported,
+        None,
+    ));
+    Ok(after)
+}
+
+/// Drops a token revoked in the UI from the state; `in_manifest` says
+/// whether the manifest still lists it (then it would be created again).
+pub fn forget(before: &State, address: &Address, in_manifest: bool) -> Result<State, Failure> {
+    if in_manifest {
+        return Err(
+            Failure::new(format!("{address} is still in the manifest")).hint(
+                "remove it from the manifest first; forget is for tokens revoked in the Logz.io UI",
+            ),
+        );
+    }
+    if before.token(address).is_none() {
+        return Err(Failure::new(format!("{address} is not in the state"))
+            .hint("`tokenctl state list` shows the addresses it holds"));
+    }
+    let mut after = before.clone();
+    after.tokens.retain(|t| &t.address != address);
+    Ok(after)
+}
+
+/// Checks that `id` is a superseded token of `address`, which `retire`
+/// drops once a person revoked it.
+pub fn check_retirable(before: &State, address: &Address, id: u64) -> Result<(), Failure> {
+    if before.superseded_of(address).any(|old| old.id == id) {
+        return Ok(());
+    }
+    let hint = match before.token(address).filter(|t| t.id == id) {
+        Some(_) => {
+            "it is the address's current token; to drop it, remove it from the manifest, revoke it and run `tokenctl forget`"
+        }
+        None => "`tokenctl state list` shows the superseded tokens waiting to be revoked",
+    };
+    Err(Failure::new(format!(
+        "token id {id} of {address} is not a superseded token"
+    ))
+    .hint(hint))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::state::PendingCreate;
+    use crate::secret::Secret;
+    use crate::sink::{SecretLookup, SinkError};
+
+    fn addr(name: &str) -> Address {
+        Address::new(1, name)
+    }
+
+    /// A state with `1/a` created (id 7) and `1/b` in doubt since 100.
+    fn state() -> State {
+        let mut state = State::new("l".into());
+        state.record_created(TokenRecord::created(addr("a"), 7, 50, "f".into()));
+        state.record_pending(PendingCreate::new(addr("b"), 100, "timed out".into()));
+        state
+    }
+
+    /// A sink holding `(address name, id, created_at)` records.
+    struct Held(&'static str, Vec<(&'static str, u64, i64)>);
+
+    impl SecretLookup for Held {
+        fn lookup(&self, address: &Address) -> Result<Vec<FoundSecret>, SinkError> {
+            Ok(self
+                .1
+                .iter()
+                .filter(|(name, ..)| *name == address.name)
+                .map(|(_, id, at)| FoundSecret {
+                    id: *id,
+                    created_at: Some(*at),
+                    token: Secret::new(format!("secret-{id}")),
+                    place: format!("{}#{id}", self.0),
+                })
+                .collect())
+        }
+
+        fn describe(&self) -> String {
+            self.0.into()
+        }
+    }
+
+    fn sinks(held: Vec<Held>) -> Settle {
+        Settle::FromSinks(Readers {
+            readers: held
+                .into_iter()
+                .map(|h| Box::new(h) as Box<dyn SecretLookup>)
+                .collect(),
+            problems: Vec::new(),
+        })
+    }
+
+    #[test]
+    fn adopting_or_abandoning_settles_only_a_create_in_doubt() {
+        let (after, done) = resolve(&state(), &addr("b"), Settle::Adopt(9)).unwrap();
+        assert!(after.pending.is_empty());
+        assert_eq!(after.token(&addr("b")).unwrap().id, 9);
+        assert_eq!(done, "1/b is recorded as token id 9.");
+
+        let (after, _) = resolve(&state(), &addr("b"), Settle::Abandon).unwrap();
+        assert!(after.pending.is_empty() && after.token(&addr("b")).is_none());
+
+        let err = resolve(&state(), &addr("a"), Settle::Abandon)
+            .err()
+            .unwrap();
+        assert_eq!(err.message, "1/a is not in doubt");
+    }
+
+    #[test]
+    fn a_sink_adopts_only_its_newest_secret_made_since_the_create() {
+        // The older secret predates the create; the newest one is it.
+        let held = Held("file", vec![("b", 3, 90), ("b", 11, 120)]);
+        let (after, _) = resolve(&state(), &addr("b"), sinks(vec![held])).unwrap();
+        let token = after.token(&addr("b")).unwrap();
+        assert_eq!((token.id, token.created_at), (11, Some(120)));
+        assert!(token.fingerprint.is_some());
+
+        // Only an older secret: nothing to adopt.
+        let held = Held("file", vec![("b", 3, 90)]);
+        let err = resolve(&state(), &addr("b"), sinks(vec![held]))
+            .err()
+            .unwrap();
+        assert!(
+            err.message.starts_with("no sink holds a token for 1/b"),
+            "{}",
+            err.message
+        );
+        assert!(err.hint.unwrap().contains("--adopt ID"));
+    }
+
+    #[test]
+    fn sinks_that_disagree_are_refused_and_a_known_id_is_not_adopted() {
+        let two = vec![
+            Held("file", vec![("b", 11, 120)]),
+            Held("vault", vec![("b", 12, 130)]),
+        ];
+        let err = resolve(&state(), &addr("b"), sinks(two)).err().unwrap();
+        assert!(err.message.contains("several tokens"), "{}", err.message);
+
+        // The same token in two sinks is one candidate.
+        let same = vec![
+            Held("file", vec![("b", 11, 120)]),
+            Held("vault", vec![("b", 11, 120)]),
+        ];
+        assert!(resolve(&state(), &addr("b"), sinks(same)).is_ok());
+
+        // An id the state already records is some other token's.
+        let known = vec![Held("file", vec![("b", 7, 120)])];
+        assert!(resolve(&state(), &addr("b"), sinks(known)).is_err());
+    }
+
+    #[test]
+    fn import_forget_and_retire_refuse_what_would_lose_a_record() {
+        let err = import(Some(&state()), &addr("a"), 8, None).err().unwrap();
+        assert!(err.message.contains("already in the state"));
+        let err = import(Some(&state()), &addr("b"), 8, None).err().unwrap();
+        assert!(err.message.contains("has a create in doubt"));
+        let after = import(None, &addr("c"), 8, Some(60)).unwrap();
+        assert_eq!(after.token(&addr("c")).unwrap().origin, Origin::Imported);
+
+        assert!(forget(&state(), &addr("a"), true).is_err());
+        assert!(forget(&state(), &addr("z"), false).is_err());
+        let after = forget(&state(), &addr("a"), false).unwrap();
+        assert!(after.token(&addr("a")).is_none());
+
+        let err = check_retirable(&state(), &addr("a"), 7).err().unwrap();
+        assert!(err.hint.unwrap().contains("current token"));
+    }
+}
