@@ -17,6 +17,6 @@ mod failpoint;
 mod fsutil;
 pub mod model;
 pub mod ops;
-pub mod render;
+mod render;
 pub mod secret;
 pub mod sink;

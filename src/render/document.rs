@@ -150,7 +150,7 @@ pub fn plan_json(
 }
 
 /// The marker a CI job looks for to update one sticky pull-request comment.
-pub const MARKDOWN_MARKER: &str = "<!-- tokenctl-plan -->";
+pub(super) const MARKDOWN_MARKER: &str = "<!-- tokenctl-plan -->";
 
 /// Writes the plan as Markdown for a pull-request comment: a summary, a
 /// table per sub-account with changes, and what a person must do about

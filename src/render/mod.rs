@@ -12,9 +12,9 @@ use crate::model::lifecycle::{Finding, Refresh};
 use crate::model::state::{Liveness, State, SupersededToken};
 
 pub use diff::state_diff;
-pub use document::{MARKDOWN_MARKER, OUTPUT_FORMAT_VERSION, plan_json, plan_markdown};
+pub use document::{OUTPUT_FORMAT_VERSION, plan_json, plan_markdown};
 pub use lifecycle::{lifecycle_text, revoke_instruction};
-pub use plan::{doubt_hint, orphan_hint, plan_text};
+pub use plan::plan_text;
 
 /// What a plan shows beside its changes: what a refresh found, and the
 /// superseded tokens a person still has to revoke.
@@ -186,7 +186,7 @@ mod tests {
         plan_markdown(&plan, &Extras::default(), 60_000, &mut out).unwrap();
         let text = String::from_utf8(out).unwrap();
         assert!(text.len() <= 60_000, "{}", text.len());
-        assert!(text.starts_with(MARKDOWN_MARKER));
+        assert!(text.starts_with(document::MARKDOWN_MARKER));
         assert!(text.contains("more row(s) are not shown"));
         assert!(text.contains("5000 to create"));
     }

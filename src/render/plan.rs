@@ -92,7 +92,7 @@ pub(super) fn indent(text: &str) -> String {
 }
 
 /// Returns what a person must do about an orphaned token.
-pub fn orphan_hint(change: &Change) -> String {
+pub(super) fn orphan_hint(change: &Change) -> String {
     format!(
         "The API cannot delete tokens. Revoke {} in the Logz.io UI of account {} (Settings > Manage tokens > API tokens),\n\
          then run: tokenctl forget {}",
@@ -103,7 +103,7 @@ pub fn orphan_hint(change: &Change) -> String {
 }
 
 /// Returns what a person must do about a create in doubt.
-pub fn doubt_hint(change: &Change) -> String {
+fn doubt_hint(change: &Change) -> String {
     let address = &change.address;
     format!(
         "Nothing is created for it until it is resolved. Look for the token in the Logz.io UI of account {}, then run\n\

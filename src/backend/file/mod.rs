@@ -10,9 +10,9 @@ use std::time::Duration;
 use super::{Backend, BackendError, Journal, LockGuard, Reading};
 use crate::model::journal::{self as records_of, FoldSummary, Record};
 
-pub mod journal;
-pub mod lock;
-pub mod store;
+pub(crate) mod journal;
+pub(crate) mod lock;
+pub(crate) mod store;
 
 use crate::model::state::State;
 use journal::{JournalError, JournalWriter};

@@ -50,19 +50,6 @@ pub trait StateStore {
 
     /// Names the state for messages.
     fn location(&self) -> String;
-
-    /// Stores `after` if its content differs from `before`, moving the
-    /// serial on; returns the state now stored and whether it was written.
-    fn commit(&self, before: Option<&State>, after: State) -> Result<(State, bool), StoreError> {
-        let Some(after) = next_version(before, after) else {
-            return Ok((
-                before.cloned().unwrap_or_else(|| State::new(String::new())),
-                false,
-            ));
-        };
-        self.save(&after)?;
-        Ok((after, true))
-    }
 }
 
 /// Returns `after` as the next version of `before` (same lineage, serial
@@ -214,6 +201,20 @@ impl StateStore for FileStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Stores `after` as the next version of `before`, as the backend's
+    /// commit does; returns the state stored and whether it was written.
+    fn commit(
+        store: &FileStore,
+        before: Option<&State>,
+        after: State,
+    ) -> Result<(State, bool), StoreError> {
+        let Some(after) = next_version(before, after) else {
+            return Ok((before.cloned().unwrap_or_else(State::fresh), false));
+        };
+        store.save(&after)?;
+        Ok((after, true))
+    }
     use crate::error::Hint;
     use crate::model::address::Address;
     use crate::model::state::TokenRecord;
@@ -244,10 +245,10 @@ mod tests {
         assert_eq!(through_link.journal_path(), direct.journal_path());
         let mut state = State::fresh();
         one_token(&mut state, "a", 1);
-        let (first, _) = through_link.commit(None, state).unwrap();
+        let (first, _) = commit(&through_link, None, state).unwrap();
         let mut second = first.clone();
         one_token(&mut second, "b", 2);
-        through_link.commit(Some(&first), second).unwrap();
+        commit(&through_link, Some(&first), second).unwrap();
         assert!(
             fs::symlink_metadata(&link)
                 .unwrap()
@@ -270,14 +271,14 @@ mod tests {
         let store = FileStore::new(dir.path().join("state/tokens.state.json"));
         let mut first = State::fresh();
         one_token(&mut first, "a", 1);
-        let (first, written) = store.commit(None, first).unwrap();
+        let (first, written) = commit(&store, None, first).unwrap();
         assert!(written);
         assert_eq!(first.serial, 1);
         let first_text = fs::read_to_string(store.path()).unwrap();
 
         let mut second = first.clone();
         one_token(&mut second, "b", 2);
-        let (second, _) = store.commit(Some(&first), second).unwrap();
+        let (second, _) = commit(&store, Some(&first), second).unwrap();
         assert_eq!(second.serial, 2);
         assert_eq!(second.lineage, first.lineage);
         assert_eq!(fs::read_to_string(store.backup_path()).unwrap(), first_text);
@@ -288,9 +289,9 @@ mod tests {
     fn commit_without_change_writes_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let store = FileStore::new(dir.path().join("s.json"));
-        let (state, _) = store.commit(None, State::fresh()).unwrap();
+        let (state, _) = commit(&store, None, State::fresh()).unwrap();
         let before = fs::metadata(store.path()).unwrap().modified().unwrap();
-        let (again, written) = store.commit(Some(&state), state.clone()).unwrap();
+        let (again, written) = commit(&store, Some(&state), state.clone()).unwrap();
         assert!(!written);
         assert_eq!(again.serial, state.serial);
         assert_eq!(
