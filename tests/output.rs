@@ -108,3 +108,53 @@ async fn a_refresh_that_finds_a_revoked_token() {
     let refresh = ws.run(&["plan", "--refresh", "--detailed-exitcode"]);
     snapshot("refresh_finds_a_revoked_token", &ws, &refresh);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_state_edited_by_hand() {
+    let mock = MockLogzio::start().await;
+    let mut ws = Workspace::new(&mock.url());
+    ws.manifest(&["1/kept", "2/flaky"]);
+    mock.answer_first(
+        1,
+        Some(2),
+        ResponseTemplate::new(502).set_body_string("Bad Gateway"),
+    )
+    .await;
+    assert_eq!(
+        ws.run(&["apply", "--auto-approve", "--parallelism", "1"]).code,
+        3
+    );
+    for (name, args) in [
+        ("resolve_abandon", &["resolve", "2/flaky", "--abandon"][..]),
+        ("resolve_not_in_doubt", &["resolve", "2/flaky", "--abandon"]),
+        (
+            "import_a_token",
+            &["import", "3/legacy", "--id", "4242", "--created-at", "1700000000"],
+        ),
+        ("state_show_imported", &["state", "show", "3/legacy"]),
+        ("forget_in_the_manifest", &["forget", "1/kept"]),
+        ("forget_a_revoked_token", &["forget", "3/legacy"]),
+    ] {
+        let run = ws.run(args);
+        snapshot(name, &ws, &run);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_saved_plan_its_diff_and_its_document() {
+    let mock = MockLogzio::start().await;
+    let mut ws = Workspace::new(&mock.url());
+    ws.manifest(&["1/a"]);
+    assert_eq!(ws.run(&["apply", "--auto-approve"]).code, 0);
+    ws.manifest(&["1/a", "1/b"]);
+    for (name, args) in [
+        ("plan_with_diff", &["plan", "--diff"][..]),
+        ("plan_json", &["plan", "--output", "json"]),
+        ("plan_saved", &["plan", "-o", "tokens.plan"]),
+        ("apply_saved_plan", &["apply", "tokens.plan", "--parallelism", "1"]),
+        ("apply_stale_plan", &["apply", "tokens.plan"]),
+    ] {
+        let run = ws.run(args);
+        snapshot(name, &ws, &run);
+    }
+}
