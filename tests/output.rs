@@ -121,7 +121,8 @@ async fn the_state_edited_by_hand() {
     )
     .await;
     assert_eq!(
-        ws.run(&["apply", "--auto-approve", "--parallelism", "1"]).code,
+        ws.run(&["apply", "--auto-approve", "--parallelism", "1"])
+            .code,
         3
     );
     for (name, args) in [
@@ -129,7 +130,14 @@ async fn the_state_edited_by_hand() {
         ("resolve_not_in_doubt", &["resolve", "2/flaky", "--abandon"]),
         (
             "import_a_token",
-            &["import", "3/legacy", "--id", "4242", "--created-at", "1700000000"],
+            &[
+                "import",
+                "3/legacy",
+                "--id",
+                "4242",
+                "--created-at",
+                "1700000000",
+            ],
         ),
         ("state_show_imported", &["state", "show", "3/legacy"]),
         ("forget_in_the_manifest", &["forget", "1/kept"]),
@@ -151,7 +159,10 @@ async fn a_saved_plan_its_diff_and_its_document() {
         ("plan_with_diff", &["plan", "--diff"][..]),
         ("plan_json", &["plan", "--output", "json"]),
         ("plan_saved", &["plan", "-o", "tokens.plan"]),
-        ("apply_saved_plan", &["apply", "tokens.plan", "--parallelism", "1"]),
+        (
+            "apply_saved_plan",
+            &["apply", "tokens.plan", "--parallelism", "1"],
+        ),
         ("apply_stale_plan", &["apply", "tokens.plan"]),
     ] {
         let run = ws.run(args);

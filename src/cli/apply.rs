@@ -22,7 +22,7 @@ use crate::ops::limiter::Snapshot;
 use crate::ops::sinks;
 use crate::render::{self, Style};
 use crate::secret::Secret;
-use crate::sink::Rescue;
+use crate::sink::{Rescue, Rescued};
 
 /// Applies with more creates than this show a progress bar on a terminal.
 const PROGRESS_MIN: usize = 3;
@@ -261,7 +261,7 @@ impl ApplyScreen<'_, '_> {
                 .map(|(address, path)| {
                     serde_json::json!({
                         "address": address.to_string(),
-                        "rescue_file": path.as_ref().map(|p| p.display().to_string()),
+                        "rescue_file": path.file().map(|p| p.display().to_string()),
                     })
                 })
                 .collect();
@@ -434,7 +434,7 @@ fn apply_result(report: &Report, pending: usize) -> CommandResult {
         let lost = report
             .rescued
             .iter()
-            .filter(|(_, path)| path.is_none())
+            .filter(|(_, rescued)| *rescued == Rescued::Lost)
             .count();
         let mut message = format!(
             "{} secret(s) could not be delivered to every sink and were saved to rescue files (paths above)",
@@ -579,14 +579,14 @@ fn print_event(
             ),
             Outcome::Skipped => Ok(()),
         },
-        Event::SinkFailed(address, err, rescue) => match rescue {
-            Some(path) => writeln!(
+        Event::SinkFailed(address, err, rescued) => match rescued {
+            Rescued::Saved(path) => writeln!(
                 stderr,
                 "{} {address}: {err}; the secret was saved to the rescue file {} (mode 0600)",
                 err_style.bad("error:"),
                 path.display()
             ),
-            None => writeln!(
+            Rescued::Lost => writeln!(
                 stderr,
                 "{} {address}: {err}; the rescue file could not be written either: the secret is lost, revoke the token in the Logz.io UI",
                 err_style.bad("error:")
@@ -670,7 +670,7 @@ fn json_event(event: &Event<'_>) -> serde_json::Value {
         },
         Event::SinkFailed(address, err, rescue) => {
             json!({"event": "sink_failed", "address": address.to_string(),
-            "error": err.to_string(), "rescue_file": rescue.map(|p| p.display().to_string())})
+            "error": err.to_string(), "rescue_file": rescue.file().map(|p| p.display().to_string())})
         }
         Event::Stopping(reason) => json!({"event": "stopping", "reason": reason.to_string()}),
         Event::Progress(snapshot) => json!({"event": "progress", "done": snapshot.done,

@@ -9,7 +9,6 @@
 //! The caller folds the journal into the state once, at the end.
 
 use std::cell::{Cell, RefCell};
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -23,7 +22,7 @@ use crate::failpoint;
 use crate::model::address::Address;
 use crate::model::journal::Record;
 use crate::ops::limiter::{Limiter, Permit, Progress, Snapshot};
-use crate::sink::{Rescue, SecretSink, SinkError, SinkWorker};
+use crate::sink::{Rescue, Rescued, SecretSink, SinkError, SinkWorker};
 
 /// How 429 answers are retried.
 ///
@@ -103,9 +102,8 @@ pub enum Event<'a> {
     /// concurrency changed or a while after it was last reported.
     Progress(Snapshot),
     Finished(&'a Address, &'a Outcome),
-    /// A sink failed; the secret went to the rescue file named, or, when
-    /// none is named, could not be saved anywhere.
-    SinkFailed(&'a Address, &'a SinkError, Option<&'a std::path::Path>),
+    /// A sink failed, and where the secret was kept instead.
+    SinkFailed(&'a Address, &'a SinkError, &'a Rescued),
     Stopping(&'a StopReason),
 }
 
@@ -151,7 +149,7 @@ pub struct Report {
     pub outcomes: Vec<(Address, Outcome)>,
     /// Secrets a sink refused, with the rescue file that holds each
     /// (`None`: the rescue file could not be written either).
-    pub rescued: Vec<(Address, Option<PathBuf>)>,
+    pub rescued: Vec<(Address, Rescued)>,
     /// Why the run stopped early, if it did.
     pub stopped: Option<StopReason>,
     /// Answers that were 429 (each was retried, or failed after the last
@@ -214,7 +212,7 @@ struct Shared<'r, 'e> {
     doubt_streak: Cell<usize>,
     events: RefCell<&'r mut dyn FnMut(Event<'_>)>,
     sinks: SinkWorker,
-    rescued: RefCell<Vec<(Address, Option<PathBuf>)>>,
+    rescued: RefCell<Vec<(Address, Rescued)>>,
     interrupt: &'e AtomicBool,
 }
 
@@ -396,9 +394,10 @@ async fn create_one<A: TokenApi>(
                 .sinks
                 .deliver(address, created.id, created.created_at, created.token)
                 .await;
-            for err in &delivery.failures {
-                let rescue = delivery.rescue.as_ref().and_then(|p| p.as_deref());
-                shared.emit(Event::SinkFailed(address, err, rescue));
+            if let Some(rescued) = &delivery.rescue {
+                for err in &delivery.failures {
+                    shared.emit(Event::SinkFailed(address, err, rescued));
+                }
             }
             if let Some(rescue) = delivery.rescue {
                 shared.rescued.borrow_mut().push((address.clone(), rescue));

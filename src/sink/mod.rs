@@ -28,7 +28,7 @@ use crate::secret::Secret;
 
 pub use exec::{ExecSink, ExecSpec, WITHHELD_FROM_EXEC};
 pub use file::{FileLookup, FileSink, FileSpec};
-pub use rescue::Rescue;
+pub use rescue::{Rescue, Rescued};
 pub use sops::SopsSpec;
 pub use vault::VaultSpec;
 pub use worker::{Delivery, SinkWorker, deliver_all};

@@ -10,6 +10,25 @@ use crate::fsutil;
 /// How much of a token's name goes into its rescue file's name.
 const RESCUE_NAME_CHARS: usize = 48;
 
+/// Where a secret that a sink refused ended up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rescued {
+    /// In this rescue file, readable by the user alone.
+    Saved(PathBuf),
+    /// Nowhere: the rescue file could not be written either.
+    Lost,
+}
+
+impl Rescued {
+    /// Returns the rescue file, if the secret is in one.
+    pub fn file(&self) -> Option<&Path> {
+        match self {
+            Rescued::Saved(path) => Some(path),
+            Rescued::Lost => None,
+        }
+    }
+}
+
 /// Keeps secrets that no sink would take, so they are not lost.
 #[derive(Debug, Clone)]
 pub struct Rescue {
@@ -69,6 +88,14 @@ impl Rescue {
     }
 
     /// Writes the token to its own 0600 file and returns the file's path.
+    /// Saves a secret no sink took, and says where it ended up.
+    pub fn keep(&self, token: &NewToken<'_>) -> Rescued {
+        match self.save(token) {
+            Ok(path) => Rescued::Saved(path),
+            Err(_) => Rescued::Lost,
+        }
+    }
+
     pub fn save(&self, token: &NewToken<'_>) -> io::Result<PathBuf> {
         create_private_dir(&self.dir)?;
         // Bounded whatever the name's length: the id and time make the file

@@ -1,9 +1,8 @@
 //! Hands each new secret to every sink, on a thread of its own.
 
 use std::io;
-use std::path::PathBuf;
 
-use super::{NewToken, Rescue, SecretSink, SinkError};
+use super::{NewToken, Rescue, Rescued, SecretSink, SinkError};
 use crate::model::address::Address;
 use crate::secret::Secret;
 
@@ -12,9 +11,9 @@ use crate::secret::Secret;
 pub struct Delivery {
     /// The sinks that failed.
     pub failures: Vec<SinkError>,
-    /// `None` when every sink took the secret; otherwise the rescue file
-    /// that holds it (`Some(None)`: the rescue file failed too).
-    pub rescue: Option<Option<PathBuf>>,
+    /// `None` when every sink took the secret; otherwise where it was
+    /// kept instead.
+    pub rescue: Option<Rescued>,
 }
 
 /// Hands `token` to every sink; for each that fails, the secret is kept in
@@ -27,9 +26,7 @@ pub fn deliver_all(
     let mut delivery = Delivery::default();
     for sink in sinks.iter_mut() {
         if let Err(err) = sink.deliver(token) {
-            delivery
-                .rescue
-                .get_or_insert_with(|| rescue.save(token).ok());
+            delivery.rescue.get_or_insert_with(|| rescue.keep(token));
             delivery.failures.push(err);
         }
     }
@@ -96,7 +93,7 @@ impl SinkWorker {
             token,
             done,
         };
-        let stopped = |rescue: Option<PathBuf>| Delivery {
+        let stopped = |rescue: Rescued| Delivery {
             failures: vec![SinkError {
                 sink: "all sinks".into(),
                 detail: "the sink thread stopped".into(),
@@ -105,10 +102,10 @@ impl SinkWorker {
             rescue: Some(rescue),
         };
         let Some(sender) = self.sender.as_ref() else {
-            return stopped(None);
+            return stopped(Rescued::Lost);
         };
         match sender.send(handover) {
-            Ok(()) => wait.await.unwrap_or_else(|_| stopped(None)),
+            Ok(()) => wait.await.unwrap_or_else(|_| stopped(Rescued::Lost)),
             // The secret came back with the failed send: keep it.
             Err(std::sync::mpsc::SendError(handover)) => {
                 let token = NewToken {
@@ -117,7 +114,7 @@ impl SinkWorker {
                     created_at: handover.created_at,
                     token: &handover.token,
                 };
-                stopped(self.rescue.save(&token).ok())
+                stopped(self.rescue.keep(&token))
             }
         }
     }
