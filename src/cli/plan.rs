@@ -6,11 +6,11 @@ use super::{CommandResult, Failure, PlanArgs, PlanFormat, Session};
 use crate::backend::Backend;
 use crate::error::ExitStatus;
 use crate::model::lifecycle::Refresh;
-use crate::model::plan::{self, Plan};
+use crate::model::plan::Plan;
 use crate::model::planfile::PlanFile;
 use crate::model::state::{Origin, State, TokenRecord};
 use crate::ops::Ui;
-use crate::ops::apply::{check_budget, check_refresh, warn_if_all_orphaned};
+use crate::ops::apply::{check_budget, check_refresh, plan_for, warn_if_all_orphaned};
 use crate::render;
 
 /// Longest Markdown plan, to fit a pull-request comment (GitHub allows 65,536).
@@ -50,11 +50,10 @@ impl Session<'_, '_> {
             false => None,
         };
         let stampede = refresh.as_ref().and_then(Refresh::stampede);
-        let plan = crate::model::lifecycle::plan_successors(
-            plan::plan(&loaded.manifest.tokens, state.as_ref()).restrict(&targeting),
+        let plan = plan_for(
+            &loaded.manifest,
             state.as_ref(),
-            &loaded.manifest.lifecycle,
-            crate::ops::create::now(),
+            &targeting,
             refresh.as_ref(),
             stampede.is_some(),
         )

@@ -11,7 +11,7 @@ use crate::error::ExitStatus;
 use crate::model::address::Address;
 use crate::model::state::{Origin, State};
 use crate::ops::Ui;
-use crate::ops::edit::{self, Settle};
+use crate::ops::edit::{self, Push, Settle};
 use crate::render;
 
 impl Session<'_, '_> {
@@ -129,7 +129,7 @@ impl Session<'_, '_> {
         let text = fs::read_to_string(file).map_err(|err| {
             Failure::new(format!("cannot read state file {}: {err}", file.display()))
         })?;
-        let mut pushed = State::from_json(&text).map_err(|err| {
+        let pushed = State::from_json(&text).map_err(|err| {
             Failure::new(format!("{} is not a state file: {err}", file.display()))
         })?;
         let store = self.store()?;
@@ -143,50 +143,19 @@ impl Session<'_, '_> {
             .hint("run `tokenctl state fold` (or wait for the run), check the result with `tokenctl state pull`, then push again"));
         }
         let current = store.load()?;
-        if let Some(current) = &current {
-            let refusal = if current.lineage != pushed.lineage {
-                Some(format!(
-                    "{} is of another state (lineage {}, the stored one has {})",
-                    file.display(),
-                    pushed.lineage,
-                    current.lineage
-                ))
-            } else if pushed.serial < current.serial {
-                Some(format!(
-                    "{} is older than the stored state (serial {}, the stored one is at {})",
-                    file.display(),
-                    pushed.serial,
-                    current.serial
-                ))
-            } else if pushed.serial == current.serial && !pushed.same_content(current) {
-                Some(format!(
-                    "{} has the stored state's serial {} but other content",
-                    file.display(),
-                    current.serial
-                ))
-            } else {
-                None
-            };
-            if let Some(refusal) = refusal
-                && !force
-            {
-                return Err(Failure::new(refusal).hint(
-                    "the stored state records tokens that cannot be listed again through the API; pull it and compare (`tokenctl state pull`) before overwriting it with --force",
-                ));
-            }
-            if pushed.serial == current.serial && pushed.same_content(current) {
+        let name = file.display().to_string();
+        let pushed = match edit::push(current.as_ref(), pushed, &name, force)? {
+            Push::Store(pushed) => pushed,
+            Push::AlreadyThere => {
                 writeln!(
                     self.io.stdout,
                     "{} already holds this state (serial {}).",
                     store.location(),
-                    current.serial
+                    current.as_ref().map_or(0, |c| c.serial)
                 )?;
                 return Ok(ExitStatus::Success);
             }
-            // A forced push still moves the serial on, so that plan files
-            // made from the replaced state are refused as stale.
-            pushed.serial = pushed.serial.max(current.serial + 1);
-        }
+        };
         store.compare_and_swap(
             current.as_ref().map(|c| (c.lineage.as_str(), c.serial)),
             &pushed,

@@ -174,11 +174,10 @@ pub fn apply<A: ApplyApi>(
         .as_ref()
         .and_then(Refresh::stampede)
         .is_some_and(|_| !options.force);
-    let plan = lifecycle::plan_successors(
-        plan::plan(&options.manifest.tokens, state.as_ref()).restrict(options.targeting),
+    let plan = plan_for(
+        options.manifest,
         state.as_ref(),
-        &options.manifest.lifecycle,
-        now(),
+        options.targeting,
         refresh.as_ref(),
         hold_back,
     );
@@ -304,6 +303,27 @@ pub fn apply<A: ApplyApi>(
 struct Unrecorded {
     before: State,
     retired: Vec<SupersededToken>,
+}
+
+/// Returns the plan of `manifest` against `state`: the creates, orphans
+/// and creates in doubt, narrowed by `targeting`, with the rotations and
+/// re-creations the lifecycle asks for (re-creations held back with
+/// `hold_back`, when a refresh looks like a stampede).
+pub fn plan_for(
+    manifest: &Manifest,
+    state: Option<&State>,
+    targeting: &Targeting,
+    refresh: Option<&Refresh>,
+    hold_back: bool,
+) -> Plan {
+    lifecycle::plan_successors(
+        plan::plan(&manifest.tokens, state).restrict(targeting),
+        state,
+        &manifest.lifecycle,
+        now(),
+        refresh,
+        hold_back,
+    )
 }
 
 /// Returns the runtime the API calls of one command run on.

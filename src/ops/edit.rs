@@ -230,6 +230,61 @@ pub fn check_retirable(before: &State, address: &Address, id: u64) -> Result<(),
     .hint(hint))
 }
 
+/// What `state push` does with a state file.
+#[derive(Debug)]
+pub enum Push {
+    /// The backend holds this very state already.
+    AlreadyThere,
+    /// Store this state (its serial moved past the stored one's).
+    Store(State),
+}
+
+/// Decides whether `pushed` (read from `file`) may replace `current`: not
+/// another lineage, an older serial, or the same serial with other content,
+/// unless `force`.
+pub fn push(
+    current: Option<&State>,
+    mut pushed: State,
+    file: &str,
+    force: bool,
+) -> Result<Push, Failure> {
+    let Some(current) = current else {
+        return Ok(Push::Store(pushed));
+    };
+    let refusal = if current.lineage != pushed.lineage {
+        Some(format!(
+            "{file} is of another state (lineage {}, the stored one has {})",
+            pushed.lineage, current.lineage
+        ))
+    } else if pushed.serial < current.serial {
+        Some(format!(
+            "{file} is older than the stored state (serial {}, the stored one is at {})",
+            pushed.serial, current.serial
+        ))
+    } else if pushed.serial == current.serial && !pushed.same_content(current) {
+        Some(format!(
+            "{file} has the stored state's serial {} but other content",
+            current.serial
+        ))
+    } else {
+        None
+    };
+    if let Some(refusal) = refusal
+        && !force
+    {
+        return Err(Failure::new(refusal).hint(
+            "the stored state records tokens that cannot be listed again through the API; pull it and compare (`tokenctl state pull`) before overwriting it with --force",
+        ));
+    }
+    if pushed.serial == current.serial && pushed.same_content(current) {
+        return Ok(Push::AlreadyThere);
+    }
+    // A forced push still moves the serial on, so that plan files made
+    // from the replaced state are refused as stale.
+    pushed.serial = pushed.serial.max(current.serial + 1);
+    Ok(Push::Store(pushed))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -357,5 +412,35 @@ mod tests {
 
         let err = check_retirable(&state(), &addr("a"), 7).err().unwrap();
         assert!(err.hint.unwrap().contains("current token"));
+    }
+
+    #[test]
+    fn a_push_replaces_only_a_newer_state_of_the_same_lineage_unless_forced() {
+        let current = {
+            let mut s = state();
+            s.serial = 5;
+            s
+        };
+        let mut older = current.clone();
+        older.serial = 4;
+        let err = push(Some(&current), older.clone(), "f.json", false)
+            .err()
+            .unwrap();
+        assert!(err.message.contains("older than the stored state"));
+        // Forced, it is stored with a serial past the stored one.
+        match push(Some(&current), older, "f.json", true).unwrap() {
+            Push::Store(pushed) => assert_eq!(pushed.serial, 6),
+            Push::AlreadyThere => panic!("stored nothing"),
+        }
+        let other = State::new("other".into());
+        assert!(push(Some(&current), other, "f.json", false).is_err());
+        assert!(matches!(
+            push(Some(&current), current.clone(), "f.json", false).unwrap(),
+            Push::AlreadyThere
+        ));
+        assert!(matches!(
+            push(None, current.clone(), "f.json", false).unwrap(),
+            Push::Store(_)
+        ));
     }
 }
