@@ -696,3 +696,27 @@ async fn a_refresh_reads_secrets_back_from_sops_files() {
     );
     ws.assert_secrets_only_in_sink(&secrets(&mock));
 }
+
+/// Whatever order the manifest lists them in, the local file takes each
+/// secret before a command that may take long.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_file_sink_takes_a_secret_first_whatever_the_manifest_order() {
+    let mock = MockLogzio::start().await;
+    let mut ws = Workspace::new(&mock.url());
+    manifest(
+        &ws,
+        "  exec: [sh, -c, \"cat > /dev/null\"]\n  file: secrets/tokens.jsonl\n",
+        &[(1, "a")],
+    );
+    let apply = ws.run(&["apply", "--auto-approve"]);
+    assert_eq!(apply.code, 0, "{}", apply.all());
+    let delivered = apply
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("New secrets were delivered to:"))
+        .unwrap_or_default();
+    assert_eq!(
+        delivered,
+        "New secrets were delivered to: ./secrets/tokens.jsonl, exec sh -c cat > /dev/null"
+    );
+}

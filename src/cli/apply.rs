@@ -36,7 +36,9 @@ impl Session<'_, '_> {
         let targeting = self.targeting(&args.targeting);
         let configured = self.configured_sinks(Some(&loaded.manifest), args.secrets_out.as_deref());
         let home = self.env.home.as_deref().map(Path::new);
-        let readers = args.refresh.then(|| sinks::readers(&configured, home));
+        let readers = args
+            .refresh
+            .then(|| sinks::refresh_readers(&configured, home));
         let manifest_name = self.cli.manifest.display().to_string();
         let options = ApplyOptions {
             manifest: &loaded.manifest,
@@ -467,7 +469,16 @@ fn apply_result(report: &Report, pending: usize) -> CommandResult {
 /// signal at any moment, the second one just before the process exits, so
 /// they cannot wait for the writer the rest of the output goes through.
 struct SignalWatch {
+    ended: Arc<AtomicBool>,
     _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+impl Drop for SignalWatch {
+    fn drop(&mut self) {
+        // Before the stop is sent: a second signal racing with the end of
+        // the creates must not exit in the middle of the fold.
+        self.ended.store(true, Ordering::SeqCst);
+    }
 }
 
 impl SignalWatch {
@@ -475,12 +486,14 @@ impl SignalWatch {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
-        // The handlers are in place before the first create is sent.
+        // On unix the handlers are in place before the first create is sent.
         let mut signals = {
             let _context = runtime.enter();
             Signals::new()?
         };
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let ended = Arc::new(AtomicBool::new(false));
+        let watching = ended.clone();
         let eprint = |text: &str| {
             let _ = writeln!(std::io::stderr(), "{text}");
         };
@@ -491,6 +504,9 @@ impl SignalWatch {
                 "Interrupted: starting no more creates; waiting for those in flight, then recording every outcome. Interrupt again to exit at once.",
             );
             signals.recv().await;
+            if watching.load(Ordering::SeqCst) {
+                return;
+            }
             eprint(
                 "Interrupted again: exiting now. The journal records what was done; the next tokenctl command folds it into the state.",
             );
@@ -501,12 +517,13 @@ impl SignalWatch {
             .spawn(move || {
                 runtime.block_on(async move {
                     tokio::select! {
+                        biased;
                         _ = stopped => {}
                         () = watch => {}
                     }
                 });
             })?;
-        Ok(SignalWatch { _stop: stop })
+        Ok(SignalWatch { ended, _stop: stop })
     }
 }
 

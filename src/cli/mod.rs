@@ -294,7 +294,9 @@ impl Session<'_, '_> {
     }
 
     /// Returns the sinks of this run: the manifest's, with `--secrets-out`
-    /// in place of its `file`.
+    /// in place of its `file`, in the order of `SinkSpec::KEYS` whatever
+    /// the manifest's: the local file takes each secret first, before a
+    /// command or a server that may take long.
     fn configured_sinks(
         &self,
         manifest: Option<&Manifest>,
@@ -321,6 +323,11 @@ impl Session<'_, '_> {
                 spec: spec.clone(),
             });
         }
+        sinks.sort_by_key(|sink| {
+            SinkSpec::KEYS
+                .iter()
+                .position(|key| *key == sink.spec.key())
+        });
         sinks
     }
 }

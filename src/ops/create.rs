@@ -147,8 +147,7 @@ impl std::fmt::Display for StopReason {
 pub struct Report {
     /// Every planned address with its outcome, in plan order.
     pub outcomes: Vec<(Address, Outcome)>,
-    /// Secrets a sink refused, with the rescue file that holds each
-    /// (`None`: the rescue file could not be written either).
+    /// Secrets a sink refused, and where each was kept instead.
     pub rescued: Vec<(Address, Rescued)>,
     /// Why the run stopped early, if it did.
     pub stopped: Option<StopReason>,

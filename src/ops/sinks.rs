@@ -80,6 +80,16 @@ pub fn readers(sinks: &[ConfiguredSink], home: Option<&Path>) -> Readers {
     Readers { readers, problems }
 }
 
+/// Returns the readers a refresh uses: when no sink can read back, none,
+/// and every token is unverifiable without a warning per sink.
+pub fn refresh_readers(sinks: &[ConfiguredSink], home: Option<&Path>) -> Readers {
+    let found = readers(sinks, home);
+    match found.readers.is_empty() {
+        true => Readers::default(),
+        false => found,
+    }
+}
+
 /// Returns the secrets of `wanted` tokens that some reader holds, by
 /// address and id. A sink that cannot be read is warned about; its tokens
 /// stay unverifiable.

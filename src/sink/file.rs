@@ -21,8 +21,18 @@ use crate::secret::Secret;
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(transparent)]
 pub struct FileSpec {
+    #[serde(deserialize_with = "file_path")]
     #[schemars(length(min = 1))]
     pub path: PathBuf,
+}
+
+fn file_path<'de, D: serde::Deserializer<'de>>(d: D) -> Result<PathBuf, D::Error> {
+    crate::model::manifest::checked_string(d, "a file (a string)", |text| {
+        if text.trim().is_empty() {
+            return Err("must name a file".into());
+        }
+        Ok(PathBuf::from(text))
+    })
 }
 
 impl FileSpec {

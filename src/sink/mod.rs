@@ -195,11 +195,6 @@ impl Secrets {
     pub fn get(&self, key: &str) -> Option<&SinkSpec> {
         self.0.iter().find(|spec| spec.key() == key)
     }
-
-    /// Tells whether no sink is configured.
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
 }
 
 impl<'de> Deserialize<'de> for Secrets {
@@ -212,11 +207,14 @@ impl<'de> Deserialize<'de> for Secrets {
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Secrets, A::Error> {
                 let mut specs: Vec<SinkSpec> = Vec::new();
-                while let Some(key) = map.next_key_seed(KeySeed { seen: &specs })? {
-                    // Each entry is read as the one-entry map that names an
-                    // enum variant.
-                    let spec = SinkSpec::deserialize(Entry { key, map: &mut map })?;
-                    specs.push(spec);
+                let mut seen: Vec<&'static str> = Vec::new();
+                while let Some(key) = map.next_key_seed(KeySeed { seen: &seen })? {
+                    seen.push(key);
+                    // A key with no value (`file:`, `vault: ~`) configures
+                    // nothing, as an absent key does.
+                    if let Some(spec) = map.next_value_seed(EntrySeed { key })? {
+                        specs.push(spec);
+                    }
                 }
                 Ok(Secrets(specs))
             }
@@ -228,7 +226,7 @@ impl<'de> Deserialize<'de> for Secrets {
 /// Reads a key of `secrets`, refusing unknown and repeated ones while the
 /// key is read, so that the error points at it.
 struct KeySeed<'s> {
-    seen: &'s [SinkSpec],
+    seen: &'s [&'static str],
 }
 
 impl<'de> de::DeserializeSeed<'de> for KeySeed<'_> {
@@ -250,23 +248,62 @@ impl<'de> Visitor<'de> for KeySeed<'_> {
         let Some(known) = SinkSpec::KEYS.iter().find(|k| **k == key) else {
             return Err(E::unknown_field(key, SinkSpec::KEYS));
         };
-        if self.seen.iter().any(|spec| spec.key() == key) {
+        if self.seen.contains(known) {
             return Err(E::duplicate_field(known));
         }
         Ok(known)
     }
 }
 
-/// One entry of a map, read as an externally tagged enum.
-struct Entry<'m, A> {
+/// Reads the value of the `secrets` entry `key`: nothing when it is null,
+/// else the spec of that kind, read as the enum variant the key names.
+struct EntrySeed {
     key: &'static str,
-    map: &'m mut A,
 }
 
-impl<'de, A: MapAccess<'de>> Deserializer<'de> for Entry<'_, A> {
-    type Error = A::Error;
+impl<'de> de::DeserializeSeed<'de> for EntrySeed {
+    type Value = Option<SinkSpec>;
 
-    fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, A::Error> {
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Option<SinkSpec>, D::Error> {
+        d.deserialize_option(self)
+    }
+}
+
+impl<'de> Visitor<'de> for EntrySeed {
+    type Value = Option<SinkSpec>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(f, "the settings of the `{}` sink", self.key)
+    }
+
+    fn visit_none<E: de::Error>(self) -> Result<Option<SinkSpec>, E> {
+        Ok(None)
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Option<SinkSpec>, E> {
+        Ok(None)
+    }
+
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Option<SinkSpec>, D::Error> {
+        SinkSpec::deserialize(Entry {
+            key: self.key,
+            value: d,
+        })
+        .map(Some)
+    }
+}
+
+/// One entry of `secrets`, its key and its value, read as an externally
+/// tagged enum.
+struct Entry<D> {
+    key: &'static str,
+    value: D,
+}
+
+impl<'de, D: Deserializer<'de>> Deserializer<'de> for Entry<D> {
+    type Error = D::Error;
+
+    fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, D::Error> {
         visitor.visit_enum(self)
     }
 
@@ -277,35 +314,35 @@ impl<'de, A: MapAccess<'de>> Deserializer<'de> for Entry<'_, A> {
     }
 }
 
-impl<'de, A: MapAccess<'de>> de::EnumAccess<'de> for Entry<'_, A> {
-    type Error = A::Error;
-    type Variant = Self;
+impl<'de, D: Deserializer<'de>> de::EnumAccess<'de> for Entry<D> {
+    type Error = D::Error;
+    type Variant = Settings<D>;
 
     fn variant_seed<V: de::DeserializeSeed<'de>>(
         self,
         seed: V,
-    ) -> Result<(V::Value, Self), A::Error> {
-        let key: de::value::StrDeserializer<'_, A::Error> = self.key.into_deserializer();
+    ) -> Result<(V::Value, Settings<D>), D::Error> {
+        let key: de::value::StrDeserializer<'_, D::Error> = self.key.into_deserializer();
         let variant = seed.deserialize(key)?;
-        Ok((variant, self))
+        Ok((variant, Settings(self.value)))
     }
 }
 
-impl<'de, A: MapAccess<'de>> de::VariantAccess<'de> for Entry<'_, A> {
-    type Error = A::Error;
+impl<'de, D: Deserializer<'de>> de::VariantAccess<'de> for Settings<D> {
+    type Error = D::Error;
 
-    fn unit_variant(self) -> Result<(), A::Error> {
-        self.map.next_value()
+    fn unit_variant(self) -> Result<(), D::Error> {
+        de::Deserialize::deserialize(self.0)
     }
 
     fn newtype_variant_seed<T: de::DeserializeSeed<'de>>(
         self,
         seed: T,
-    ) -> Result<T::Value, A::Error> {
-        self.map.next_value_seed(seed)
+    ) -> Result<T::Value, D::Error> {
+        seed.deserialize(self.0)
     }
 
-    fn tuple_variant<V: Visitor<'de>>(self, _len: usize, _v: V) -> Result<V::Value, A::Error> {
+    fn tuple_variant<V: Visitor<'de>>(self, _len: usize, _v: V) -> Result<V::Value, D::Error> {
         Err(de::Error::custom("a sink's settings are a value or a map"))
     }
 
@@ -313,10 +350,13 @@ impl<'de, A: MapAccess<'de>> de::VariantAccess<'de> for Entry<'_, A> {
         self,
         _fields: &'static [&'static str],
         _v: V,
-    ) -> Result<V::Value, A::Error> {
+    ) -> Result<V::Value, D::Error> {
         Err(de::Error::custom("a sink's settings are a value or a map"))
     }
 }
+
+/// A sink's settings, read as the value of its enum variant.
+struct Settings<D>(D);
 
 impl JsonSchema for Secrets {
     fn schema_name() -> Cow<'static, str> {

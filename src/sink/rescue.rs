@@ -87,7 +87,6 @@ impl Rescue {
         probe.close()
     }
 
-    /// Writes the token to its own 0600 file and returns the file's path.
     /// Saves a secret no sink took, and says where it ended up.
     pub fn keep(&self, token: &NewToken<'_>) -> Rescued {
         match self.save(token) {
@@ -96,6 +95,7 @@ impl Rescue {
         }
     }
 
+    /// Writes the token to its own 0600 file and returns the file's path.
     pub fn save(&self, token: &NewToken<'_>) -> io::Result<PathBuf> {
         create_private_dir(&self.dir)?;
         // Bounded whatever the name's length: the id and time make the file

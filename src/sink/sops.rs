@@ -178,13 +178,21 @@ fn recipients_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     })
 }
 
+/// Reads `format`; no value means the default, as no key does.
 fn format<'de, D: serde::Deserializer<'de>>(d: D) -> Result<SopsFormat, D::Error> {
-    checked_string(d, "a SOPS file format", |text| {
-        SopsFormat::from_name(text).ok_or_else(|| {
-            let known: Vec<&str> = SopsFormat::ALL.iter().map(|f| f.name()).collect();
-            format!("unknown format `{text}`; use {}", known.join(" or "))
-        })
-    })
+    use serde::Deserialize;
+    struct Named(SopsFormat);
+    impl<'de> Deserialize<'de> for Named {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            checked_string(d, "a SOPS file format", |text| {
+                SopsFormat::from_name(text).map(Named).ok_or_else(|| {
+                    let known: Vec<&str> = SopsFormat::ALL.iter().map(|f| f.name()).collect();
+                    format!("unknown format `{text}`; use {}", known.join(" or "))
+                })
+            })
+        }
+    }
+    Ok(Option::<Named>::deserialize(d)?.map_or_else(SopsFormat::default, |Named(f)| f))
 }
 
 fn format_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {

@@ -446,3 +446,30 @@ fn sinks_keep_the_manifest_order() {
     let keys: Vec<&str> = secrets.0.iter().map(SinkSpec::key).collect();
     assert_eq!(keys, ["exec", "file"]);
 }
+
+#[test]
+fn a_sink_with_no_value_configures_nothing() {
+    for value in ["~", "null", ""] {
+        let text = format!(
+            "version: 1\nregion: eu\nsecrets:\n  file: {value}\n  exec: {value}\n  sops: {value}\n  vault: {value}\ntokens: []\n"
+        );
+        let secrets = Manifest::parse(&text, "m").unwrap().manifest.secrets;
+        assert!(secrets.0.is_empty(), "{value}: {secrets:?}");
+    }
+    // A null format is the default one.
+    let text = format!(
+        "version: 1\nregion: eu\nsecrets:\n  sops:\n    dir: s\n    age: [{AGE_KEY}]\n    format: ~\ntokens: []\n"
+    );
+    let secrets = Manifest::parse(&text, "m").unwrap().manifest.secrets;
+    let Some(SinkSpec::Sops(sops)) = secrets.get("sops") else {
+        panic!("no sops sink: {secrets:?}");
+    };
+    assert_eq!(sops.format, SopsFormat::Plain);
+}
+
+#[test]
+fn an_empty_secrets_file_name_is_refused() {
+    let err = reject("version: 1\nregion: eu\nsecrets:\n  file: \"  \"\ntokens: []\n");
+    assert_eq!(err.line, 4, "{err}");
+    assert!(err.message.contains("must name a file"), "{err}");
+}
