@@ -179,11 +179,7 @@ async fn a_crash_at_any_step_loses_nothing_and_duplicates_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_while_the_server_delays_leaves_the_create_in_doubt() {
-    let mock = MockLogzio::start_with(Behaviour {
-        delay: Duration::from_secs(10),
-        ..Behaviour::default()
-    })
-    .await;
+    let mock = MockLogzio::answering_after(Duration::from_secs(10)).await;
     let mut ws = Workspace::new(&mock.url());
     ws.manifest(&THREE);
     let mut child = ws
@@ -563,11 +559,7 @@ fn assert_spaced(calls: &[(String, std::time::Instant)], floor: Duration) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_applies_at_once_one_proceeds_the_other_fails_fast_or_waits() {
-    let mock = MockLogzio::start_with(Behaviour {
-        delay: Duration::from_millis(700),
-        ..Behaviour::default()
-    })
-    .await;
+    let mock = MockLogzio::answering_after(Duration::from_millis(700)).await;
     let mut ws = Workspace::new(&mock.url());
     ws.manifest(&THREE);
     let first = ws
@@ -735,11 +727,7 @@ async fn the_secrets_file_must_be_git_ignored() {
 #[cfg(unix)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_mid_apply_finishes_in_flight_records_and_summarizes() {
-    let mock = MockLogzio::start_with(Behaviour {
-        delay: Duration::from_millis(1500),
-        ..Behaviour::default()
-    })
-    .await;
+    let mock = MockLogzio::answering_after(Duration::from_millis(1500)).await;
     let mut ws = Workspace::new(&mock.url());
     ws.manifest(&THREE);
     let child = ws
@@ -797,11 +785,7 @@ async fn resolve_refuses_an_address_that_is_not_in_doubt() {
 async fn a_second_interrupt_exits_at_once_and_the_journal_keeps_the_next_run_correct() {
     use std::io::{BufRead, BufReader};
 
-    let mock = MockLogzio::start_with(Behaviour {
-        delay: Duration::from_secs(20),
-        ..Behaviour::default()
-    })
-    .await;
+    let mock = MockLogzio::answering_after(Duration::from_secs(20)).await;
     let mut ws = Workspace::new(&mock.url());
     ws.manifest(&THREE);
     let mut child = ws

@@ -337,11 +337,7 @@ async fn schema_prints_the_committed_json_schema() {
 #[cfg(unix)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_terminal_gets_a_progress_bar_on_stderr() {
-    let mock = MockLogzio::start_with(Behaviour {
-        delay: std::time::Duration::from_millis(150),
-        ..Behaviour::default()
-    })
-    .await;
+    let mock = MockLogzio::answering_after(std::time::Duration::from_millis(150)).await;
     let ws = Workspace::new(&mock.url());
     let tokens: Vec<String> = (0..6).map(|i| format!("1/t{i}")).collect();
     let tokens: Vec<&str> = tokens.iter().map(String::as_str).collect();

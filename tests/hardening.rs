@@ -9,7 +9,7 @@ use std::fs;
 use std::process::Command;
 use std::time::Duration;
 
-use support::mock_logzio::{Behaviour, MockLogzio, OWNER_TOKEN};
+use support::mock_logzio::{MockLogzio, OWNER_TOKEN};
 use support::workspace::Workspace;
 use wiremock::ResponseTemplate;
 
@@ -46,11 +46,7 @@ async fn apply_under_way(
     n: usize,
     parallelism: u32,
 ) -> (MockLogzio, Workspace, std::process::Child, Vec<String>) {
-    let mock = MockLogzio::start_with(Behaviour {
-        delay: Duration::from_millis(delay_ms),
-        ..Behaviour::default()
-    })
-    .await;
+    let mock = MockLogzio::answering_after(Duration::from_millis(delay_ms)).await;
     let ws = Workspace::new(&mock.url());
     let tokens = names(prefix, n);
     ws.manifest(&as_strs(&tokens));
@@ -126,11 +122,7 @@ async fn a_deleted_lock_file_does_not_let_a_second_apply_fold_a_live_journal() {
 #[cfg(unix)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_symlinked_state_is_one_state_with_one_lock() {
-    let mock = MockLogzio::start_with(Behaviour {
-        delay: Duration::from_millis(500),
-        ..Behaviour::default()
-    })
-    .await;
+    let mock = MockLogzio::answering_after(Duration::from_millis(500)).await;
     let mut ws = Workspace::new(&mock.url());
     fs::create_dir_all(ws.path("shared")).unwrap();
     fs::create_dir_all(ws.path("state")).unwrap();
@@ -382,11 +374,7 @@ async fn an_error_body_with_a_token_never_reaches_output_or_state() {
 #[cfg(unix)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_while_the_last_create_is_in_flight_exits_130() {
-    let mock = MockLogzio::start_with(Behaviour {
-        delay: Duration::from_millis(1500),
-        ..Behaviour::default()
-    })
-    .await;
+    let mock = MockLogzio::answering_after(Duration::from_millis(1500)).await;
     let mut ws = Workspace::new(&mock.url());
     ws.manifest(&["1/a"]);
     let child = ws
@@ -746,11 +734,7 @@ async fn a_lock_deleted_before_the_journal_exists_stops_the_first_apply() {
 /// doubt: their run is alive and will record the outcome.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_plan_during_an_apply_shows_its_creates_in_progress() {
-    let mock = MockLogzio::start_with(Behaviour {
-        delay: Duration::from_secs(5),
-        ..Behaviour::default()
-    })
-    .await;
+    let mock = MockLogzio::answering_after(Duration::from_secs(5)).await;
     let mut ws = Workspace::new(&mock.url());
     ws.manifest(&["1/a"]);
     let apply = ws

@@ -908,6 +908,13 @@ fn code_of(runs: &[StepRun], name: &str) -> Option<i32> {
         .code
 }
 
+/// Checks the exit code of each named step.
+fn assert_codes(runs: &[StepRun], expected: &[(&str, i32)]) {
+    for (name, code) in expected {
+        assert_eq!(code_of(runs, name), Some(*code), "step {name}: {runs:?}");
+    }
+}
+
 /// Two merges to main; the first one's pipeline is killed mid-apply while
 /// the second merge lands, then the second one's pipeline runs from a fresh
 /// runner. No address may be created twice, the creates in flight must be
@@ -957,30 +964,18 @@ async fn two_merges_with_a_killed_apply(service: Service) {
     assert!(!in_flight.is_empty(), "{sent:?}");
     // The next pipeline's creates of that account answer at once.
     slowness.store(false, std::sync::atomic::Ordering::SeqCst);
-    match service {
-        Service::GitHub => {
-            assert_eq!(
-                code_of(&runs, "Apply the saved plan"),
-                Some(137),
-                "{runs:?}"
-            );
-            assert_eq!(code_of(&runs, "Plan"), Some(0), "{runs:?}");
-            assert_eq!(
-                code_of(&runs, "Fold the journal into the state"),
-                Some(0),
-                "{runs:?}"
-            );
-            assert_eq!(
-                code_of(&runs, "Commit and push the state"),
-                Some(0),
-                "{runs:?}"
-            );
-        }
-        Service::GitLab => {
-            assert_eq!(code_of(&runs, "script"), Some(-1), "killed: {runs:?}");
-            assert_eq!(code_of(&runs, "after_script"), Some(0), "{runs:?}");
-        }
-    }
+    // The apply step was killed (137; -1 for GitLab's script); the steps
+    // that always run after it succeeded.
+    let expected: &[(&str, i32)] = match service {
+        Service::GitHub => &[
+            ("Apply the saved plan", 137),
+            ("Plan", 0),
+            ("Fold the journal into the state", 0),
+            ("Commit and push the state", 0),
+        ],
+        Service::GitLab => &[("script", -1), ("after_script", 0)],
+    };
+    assert_codes(&runs, expected);
     assert_eq!(
         forge.main_state(),
         (
@@ -1014,28 +1009,16 @@ async fn two_merges_with_a_killed_apply(service: Service) {
     let mut creates: Vec<&str> = not_attempted.clone();
     creates.extend(SECOND_MERGE);
     assert_eq!(plan["creates"], serde_json::json!(creates), "{plan}");
-    match service {
-        Service::GitHub => {
-            assert_eq!(
-                code_of(&runs, "Apply the saved plan"),
-                Some(3),
-                "creates in doubt fail the step: {runs:?}"
-            );
-            assert_eq!(
-                code_of(&runs, "Commit and push the state"),
-                Some(0),
-                "{runs:?}"
-            );
-        }
-        Service::GitLab => {
-            assert_eq!(
-                code_of(&runs, "script"),
-                Some(3),
-                "creates in doubt fail the job: {runs:?}"
-            );
-            assert_eq!(code_of(&runs, "after_script"), Some(0), "{runs:?}");
-        }
-    }
+    // Creates in doubt fail the apply step (exit 3); the state is still
+    // committed and pushed.
+    let expected: &[(&str, i32)] = match service {
+        Service::GitHub => &[
+            ("Apply the saved plan", 3),
+            ("Commit and push the state", 0),
+        ],
+        Service::GitLab => &[("script", 3), ("after_script", 0)],
+    };
+    assert_codes(&runs, expected);
     let mut counts: BTreeMap<String, usize> = BTreeMap::new();
     for address in mock.create_requests().await {
         *counts.entry(address).or_default() += 1;

@@ -12,7 +12,7 @@ use crate::support;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use support::mock_logzio::{Behaviour, MockLogzio};
+use support::mock_logzio::MockLogzio;
 use support::pg::{Cluster, PASSWORD};
 use support::workspace::{Run, Workspace, addresses_in as addresses};
 
@@ -293,11 +293,7 @@ async fn a_crash_at_any_step_is_recovered_by_another_runner() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_runner_fails_fast_naming_the_holder_or_waits() {
     let Some(cluster) = cluster() else { return };
-    let mock = MockLogzio::start_with(Behaviour {
-        delay: Duration::from_millis(700),
-        ..Behaviour::default()
-    })
-    .await;
+    let mock = MockLogzio::answering_after(Duration::from_millis(700)).await;
     let team = Team::new(cluster, &mock.url());
     let mut first = team.runner(&SIX[..3]);
     let mut second = team.runner(&SIX[..3]);
@@ -352,11 +348,7 @@ async fn a_second_runner_fails_fast_naming_the_holder_or_waits() {
 
 async fn race(runners: usize) {
     let Some(cluster) = cluster() else { return };
-    let mock = MockLogzio::start_with(Behaviour {
-        delay: Duration::from_millis(50),
-        ..Behaviour::default()
-    })
-    .await;
+    let mock = MockLogzio::answering_after(Duration::from_millis(50)).await;
     let team = Team::new(cluster, &mock.url());
     let mut folders: Vec<Workspace> = (0..runners).map(|_| team.runner(&SIX)).collect();
     let children: Vec<_> = folders
@@ -393,11 +385,7 @@ async fn eight_runners_at_once_create_each_address_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_lock_holders_connection_stops_its_creates() {
     let Some(cluster) = cluster() else { return };
-    let mock = MockLogzio::start_with(Behaviour {
-        delay: Duration::from_millis(800),
-        ..Behaviour::default()
-    })
-    .await;
+    let mock = MockLogzio::answering_after(Duration::from_millis(800)).await;
     let team = Team::new(cluster, &mock.url());
     let mut first = team.runner(&SIX);
     let child = first
@@ -452,11 +440,7 @@ async fn killing_the_lock_holders_connection_stops_its_creates() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_runner_paused_past_its_lease_sends_no_further_create() {
     let Some(cluster) = cluster() else { return };
-    let mock = MockLogzio::start_with(Behaviour {
-        delay: Duration::from_millis(300),
-        ..Behaviour::default()
-    })
-    .await;
+    let mock = MockLogzio::answering_after(Duration::from_millis(300)).await;
     let team = Team::new(cluster, &mock.url());
     let mut paused = team.runner(&SIX);
     let lease = [("TOKENCTL_PG_LEASE", "2s")];
@@ -608,11 +592,7 @@ async fn a_read_only_server_is_refused_before_any_create() {
 async fn the_server_dying_mid_apply_loses_nothing() {
     // A cluster of its own: this test stops it.
     let Some(own) = Cluster::start() else { return };
-    let mock = MockLogzio::start_with(Behaviour {
-        delay: Duration::from_millis(800),
-        ..Behaviour::default()
-    })
-    .await;
+    let mock = MockLogzio::answering_after(Duration::from_millis(800)).await;
     let team = Team::new(&own, &mock.url());
     let mut first = team.runner(&SIX);
     let child = first

@@ -8,7 +8,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use support::mock_logzio::{Behaviour, Issued, MockLogzio};
+use support::mock_logzio::{Issued, MockLogzio};
 use support::tools::{AgeKey, BAO_ROOT_TOKEN, Bao, require, sops_decrypt};
 use support::workspace::Workspace;
 
@@ -518,11 +518,7 @@ async fn vault_stopped_mid_apply_sends_the_secret_to_the_rescue_file() {
     // The create is answered late, so the server can be stopped after the
     // pre-flight checks passed and before the secret is written. The delay
     // only has to cover killing a process.
-    let mock = MockLogzio::start_with(Behaviour {
-        delay: Duration::from_secs(3),
-        ..Behaviour::default()
-    })
-    .await;
+    let mock = MockLogzio::answering_after(Duration::from_secs(3)).await;
     let ws = Workspace::new(&mock.url());
     manifest(&ws, VAULT_SECRETS, &TOKENS[..1]);
     let env = vault_env(&bao, BAO_ROOT_TOKEN);

@@ -35,7 +35,7 @@ impl Session<'_, '_> {
         let state = self.load_state_locked(&*store)?;
         let targeting = self.targeting(&args.targeting);
         let configured = self.configured_sinks(Some(&loaded.manifest), args.secrets_out.as_deref());
-        let home = self.env.home.as_deref().map(Path::new);
+        let home = self.env.home();
         let readers = args
             .refresh
             .then(|| sinks::refresh_readers(&configured, home));

@@ -27,7 +27,8 @@ impl Session<'_, '_> {
         retry
     }
 
-    /// Returns a reader for every sink that can read secrets back: the file
+    /// Returns a reader for every sink that can read secrets back (for
+    /// `resolve`, which reads no manifest before): the file
     /// (`--secrets-out` or the manifest's) and the manifest's others that
     /// can; fails when there is none, saying why each could not be read.
     pub(super) fn readers(&mut self, secrets_out: Option<&Path>) -> Result<Readers, Failure> {
@@ -37,7 +38,7 @@ impl Session<'_, '_> {
             (None, Err(err)) => return Err(err),
         };
         let configured = self.configured_sinks(manifest.as_ref(), secrets_out);
-        let readers = sinks::readers(&configured, self.env.home.as_deref().map(Path::new));
+        let readers = sinks::readers(&configured, self.env.home());
         if readers.readers.is_empty() {
             let mut message = String::from(
                 "there is no sink to look in (one that can read secrets back: secrets.file, secrets.sops or secrets.vault)",
@@ -61,9 +62,9 @@ impl Session<'_, '_> {
         manifest: &Manifest,
         state: Option<&State>,
     ) -> Result<Refresh, Failure> {
-        // With no sink to read, every token is unverifiable.
-        let readers = self.readers(secrets_out).unwrap_or_default();
+        let configured = self.configured_sinks(Some(manifest), secrets_out);
         let env = self.env;
+        let readers = sinks::refresh_readers(&configured, env.home());
         let api = connect_api(env, connect, manifest, Timeouts::default(), self)?;
         let runtime = runtime()?;
         let retry = self.retry_policy();
@@ -95,9 +96,8 @@ impl Session<'_, '_> {
     fn verify_revoked(&mut self, args: &RetireArgs) -> Result<(), Failure> {
         let loaded = self.load_manifest()?;
         let key = (args.address.clone(), args.id);
-        let readers = self
-            .readers(args.secrets_out.as_deref())
-            .unwrap_or_default();
+        let configured = self.configured_sinks(Some(&loaded.manifest), args.secrets_out.as_deref());
+        let readers = sinks::refresh_readers(&configured, self.env.home());
         let mut secrets = sinks::readable_secrets(&readers, std::slice::from_ref(&key), self)?;
         let secret = secrets.remove(&key).ok_or_else(|| {
             Failure::new(format!(

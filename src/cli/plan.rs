@@ -10,7 +10,7 @@ use crate::model::plan::Plan;
 use crate::model::planfile::PlanFile;
 use crate::model::state::{Origin, State, TokenRecord};
 use crate::ops::Ui;
-use crate::ops::apply::{check_budget, check_refresh, plan_for, warn_if_all_orphaned};
+use crate::ops::plan::{check_budget, check_refresh, plan_for, warn_if_all_orphaned};
 use crate::render;
 
 /// Longest Markdown plan, to fit a pull-request comment (GitHub allows 65,536).

@@ -36,6 +36,11 @@ pub struct Env {
 }
 
 impl Env {
+    /// Returns the user's home folder, if `HOME` is set.
+    pub fn home(&self) -> Option<&std::path::Path> {
+        self.home.as_deref().map(std::path::Path::new)
+    }
+
     /// Reads the environment of this process.
     pub fn from_process() -> Env {
         let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());

@@ -108,15 +108,16 @@ pub fn lineage(records: &[Record]) -> Option<&str> {
     }
 }
 
+/// Journal records for the tests of the fold and of the journal files.
 #[cfg(test)]
-mod tests {
+pub(crate) mod samples {
     use super::*;
 
-    fn addr(name: &str) -> Address {
+    pub(crate) fn addr(name: &str) -> Address {
         Address::new(1, name)
     }
 
-    fn begin() -> Record {
+    pub(crate) fn begin() -> Record {
         Record::Begin {
             lineage: "l".into(),
             serial: 3,
@@ -126,7 +127,7 @@ mod tests {
         }
     }
 
-    fn created(name: &str, id: u64) -> Record {
+    pub(crate) fn created(name: &str, id: u64) -> Record {
         Record::Created {
             address: addr(name),
             id,
@@ -135,12 +136,18 @@ mod tests {
         }
     }
 
-    fn intent(name: &str) -> Record {
+    pub(crate) fn intent(name: &str) -> Record {
         Record::Intent {
             address: addr(name),
             at: 5,
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::samples::{addr, begin, created, intent};
+    use super::*;
 
     #[test]
     fn fold_records_created_drops_failed_and_keeps_open_intents_in_doubt() {

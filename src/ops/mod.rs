@@ -7,6 +7,7 @@
 //! - `create`: the concurrent create loop with its journal protocol, and
 //!   `limiter`, its adaptive concurrency;
 //! - `edit`: the state's hand edits (resolve, import, forget, retire);
+//! - `plan`: the plan of a manifest against a state, and its checks;
 //! - `recover`: a journal left by a dead run, folded or overlaid;
 //! - `refresh`: each token's own whoami, and what it says;
 //! - `sinks`: the configured sinks, opened for an apply or for reading.
@@ -15,6 +16,7 @@ pub mod apply;
 pub mod create;
 pub mod edit;
 pub mod limiter;
+pub mod plan;
 pub mod recover;
 pub mod refresh;
 pub mod sinks;

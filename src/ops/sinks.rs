@@ -80,7 +80,8 @@ pub fn readers(sinks: &[ConfiguredSink], home: Option<&Path>) -> Readers {
     Readers { readers, problems }
 }
 
-/// Returns the readers a refresh uses: when no sink can read back, none,
+/// Returns the readers a refresh or `retire --verify` uses: when no sink
+/// can read back, none,
 /// and every token is unverifiable without a warning per sink.
 pub fn refresh_readers(sinks: &[ConfiguredSink], home: Option<&Path>) -> Readers {
     let found = readers(sinks, home);

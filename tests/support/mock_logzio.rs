@@ -261,6 +261,15 @@ impl MockLogzio {
         Self::start_with(Behaviour::default()).await
     }
 
+    /// Starts a mock that answers every call after `delay`.
+    pub async fn answering_after(delay: Duration) -> Self {
+        MockLogzio::start_with(Behaviour {
+            delay,
+            ..Behaviour::default()
+        })
+        .await
+    }
+
     /// Starts a mock with the given behaviour.
     pub async fn start_with(behaviour: Behaviour) -> Self {
         let server = MockServer::start().await;

@@ -313,37 +313,7 @@ pub fn remove(path: &Path) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::address::Address;
-
-    fn addr(name: &str) -> Address {
-        Address::new(1, name)
-    }
-
-    fn begin() -> Record {
-        Record::Begin {
-            lineage: "l".into(),
-            serial: 3,
-            started: 0,
-            pid: 1,
-            host: None,
-        }
-    }
-
-    fn created(name: &str, id: u64) -> Record {
-        Record::Created {
-            address: addr(name),
-            id,
-            created_at: 10,
-            fingerprint: "sha256:f".into(),
-        }
-    }
-
-    fn intent(name: &str) -> Record {
-        Record::Intent {
-            address: addr(name),
-            at: 5,
-        }
-    }
+    use crate::model::journal::samples::{begin, created, intent};
 
     #[tokio::test]
     async fn writes_read_back_and_a_torn_last_line_is_ignored() {
