@@ -432,3 +432,43 @@ async fn an_unconfirmed_apply_records_nothing_of_its_refresh() {
         .unwrap();
     assert_eq!(a["checked"]["status"], "alive");
 }
+
+/// A refresh reads the manifest once (one warning about a deprecated
+/// region, not one per read), and when no sink can read secrets back it
+/// says nothing per sink: every token is unverifiable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refresh_with_no_readable_sink_warns_once_and_verifies_nothing() {
+    let mock = MockLogzio::start().await;
+    let mut ws = Workspace::new(&mock.url());
+    manifest(&ws, "", &["1/a"]);
+    assert_eq!(ws.run(&["apply", "--auto-approve"]).code, 0);
+    // Only a Vault sink, and no VAULT_ADDR: nothing can be read back.
+    ws.write(
+        "tokens.yaml",
+        "version: 1\nregion: nl\nsecrets:\n  vault:\n    mount: secret\n    path: \"t/{id}\"\ntokens:\n  - name: a\n    accountId: 1\n",
+    );
+    for args in [
+        &["plan", "--refresh"][..],
+        &["apply", "--refresh", "--auto-approve"],
+    ] {
+        let run = ws.run(args);
+        assert_eq!(run.code, 0, "{args:?}: {}", run.all());
+        assert_eq!(
+            run.stderr.matches("is deprecated").count(),
+            1,
+            "{args:?}: {}",
+            run.stderr
+        );
+        assert!(
+            !run.stderr.contains("a sink cannot be read"),
+            "{args:?}: {}",
+            run.stderr
+        );
+        assert!(
+            run.stdout.contains("1 unverifiable"),
+            "{args:?}: {}",
+            run.stdout
+        );
+    }
+    assert_eq!(mock.token_whoami_calls().await, 0);
+}
