@@ -17,6 +17,7 @@ mod failpoint;
 mod fsutil;
 pub mod model;
 pub mod ops;
+pub mod redact;
 mod render;
 pub mod secret;
 pub mod sink;

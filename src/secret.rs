@@ -14,6 +14,9 @@ pub struct Secret(String);
 impl Secret {
     /// Wraps a token value.
     pub fn new(value: String) -> Self {
+        // From now on the value is masked in everything tokenctl prints
+        // or writes outside the sinks.
+        crate::redact::register(&value);
         Secret(value)
     }
 

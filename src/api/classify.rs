@@ -54,7 +54,9 @@ pub fn server_message(body: &str) -> String {
     if looks_like_it_carries_a_token(body) {
         return "(the body was withheld: it looks like it carries a token)".into();
     }
-    let text = raw_server_message(body);
+    // Credentials the server echoes (a header, the request body) are
+    // masked before the message is cut, so no part of one survives.
+    let text = crate::redact::redact(&raw_server_message(body)).into_owned();
     let clean: String = text
         .chars()
         .map(|c| if c.is_control() { ' ' } else { c })

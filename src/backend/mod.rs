@@ -19,6 +19,15 @@ pub use file::lock::Holder;
 use file::lock::LockError;
 use file::store::StoreError;
 
+/// Returns a journal record as one JSON line, as every backend stores it,
+/// with credentials masked (a reason may quote a server).
+pub(crate) fn record_line(record: &Record) -> Vec<u8> {
+    let text = serde_json::to_string(record).unwrap_or_default();
+    let mut bytes = crate::redact::redact(&text).into_owned().into_bytes();
+    bytes.push(b'\n');
+    bytes
+}
+
 /// Why the backend could not do what was asked.
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {

@@ -45,6 +45,27 @@ type CommandResult = Result<ExitStatus, Failure>;
 /// Runs tokenctl with `args` (the program name first) and returns the exit
 /// code. Every message goes to the writers of `io`.
 pub fn run(args: impl IntoIterator<Item = OsString>, env: &Env, io: &mut Io<'_>) -> ExitStatus {
+    // Both streams mask every credential tokenctl holds, whatever prints
+    // it: a server's echo, a hint, a rendered plan.
+    let mut stdout = crate::redact::Redacting::new(&mut *io.stdout);
+    let mut stderr = crate::redact::Redacting::new(&mut *io.stderr);
+    let mut io = Io {
+        stdout: &mut stdout,
+        stderr: &mut stderr,
+        terminal: io.terminal,
+        read_line: &mut *io.read_line,
+    };
+    let code = run_redacted(args, env, &mut io);
+    let _ = io.stdout.flush();
+    let _ = io.stderr.flush();
+    code
+}
+
+fn run_redacted(
+    args: impl IntoIterator<Item = OsString>,
+    env: &Env,
+    io: &mut Io<'_>,
+) -> ExitStatus {
     let args: Vec<OsString> = args.into_iter().collect();
     let cli = match Cli::try_parse_from(&args) {
         Ok(cli) => cli,

@@ -9,6 +9,7 @@ use std::thread;
 
 use tokio::sync::oneshot;
 
+use crate::backend::record_line;
 use crate::fsutil;
 use crate::model::journal::Record;
 use crate::model::state::State;
@@ -219,7 +220,7 @@ impl JournalWriter {
                 std::fs::TryLockError::Error(err) => err,
             })
         })?;
-        file.write_all(&line(begin)).map_err(io_err)?;
+        file.write_all(&record_line(begin)).map_err(io_err)?;
         file.sync_all().map_err(io_err)?;
         fsutil::sync_dir(fsutil::parent_dir(path)).map_err(io_err)?;
         let (sender, receiver) = mpsc::channel::<Batch>();
@@ -244,7 +245,7 @@ impl JournalWriter {
         self.sender
             .as_ref()
             .ok_or_else(closed)?
-            .send((line(record), done))
+            .send((record_line(record), done))
             .map_err(|_| closed())?;
         wait.await
             .map_err(|_| closed())?
@@ -262,12 +263,6 @@ impl Drop for JournalWriter {
             let _ = thread.join();
         }
     }
-}
-
-fn line(record: &Record) -> Vec<u8> {
-    let mut bytes = serde_json::to_vec(record).unwrap_or_default();
-    bytes.push(b'\n');
-    bytes
 }
 
 fn write_batches(mut file: File, receiver: mpsc::Receiver<Batch>) {
@@ -337,8 +332,8 @@ mod tests {
             &path,
             format!(
                 "{}garbage\n{}",
-                String::from_utf8(line(&begin())).unwrap(),
-                String::from_utf8(line(&intent("a"))).unwrap()
+                String::from_utf8(record_line(&begin())).unwrap(),
+                String::from_utf8(record_line(&intent("a"))).unwrap()
             ),
         )
         .unwrap();

@@ -12,7 +12,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::Client;
 
 use super::{PgError, detail};
-use crate::backend::JournalError;
+use crate::backend::{JournalError, record_line};
 use crate::model::journal::Record;
 
 type Item = (Record, oneshot::Sender<Result<(), String>>);
@@ -70,9 +70,9 @@ impl Recovery {
         // A file that another command merged and removed meanwhile is made
         // again: it needs its begin record again, or it would be refused.
         if file.metadata()?.len() == 0 {
-            bytes.extend(line(&self.begin));
+            bytes.extend(record_line(&self.begin));
         }
-        bytes.extend(line(record));
+        bytes.extend(record_line(record));
         file.write_all(&bytes)?;
         file.sync_all()?;
         if fresh {
@@ -81,12 +81,6 @@ impl Recovery {
         self.path = Some(path.clone());
         Ok(path)
     }
-}
-
-fn line(record: &Record) -> Vec<u8> {
-    let mut bytes = serde_json::to_vec(record).unwrap_or_default();
-    bytes.push(b'\n');
-    bytes
 }
 
 /// Returns the address a record is about, as the journal rows key it.
@@ -278,7 +272,10 @@ impl Writer {
             }
             opens.push(matches!(record, Record::Intent { .. }));
             addresses.push(address);
-            lines.push(serde_json::to_string(record).unwrap_or_default());
+            lines.push(
+                crate::redact::redact(&serde_json::to_string(record).unwrap_or_default())
+                    .into_owned(),
+            );
         }
 
         let params: [&(dyn tokio_postgres::types::ToSql + Sync); 7] = [
