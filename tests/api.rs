@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use tokenctl::api::{CreateError, HttpApi, Timeouts, TokenApi};
+use tokenctl::net::Proxies;
 use tokenctl::secret::Secret;
 use wiremock::matchers::{body_json, header, method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
@@ -13,11 +14,12 @@ const CREATE: &str = "/v1/api-tokens/sub-account";
 fn client(server: &MockServer) -> HttpApi {
     HttpApi::new(
         &server.uri(),
-        Secret::new("owner".into()),
+        Secret::new("owner-token-of-api-tests".into()),
         Timeouts {
             connect: Duration::from_secs(2),
             request: Duration::from_millis(500),
         },
+        &Proxies::default(),
     )
     .unwrap()
 }
@@ -39,7 +41,7 @@ async fn sends_exactly_the_documented_request() {
         .and(path(CREATE))
         .and(header("Content-Type", "application/json"))
         .and(header("Accept", "application/json"))
-        .and(header("X-API-TOKEN", "owner"))
+        .and(header("X-API-TOKEN", "owner-token-of-api-tests"))
         .and(header(
             "User-Agent",
             concat!("tokenctl/", env!("CARGO_PKG_VERSION")),
@@ -190,8 +192,9 @@ async fn a_refused_connection_was_never_sent() {
         .port();
     let api = HttpApi::new(
         &format!("http://127.0.0.1:{port}"),
-        Secret::new("owner".into()),
+        Secret::new("owner-token-of-api-tests".into()),
         Timeouts::default(),
+        &Proxies::default(),
     )
     .unwrap();
     let err = api.create(1, "a").await.unwrap_err();

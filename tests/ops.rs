@@ -281,7 +281,7 @@ impl Project {
             force: false,
             max_creates: 50,
             sinks: &sinks,
-            home: None,
+            vars: &tokenctl::vars::Vars::default(),
             rescue_dir: Some(self.path("rescue")),
             parallelism: 4,
             preflight: true,

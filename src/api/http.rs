@@ -33,8 +33,11 @@ impl HttpApi {
         base_url: &str,
         owner_token: Secret,
         timeouts: Timeouts,
+        proxies: &crate::net::Proxies,
     ) -> Result<Self, ClientSetupError> {
-        let client = reqwest::Client::builder()
+        let client = proxies
+            .client_builder()
+            .map_err(|e| ClientSetupError(e.to_string()))?
             .user_agent(concat!("tokenctl/", env!("CARGO_PKG_VERSION")))
             // A redirect would carry X-API-TOKEN to another address.
             .redirect(reqwest::redirect::Policy::none())

@@ -35,10 +35,9 @@ impl Session<'_, '_> {
         let state = self.load_state_locked(&*store)?;
         let targeting = self.targeting(&args.targeting);
         let configured = self.configured_sinks(Some(&loaded.manifest), args.secrets_out.as_deref());
-        let home = self.env.home();
         let readers = args
             .refresh
-            .then(|| sinks::refresh_readers(&configured, home));
+            .then(|| sinks::refresh_readers(&configured, &self.env.vars));
         let manifest_name = self.cli.manifest.display().to_string();
         let options = ApplyOptions {
             manifest: &loaded.manifest,
@@ -50,7 +49,7 @@ impl Session<'_, '_> {
             force: args.force,
             max_creates: args.budget.max_creates,
             sinks: &configured,
-            home,
+            vars: &self.env.vars,
             rescue_dir: Rescue::default_dir(
                 self.env.xdg_state_home.as_deref(),
                 self.env.home.as_deref(),
@@ -96,7 +95,9 @@ pub(super) fn connect_api(
 ) -> Result<HttpApi, Failure> {
     let owner_token = owner_token(env, connect, ui)?;
     let base_url = base_url(env, connect, manifest)?;
-    HttpApi::new(&base_url, owner_token, timeouts).map_err(|err| Failure::new(err.to_string()))
+    let proxies = crate::net::Proxies::from_vars(&env.vars);
+    HttpApi::new(&base_url, owner_token, timeouts, &proxies)
+        .map_err(|err| Failure::new(err.to_string()))
 }
 
 /// What `apply` shows while it runs: the plan, the question, each create

@@ -38,7 +38,7 @@ impl Session<'_, '_> {
             (None, Err(err)) => return Err(err),
         };
         let configured = self.configured_sinks(manifest.as_ref(), secrets_out);
-        let readers = sinks::readers(&configured, self.env.home());
+        let readers = sinks::readers(&configured, &self.env.vars);
         if readers.readers.is_empty() {
             let mut message = String::from(
                 "there is no sink to look in (one that can read secrets back: secrets.file, secrets.sops or secrets.vault)",
@@ -64,7 +64,7 @@ impl Session<'_, '_> {
     ) -> Result<Refresh, Failure> {
         let configured = self.configured_sinks(Some(manifest), secrets_out);
         let env = self.env;
-        let readers = sinks::refresh_readers(&configured, env.home());
+        let readers = sinks::refresh_readers(&configured, &env.vars);
         let api = connect_api(env, connect, manifest, Timeouts::default(), self)?;
         let runtime = runtime()?;
         let retry = self.retry_policy();
@@ -97,7 +97,7 @@ impl Session<'_, '_> {
         let loaded = self.load_manifest()?;
         let key = (args.address.clone(), args.id);
         let configured = self.configured_sinks(Some(&loaded.manifest), args.secrets_out.as_deref());
-        let readers = sinks::refresh_readers(&configured, self.env.home());
+        let readers = sinks::refresh_readers(&configured, &self.env.vars);
         let mut secrets = sinks::readable_secrets(&readers, std::slice::from_ref(&key), self)?;
         let secret = secrets.remove(&key).ok_or_else(|| {
             Failure::new(format!(

@@ -8,12 +8,16 @@ use std::time::Duration;
 
 use super::args::parse_duration;
 use crate::backend::postgres;
+use crate::vars::Vars;
 
 /// The process environment the commands read, gathered in one place so that
 /// tests can run commands with a controlled one.
 // No Debug: it holds the owner token.
 #[derive(Clone, Default)]
 pub struct Env {
+    /// Every variable, as read once; sinks read theirs here, and child
+    /// processes get their environment from it.
+    pub vars: Vars,
     pub api_token: Option<String>,
     pub api_url: Option<String>,
     pub no_color: bool,
@@ -43,7 +47,12 @@ impl Env {
 
     /// Reads the environment of this process.
     pub fn from_process() -> Env {
-        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        Env::from_vars(Vars::from_process())
+    }
+
+    /// Reads the commands' settings from `vars`.
+    pub fn from_vars(vars: Vars) -> Env {
+        let var = |name: &str| vars.get(name).map(str::to_string);
         let github = match (
             var("GITHUB_SERVER_URL"),
             var("GITHUB_REPOSITORY"),
@@ -82,6 +91,7 @@ impl Env {
             pg_conn_str: var(postgres::CONN_STR_VAR),
             pg_password: var("PGPASSWORD"),
             pg_lease: var("TOKENCTL_PG_LEASE").and_then(|v| parse_duration(&v).ok()),
+            vars,
         }
     }
 }

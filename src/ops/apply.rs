@@ -47,8 +47,8 @@ pub struct ApplyOptions<'a> {
     /// Refuse a plan with more creates than this.
     pub max_creates: usize,
     pub sinks: &'a [ConfiguredSink],
-    /// The user's home, for sinks that keep key files there.
-    pub home: Option<&'a Path>,
+    /// The environment, for sinks that read variables or run commands.
+    pub vars: &'a crate::vars::Vars,
     /// The private folder for rescue files; `None` when there is none.
     pub rescue_dir: Option<PathBuf>,
     /// Most creates in flight at once.
@@ -213,7 +213,7 @@ pub fn apply<A: ApplyApi>(
     // Only now, after the answer, is anything made on disk; and all of it
     // before the first create, so a refusal costs no token.
     let rescue = rescue(options.rescue_dir.clone())?;
-    let opened = sinks::open(options.sinks, options.home, &rescue, &creates)?;
+    let opened = sinks::open(options.sinks, options.vars, &rescue, &creates)?;
     let sink_names: Vec<String> = opened.iter().map(|s| s.describe()).collect();
 
     // A first apply makes the state's lineage here; the fold reads it back

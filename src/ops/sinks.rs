@@ -10,6 +10,7 @@ use crate::error::Failure;
 use crate::model::address::Address;
 use crate::secret::Secret;
 use crate::sink::{ForApply, FoundSecret, Rescue, SecretLookup, SecretSink, SinkContext, SinkSpec};
+use crate::vars::Vars;
 
 /// A sink of this run, with the folder its relative paths start from.
 #[derive(Debug, Clone)]
@@ -19,10 +20,11 @@ pub struct ConfiguredSink {
 }
 
 impl ConfiguredSink {
-    fn context<'a>(&'a self, home: Option<&'a Path>) -> SinkContext<'a> {
+    fn context<'a>(&'a self, vars: &'a Vars) -> SinkContext<'a> {
         SinkContext {
             base_dir: &self.base_dir,
-            home,
+            home: vars.get("HOME").map(Path::new),
+            vars,
         }
     }
 }
@@ -31,7 +33,7 @@ impl ConfiguredSink {
 /// a secret does so before anything is created.
 pub fn open(
     sinks: &[ConfiguredSink],
-    home: Option<&Path>,
+    vars: &Vars,
     rescue: &Rescue,
     creates: &[Address],
 ) -> Result<Vec<Box<dyn SecretSink>>, Failure> {
@@ -44,7 +46,7 @@ pub fn open(
         .map(|sink| {
             sink.spec
                 .kind()
-                .open(&sink.context(home), &apply)
+                .open(&sink.context(vars), &apply)
                 .map_err(|err| {
                     let failure = Failure::from(err);
                     let message = format!("{}; nothing was created", failure.message);
@@ -64,11 +66,11 @@ pub struct Readers {
 /// Returns a reader for every sink that can read secrets back, and why any
 /// of them could not be set up (say, no `VAULT_ADDR`), which need not stop
 /// a search of the others.
-pub fn readers(sinks: &[ConfiguredSink], home: Option<&Path>) -> Readers {
+pub fn readers(sinks: &[ConfiguredSink], vars: &Vars) -> Readers {
     let mut readers = Vec::new();
     let mut problems = Vec::new();
     for sink in sinks {
-        match sink.spec.kind().reader(&sink.context(home)) {
+        match sink.spec.kind().reader(&sink.context(vars)) {
             Some(Ok(reader)) => readers.push(reader),
             Some(Err(err)) => problems.push(match &err.hint {
                 Some(hint) => format!("{err} ({hint})"),
@@ -83,8 +85,8 @@ pub fn readers(sinks: &[ConfiguredSink], home: Option<&Path>) -> Readers {
 /// Returns the readers a refresh or `retire --verify` uses: when no sink
 /// can read back, none,
 /// and every token is unverifiable without a warning per sink.
-pub fn refresh_readers(sinks: &[ConfiguredSink], home: Option<&Path>) -> Readers {
-    let found = readers(sinks, home);
+pub fn refresh_readers(sinks: &[ConfiguredSink], vars: &Vars) -> Readers {
+    let found = readers(sinks, vars);
     match found.readers.is_empty() {
         true => Readers::default(),
         false => found,

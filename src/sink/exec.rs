@@ -1,6 +1,7 @@
 //! The exec sink: a command per token, with the token's JSON object on its
 //! stdin.
 
+use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io::{self, Read, Seek, Write};
 use std::path::PathBuf;
@@ -29,10 +30,15 @@ pub struct ExecSpec {
 impl SinkKind for ExecSpec {
     fn open(
         &self,
-        _ctx: &SinkContext<'_>,
+        ctx: &SinkContext<'_>,
         apply: &ForApply<'_>,
     ) -> Result<Box<dyn SecretSink>, SinkError> {
-        let sink = ExecSink::new(self.argv.clone(), TIMEOUT, apply.rescue_dir.to_path_buf())?;
+        let sink = ExecSink::new(
+            self.argv.clone(),
+            TIMEOUT,
+            apply.rescue_dir.to_path_buf(),
+            ctx.vars.for_child(&[]),
+        )?;
         Ok(Box::new(sink))
     }
 }
@@ -83,17 +89,18 @@ impl JsonSchema for ExecSpec {
 /// Runs a command per token with the token's JSON object on its stdin; a
 /// non-zero exit or a timeout is a failure.
 ///
-/// The command runs without the owner token in its environment, and what
+/// The command runs without any credential tokenctl reads in its
+/// environment (`vars::CREDENTIALS`: the owner token, Vault's token, the
+/// age key, the database's password), and what
 /// it prints never reaches tokenctl's output (it may echo the secret in
 /// any shape): when it fails, its output goes to a private file.
 pub struct ExecSink {
     argv: Vec<String>,
     timeout: Duration,
     output_dir: PathBuf,
+    /// The command's whole environment.
+    env: Vec<(OsString, OsString)>,
 }
-
-/// Variables the exec sink's command does not inherit: the owner token.
-pub const WITHHELD_FROM_EXEC: [&str; 2] = ["LOGZIO_API_TOKEN", "LOGZIO_API_TOKEN_FILE"];
 
 impl ExecSink {
     /// Returns a sink running `argv`, after checking that the program
@@ -102,9 +109,14 @@ impl ExecSink {
         argv: Vec<String>,
         timeout: Duration,
         output_dir: PathBuf,
+        env: Vec<(OsString, OsString)>,
     ) -> Result<Self, SinkError> {
         let program = argv.first().cloned().unwrap_or_default();
-        if find_program(&program).is_none() {
+        let path = env
+            .iter()
+            .find(|(name, _)| name == "PATH")
+            .map(|(_, value)| value.clone());
+        if find_program(&program, path.as_deref()).is_none() {
             return Err(SinkError {
                 sink: format!("exec {program}"),
                 detail: format!("program `{program}` was not found"),
@@ -115,6 +127,7 @@ impl ExecSink {
             argv,
             timeout,
             output_dir,
+            env,
         })
     }
 
@@ -161,9 +174,9 @@ impl SecretSink for ExecSink {
             .stdin(Stdio::piped())
             .stdout(output.try_clone().map_err(|e| fail(e.to_string()))?)
             .stderr(output.try_clone().map_err(|e| fail(e.to_string()))?);
-        for name in WITHHELD_FROM_EXEC {
-            command.env_remove(name);
-        }
+        command
+            .env_clear()
+            .envs(self.env.iter().map(|(k, v)| (k, v)));
         let mut child = command
             .spawn()
             .map_err(|e| fail(format!("cannot start: {e}")))?;
@@ -220,7 +233,7 @@ impl SecretSink for ExecSink {
     }
 }
 
-fn find_program(program: &str) -> Option<PathBuf> {
+fn find_program(program: &str, path: Option<&OsStr>) -> Option<PathBuf> {
     if program.is_empty() {
         return None;
     }
@@ -228,8 +241,8 @@ fn find_program(program: &str) -> Option<PathBuf> {
         let path = PathBuf::from(program);
         return path.is_file().then_some(path);
     }
-    std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
+    path.and_then(|paths| {
+        std::env::split_paths(paths)
             .map(|dir| dir.join(program))
             .find(|candidate| candidate.is_file())
     })

@@ -26,7 +26,7 @@ use serde::de::{self, Deserializer, IntoDeserializer, MapAccess, Visitor};
 use crate::model::address::Address;
 use crate::secret::Secret;
 
-pub use exec::{ExecSink, ExecSpec, WITHHELD_FROM_EXEC};
+pub use exec::{ExecSink, ExecSpec};
 pub use file::{FileLookup, FileSink, FileSpec};
 pub use rescue::{Rescue, Rescued};
 pub use sops::SopsSpec;
@@ -113,6 +113,9 @@ pub struct SinkContext<'a> {
     pub base_dir: &'a Path,
     /// The user's home folder, where tools keep their default key files.
     pub home: Option<&'a Path>,
+    /// The environment, read once: sinks read their variables here, and
+    /// a command they run gets its environment from it.
+    pub vars: &'a crate::vars::Vars,
 }
 
 /// The apply a sink is opened for.

@@ -87,7 +87,7 @@ impl SopsSpec {
         }
         let identities = match for_lookup {
             true => {
-                let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+                let var = |name: &str| ctx.vars.get(name).map(str::to_string);
                 let (key_file, key) = (var("SOPS_AGE_KEY_FILE"), var("SOPS_AGE_KEY"));
                 // Where sops itself looks when neither variable is set.
                 let default_file = var("XDG_CONFIG_HOME")

@@ -1,6 +1,7 @@
 //! Tests of the file and exec sinks and of rescue files.
 
 use super::*;
+use crate::vars::Vars;
 use std::fs::{self, OpenOptions};
 use std::io::Write;
 use std::path::PathBuf;
@@ -110,6 +111,7 @@ fn exec_sink_pipes_the_record_and_reports_failures_without_the_secret() {
         vec!["sh".into(), "-c".into(), script],
         Duration::from_secs(30),
         dir.path().join("rescue"),
+        child_env(),
     )
     .unwrap();
     let secret = Secret::new("tok-3".into());
@@ -125,6 +127,7 @@ fn exec_sink_pipes_the_record_and_reports_failures_without_the_secret() {
         ],
         Duration::from_secs(30),
         dir.path().join("rescue"),
+        child_env(),
     )
     .unwrap();
     let err = failing.deliver(&token(&secret, &address())).unwrap_err();
@@ -162,6 +165,7 @@ fn exec_sink_output_never_reaches_the_error_even_in_pieces() {
         ],
         Duration::from_secs(30),
         dir.path().join("rescue"),
+        child_env(),
     )
     .unwrap();
     let secret = Secret::new("tok-split-secret".into());
@@ -177,27 +181,34 @@ fn exec_sink_output_never_reaches_the_error_even_in_pieces() {
 
 #[cfg(unix)]
 #[test]
-fn exec_sink_runs_without_the_owner_token() {
+fn exec_sink_runs_without_any_credential_tokenctl_reads() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("env.txt");
     let script = format!("cat >/dev/null; env > '{}'", out.display());
+    // Every credential variable tokenctl reads is set; the command's
+    // environment comes from this snapshot, never from the test process.
+    let mut vars = Vars::from_pairs([("PATH", "/usr/bin:/bin")]);
+    for name in crate::vars::CREDENTIALS {
+        vars = vars.with(name, &format!("{name}-must-stay-home"));
+    }
+    vars = vars.with(
+        "TOKENCTL_PG_CONN_STR",
+        "postgres://ci:pg-pw-must-stay-home@h/db",
+    );
     let mut sink = ExecSink::new(
         vec!["sh".into(), "-c".into(), script],
         Duration::from_secs(30),
         dir.path().join("rescue"),
+        vars.for_child(&[]),
     )
     .unwrap();
-    // Set in this process's environment only for the child to inherit;
-    // no other test reads these variables.
-    unsafe {
-        std::env::set_var("LOGZIO_API_TOKEN", "owner-token-must-stay-home");
-        std::env::set_var("LOGZIO_API_TOKEN_FILE", "/owner/token/file");
-    }
     let secret = Secret::new("tok-5".into());
     sink.deliver(&token(&secret, &address())).unwrap();
     let env = fs::read_to_string(&out).unwrap();
-    assert!(!env.contains("owner-token-must-stay-home"), "{env}");
-    assert!(!env.contains("LOGZIO_API_TOKEN"), "{env}");
+    assert!(!env.contains("must-stay-home"), "{env}");
+    for name in crate::vars::CREDENTIALS {
+        assert!(!env.contains(&format!("{name}=")), "{name}: {env}");
+    }
     assert!(env.contains("PATH="), "{env}");
 }
 
@@ -209,6 +220,7 @@ fn exec_sink_times_out() {
         vec!["sleep".into(), "30".into()],
         Duration::from_millis(100),
         dir.path().join("rescue"),
+        child_env(),
     )
     .unwrap();
     let secret = Secret::new("tok-4".into());
@@ -226,6 +238,7 @@ fn exec_sink_timeout_covers_a_record_the_program_never_reads() {
         vec!["sleep".into(), "600".into()],
         Duration::from_millis(200),
         dir.path().join("rescue"),
+        child_env(),
     )
     .unwrap();
     let secret = Secret::new("x".repeat(200 * 1024));
@@ -239,6 +252,7 @@ fn exec_sink_needs_an_existing_program() {
         vec!["no-such-program-xyz".into()],
         Duration::from_secs(1),
         PathBuf::from("/nonexistent"),
+        child_env(),
     )
     .err()
     .unwrap();
@@ -347,4 +361,9 @@ fn rescue_prepare_refuses_a_folder_of_another_user() {
     }
     let err = Rescue::new(rescue_dir).prepare().unwrap_err();
     assert!(err.to_string().contains("belongs to another user"), "{err}");
+}
+
+/// The environment exec sinks run with in these tests.
+fn child_env() -> Vec<(std::ffi::OsString, std::ffi::OsString)> {
+    Vars::from_pairs([("PATH", "/usr/bin:/bin")]).for_child(&[])
 }

@@ -47,9 +47,9 @@ pub struct VaultSpec {
 impl VaultSpec {
     /// Returns the sink, with the server and token of the `VAULT_*`
     /// variables.
-    fn sink(&self) -> Result<VaultSink, SinkError> {
+    fn sink(&self, ctx: &SinkContext<'_>) -> Result<VaultSink, SinkError> {
         let client =
-            VaultClient::from_env(&VaultEnv::from_process(), &self.mount).map_err(|err| {
+            VaultClient::from_env(&VaultEnv::from_vars(ctx.vars), &self.mount).map_err(|err| {
                 SinkError {
                     sink: format!("vault {}", self.mount),
                     detail: err.detail,
@@ -63,10 +63,10 @@ impl VaultSpec {
 impl SinkKind for VaultSpec {
     fn open(
         &self,
-        _ctx: &SinkContext<'_>,
+        ctx: &SinkContext<'_>,
         apply: &ForApply<'_>,
     ) -> Result<Box<dyn SecretSink>, SinkError> {
-        let sink = self.sink()?;
+        let sink = self.sink(ctx)?;
         sink.preflight(apply.creates).map_err(|err| SinkError {
             detail: format!("pre-flight: {}", err.detail),
             ..err
@@ -74,9 +74,9 @@ impl SinkKind for VaultSpec {
         Ok(Box::new(sink))
     }
 
-    fn reader(&self, _ctx: &SinkContext<'_>) -> Option<Result<Box<dyn SecretLookup>, SinkError>> {
+    fn reader(&self, ctx: &SinkContext<'_>) -> Option<Result<Box<dyn SecretLookup>, SinkError>> {
         Some(
-            self.sink()
+            self.sink(ctx)
                 .map(|sink| Box::new(sink) as Box<dyn SecretLookup>),
         )
     }
@@ -157,18 +157,21 @@ pub struct VaultEnv {
     pub token_file: Option<String>,
     pub namespace: Option<String>,
     pub cacert: Option<String>,
+    /// How requests reach the server (never through a proxy over http).
+    pub proxies: crate::net::Proxies,
 }
 
 impl VaultEnv {
-    /// Reads the variables of this process; empty ones count as unset.
-    pub fn from_process() -> Self {
-        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+    /// Reads the variables from `vars`; empty ones count as unset.
+    pub fn from_vars(vars: &crate::vars::Vars) -> Self {
+        let var = |name: &str| vars.get(name).map(str::to_string);
         VaultEnv {
             addr: var("VAULT_ADDR"),
             token: var("VAULT_TOKEN"),
             token_file: var("VAULT_TOKEN_FILE"),
             namespace: var("VAULT_NAMESPACE"),
             cacert: var("VAULT_CACERT"),
+            proxies: crate::net::Proxies::from_vars(vars),
         }
     }
 }
@@ -255,7 +258,10 @@ impl VaultClient {
             return Err(VaultError::new("no Vault token was given")
                 .hint("set VAULT_TOKEN, or VAULT_TOKEN_FILE to a file holding the token"));
         }
-        let mut builder = Client::builder()
+        let mut builder = env
+            .proxies
+            .blocking_client_builder()
+            .map_err(|e| VaultError::new(e.to_string()))?
             // A redirect would carry the token to another place.
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(CONNECT_TIMEOUT)

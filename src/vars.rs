@@ -1,0 +1,120 @@
+//! The process environment, read once: what the commands and the sinks
+//! read, and what a child process is given.
+//!
+//! Credentials tokenctl reads from the environment stay inside tokenctl:
+//! [`Vars::for_child`] leaves every one of [`CREDENTIALS`] out of a child's
+//! environment unless the manifest passes it by name.
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+
+/// The variables that carry a credential, or say where one is: tokenctl
+/// reads each of them, and no child process inherits one.
+pub const CREDENTIALS: [&str; 9] = [
+    "LOGZIO_API_TOKEN",
+    "LOGZIO_API_TOKEN_FILE",
+    "VAULT_TOKEN",
+    "VAULT_TOKEN_FILE",
+    "SOPS_AGE_KEY",
+    "SOPS_AGE_KEY_FILE",
+    "TOKENCTL_PG_CONN_STR",
+    "PGPASSWORD",
+    "PGPASSFILE",
+];
+
+/// A snapshot of environment variables.
+// No Debug: it holds credentials.
+#[derive(Clone, Default)]
+pub struct Vars {
+    vars: BTreeMap<OsString, OsString>,
+}
+
+impl Vars {
+    /// Reads the environment of this process.
+    pub fn from_process() -> Self {
+        // ALLOWED: the one reader of the process environment.
+        Vars::from_pairs(std::env::vars_os())
+    }
+
+    /// Returns the given variables, as a test or an embedding sets them.
+    pub fn from_pairs<K: Into<OsString>, V: Into<OsString>>(
+        pairs: impl IntoIterator<Item = (K, V)>,
+    ) -> Self {
+        let vars: BTreeMap<OsString, OsString> = pairs
+            .into_iter()
+            .map(|(k, v)| (k.into(), v.into()))
+            .collect();
+        // Whatever credential the environment holds is masked from the
+        // start, whether or not this command uses it.
+        for name in CREDENTIALS {
+            if let Some(value) = vars.get(&OsString::from(name)).and_then(|v| v.to_str()) {
+                crate::redact::register(value.trim());
+            }
+        }
+        Vars { vars }
+    }
+
+    /// Returns a variable's value; an empty or non-UTF-8 one counts as unset.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.vars
+            .get(&OsString::from(name))
+            .and_then(|v| v.to_str())
+            .filter(|v| !v.trim().is_empty())
+    }
+
+    /// Returns a copy with `name` set, for tests.
+    pub fn with(mut self, name: &str, value: &str) -> Self {
+        if CREDENTIALS.contains(&name) {
+            crate::redact::register(value.trim());
+        }
+        self.vars.insert(name.into(), value.into());
+        self
+    }
+
+    /// Returns the environment of a child process: every variable but the
+    /// credentials, except those in `pass` (named in the manifest).
+    pub fn for_child(&self, pass: &[String]) -> Vec<(OsString, OsString)> {
+        self.vars
+            .iter()
+            .filter(|(name, _)| {
+                let name = name.to_string_lossy();
+                !CREDENTIALS.contains(&name.as_ref()) || pass.iter().any(|p| *p == name)
+            })
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_child_gets_no_credential_unless_passed() {
+        let vars = Vars::from_pairs([
+            ("PATH", "/bin"),
+            ("VAULT_TOKEN", "hvs.vars-unit-token"),
+            ("PGPASSWORD", "vars-unit-password"),
+            ("TOKENCTL_PG_CONN_STR", "postgres://u:vars-unit-pw@h/db"),
+            ("SOPS_AGE_KEY_FILE", "/keys.txt"),
+        ]);
+        let names = |env: Vec<(OsString, OsString)>| -> Vec<String> {
+            env.into_iter()
+                .map(|(k, _)| k.to_string_lossy().into_owned())
+                .collect()
+        };
+        assert_eq!(names(vars.for_child(&[])), ["PATH"]);
+        assert_eq!(
+            names(vars.for_child(&["VAULT_TOKEN".into()])),
+            ["PATH", "VAULT_TOKEN"]
+        );
+        assert!(!crate::redact::redact("x hvs.vars-unit-token").contains("hvs."));
+    }
+
+    #[test]
+    fn empty_values_count_as_unset() {
+        let vars = Vars::from_pairs([("A", " "), ("B", "b")]);
+        assert_eq!(vars.get("A"), None);
+        assert_eq!(vars.get("B"), Some("b"));
+    }
+}
