@@ -471,10 +471,11 @@ impl tokenctl::sink::SecretSink for MemorySink {
     }
 }
 
-/// Runs an in-process apply of `creates` against `api`, default policy.
+/// Runs an in-process apply of `creates` against `api` with `retry`.
 async fn apply_in_process(
     api: &RefusingApi,
     creates: &[tokenctl::model::address::Address],
+    retry: &tokenctl::ops::create::RetryPolicy,
 ) -> tokenctl::ops::create::Report {
     use tokenctl::backend::JournalWriter;
     use tokenctl::model::journal::Record;
@@ -492,18 +493,27 @@ async fn apply_in_process(
     .unwrap();
     let journal = tokenctl::backend::Journal::File(journal);
     let rescue = tokenctl::sink::Rescue::new(dir.path().join("rescue"));
-    let retry = tokenctl::ops::create::RetryPolicy::default();
     let interrupt = std::sync::atomic::AtomicBool::new(false);
     let apply = tokenctl::ops::create::Apply {
         api,
         journal: &journal,
         sinks: vec![Box::new(MemorySink)],
         rescue: &rescue,
-        retry: &retry,
+        retry,
         parallelism: 4,
         interrupt: &interrupt,
     };
     apply.run(creates, &mut |_| {}).await
+}
+
+/// The default policy's shape, scaled down so a test waits milliseconds.
+fn scaled_policy(patience: Duration) -> tokenctl::ops::create::RetryPolicy {
+    tokenctl::ops::create::RetryPolicy {
+        base_delay: Duration::from_millis(5),
+        max_backoff: Duration::from_millis(40),
+        max_retry_after: Duration::from_secs(60),
+        patience,
+    }
 }
 
 #[tokio::test]
@@ -511,14 +521,16 @@ async fn a_burst_of_429_with_retry_after_zero_does_not_spin() {
     let creates: Vec<tokenctl::model::address::Address> = (0..6)
         .map(|i| tokenctl::model::address::Address::new(1, format!("t{i}")))
         .collect();
-    let floor = tokenctl::ops::create::RetryPolicy::default().min_delay;
+    let policy = scaled_policy(Duration::from_secs(1));
+    // `Retry-After: 0` backs off from the base, never less.
+    let floor = policy.base_delay;
 
     // Five refusals each, then the create goes through.
     let api = RefusingApi {
         refusals: 5,
         calls: Default::default(),
     };
-    let report = apply_in_process(&api, &creates).await;
+    let report = apply_in_process(&api, &creates, &policy).await;
     let all = |created, failed| Counts {
         created,
         failed,
@@ -531,19 +543,50 @@ async fn a_burst_of_429_with_retry_after_zero_does_not_spin() {
     assert_eq!(calls.len(), 6 * 6, "each create: five 429s, then one 200");
     assert_spaced(&calls, floor);
 
-    // A server that never stops refusing: every create gives up after its
-    // attempts, a floor apart, and nothing more is sent.
+    // A server that never stops refusing: every create gives up once its
+    // waits would pass the policy's patience, a floor apart, and nothing
+    // more is sent.
     let api = RefusingApi {
         refusals: usize::MAX,
         calls: Default::default(),
     };
-    let report = apply_in_process(&api, &creates).await;
+    let report = apply_in_process(&api, &creates, &policy).await;
     assert_eq!(report.counts(), all(0, 6));
-    let attempts = tokenctl::ops::create::RetryPolicy::default().max_attempts as usize;
     let calls = api.calls.into_inner().unwrap();
-    assert_eq!(calls.len(), 6 * attempts);
     assert_eq!(report.throttled, calls.len() as u64);
     assert_spaced(&calls, floor);
+    // Waits of 5 ms doubling to at most 40 ms (60 with jitter), within 1 s.
+    for create in &creates {
+        let address = create.to_string();
+        let sent = calls.iter().filter(|(a, _)| *a == address).count();
+        assert!(
+            (1 + 1000 / 60..=1 + 1000 / 5).contains(&sent),
+            "{address}: {sent}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn twelve_429s_in_a_row_are_waited_out_and_every_token_created() {
+    let creates: Vec<tokenctl::model::address::Address> = ["a", "b", "c"]
+        .iter()
+        .map(|name| tokenctl::model::address::Address::new(1, *name))
+        .collect();
+    let api = RefusingApi {
+        refusals: 12,
+        calls: Default::default(),
+    };
+    let report = apply_in_process(&api, &creates, &scaled_policy(Duration::from_secs(60))).await;
+    assert_eq!(
+        report.counts(),
+        Counts {
+            created: 3,
+            failed: 0,
+            in_doubt: 0,
+            not_attempted: 0
+        }
+    );
+    assert_eq!(api.calls.into_inner().unwrap().len(), 3 * 13);
 }
 
 /// Checks that the attempts of each address are at least `floor` apart.

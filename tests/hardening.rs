@@ -779,8 +779,13 @@ async fn an_interrupt_ends_a_throttled_wait_without_resending() {
             .set_body_string("Too Many Requests"),
     )
     .await;
+    // At the real time scale, so the retry policy's patience covers the
+    // server's Retry-After and the create waits for it.
     let child = ws
-        .command(&["apply", "--auto-approve"], &[])
+        .command(
+            &["apply", "--auto-approve"],
+            &[("TOKENCTL_BACKOFF_MS", "1000")],
+        )
         .spawn()
         .unwrap();
     mock.wait_for_requests(1).await;

@@ -289,9 +289,10 @@ impl Project {
             timeouts: Timeouts::default(),
             retry: RetryPolicy {
                 base_delay: Duration::from_millis(1),
-                min_delay: Duration::from_millis(1),
+                max_backoff: Duration::from_millis(1),
                 ..RetryPolicy::default()
             },
+            refresh_deadline: Duration::from_secs(60),
             host: Some("test-host"),
         };
         let mut connect = |_: Timeouts, _: &mut dyn Ui| Ok(api);

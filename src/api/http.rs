@@ -124,7 +124,12 @@ impl TokenCheck for HttpApi {
                 200 => serde_json::from_str(&body).map_err(|_| {
                     CheckError::Unknown("the server answered 200 with an unexpected body".into())
                 }),
-                401 => Err(CheckError::Revoked),
+                // Only Logz.io's own refusal says the token is revoked; a
+                // proxy's or a gateway's 401 page says nothing about it.
+                401 if is_logzio_error(&body) => Err(CheckError::Revoked),
+                401 => Err(CheckError::Unknown(
+                    "the server answered 401 without Logz.io's error body (a proxy or a gateway?); not taken as revoked".into(),
+                )),
                 429 => Err(CheckError::RateLimited { retry_after }),
                 code => Err(CheckError::Unknown(format!(
                     "the server answered {code}: {}",
@@ -133,6 +138,13 @@ impl TokenCheck for HttpApi {
             }
         }
     }
+}
+
+/// Tells whether an error body has Logz.io's shape: a JSON object with a
+/// `message` string.
+fn is_logzio_error(body: &str) -> bool {
+    serde_json::from_str::<serde_json::Value>(body.trim())
+        .is_ok_and(|v| v.get("message").is_some_and(serde_json::Value::is_string))
 }
 
 /// Names what went wrong with a request without quoting it.

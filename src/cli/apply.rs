@@ -62,6 +62,7 @@ impl Session<'_, '_> {
                 ..Timeouts::default()
             },
             retry: self.retry_policy(),
+            refresh_deadline: args.refresh_timeout,
             host: self.env.host.as_deref(),
         };
         let env = self.env;

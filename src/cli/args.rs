@@ -134,6 +134,10 @@ pub(super) struct RefreshArgs {
     /// manifest's `secrets.file`).
     #[arg(long, value_name = "PATH")]
     pub(super) secrets_out: Option<PathBuf>,
+    /// With --refresh: how long the whole refresh may take; a token that
+    /// has not answered by then is unknown.
+    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_request_timeout)]
+    pub(super) refresh_timeout: Duration,
 }
 
 /// Where the API is and who the owner is.
@@ -194,6 +198,10 @@ pub(super) struct ApplyArgs {
     /// share of them came back revoked.
     #[arg(long, requires = "refresh")]
     pub(super) force: bool,
+    /// With --refresh: how long the whole refresh may take; a token that
+    /// has not answered by then is unknown.
+    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_request_timeout)]
+    pub(super) refresh_timeout: Duration,
     /// Most creates in flight at once: the ceiling under which the number in
     /// flight adapts to what the API accepts (it grows while answers are
     /// clean and is cut on 429).

@@ -21,8 +21,13 @@ impl Session<'_, '_> {
     /// Returns how 429 answers are retried (with the test knob applied).
     pub(super) fn retry_policy(&self) -> RetryPolicy {
         let mut retry = RetryPolicy::default();
+        // The test knob sets the time scale of backoff: the base wait, the
+        // longest one and the patience, in proportion (a server's
+        // Retry-After is still honoured as given).
         if let Some(ms) = self.env.backoff_ms {
             retry.base_delay = Duration::from_millis(ms);
+            retry.max_backoff = Duration::from_millis(ms.saturating_mul(30));
+            retry.patience = Duration::from_millis(ms.saturating_mul(6000));
         }
         retry
     }
@@ -59,6 +64,7 @@ impl Session<'_, '_> {
         &mut self,
         connect: &ConnectArgs,
         secrets_out: Option<&Path>,
+        deadline: Duration,
         manifest: &Manifest,
         state: Option<&State>,
     ) -> Result<Refresh, Failure> {
@@ -68,7 +74,12 @@ impl Session<'_, '_> {
         let api = connect_api(env, connect, manifest, Timeouts::default(), self)?;
         let runtime = runtime()?;
         let retry = self.retry_policy();
-        refresh::refresh_state(&api, &runtime, &readers, state, &retry, now(), self)
+        let limits = refresh::Limits {
+            retry: &retry,
+            parallelism: refresh::DEFAULT_PARALLELISM,
+            deadline,
+        };
+        refresh::refresh_state(&api, &runtime, &readers, state, limits, now(), self)
     }
 
     pub(super) fn retire(&mut self, args: &RetireArgs) -> CommandResult {

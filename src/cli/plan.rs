@@ -44,6 +44,7 @@ impl Session<'_, '_> {
             true => Some(self.refresh_tokens(
                 &args.refresh.connect,
                 args.refresh.secrets_out.as_deref(),
+                args.refresh.refresh_timeout,
                 &loaded.manifest,
                 state.as_ref(),
             )?),

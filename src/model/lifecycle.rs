@@ -212,29 +212,6 @@ pub fn record_refresh(state: &mut State, refresh: &Refresh, retire: bool) -> Vec
     retired
 }
 
-/// Retires the tokens this run replaced because the refresh made at
-/// `refreshed_at` found them revoked: superseded by one of `successors`,
-/// with that very check recorded. An older check is no reason: the token
-/// may have been rotated since, alive. Returns them.
-pub fn retire_replaced(
-    state: &mut State,
-    successors: &rustc_hash::FxHashSet<u64>,
-    refreshed_at: i64,
-) -> Vec<SupersededToken> {
-    let mut retired = Vec::new();
-    state.superseded.retain(|old| {
-        let revoked = successors.contains(&old.successor_id)
-            && old
-                .checked
-                .is_some_and(|c| c.status == Liveness::Revoked && c.at == refreshed_at);
-        if revoked {
-            retired.push(old.clone());
-        }
-        !revoked
-    });
-    retired
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

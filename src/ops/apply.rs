@@ -10,8 +10,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
-use rustc_hash::FxHashSet;
-
 use super::Ui;
 use super::create::{Apply, Event, Outcome, Report, RetryPolicy, now};
 use super::plan::{check_budget, check_refresh, plan_for, warn_if_all_orphaned};
@@ -60,6 +58,8 @@ pub struct ApplyOptions<'a> {
     /// Timeouts of the create requests.
     pub timeouts: Timeouts,
     pub retry: RetryPolicy,
+    /// How long a refresh may take in all.
+    pub refresh_deadline: std::time::Duration,
     /// This host, recorded in the journal.
     pub host: Option<&'a str>,
 }
@@ -150,7 +150,11 @@ pub fn apply<A: ApplyApi>(
                 &runtime,
                 readers,
                 state.as_ref(),
-                &options.retry,
+                refresh::Limits {
+                    retry: &options.retry,
+                    parallelism: options.parallelism,
+                    deadline: options.refresh_deadline,
+                },
                 now(),
                 ui,
             )?;
@@ -286,10 +290,9 @@ pub fn apply<A: ApplyApi>(
         }
         None => state.clone(),
     };
-    let stored = match &refresh {
-        Some(refresh) => retire_replaced(store, stored, &report, refresh.at, ui)?,
-        None => stored,
-    };
+    // A token replaced because it was found revoked stays in the state as
+    // superseded, with its instruction: only a later refresh that finds it
+    // revoked again, or a person's `retire`, drops it.
     warn_about_reused_ids(state.as_ref(), &report, ui);
     Ok(Applied::Ran(Box::new(Finished {
         before: state,
@@ -367,39 +370,6 @@ fn record_refresh(
         ));
     }
     Ok(())
-}
-
-/// Retires the predecessors of tokens that replaced revoked ones: the
-/// refresh already found them revoked.
-fn retire_replaced(
-    store: &dyn Backend,
-    state: Option<State>,
-    report: &Report,
-    refreshed_at: i64,
-    ui: &mut dyn Ui,
-) -> Result<Option<State>, Failure> {
-    let Some(before) = state else { return Ok(None) };
-    let successors: FxHashSet<u64> = report
-        .outcomes
-        .iter()
-        .filter_map(|(_, outcome)| match outcome {
-            Outcome::Created { id } => Some(*id),
-            _ => None,
-        })
-        .collect();
-    let mut after = before.clone();
-    let retired = lifecycle::retire_replaced(&mut after, &successors, refreshed_at);
-    if retired.is_empty() {
-        return Ok(Some(before));
-    }
-    let (stored, _) = store.commit(Some(&before), after)?;
-    for old in retired {
-        ui.note(&format!(
-            "retired token id {} of {}: it was found revoked and now has a successor",
-            old.id, old.address
-        ));
-    }
-    Ok(Some(stored))
 }
 
 /// Warns when the server returned an id that the state already records

@@ -31,47 +31,55 @@ use crate::sink::{Rescue, Rescued, SecretSink, SinkError, SinkWorker};
 /// a short wait of its own before it is sent again.
 #[derive(Debug, Clone)]
 pub struct RetryPolicy {
-    /// Attempts in all, the first one included.
-    pub max_attempts: u32,
-    /// Wait before the first retry when the server gives no `Retry-After`.
+    /// Wait before the first retry when the server gives no `Retry-After`
+    /// (or `Retry-After: 0`); doubled on each retry, with jitter.
     pub base_delay: Duration,
-    /// Shortest wait, even when the server says `Retry-After: 0`, so that a
-    /// burst of such answers cannot make the run spin.
-    pub min_delay: Duration,
-    /// Longest single wait.
-    pub max_delay: Duration,
+    /// Longest backoff wait.
+    pub max_backoff: Duration,
+    /// Longest wait a server's `Retry-After` is honoured for: a server
+    /// asking for a day is asked again after this.
+    pub max_retry_after: Duration,
+    /// How long one request may spend waiting out 429s in all, before it
+    /// gives up: retries are bounded by time, not by a count that a burst
+    /// of short refusals uses up in a moment.
+    pub patience: Duration,
 }
 
 impl Default for RetryPolicy {
     fn default() -> Self {
         RetryPolicy {
-            max_attempts: 8,
-            base_delay: Duration::from_millis(100),
-            min_delay: Duration::from_millis(50),
-            max_delay: Duration::from_secs(30),
+            base_delay: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(30),
+            max_retry_after: Duration::from_secs(60),
+            patience: Duration::from_secs(600),
         }
     }
 }
 
 impl RetryPolicy {
     /// Returns the wait before retry number `retry` (0-based): the server's
-    /// `Retry-After` when given, else exponential backoff with jitter; never
-    /// less than `min_delay` nor more than `max_delay`.
+    /// `Retry-After` when it gives a positive one (at most
+    /// `max_retry_after`), else exponential backoff from `base_delay` with
+    /// up to half again of jitter, at most `max_backoff`.
     pub fn delay(&self, retry: u32, retry_after: Option<Duration>) -> Duration {
-        let wait = match retry_after {
-            Some(wait) => wait,
+        match retry_after.filter(|wait| !wait.is_zero()) {
+            Some(wait) => wait.min(self.max_retry_after),
             None => {
                 let exponential = self
                     .base_delay
                     .saturating_mul(2u32.saturating_pow(retry))
-                    .min(self.max_delay);
-                // Half fixed, half random, so parallel creates do not retry
-                // in step.
-                let half = exponential / 2;
-                half + half.mul_f64(fastrand::f64())
+                    .min(self.max_backoff);
+                // Randomly up to half again, so parallel requests do not
+                // retry in step; never shorter than the backoff itself.
+                exponential + (exponential / 2).mul_f64(fastrand::f64())
             }
-        };
-        wait.clamp(self.min_delay, self.max_delay.max(self.min_delay))
+        }
+    }
+
+    /// Tells whether a request that already waited `waited` may wait
+    /// `next` more.
+    pub fn may_wait(&self, waited: Duration, next: Duration) -> bool {
+        waited.saturating_add(next) <= self.patience
     }
 }
 
@@ -443,13 +451,15 @@ async fn create_with_retries<A: TokenApi>(
     permit: &mut Permit<'_>,
 ) -> Result<CreatedToken, CreateError> {
     let mut attempt = 0;
+    let mut waited = Duration::ZERO;
     loop {
         match api.create(address.account_id, &address.name).await {
             // Once the run is stopping, a throttled create is not sent
             // again: 429 means it was not processed, so it ends as failed
             // and the next run creates it.
             Err(CreateError::RateLimited { retry_after, .. })
-                if attempt + 1 < retry.max_attempts && !shared.should_stop() =>
+                if retry.may_wait(waited, retry.delay(attempt, retry_after))
+                    && !shared.should_stop() =>
             {
                 // 429 means the request was not processed: safe to retry.
                 // The controller cuts the limit for the whole run; this
@@ -458,6 +468,7 @@ async fn create_with_retries<A: TokenApi>(
                 permit.throttled();
                 shared.progress(false);
                 let wait = retry.delay(attempt, retry_after);
+                waited += wait;
                 shared.emit(Event::RateLimited(address, wait));
                 if !sleep_unless_stopped(shared, wait).await {
                     return Err(CreateError::RateLimited {
@@ -506,33 +517,41 @@ mod tests {
     #[test]
     fn backoff_grows_is_jittered_and_capped() {
         let policy = RetryPolicy {
-            max_attempts: 8,
             base_delay: Duration::from_millis(100),
-            min_delay: Duration::from_millis(10),
-            max_delay: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(1),
+            max_retry_after: Duration::from_secs(2),
+            patience: Duration::from_secs(10),
         };
         for retry in 0..6 {
             let full = Duration::from_millis(100 * 2u64.pow(retry)).min(Duration::from_secs(1));
             let wait = policy.delay(retry, None);
-            assert!(wait >= full / 2 && wait <= full, "{retry}: {wait:?}");
+            assert!(wait >= full && wait <= full * 3 / 2, "{retry}: {wait:?}");
         }
+        // A server's Retry-After is honoured, up to its cap.
         assert_eq!(
             policy.delay(0, Some(Duration::from_secs(3))),
-            Duration::from_secs(1)
+            Duration::from_secs(2)
         );
         assert_eq!(
             policy.delay(0, Some(Duration::from_millis(50))),
             Duration::from_millis(50)
         );
-        // `Retry-After: 0` (or any shorter wait) gets the floor.
+        // `Retry-After: 0` backs off exponentially, as no Retry-After does.
+        let wait = policy.delay(3, Some(Duration::ZERO));
+        assert!(wait >= Duration::from_millis(800), "{wait:?}");
+    }
+
+    #[test]
+    fn the_default_backs_off_from_a_second_and_gives_up_by_time() {
+        let policy = RetryPolicy::default();
+        assert!(policy.delay(0, Some(Duration::ZERO)) >= Duration::from_secs(1));
         assert_eq!(
-            policy.delay(3, Some(Duration::ZERO)),
-            Duration::from_millis(10)
+            policy.delay(0, Some(Duration::from_secs(100_000))),
+            Duration::from_secs(60)
         );
-        let tiny = RetryPolicy {
-            base_delay: Duration::from_millis(1),
-            ..policy
-        };
-        assert_eq!(tiny.delay(0, None), Duration::from_millis(10));
+        // Twelve refusals in a row are waited out: far within patience.
+        let twelve: Duration = (0..12).map(|r| policy.delay(r, Some(Duration::ZERO))).sum();
+        assert!(policy.may_wait(Duration::ZERO, twelve), "{twelve:?}");
+        assert!(!policy.may_wait(Duration::from_secs(590), Duration::from_secs(30)));
     }
 }

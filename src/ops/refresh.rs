@@ -1,12 +1,21 @@
 //! Refresh: asks each token whose secret a sink holds whether it still
 //! works (`GET /v2/whoami` with the token itself), and classifies the
 //! answers into the findings `model::lifecycle` plans with.
+//!
+//! Revoked is evidence for acts that cannot be undone (a successor, a
+//! token dropped from the state), so it takes more than one answer: a
+//! Logz.io-shaped 401 to the token's own whoami, the same again on a second
+//! check, and the owner token answering 200 before the first check and
+//! after the second. Anything less is unknown. Every wait ends: calls are
+//! paced by the adaptive limiter of apply, 429s are waited out within the
+//! retry policy's patience, and the whole refresh has a deadline.
 
 use std::time::Duration;
 
 use futures_util::StreamExt;
 
 use super::Ui;
+use super::limiter::Limiter;
 use super::sinks::{self, Readers};
 use crate::api::{CheckError, Owner, OwnerApi, TokenCheck};
 use crate::error::{Failure, Hint};
@@ -16,8 +25,23 @@ use crate::model::state::{Liveness, State};
 use crate::ops::create::RetryPolicy;
 use crate::secret::{Secret, fingerprint_of};
 
-/// Refresh calls in flight at once: the API rate-limits per account.
-const CONCURRENCY: usize = 4;
+/// How a refresh paces and bounds its calls.
+#[derive(Clone, Copy)]
+pub struct Limits<'a> {
+    pub retry: &'a RetryPolicy,
+    /// Most calls in flight: the ceiling of the adaptive limit.
+    pub parallelism: usize,
+    /// How long the whole refresh may take; a token that has not answered
+    /// by then is unknown.
+    pub deadline: Duration,
+}
+
+/// The default deadline of a whole refresh.
+pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(300);
+
+/// The ceiling of calls in flight for a refresh that has no
+/// `--parallelism` of its own (as apply's default).
+pub const DEFAULT_PARALLELISM: usize = 16;
 
 /// Asks every token of the state (current and superseded) whose secret a
 /// reader holds whether it still works. The owner token is checked first,
@@ -27,7 +51,7 @@ pub fn refresh_state<A: OwnerApi + TokenCheck + Sync>(
     runtime: &tokio::runtime::Runtime,
     readers: &Readers,
     state: Option<&State>,
-    retry: &RetryPolicy,
+    limits: Limits<'_>,
     now: i64,
     ui: &mut dyn Ui,
 ) -> Result<Refresh, Failure> {
@@ -55,13 +79,7 @@ pub fn refresh_state<A: OwnerApi + TokenCheck + Sync>(
     let mut probes = Vec::new();
     let mut unreadable = Vec::new();
     for (address, id, fingerprint, current) in known {
-        // A secret that is not the one the token was made with (an edited
-        // file, a bad restore) says nothing about the token: a 401 from it
-        // must not retire or replace a live token.
-        let secret = secrets
-            .remove(&(address.clone(), id))
-            .filter(|s| fingerprint.is_none_or(|f| fingerprint_of(s.expose()) == f));
-        match secret {
+        match verified(secrets.remove(&(address.clone(), id)), fingerprint) {
             Some(secret) => probes.push(Probe {
                 address,
                 id,
@@ -71,7 +89,16 @@ pub fn refresh_state<A: OwnerApi + TokenCheck + Sync>(
             None => unreadable.push((address, id, current)),
         }
     }
-    Ok(runtime.block_on(refresh(api, probes, unreadable, CONCURRENCY, retry, now)))
+    Ok(runtime.block_on(refresh(api, probes, unreadable, limits, now)))
+}
+
+/// Returns a secret read back from a sink when it is the one the token was
+/// made with: its fingerprint matches the one recorded at creation. A
+/// secret of a token recorded without one (imported), or of an edited file
+/// or an old backup, says nothing about the token: a 401 from it must not
+/// retire or replace a live token.
+pub fn verified(secret: Option<Secret>, recorded: Option<&str>) -> Option<Secret> {
+    secret.filter(|s| recorded.is_some_and(|f| fingerprint_of(s.expose()) == f))
 }
 
 /// Classifies a token's own whoami answer.
@@ -85,7 +112,7 @@ pub fn classify(account_id: u64, answer: &Result<Owner, CheckError>) -> (Livenes
         Err(CheckError::Revoked) => (Liveness::Revoked, None),
         Err(CheckError::RateLimited { .. }) => (
             Liveness::Unknown,
-            Some("still rate limited (429) after retries".into()),
+            Some("still rate limited (429) after waiting".into()),
         ),
         Err(CheckError::Unknown(detail)) => (Liveness::Unknown, Some(detail.clone())),
     }
@@ -100,31 +127,40 @@ pub struct Probe {
     pub current: bool,
 }
 
-/// Asks each token about itself, `concurrency` at a time, retrying 429 as
-/// creates do. Tokens in `unreadable` get `unverifiable` without a call.
-pub async fn refresh<C: TokenCheck>(
+/// Asks each token about itself, paced by the adaptive limiter, retrying
+/// 429 within the policy's patience, all within the deadline; confirms
+/// each 401 with a second check and the owner token's whoami after it.
+/// Tokens in `unreadable` get `unverifiable` without a call.
+pub async fn refresh<C: TokenCheck + OwnerApi>(
     checker: &C,
     probes: Vec<Probe>,
     unreadable: Vec<(Address, u64, bool)>,
-    concurrency: usize,
-    retry: &RetryPolicy,
+    limits: Limits<'_>,
     now: i64,
 ) -> Refresh {
-    let mut findings: Vec<Finding> = futures_util::stream::iter(probes)
-        .map(|probe| async move {
-            let answer = check_with_retries(checker, &probe.secret, retry).await;
-            let (status, detail) = classify(probe.address.account_id, &answer);
-            Finding {
-                address: probe.address,
-                id: probe.id,
-                status,
-                detail,
-                current: probe.current,
+    let deadline = tokio::time::Instant::now() + limits.deadline;
+    let limiter = Limiter::new(limits.parallelism);
+    let answered: Vec<(Probe, Result<Owner, CheckError>)> = futures_util::stream::iter(probes)
+        .map(|probe| {
+            let limiter = &limiter;
+            async move {
+                let answer = check(checker, limiter, &probe.secret, limits, deadline).await;
+                (probe, answer)
             }
         })
-        .buffer_unordered(concurrency.max(1))
+        .buffer_unordered(limits.parallelism.max(1))
         .collect()
         .await;
+    let mut findings = Vec::with_capacity(answered.len() + unreadable.len());
+    let mut revoked = Vec::new();
+    for (probe, answer) in answered {
+        let (status, detail) = classify(probe.address.account_id, &answer);
+        match status {
+            Liveness::Revoked => revoked.push(probe),
+            _ => findings.push(finding(probe, status, detail)),
+        }
+    }
+    findings.extend(confirm_revoked(checker, &limiter, revoked, limits, deadline).await);
     findings.extend(
         unreadable
             .into_iter()
@@ -139,24 +175,114 @@ pub async fn refresh<C: TokenCheck>(
     Refresh::new(now, findings)
 }
 
-async fn check_with_retries<C: TokenCheck>(
+fn finding(probe: Probe, status: Liveness, detail: Option<String>) -> Finding {
+    Finding {
+        address: probe.address,
+        id: probe.id,
+        status,
+        detail,
+        current: probe.current,
+    }
+}
+
+/// Asks each token that answered 401 a second time, then the owner token:
+/// a token is revoked only when both its answers were Logz.io's 401 and
+/// the owner token still works after them (a wrong region, a broken proxy
+/// or an expired owner token make every token look revoked).
+async fn confirm_revoked<C: TokenCheck + OwnerApi>(
     checker: &C,
-    secret: &Secret,
-    retry: &RetryPolicy,
-) -> Result<Owner, CheckError> {
-    let mut attempt = 0;
-    loop {
-        match checker.whoami_as(secret).await {
-            Err(CheckError::RateLimited { retry_after }) if attempt + 1 < retry.max_attempts => {
-                // A zero Retry-After must not turn into a tight loop.
-                let wait = retry
-                    .delay(attempt, retry_after)
-                    .max(Duration::from_millis(50));
-                tokio::time::sleep(wait).await;
-                attempt += 1;
+    limiter: &Limiter,
+    revoked: Vec<Probe>,
+    limits: Limits<'_>,
+    deadline: tokio::time::Instant,
+) -> Vec<Finding> {
+    if revoked.is_empty() {
+        return Vec::new();
+    }
+    let second: Vec<(Probe, Result<Owner, CheckError>)> = futures_util::stream::iter(revoked)
+        .map(|probe| async move {
+            let answer = check(checker, limiter, &probe.secret, limits, deadline).await;
+            (probe, answer)
+        })
+        .buffer_unordered(limits.parallelism.max(1))
+        .collect()
+        .await;
+    let owner = match tokio::time::timeout_at(deadline, checker.whoami()).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(err)) => Err(format!("the owner token's check after it failed ({err})")),
+        Err(_) => Err("the owner token's check after it did not answer in time".to_string()),
+    };
+    second
+        .into_iter()
+        .map(|(probe, answer)| {
+            let (status, detail) = classify(probe.address.account_id, &answer);
+            match (status, &owner) {
+                (Liveness::Revoked, Ok(())) => finding(probe, Liveness::Revoked, None),
+                (Liveness::Revoked, Err(why)) => finding(
+                    probe,
+                    Liveness::Unknown,
+                    Some(format!("it answered 401 twice, but {why}")),
+                ),
+                (_, _) => {
+                    let then = match detail {
+                        Some(detail) => format!("{status:?}: {detail}").to_lowercase(),
+                        None => format!("{status:?}").to_lowercase(),
+                    };
+                    finding(
+                        probe,
+                        Liveness::Unknown,
+                        Some(format!(
+                            "it answered 401, then {then} on a second check; not taken as revoked"
+                        )),
+                    )
+                }
             }
-            answer => return answer,
+        })
+        .collect()
+}
+
+/// Asks one token about itself within the limiter, waiting out 429s
+/// within the retry policy, before the deadline.
+async fn check<C: TokenCheck>(
+    checker: &C,
+    limiter: &Limiter,
+    secret: &Secret,
+    limits: Limits<'_>,
+    deadline: tokio::time::Instant,
+) -> Result<Owner, CheckError> {
+    let work = async {
+        let mut permit = limiter.acquire().await;
+        let (mut attempt, mut waited) = (0, Duration::ZERO);
+        loop {
+            match checker.whoami_as(secret).await {
+                Err(CheckError::RateLimited { retry_after }) => {
+                    permit.throttled();
+                    let wait = limits.retry.delay(attempt, retry_after);
+                    if !limits.retry.may_wait(waited, wait) {
+                        return Err(CheckError::RateLimited { retry_after });
+                    }
+                    tokio::time::sleep(wait).await;
+                    waited += wait;
+                    attempt += 1;
+                    permit.resend().await;
+                }
+                Ok(owner) => {
+                    permit.succeeded();
+                    return Ok(owner);
+                }
+                Err(err) => {
+                    permit.other();
+                    return Err(err);
+                }
+            }
         }
+    };
+    match tokio::time::timeout_at(deadline, work).await {
+        Ok(answer) => answer,
+        Err(_) => Err(CheckError::Unknown(format!(
+            "no answer within the refresh's deadline ({})",
+            humantime::format_duration(limits.deadline)
+        ))),
     }
 }
 
@@ -189,54 +315,107 @@ mod tests {
         );
     }
 
-    struct Scripted(std::sync::Mutex<Vec<Result<Owner, CheckError>>>);
+    /// Answers whoami from a script: the owner's answers and the tokens'
+    /// answers, each in order.
+    struct Scripted {
+        tokens: std::sync::Mutex<Vec<Result<Owner, CheckError>>>,
+        owner: std::sync::Mutex<Vec<Result<Owner, crate::api::PreflightError>>>,
+    }
+
+    impl Scripted {
+        fn new(tokens: Vec<Result<Owner, CheckError>>) -> Self {
+            Scripted {
+                tokens: std::sync::Mutex::new(tokens),
+                owner: std::sync::Mutex::new(Vec::new()),
+            }
+        }
+    }
 
     impl TokenCheck for Scripted {
         fn whoami_as(
             &self,
             _token: &Secret,
         ) -> impl std::future::Future<Output = Result<Owner, CheckError>> + Send {
-            let next = self.0.lock().unwrap().remove(0);
+            let next = self.tokens.lock().unwrap().remove(0);
             async move { next }
+        }
+    }
+
+    impl OwnerApi for Scripted {
+        fn whoami(
+            &self,
+        ) -> impl std::future::Future<Output = Result<Owner, crate::api::PreflightError>> + Send
+        {
+            let mut owner = self.owner.lock().unwrap();
+            let next = match owner.is_empty() {
+                true => Ok(alive(1000)),
+                false => owner.remove(0),
+            };
+            async move { next }
+        }
+
+        fn associated_accounts(
+            &self,
+        ) -> impl std::future::Future<
+            Output = Result<Vec<crate::api::AssociatedAccount>, crate::api::PreflightError>,
+        > + Send {
+            async { Ok(Vec::new()) }
+        }
+    }
+
+    fn alive(account_id: u64) -> Owner {
+        Owner {
+            account_id,
+            account_name: "a".into(),
+        }
+    }
+
+    fn probe(name: &str) -> Probe {
+        Probe {
+            address: addr(name),
+            id: 1,
+            secret: Secret::new("s".into()),
+            current: true,
+        }
+    }
+
+    fn fast() -> RetryPolicy {
+        RetryPolicy {
+            base_delay: Duration::from_millis(1),
+            max_backoff: Duration::from_millis(1),
+            max_retry_after: Duration::from_millis(1),
+            patience: Duration::from_millis(2),
+        }
+    }
+
+    fn limits(retry: &RetryPolicy) -> Limits<'_> {
+        Limits {
+            retry,
+            parallelism: 1,
+            deadline: Duration::from_secs(60),
         }
     }
 
     #[tokio::test]
     async fn a_429_is_retried_and_a_storm_ends_unknown_never_revoked() {
-        let retry = RetryPolicy {
-            max_attempts: 3,
-            base_delay: Duration::from_millis(1),
-            min_delay: Duration::from_millis(1),
-            max_delay: Duration::from_millis(1),
-        };
+        let retry = fast();
+        // A positive Retry-After is honoured as given (no jitter): with a
+        // patience of 2 ms, exactly two waits.
         let limited = || {
             Err(CheckError::RateLimited {
-                retry_after: Some(Duration::ZERO),
+                retry_after: Some(Duration::from_millis(1)),
             })
         };
-        let checker = Scripted(std::sync::Mutex::new(vec![
-            limited(),
-            Ok(Owner {
-                account_id: 1,
-                account_name: "a".into(),
-            }),
-        ]));
-        let probe = |name: &str| Probe {
-            address: addr(name),
-            id: 1,
-            secret: Secret::new("s".into()),
-            current: true,
-        };
-        let found = refresh(&checker, vec![probe("a")], vec![], 1, &retry, 0).await;
+        let checker = Scripted::new(vec![limited(), Ok(alive(1))]);
+        let found = refresh(&checker, vec![probe("a")], vec![], limits(&retry), 0).await;
         assert_eq!(found.get(&addr("a"), 1).unwrap().status, Liveness::Alive);
 
-        let storm = Scripted(std::sync::Mutex::new(vec![limited(), limited(), limited()]));
+        let storm = Scripted::new(vec![limited(), limited(), limited()]);
         let found = refresh(
             &storm,
             vec![probe("b")],
             vec![(addr("c"), 2, true)],
-            1,
-            &retry,
+            limits(&retry),
             0,
         )
         .await;
@@ -245,6 +424,97 @@ mod tests {
             found.get(&addr("c"), 2).unwrap().status,
             Liveness::Unverifiable
         );
-        assert!(storm.0.lock().unwrap().is_empty(), "exactly three attempts");
+        assert!(
+            storm.tokens.lock().unwrap().is_empty(),
+            "exactly three attempts"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_401_counts_only_when_confirmed_with_the_owner_alive_after_it() {
+        let retry = fast();
+        // 401 twice, owner alive: revoked.
+        let twice = Scripted::new(vec![Err(CheckError::Revoked), Err(CheckError::Revoked)]);
+        let found = refresh(&twice, vec![probe("a")], vec![], limits(&retry), 0).await;
+        assert_eq!(found.get(&addr("a"), 1).unwrap().status, Liveness::Revoked);
+
+        // 401, then 200: unknown, never revoked.
+        let flaky = Scripted::new(vec![Err(CheckError::Revoked), Ok(alive(1))]);
+        let found = refresh(&flaky, vec![probe("a")], vec![], limits(&retry), 0).await;
+        let finding = found.get(&addr("a"), 1).unwrap();
+        assert_eq!(finding.status, Liveness::Unknown);
+        assert!(
+            finding.detail.as_deref().unwrap().contains("second check"),
+            "{finding:?}"
+        );
+
+        // 401 twice, but the owner token fails after them: unknown.
+        let owner_gone = Scripted::new(vec![Err(CheckError::Revoked), Err(CheckError::Revoked)]);
+        owner_gone
+            .owner
+            .lock()
+            .unwrap()
+            .push(Err(crate::api::PreflightError::Refused {
+                call: "whoami",
+                status: 401,
+                message: "Unauthorized".into(),
+            }));
+        let found = refresh(&owner_gone, vec![probe("a")], vec![], limits(&retry), 0).await;
+        assert_eq!(found.get(&addr("a"), 1).unwrap().status, Liveness::Unknown);
+    }
+
+    #[tokio::test]
+    async fn the_deadline_ends_a_refresh_whose_tokens_never_answer() {
+        struct Hanging;
+        impl TokenCheck for Hanging {
+            fn whoami_as(
+                &self,
+                _token: &Secret,
+            ) -> impl std::future::Future<Output = Result<Owner, CheckError>> + Send {
+                std::future::pending()
+            }
+        }
+        impl OwnerApi for Hanging {
+            fn whoami(
+                &self,
+            ) -> impl std::future::Future<Output = Result<Owner, crate::api::PreflightError>> + Send
+            {
+                async { Ok(alive(1000)) }
+            }
+            fn associated_accounts(
+                &self,
+            ) -> impl std::future::Future<
+                Output = Result<Vec<crate::api::AssociatedAccount>, crate::api::PreflightError>,
+            > + Send {
+                async { Ok(Vec::new()) }
+            }
+        }
+        let retry = fast();
+        let probes = (0..10).map(|i| probe(&format!("t{i}"))).collect();
+        let short = Limits {
+            deadline: Duration::from_millis(50),
+            ..limits(&retry)
+        };
+        let found = refresh(&Hanging, probes, vec![], short, 0).await;
+        assert_eq!(found.counts().unknown, 10);
+        assert!(
+            found.findings()[0]
+                .detail
+                .as_deref()
+                .unwrap()
+                .contains("deadline (50ms)"),
+            "{:?}",
+            found.findings()[0]
+        );
+    }
+
+    #[test]
+    fn only_a_secret_with_the_recorded_fingerprint_is_evidence() {
+        let secret = || Some(Secret::new("tok-refresh-fp".into()));
+        let right = fingerprint_of("tok-refresh-fp");
+        assert!(verified(secret(), Some(&right)).is_some());
+        assert!(verified(secret(), Some("sha256:0000000000000000")).is_none());
+        // An imported token has no fingerprint: nothing can vouch for it.
+        assert!(verified(secret(), None).is_none());
     }
 }
