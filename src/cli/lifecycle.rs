@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use super::apply::connect_api;
 use super::{CommandResult, ConnectArgs, Failure, RetireArgs, Session};
-use crate::api::{OwnerApi, Timeouts, TokenCheck};
+use crate::api::{OwnerApi, Timeouts};
 use crate::error::{ExitStatus, Hint};
 use crate::model::lifecycle::Refresh;
 use crate::model::manifest::Manifest;
@@ -90,7 +90,7 @@ impl Session<'_, '_> {
         let address = &args.address;
         edit::check_retirable(&before, address, args.id)?;
         if args.verify {
-            self.verify_revoked(args)?;
+            self.verify_revoked(args, &before)?;
         }
         let mut after = before.clone();
         after.retire(address, args.id);
@@ -103,16 +103,29 @@ impl Session<'_, '_> {
         Ok(ExitStatus::Success)
     }
 
-    /// Checks with the token itself that it is revoked.
-    fn verify_revoked(&mut self, args: &RetireArgs) -> Result<(), Failure> {
+    /// Checks with the token itself that it is revoked, as a refresh
+    /// does: with the secret it was made with (its fingerprint recorded at
+    /// creation), a Logz.io 401 twice, and the owner token alive around.
+    fn verify_revoked(&mut self, args: &RetireArgs, before: &State) -> Result<(), Failure> {
         let loaded = self.load_manifest()?;
         let key = (args.address.clone(), args.id);
+        let fingerprint = before
+            .superseded_of(&args.address)
+            .find(|old| old.id == args.id)
+            .and_then(|old| old.fingerprint.clone());
         let configured = self.configured_sinks(Some(&loaded.manifest), args.secrets_out.as_deref());
         let readers = sinks::refresh_readers(&configured, &self.env.vars);
         let mut secrets = sinks::readable_secrets(&readers, std::slice::from_ref(&key), self)?;
-        let secret = secrets.remove(&key).ok_or_else(|| {
+        let found = secrets.remove(&key);
+        let held = found.is_some();
+        let secret = refresh::verified(found, fingerprint.as_deref()).ok_or_else(|| {
+            let why = match (held, &fingerprint) {
+                (false, _) => "no sink holds its secret".to_string(),
+                (true, None) => "its secret's fingerprint was never recorded (an imported token), so the secret a sink holds cannot be shown to be its own".to_string(),
+                (true, Some(_)) => "the secret a sink holds is not the one it was made with (its fingerprint differs: an edited file or an old backup?)".to_string(),
+            };
             Failure::new(format!(
-                "cannot verify: no sink holds the secret of token id {} of {}",
+                "cannot verify token id {} of {}: {why}; nothing was retired",
                 args.id, args.address
             ))
             .hint("retire without --verify once you revoked it in the UI")
@@ -132,8 +145,21 @@ impl Session<'_, '_> {
             Failure::new(format!("cannot verify: the owner token check failed: {e}"))
                 .maybe_hint(e.hint())
         })?;
-        let answer = runtime.block_on(api.whoami_as(&secret));
-        let (status, detail) = refresh::classify(args.address.account_id, &answer);
+        let retry = self.retry_policy();
+        let limits = refresh::Limits {
+            retry: &retry,
+            parallelism: 1,
+            deadline: refresh::DEFAULT_DEADLINE,
+        };
+        let probe = refresh::Probe {
+            address: args.address.clone(),
+            id: args.id,
+            secret,
+            current: false,
+        };
+        let found = runtime.block_on(refresh::refresh(&api, vec![probe], vec![], limits, now()));
+        let finding = found.get(&args.address, args.id).cloned();
+        let (status, detail) = finding.map_or((Liveness::Unknown, None), |f| (f.status, f.detail));
         match status {
             Liveness::Revoked => Ok(()),
             Liveness::Alive | Liveness::Misdelivered => Err(Failure::new(format!(

@@ -10,7 +10,9 @@ use crate::model::plan::Plan;
 use crate::model::planfile::PlanFile;
 use crate::model::state::{Origin, State, TokenRecord};
 use crate::ops::Ui;
-use crate::ops::plan::{check_budget, check_refresh, plan_for, warn_if_all_orphaned};
+use crate::ops::plan::{
+    check_budget, check_refresh, check_verified, plan_for, warn_if_all_orphaned,
+};
 use crate::render;
 
 /// Longest Markdown plan, to fit a pull-request comment (GitHub allows 65,536).
@@ -87,6 +89,8 @@ impl Session<'_, '_> {
         check_budget(&plan, args.budget.max_creates)?;
         if let Some(refresh) = &refresh {
             check_refresh(refresh, &loaded.manifest, false)?;
+            // A drift check that verified nothing fails, whatever the plan.
+            check_verified(refresh)?;
         }
         // Only a plan that passed its checks is saved to be applied.
         if let Some(out) = &args.out {

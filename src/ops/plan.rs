@@ -55,6 +55,35 @@ pub fn check_refresh(refresh: &Refresh, manifest: &Manifest, force: bool) -> Res
     Ok(())
 }
 
+/// Fails a refresh that verified too little to be a check: none of the
+/// tokens it asked about could be verified (all unknown or unverifiable),
+/// or more than a third of those it could ask gave no definite answer. A
+/// drift check that checked nothing must not pass.
+pub fn check_verified(refresh: &Refresh) -> Result<(), Failure> {
+    let counts = refresh.counts();
+    let verified = counts.alive + counts.revoked + counts.misdelivered;
+    let asked = verified + counts.unknown;
+    let total = asked + counts.unverifiable;
+    if total == 0 {
+        return Ok(());
+    }
+    if verified == 0 {
+        return Err(Failure::new(format!(
+            "the refresh verified none of the {total} token(s): {} unknown, {} unverifiable; nothing was checked",
+            counts.unknown, counts.unverifiable
+        ))
+        .hint("unknown: the API gave no definite answer (see above; try again later). Unverifiable: no sink holds a secret with the fingerprint recorded at creation; configure a sink that can read secrets back"));
+    }
+    if counts.unknown * 3 > asked {
+        return Err(Failure::new(format!(
+            "the refresh could not verify {} of the {asked} token(s) it asked about (no definite answer); a check that verified so few is not a pass",
+            counts.unknown
+        ))
+        .hint("see the unknown tokens above and try again later; a network problem or a rate limit often explains it"));
+    }
+    Ok(())
+}
+
 /// Refuses a plan with more creates than the budget.
 pub fn check_budget(plan: &Plan, max_creates: usize) -> Result<(), Failure> {
     let creates = plan.summary().create;
