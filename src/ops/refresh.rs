@@ -354,12 +354,10 @@ mod tests {
             async move { next }
         }
 
-        fn associated_accounts(
+        async fn associated_accounts(
             &self,
-        ) -> impl std::future::Future<
-            Output = Result<Vec<crate::api::AssociatedAccount>, crate::api::PreflightError>,
-        > + Send {
-            async { Ok(Vec::new()) }
+        ) -> Result<Vec<crate::api::AssociatedAccount>, crate::api::PreflightError> {
+            Ok(Vec::new())
         }
     }
 
@@ -475,18 +473,14 @@ mod tests {
             }
         }
         impl OwnerApi for Hanging {
-            fn whoami(
-                &self,
-            ) -> impl std::future::Future<Output = Result<Owner, crate::api::PreflightError>> + Send
-            {
-                async { Ok(alive(1000)) }
+            async fn whoami(&self) -> Result<Owner, crate::api::PreflightError> {
+                Ok(alive(1000))
             }
-            fn associated_accounts(
+            async fn associated_accounts(
                 &self,
-            ) -> impl std::future::Future<
-                Output = Result<Vec<crate::api::AssociatedAccount>, crate::api::PreflightError>,
-            > + Send {
-                async { Ok(Vec::new()) }
+            ) -> Result<Vec<crate::api::AssociatedAccount>, crate::api::PreflightError>
+            {
+                Ok(Vec::new())
             }
         }
         let retry = fast();
