@@ -291,6 +291,105 @@ async fn an_imported_token_is_unverifiable_whatever_secret_a_sink_holds() {
     assert_eq!(state_ids(&ws), [777, 5001]);
 }
 
+/// forget → re-add → a crash while the new create is in flight → fold:
+/// the forgotten token's record in the secrets file, dated as if in the
+/// same second as the new intent (clocks agree to the second), is not
+/// adopted, because the state keeps the ids it forgot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resolve_never_adopts_a_forgotten_tokens_id_whatever_the_clocks_say() {
+    let mock = MockLogzio::start().await;
+    let mut ws = Workspace::new(&mock.url());
+    manifest(&ws, "", &["1/a", "1/k"]);
+    assert_eq!(ws.run(&["apply", "--auto-approve"]).code, 0);
+    let old = issued_for(&mock, "1/a");
+    manifest(&ws, "", &["1/k"]);
+    assert_eq!(ws.run(&["forget", "1/a"]).code, 0);
+    manifest(&ws, "", &["1/a", "1/k"]);
+    let crash = ws.run_with(
+        &["apply", "--auto-approve"],
+        &[("TOKENCTL_FAILPOINT", "after-intent")],
+    );
+    assert_ne!(crash.code, 0);
+    assert_eq!(ws.run(&["state", "fold"]).code, 0);
+    assert_eq!(ws.pending_addresses(), ["1/a"]);
+    // The old record, dated as late as the intent or later.
+    let since = ws.state()["pending"][0]["since"].as_i64().unwrap();
+    let sink = ws.read("secrets/logzio-tokens.jsonl");
+    let line = sink.lines().find(|l| l.contains(&old.token)).unwrap();
+    let record: serde_json::Value = serde_json::from_str(line).unwrap();
+    let dated = line.replace(
+        &format!("\"createdAt\":{}", record["createdAt"]),
+        &format!("\"createdAt\":{since}"),
+    );
+    ws.write("secrets/logzio-tokens.jsonl", &sink.replace(line, &dated));
+
+    let resolve = ws.run(&["resolve", "1/a"]);
+    assert_eq!(resolve.code, 1, "{}", resolve.all());
+    assert!(
+        resolve
+            .stderr
+            .starts_with("error: no sink holds a token for 1/a created since its create was sent"),
+        "{}",
+        resolve.stderr
+    );
+    let adopt = ws.run(&["resolve", "1/a", "--adopt", &old.id.to_string()]);
+    assert_eq!(adopt.code, 1, "{}", adopt.all());
+    assert_eq!(ws.pending_addresses(), ["1/a"]);
+    assert_eq!(ws.state()["former"][0]["id"], old.id);
+    ws.assert_secrets_only_in_sink(&secrets(&mock));
+}
+
+/// A rotation in doubt after the successor's secret reached the sink:
+/// `--adopt` of the predecessor's id is refused (it would leave the live
+/// successor untracked), and so is `--abandon` while the sink holds the
+/// successor; `resolve` records the successor and keeps the predecessor.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotation_in_doubt_is_settled_only_by_its_successor() {
+    let mock = MockLogzio::start().await;
+    let mut ws = Workspace::new(&mock.url());
+    manifest(&ws, "rotate_after: 90d\n", &["1/a"]);
+    assert_eq!(ws.run(&["apply", "--auto-approve"]).code, 0);
+    age_token(&ws, "1/a", 100);
+    let old = issued_for(&mock, "1/a");
+    let crash = ws.run_with(
+        &["apply", "--auto-approve"],
+        &[("TOKENCTL_FAILPOINT", "after-sink")],
+    );
+    assert_ne!(crash.code, 0);
+    assert_eq!(ws.run(&["state", "fold"]).code, 0);
+    let state_before = ws.read("state/tokens.state.json");
+
+    let adopt = ws.run(&["resolve", "1/a", "--adopt", &old.id.to_string()]);
+    assert_eq!(adopt.code, 1, "{}", adopt.all());
+    assert!(
+        adopt.stderr.starts_with(&format!(
+            "error: token id {} is one this state has recorded already",
+            old.id
+        )),
+        "{}",
+        adopt.stderr
+    );
+    let abandon = ws.run(&["resolve", "1/a", "--abandon"]);
+    assert_eq!(abandon.code, 1, "{}", abandon.all());
+    let new = mock.issued().into_iter().nth(1).unwrap();
+    assert!(
+        abandon.stderr.starts_with(&format!(
+            "error: 1/a cannot be abandoned: a sink holds token id {} for it (./secrets/logzio-tokens.jsonl), made since its create was sent, so that create made a token\n",
+            new.id
+        )),
+        "{}",
+        abandon.stderr
+    );
+    assert_eq!(ws.read("state/tokens.state.json"), state_before);
+
+    assert_eq!(ws.run(&["resolve", "1/a"]).code, 0);
+    let state = ws.state();
+    assert_eq!(state["tokens"][0]["id"], new.id);
+    assert_eq!(state["superseded"][0]["id"], old.id);
+    assert_eq!(mock.create_requests().await.len(), 2);
+    ws.assert_secrets_only_in_sink(&secrets(&mock));
+}
+
 /// Makes the state say a token was created `days` ago.
 fn age_token(ws: &Workspace, address: &str, days: i64) {
     let mut state = ws.state();

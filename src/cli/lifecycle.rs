@@ -58,6 +58,14 @@ impl Session<'_, '_> {
         Ok(readers)
     }
 
+    /// Returns a reader for every sink that can read secrets back, for a
+    /// check that goes on without any (`resolve --abandon`).
+    pub(super) fn any_readers(&mut self, secrets_out: Option<&Path>) -> Readers {
+        let manifest = self.load_manifest().ok().map(|loaded| loaded.manifest);
+        let configured = self.configured_sinks(manifest.as_ref(), secrets_out);
+        sinks::readers(&configured, &self.env.vars)
+    }
+
     /// Asks every token of the state (current and superseded) whose secret
     /// a sink holds whether it still works.
     pub(super) fn refresh_tokens(

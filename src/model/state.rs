@@ -12,10 +12,12 @@ use crate::model::address::Address;
 /// The newest state format version this tool reads and writes.
 ///
 /// Version 2 adds what the lifecycle records (`superseded` tokens and each
-/// token's last `checked`). A state that holds none of it is still written
-/// as version 1, so that older tokenctl versions keep reading it; one that
-/// does is version 2, which they refuse rather than silently drop.
-pub const STATE_FORMAT_VERSION: u32 = 2;
+/// token's last `checked`); version 3 the `former` tokens (ids forgotten
+/// or retired, never to be adopted again). A state is written in the
+/// oldest version that holds what it records, so that older tokenctl
+/// versions keep reading it, and refuse (rather than silently drop) what
+/// they do not know.
+pub const STATE_FORMAT_VERSION: u32 = 3;
 
 /// The oldest state format version this tool reads and writes.
 const OLDEST_FORMAT_VERSION: u32 = 1;
@@ -39,6 +41,29 @@ pub struct State {
     /// revocation) that a person still has to revoke in the UI.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub superseded: Vec<SupersededToken>,
+    /// Tokens a person dropped from the state (forgotten or retired): their
+    /// ids are kept so that no sink record of theirs is ever adopted again.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub former: Vec<FormerToken>,
+}
+
+/// A token dropped from the state on a person's word.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FormerToken {
+    pub address: Address,
+    pub id: u64,
+    /// How it left the state.
+    pub dropped: Dropped,
+}
+
+/// How a token left the state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Dropped {
+    /// `tokenctl forget`, after it was revoked in the UI.
+    Forgotten,
+    /// `tokenctl retire`, or a refresh that found it revoked.
+    Retired,
 }
 
 /// What the last refresh learnt of a token.
@@ -195,6 +220,7 @@ impl State {
             tokens: Vec::new(),
             pending: Vec::new(),
             superseded: Vec::new(),
+            former: Vec::new(),
         }
     }
 
@@ -280,8 +306,10 @@ impl State {
         sorted.normalize();
         let lifecycle =
             !sorted.superseded.is_empty() || sorted.tokens.iter().any(|t| t.checked.is_some());
-        sorted.format_version = if lifecycle {
-            STATE_FORMAT_VERSION
+        sorted.format_version = if !sorted.former.is_empty() {
+            3
+        } else if lifecycle {
+            2
         } else {
             OLDEST_FORMAT_VERSION
         };
@@ -296,6 +324,8 @@ impl State {
         self.pending.sort_by(|a, b| a.address.cmp(&b.address));
         self.superseded
             .sort_by(|a, b| (&a.address, a.id).cmp(&(&b.address, b.id)));
+        self.former
+            .sort_by(|a, b| (&a.address, a.id).cmp(&(&b.address, b.id)));
     }
 
     /// Tells whether two states record the same tokens and pending creates.
@@ -304,7 +334,10 @@ impl State {
         let mut b = other.clone();
         a.normalize();
         b.normalize();
-        a.tokens == b.tokens && a.pending == b.pending && a.superseded == b.superseded
+        a.tokens == b.tokens
+            && a.pending == b.pending
+            && a.superseded == b.superseded
+            && a.former == b.former
     }
 
     /// Returns the record for an address.
@@ -357,13 +390,48 @@ impl State {
             .filter(move |s| &s.address == address)
     }
 
-    /// Drops a superseded token once it is revoked; returns it.
+    /// Drops a superseded token once it is revoked, keeping its id among
+    /// the former ones; returns it.
     pub fn retire(&mut self, address: &Address, id: u64) -> Option<SupersededToken> {
         let at = self
             .superseded
             .iter()
             .position(|s| &s.address == address && s.id == id)?;
-        Some(self.superseded.remove(at))
+        let old = self.superseded.remove(at);
+        self.keep_former(address, id, Dropped::Retired);
+        Some(old)
+    }
+
+    /// Drops the current token of an address (revoked in the UI, no
+    /// longer in the manifest), keeping its id among the former ones;
+    /// returns it.
+    pub fn forget(&mut self, address: &Address) -> Option<TokenRecord> {
+        let at = self.tokens.iter().position(|t| &t.address == address)?;
+        let old = self.tokens.remove(at);
+        self.keep_former(address, old.id, Dropped::Forgotten);
+        Some(old)
+    }
+
+    fn keep_former(&mut self, address: &Address, id: u64, dropped: Dropped) {
+        if !self
+            .former
+            .iter()
+            .any(|f| f.id == id && &f.address == address)
+        {
+            self.former.push(FormerToken {
+                address: address.clone(),
+                id,
+                dropped,
+            });
+        }
+    }
+
+    /// Tells whether the state has ever recorded token id `id`, at any
+    /// address: current, superseded, forgotten or retired.
+    pub fn has_recorded(&self, id: u64) -> bool {
+        self.tokens.iter().any(|t| t.id == id)
+            || self.superseded.iter().any(|s| s.id == id)
+            || self.former.iter().any(|f| f.id == id)
     }
 
     /// Records a create in doubt.
@@ -444,16 +512,22 @@ mod tests {
         let text = rotated.to_json();
         assert!(text.contains("\"format_version\": 2"), "{text}");
         assert_eq!(State::from_json(&text).unwrap().superseded.len(), 1);
+        // A retired id is kept, in version 3.
+        let old = rotated.superseded[0].clone();
+        assert!(rotated.retire(&old.address, old.id).is_some());
+        let text = rotated.to_json();
+        assert!(text.contains("\"format_version\": 3"), "{text}");
+        assert_eq!(State::from_json(&text).unwrap().former.len(), 1);
     }
 
     #[test]
     fn refuses_a_newer_format() {
         let text = sample()
             .to_json()
-            .replace("\"format_version\": 1", "\"format_version\": 3");
+            .replace("\"format_version\": 1", "\"format_version\": 4");
         assert_eq!(
             State::from_json(&text),
-            Err(StateParseError::Newer { found: 3 })
+            Err(StateParseError::Newer { found: 4 })
         );
         assert_eq!(
             State::from_json("{\"format_version\": 9, \"other\": true}"),

@@ -15,8 +15,10 @@ use crate::sink::FoundSecret;
 pub enum Settle {
     /// The token exists with this id (a person found it in the UI).
     Adopt(u64),
-    /// No token was made: forget the create.
-    Abandon,
+    /// No token was made: forget the create. The sinks that can read back
+    /// are searched first: one holding a token made by this create proves
+    /// the person wrong.
+    Abandon(Readers),
     /// Look for the secret the create delivered in these sinks.
     FromSinks(Readers),
 }
@@ -50,7 +52,18 @@ pub fn resolve(before: &State, address: &Address, how: Settle) -> Result<(State,
         .ok_or_else(|| not_in_doubt(address))?;
     let mut after = before.clone();
     let record = match how {
-        Settle::Abandon => {
+        Settle::Abandon(readers) => {
+            let search = search_sinks(readers, address, pending.since, before);
+            if let Some((found, _)) = search.candidates.first() {
+                return Err(Failure::new(format!(
+                    "{address} cannot be abandoned: a sink holds token id {} for it ({}), made since its create was sent, so that create made a token",
+                    found.id, found.place
+                ))
+                .hint(format!(
+                    "record it with `tokenctl resolve {address}`; to drop it instead, revoke token id {} in the Logz.io UI, then retire it after the next apply",
+                    found.id
+                )));
+            }
             after.pending.retain(|p| &p.address != address);
             return Ok((
                 after,
@@ -58,6 +71,15 @@ pub fn resolve(before: &State, address: &Address, how: Settle) -> Result<(State,
                     "{address} was abandoned; the next apply creates it if the manifest still lists it."
                 ),
             ));
+        }
+        Settle::Adopt(id) if before.has_recorded(id) => {
+            return Err(Failure::new(format!(
+                "token id {id} is one this state has recorded already (current, superseded, forgotten or retired), so it cannot be the token {address}'s create in doubt made"
+            ))
+            .hint(format!(
+                "look in the Logz.io UI of account {} for a token made since the create was sent, and adopt its id; if there is none, `--abandon`",
+                address.account_id
+            )));
         }
         Settle::Adopt(id) => SinkRecord {
             id,
@@ -91,34 +113,11 @@ fn find_in_sinks(
     since: i64,
     state: &State,
 ) -> Result<SinkRecord, Failure> {
-    let Readers {
-        readers: lookups,
-        mut problems,
-    } = readers;
-    let mut searched = Vec::new();
-    let mut candidates: Vec<(FoundSecret, String)> = Vec::new();
-    for lookup in &lookups {
-        searched.push(lookup.describe());
-        match lookup.lookup(address) {
-            // Only a sink's newest secret for the address can be the
-            // in-doubt one: older ones belong to tokens made before it
-            // (and perhaps forgotten since).
-            Ok(found) => {
-                let newest = found.into_iter().last();
-                if let Some(secret) = newest.filter(|s| s.created_at.is_some_and(|t| t >= since)) {
-                    let known = state.tokens.iter().any(|t| t.id == secret.id)
-                        || state.superseded.iter().any(|o| o.id == secret.id);
-                    if !known && !candidates.iter().any(|(c, _)| c.id == secret.id) {
-                        candidates.push((secret, lookup.describe()));
-                    }
-                }
-            }
-            Err(err) => problems.push(match &err.hint {
-                Some(hint) => format!("{err} ({hint})"),
-                None => err.to_string(),
-            }),
-        }
-    }
+    let Search {
+        searched,
+        mut candidates,
+        problems,
+    } = search_sinks(readers, address, since, state);
     let ui_hint = format!(
         "look for the token in the Logz.io UI of account {}: if it exists, run `tokenctl resolve {address} --adopt ID`; if not, `--abandon`",
         address.account_id
@@ -154,6 +153,58 @@ fn find_in_sinks(
                 ))
                 .hint(format!("check which one is live in the Logz.io UI and run `tokenctl resolve {address} --adopt ID`")))
         }
+    }
+}
+
+/// What a search of the sinks found for a create in doubt.
+struct Search {
+    /// The sinks searched, for messages.
+    searched: Vec<String>,
+    /// Each sink's newest secret for the address made since the create was
+    /// sent, whose id the state never recorded, with the sink's name.
+    candidates: Vec<(FoundSecret, String)>,
+    /// Sinks that could not be read.
+    problems: Vec<String>,
+}
+
+/// Searches every sink that can read back for a secret the create in doubt
+/// of `address` (sent at `since`) may have delivered.
+fn search_sinks(readers: Readers, address: &Address, since: i64, state: &State) -> Search {
+    let Readers {
+        readers: lookups,
+        mut problems,
+    } = readers;
+    let mut searched = Vec::new();
+    let mut candidates: Vec<(FoundSecret, String)> = Vec::new();
+    for lookup in &lookups {
+        searched.push(lookup.describe());
+        match lookup.lookup(address) {
+            // Only a sink's newest secret for the address can be the
+            // in-doubt one: older ones belong to tokens made before it
+            // (and perhaps forgotten since).
+            Ok(found) => {
+                let newest = found.into_iter().last();
+                if let Some(secret) = newest.filter(|s| s.created_at.is_some_and(|t| t >= since)) {
+                    // An id the state ever recorded (current, superseded,
+                    // forgotten, retired) is a token from before, whatever
+                    // the clocks say.
+                    if !state.has_recorded(secret.id)
+                        && !candidates.iter().any(|(c, _)| c.id == secret.id)
+                    {
+                        candidates.push((secret, lookup.describe()));
+                    }
+                }
+            }
+            Err(err) => problems.push(match &err.hint {
+                Some(hint) => format!("{err} ({hint})"),
+                None => err.to_string(),
+            }),
+        }
+    }
+    Search {
+        searched,
+        candidates,
+        problems,
     }
 }
 
@@ -208,7 +259,7 @@ pub fn forget(before: &State, address: &Address, in_manifest: bool) -> Result<St
             .hint("`tokenctl state list` shows the addresses it holds"));
     }
     let mut after = before.clone();
-    after.tokens.retain(|t| &t.address != address);
+    after.forget(address);
     Ok(after)
 }
 
@@ -327,14 +378,80 @@ mod tests {
         }
     }
 
-    fn sinks(held: Vec<Held>) -> Settle {
-        Settle::FromSinks(Readers {
+    fn readers(held: Vec<Held>) -> Readers {
+        Readers {
             readers: held
                 .into_iter()
                 .map(|h| Box::new(h) as Box<dyn SecretLookup>)
                 .collect(),
             problems: Vec::new(),
-        })
+        }
+    }
+
+    fn sinks(held: Vec<Held>) -> Settle {
+        Settle::FromSinks(readers(held))
+    }
+
+    #[test]
+    fn an_id_ever_recorded_is_never_adopted_whatever_the_clocks_say() {
+        // 1/b was created as id 4, forgotten, then added again; its new
+        // create is in doubt since 100, and the old token's record in the
+        // sink is dated the same second.
+        let mut before = State::new("l".into());
+        before.record_created(TokenRecord::created(addr("b"), 4, 100, "f".into()));
+        assert!(before.forget(&addr("b")).is_some());
+        before.record_pending(PendingCreate::new(addr("b"), 100, "timed out".into()));
+        let held = Held("file", vec![("b", 4, 100)]);
+        let err = resolve(&before, &addr("b"), sinks(vec![held]))
+            .err()
+            .unwrap();
+        assert!(
+            err.message.starts_with("no sink holds a token for 1/b"),
+            "{}",
+            err.message
+        );
+        let err = resolve(&before, &addr("b"), Settle::Adopt(4))
+            .err()
+            .unwrap();
+        assert!(err.message.contains("recorded already"), "{}", err.message);
+        // A retired id is as old.
+        let mut retired = State::new("l".into());
+        retired.record_created(TokenRecord::created(addr("b"), 5, 10, "f".into()));
+        retired.record_created(TokenRecord::created(addr("b"), 6, 20, "g".into()));
+        assert!(retired.retire(&addr("b"), 5).is_some());
+        assert!(retired.has_recorded(5) && retired.has_recorded(6));
+    }
+
+    #[test]
+    fn a_rotation_in_doubt_adopts_neither_the_predecessor_nor_abandons_a_delivered_successor() {
+        // 1/a's token is id 7; its successor's create is in doubt since 100,
+        // and the successor's secret (id 12) reached the sink.
+        let mut before = state();
+        before.record_pending(PendingCreate::new(addr("a"), 100, "crashed".into()));
+        let err = resolve(&before, &addr("a"), Settle::Adopt(7))
+            .err()
+            .unwrap();
+        assert!(
+            err.message
+                .contains("token id 7 is one this state has recorded"),
+            "{}",
+            err.message
+        );
+        let held = || Held("file", vec![("a", 7, 50), ("a", 12, 101)]);
+        let err = resolve(&before, &addr("a"), Settle::Abandon(readers(vec![held()])))
+            .err()
+            .unwrap();
+        assert!(
+            err.message
+                .starts_with("1/a cannot be abandoned: a sink holds token id 12 for it (file#12)"),
+            "{}",
+            err.message
+        );
+        // What resolve records instead: the successor, with the
+        // predecessor kept as superseded.
+        let (after, _) = resolve(&before, &addr("a"), sinks(vec![held()])).unwrap();
+        assert_eq!(after.token(&addr("a")).unwrap().id, 12);
+        assert_eq!(after.superseded_of(&addr("a")).next().unwrap().id, 7);
     }
 
     #[test]
@@ -344,10 +461,11 @@ mod tests {
         assert_eq!(after.token(&addr("b")).unwrap().id, 9);
         assert_eq!(done, "1/b is recorded as token id 9.");
 
-        let (after, _) = resolve(&state(), &addr("b"), Settle::Abandon).unwrap();
+        let (after, _) =
+            resolve(&state(), &addr("b"), Settle::Abandon(Readers::default())).unwrap();
         assert!(after.pending.is_empty() && after.token(&addr("b")).is_none());
 
-        let err = resolve(&state(), &addr("a"), Settle::Abandon)
+        let err = resolve(&state(), &addr("a"), Settle::Abandon(Readers::default()))
             .err()
             .unwrap();
         assert_eq!(err.message, "1/a is not in doubt");
