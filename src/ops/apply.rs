@@ -212,6 +212,23 @@ pub fn apply<A: ApplyApi>(
     }
     if options.confirm {
         ui.confirm(creates.len())?;
+        // A person may have taken long to answer: what the refresh found
+        // revoked is checked again just before acting on it.
+        if let (Some(readers), Some(found)) = (options.refresh, &refresh) {
+            refresh::reconfirm_revoked(
+                &api,
+                &runtime,
+                readers,
+                state.as_ref(),
+                found,
+                refresh::Limits {
+                    retry: &options.retry,
+                    parallelism: options.parallelism,
+                    deadline: options.refresh_deadline,
+                },
+                ui,
+            )?;
+        }
     }
     record_refresh(store, &mut state, unrecorded, ui)?;
     // Only now, after the answer, is anything made on disk; and all of it

@@ -92,6 +92,77 @@ pub fn refresh_state<A: OwnerApi + TokenCheck + Sync>(
     Ok(runtime.block_on(refresh(api, probes, unreadable, limits, now)))
 }
 
+/// Checks again, just before an apply acts on them, the tokens a refresh
+/// found revoked (after a person took time to confirm the plan): each must
+/// still answer Logz.io's 401 twice, with the owner token alive around
+/// it. Fails, before anything is created or dropped, when one does not.
+pub fn reconfirm_revoked<A: OwnerApi + TokenCheck + Sync>(
+    api: &A,
+    runtime: &tokio::runtime::Runtime,
+    readers: &Readers,
+    state: Option<&State>,
+    found: &Refresh,
+    limits: Limits<'_>,
+    ui: &mut dyn Ui,
+) -> Result<(), Failure> {
+    let revoked: Vec<&Finding> = found
+        .findings()
+        .iter()
+        .filter(|f| f.status == Liveness::Revoked)
+        .collect();
+    if revoked.is_empty() {
+        return Ok(());
+    }
+    let again = |finding: &Finding, why: String| {
+        Failure::new(format!(
+            "token id {} of {} was found revoked, but {why} since; nothing was created or retired",
+            finding.id, finding.address
+        ))
+        .hint("run the apply again: its refresh will see what the token says now")
+    };
+    runtime
+        .block_on(api.whoami())
+        .map_err(|e| again(revoked[0], format!("the owner token's check failed ({e})")))?;
+    let keys: Vec<(Address, u64)> = revoked.iter().map(|f| (f.address.clone(), f.id)).collect();
+    let mut secrets = sinks::readable_secrets(readers, &keys, ui)?;
+    let mut probes = Vec::new();
+    for finding in &revoked {
+        let recorded = state.and_then(|s| {
+            s.tokens
+                .iter()
+                .find(|t| t.address == finding.address && t.id == finding.id)
+                .map(|t| t.fingerprint.as_deref())
+                .or_else(|| {
+                    s.superseded
+                        .iter()
+                        .find(|o| o.address == finding.address && o.id == finding.id)
+                        .map(|o| o.fingerprint.as_deref())
+                })
+                .flatten()
+        });
+        let key = (finding.address.clone(), finding.id);
+        let secret = verified(secrets.remove(&key), recorded)
+            .ok_or_else(|| again(finding, "its secret can no longer be read".into()))?;
+        probes.push(Probe {
+            address: finding.address.clone(),
+            id: finding.id,
+            secret,
+            current: finding.current,
+        });
+    }
+    let now = runtime.block_on(refresh(api, probes, Vec::new(), limits, found.at));
+    for finding in &revoked {
+        let current = now.get(&finding.address, finding.id);
+        if current.is_none_or(|f| f.status != Liveness::Revoked) {
+            let said = current
+                .and_then(|f| f.detail.clone())
+                .unwrap_or_else(|| "it answers again".into());
+            return Err(again(finding, format!("it no longer does ({said})")));
+        }
+    }
+    Ok(())
+}
+
 /// Returns a secret read back from a sink when it is the one the token was
 /// made with: its fingerprint matches the one recorded at creation. A
 /// secret of a token recorded without one (imported), or of an edited file

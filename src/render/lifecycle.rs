@@ -73,21 +73,51 @@ pub fn revoke_instruction(old: &SupersededToken, state: Option<&State>) -> Strin
         .created_at
         .map(utc)
         .unwrap_or_else(|| "at an unknown time".into());
+    // The token to keep is the address's current one: its first successor
+    // may have been replaced since.
     let successor = state
         .and_then(|s| s.token(&old.address))
-        .filter(|t| t.id == old.successor_id)
         .map(|t| {
+            let which = match t.id == old.successor_id {
+                true => "its successor",
+                false => "the address's current token",
+            };
             format!(
-                "its successor (id {}) has the same name and was created {}: keep that one",
+                "{which} (id {}) has the same name and was created {}: keep that one",
                 t.id,
                 t.created_at.map(utc).unwrap_or_else(|| "later".into())
             )
         })
-        .unwrap_or_else(|| format!("its successor is token id {}", old.successor_id));
+        .unwrap_or_else(|| format!("its successor was token id {}", old.successor_id));
     format!(
         "In the Logz.io UI of account {} (Settings > Manage tokens > API tokens), revoke the token named {:?} created {created};
          {successor}. Then run: tokenctl retire {} --id {}
          (or let `tokenctl apply --refresh` retire it once it answers 401)",
         old.account_id, old.name, old.address, old.id
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::address::Address;
+    use crate::model::state::TokenRecord;
+
+    #[test]
+    fn the_instruction_names_the_token_to_keep_even_after_its_successor_was_replaced() {
+        let a = Address::new(1, "a");
+        let mut state = State::new("l".into());
+        state.record_created(TokenRecord::created(a.clone(), 1, 100, "f1".into()));
+        state.record_created(TokenRecord::created(a.clone(), 2, 200, "f2".into()));
+        let first = state.superseded_of(&a).next().unwrap().clone();
+        assert!(revoke_instruction(&first, Some(&state)).contains("its successor (id 2)"));
+        // Id 2 was found revoked and replaced by id 3: keep 3, not 2.
+        state.record_created(TokenRecord::created(a.clone(), 3, 300, "f3".into()));
+        let text = revoke_instruction(&first, Some(&state));
+        assert!(
+            text.contains("the address's current token (id 3) has the same name"),
+            "{text}"
+        );
+        assert!(!text.contains("id 2"), "{text}");
+    }
 }
