@@ -1212,7 +1212,15 @@ impl Backend for PgBackend {
             None if folded.tokens.is_empty() && folded.pending.is_empty() => (None, false),
             Some(before) if before.same_content(&folded) => (Some(before.clone()), false),
             _ => {
-                folded.serial = before.map_or(folded.serial.max(1), |b| b.serial + 1);
+                folded.serial = match before {
+                    None => folded.serial.max(1),
+                    Some(b) => super::next_serial(b.serial).ok_or_else(|| {
+                        BackendError::SerialExhausted {
+                            location: self.loc(),
+                            serial: b.serial,
+                        }
+                    })?,
+                };
                 folded.tool_version = TOOL_VERSION.to_string();
                 (Some(folded), true)
             }
