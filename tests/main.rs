@@ -14,3 +14,4 @@ mod output;
 mod pipeline;
 mod postgres;
 mod sinks;
+mod storage;

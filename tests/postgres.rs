@@ -1075,3 +1075,235 @@ async fn a_long_wait_on_the_lock_connection_keeps_the_lock() {
     assert_eq!(apply.code, 0, "{}", apply.all());
     assert_eq!(addresses(&team.state(&mut ws), "tokens"), SIX[..3]);
 }
+
+/// Writes the file backend's manifest of `tokens` into the runner `ws`,
+/// returning the postgres one it had.
+fn on_file_backend(ws: &Workspace, tokens: &[&str]) -> String {
+    let postgres = ws.read("tokens.yaml");
+    ws.manifest(tokens);
+    postgres
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_file_left_at_the_path_is_refused_until_it_is_moved_in() {
+    let Some(cluster) = cluster() else { return };
+    let mock = MockLogzio::start().await;
+    let team = Team::new(cluster, &mock.url());
+    let mut ws = team.runner(&SIX[..3]);
+    let postgres = on_file_backend(&ws, &SIX[..3]);
+    assert_eq!(ws.run(&["apply", "--auto-approve"]).code, 0);
+    ws.write("tokens.yaml", &postgres);
+    let refusal = "error: tokens.yaml keeps the state in PostgreSQL (backend: postgres), but a state file is still at state/tokens.state.json; using the database now would plan without the tokens it records\nhint: move it into the database first: `tokenctl state push state/tokens.state.json` (it folds a journal beside it), check `tokenctl plan`, then move state/tokens.state.json and its .journal and .backup out of the way (README: Moving state)\n";
+    for args in [
+        &["plan"][..],
+        &["apply", "--auto-approve"],
+        &["state", "list"],
+    ] {
+        let run = team.run(&mut ws, args);
+        assert_eq!((run.code, run.stdout.as_str()), (1, ""), "{args:?}");
+        assert_eq!(run.stderr, refusal, "{args:?}");
+    }
+    assert_eq!(
+        mock.create_requests().await.len(),
+        3,
+        "nothing was created twice"
+    );
+
+    // The migration the hint describes.
+    let push = team.run(&mut ws, &["state", "push", "state/tokens.state.json"]);
+    assert_eq!(push.code, 0, "{}", push.all());
+    let still = team.run(&mut ws, &["plan"]);
+    assert_eq!(still.stderr, refusal, "the file is still there");
+    std::fs::rename(ws.state_path(), ws.path("migrated.json")).unwrap();
+    std::fs::remove_file(ws.path("state/tokens.state.json.backup")).ok();
+    let plan = team.run(&mut ws, &["plan", "--detailed-exitcode"]);
+    assert_eq!(plan.code, 0, "{}", plan.all());
+    assert!(
+        plan.stdout.contains("0 to create, 3 unchanged"),
+        "{}",
+        plan.stdout
+    );
+
+    // A journal alone at the path (a first apply that died) is refused too.
+    let mut other = team.runner(&SIX[..3]);
+    let postgres = on_file_backend(&other, &SIX[3..]);
+    let crash = other.run_with(
+        &["apply", "--auto-approve", "--parallelism", "1"],
+        &[("TOKENCTL_FAILPOINT", "after-intent")],
+    );
+    assert_ne!(crash.code, 0);
+    assert!(!other.state_path().exists());
+    other.write("tokens.yaml", &postgres);
+    let run = team.run(&mut other, &["plan"]);
+    assert_eq!(run.code, 1, "{}", run.all());
+    assert!(
+        run.stderr.starts_with("error: tokens.yaml keeps the state in PostgreSQL (backend: postgres), but the journal of an apply is still at state/tokens.state.json.journal;"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_journal_beside_a_pushed_state_file_is_folded_in_first() {
+    let Some(cluster) = cluster() else { return };
+    let mock = MockLogzio::start().await;
+    let team = Team::new(cluster, &mock.url());
+    let mut ws = team.runner(&SIX[..3]);
+    let postgres = on_file_backend(&ws, &SIX[..1]);
+    assert_eq!(ws.run(&["apply", "--auto-approve"]).code, 0);
+    // An apply on the file backend dies after recording 1/b as created.
+    ws.manifest(&SIX[..3]);
+    let crash = ws.run_with(
+        &["apply", "--auto-approve", "--parallelism", "1"],
+        &[("TOKENCTL_FAILPOINT", "after-outcome")],
+    );
+    assert_ne!(crash.code, 0, "{}", crash.all());
+    assert!(ws.path("state/tokens.state.json.journal").exists());
+    ws.write("tokens.yaml", &postgres);
+
+    let push = team.run(&mut ws, &["state", "push", "state/tokens.state.json"]);
+    assert_eq!(push.code, 0, "{}", push.all());
+    // The next create may have been sent while 1/b's outcome was written:
+    // then it is in doubt.
+    assert!(
+        push.stderr.starts_with(
+            "note: recorded the journal of an interrupted apply in the state: 1 created, 0 failed, "
+        ),
+        "{}",
+        push.stderr
+    );
+    assert!(!ws.path("state/tokens.state.json.journal").exists());
+    std::fs::rename(ws.state_path(), ws.path("migrated.json")).unwrap();
+    assert_eq!(addresses(&team.state(&mut ws), "tokens"), ["1/a", "1/b"]);
+    assert_sound(&team, &mut [&mut ws], &mock).await;
+    settle_and_finish(&team, &mut ws, &mock, &SIX[..3]).await;
+    assert_sound(&team, &mut [&mut ws], &mock).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_that_drops_a_token_shows_the_diff_and_needs_force() {
+    let Some(cluster) = cluster() else { return };
+    let mock = MockLogzio::start().await;
+    let team = Team::new(cluster, &mock.url());
+    let mut ws = team.runner(&SIX[..2]);
+    assert_eq!(team.run(&mut ws, &["apply", "--auto-approve"]).code, 0);
+    let mut state = team.state(&mut ws);
+    let serial = state["serial"].as_u64().unwrap();
+    state["serial"] = (serial + 1).into();
+    let dropped_id = state["tokens"][1]["id"].clone();
+    state["tokens"].as_array_mut().unwrap().remove(1);
+    ws.write(
+        "dropped.json",
+        &serde_json::to_string_pretty(&state).unwrap(),
+    );
+
+    let refused = team.run(&mut ws, &["state", "push", "dropped.json"]);
+    assert_eq!(refused.code, 1, "{}", refused.all());
+    assert_eq!(
+        refused.stderr,
+        format!(
+            "error: dropped.json would drop from the state what it records (the diff above shows it):\n  - token 1/b (id {dropped_id})\nhint: the state is the only record of these tokens, and the next apply would create each dropped address again; if they were revoked in the UI and this is meant, push again with --force\n"
+        )
+    );
+    let location = location(cluster, &team.db);
+    assert!(
+        refused.stdout.starts_with(&format!(
+            "--- {location} (before)\n+++ {location} (after)\n"
+        )),
+        "{}",
+        refused.stdout
+    );
+    assert!(
+        refused.stdout.contains("-      \"address\": \"1/b\","),
+        "{}",
+        refused.stdout
+    );
+    assert_eq!(addresses(&team.state(&mut ws), "tokens"), SIX[..2]);
+
+    let forced = team.run(&mut ws, &["state", "push", "dropped.json", "--force"]);
+    assert_eq!(forced.code, 0, "{}", forced.all());
+    assert!(
+        forced.stdout.contains("-      \"address\": \"1/b\","),
+        "{}",
+        forced.stdout
+    );
+    assert_eq!(addresses(&team.state(&mut ws), "tokens"), ["1/a"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_serial_that_cannot_move_on_is_never_stored() {
+    let Some(cluster) = cluster() else { return };
+    let mock = MockLogzio::start().await;
+    let team = Team::new(cluster, &mock.url());
+    let mut ws = team.runner(&SIX[..2]);
+    assert_eq!(team.run(&mut ws, &["apply", "--auto-approve"]).code, 0);
+    let mut state = team.state(&mut ws);
+    for serial in [u64::MAX, i64::MAX as u64] {
+        state["serial"] = serial.into();
+        ws.write("huge.json", &serde_json::to_string_pretty(&state).unwrap());
+        for args in [
+            &["state", "push", "huge.json"][..],
+            &["state", "push", "huge.json", "--force"],
+        ] {
+            let run = team.run(&mut ws, args);
+            assert_eq!((run.code, run.stdout.as_str()), (1, ""), "{}", run.all());
+            assert_eq!(
+                run.stderr,
+                format!(
+                    "error: huge.json has serial {serial}, which cannot move on (the largest serial is 9223372036854775807)\nhint: a serial moves on by one per write; push the document with the serial it had (`tokenctl state pull` shows the stored one)\n"
+                )
+            );
+        }
+    }
+    // Nothing wrapped: the next change moves the stored serial on by one.
+    let before = team.state(&mut ws)["serial"].as_u64().unwrap();
+    ws.write("tokens.yaml", &team.runner(&SIX[..3]).read("tokens.yaml"));
+    assert_eq!(team.run(&mut ws, &["apply", "--auto-approve"]).code, 0);
+    assert_eq!(team.state(&mut ws)["serial"].as_u64().unwrap(), before + 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_pull_shows_what_the_journal_of_a_dead_run_records() {
+    let Some(cluster) = cluster() else { return };
+    let mock = MockLogzio::start().await;
+    let team = Team::new(cluster, &mock.url());
+    let mut crashed = team.runner(&SIX[..3]);
+    // The first apply dies after recording its first create: no state
+    // row was ever written, only journal rows.
+    let crash = team.run_with(
+        &mut crashed,
+        &["apply", "--auto-approve", "--parallelism", "1"],
+        &[("TOKENCTL_FAILPOINT", "after-outcome")],
+    );
+    assert_ne!(crash.code, 0, "{}", crash.all());
+    let mut issued: Vec<String> = mock
+        .issued()
+        .into_iter()
+        .map(|i| format!("{}/{}", i.account_id, i.name))
+        .collect();
+    issued.sort();
+
+    let mut other = team.runner(&SIX[..3]);
+    let pull = team.run(&mut other, &["state", "pull"]);
+    assert_eq!(pull.code, 0, "{}", pull.all());
+    assert!(
+        pull.stderr.starts_with(
+            "note: recorded the journal of an interrupted apply in the state: 1 created, 0 failed, "
+        ),
+        "{}",
+        pull.stderr
+    );
+    // Every token the server issued is in the pulled document: recorded,
+    // or in doubt when the run died before its outcome.
+    let state: serde_json::Value = serde_json::from_str(&pull.stdout).unwrap();
+    let tokens = addresses(&state, "tokens");
+    assert_eq!(tokens.len(), 1, "{state}");
+    let mut held = tokens;
+    held.extend(addresses(&state, "pending"));
+    held.sort();
+    for address in &issued {
+        assert!(held.contains(address), "{address} is missing from {state}");
+    }
+    assert_sound(&team, &mut [&mut other, &mut crashed], &mock).await;
+    settle_and_finish(&team, &mut other, &mock, &SIX[..3]).await;
+}

@@ -37,6 +37,24 @@ pub fn next_serial(serial: u64) -> Option<u64> {
     serial.checked_add(1).filter(|next| *next <= MAX_SERIAL)
 }
 
+/// Refuses to open the journal of a run whose fold could not store its
+/// result: the state's serial (in the `begin` record) cannot move on, so
+/// not a single create may start.
+pub(crate) fn check_serial_can_move_on(
+    begin: &Record,
+    location: String,
+) -> Result<(), BackendError> {
+    match begin {
+        Record::Begin { serial, .. } if next_serial(*serial).is_none() => {
+            Err(BackendError::SerialExhausted {
+                location,
+                serial: *serial,
+            })
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Why the backend could not do what was asked.
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {

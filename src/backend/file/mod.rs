@@ -222,6 +222,7 @@ impl Backend for FileBackend {
     }
 
     fn open_journal(&self, begin: &Record) -> Result<Journal, BackendError> {
+        super::check_serial_can_move_on(begin, self.location())?;
         Ok(Journal::File(JournalWriter::create(
             &self.store.journal_path(),
             begin,

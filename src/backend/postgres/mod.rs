@@ -1376,6 +1376,7 @@ impl Backend for PgBackend {
     }
 
     fn open_journal(&self, begin: &Record) -> Result<Journal, BackendError> {
+        super::check_serial_can_move_on(begin, self.location())?;
         let locked = self.current_lock().ok_or_else(|| PgError::Query {
             location: self.loc(),
             detail: "a journal without the lock".into(),
