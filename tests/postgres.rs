@@ -959,11 +959,11 @@ async fn a_stopped_server_ends_plan_and_apply_with_a_named_timeout() {
         .spawn()
         .unwrap();
     mock.wait_for_requests(1).await;
-    own.freeze();
+    let frozen = own.freeze();
     let apply = finish_within(&mut ws, child, Duration::from_secs(120));
     let plan = ws.command(&["plan"], &team.env(&settings)).spawn().unwrap();
     let plan = finish_within(&mut ws, plan, Duration::from_secs(120));
-    own.thaw();
+    drop(frozen);
 
     assert_ne!(apply.code, 0, "{}", apply.all());
     assert!(

@@ -255,17 +255,14 @@ impl Cluster {
 
     /// Stops every process of the server (SIGSTOP), as a hung host would
     /// look from a client: connections stay open and nothing answers.
-    pub fn freeze(&self) {
-        for pid in self.processes() {
-            unsafe { libc::kill(pid, libc::SIGSTOP) };
+    /// The server goes on (SIGCONT) when the guard is dropped, also when
+    /// the test fails.
+    pub fn freeze(&self) -> Frozen<'_> {
+        let pids = self.processes();
+        for pid in &pids {
+            unsafe { libc::kill(*pid, libc::SIGSTOP) };
         }
-    }
-
-    /// Lets a frozen server go on (SIGCONT).
-    pub fn thaw(&self) {
-        for pid in self.processes() {
-            unsafe { libc::kill(pid, libc::SIGCONT) };
-        }
+        Frozen { pids, _cluster: self }
     }
 
     /// Starts `psql` running `sql` in database `db` as application
@@ -333,6 +330,20 @@ impl Cluster {
             Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
         } else {
             Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    }
+}
+
+/// A frozen server, let go on when dropped.
+pub struct Frozen<'a> {
+    pids: Vec<i32>,
+    _cluster: &'a Cluster,
+}
+
+impl Drop for Frozen<'_> {
+    fn drop(&mut self) {
+        for pid in &self.pids {
+            unsafe { libc::kill(*pid, libc::SIGCONT) };
         }
     }
 }
