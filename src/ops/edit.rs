@@ -513,4 +513,46 @@ mod tests {
             Push::Store(_)
         ));
     }
+
+    #[test]
+    fn a_push_that_drops_a_record_or_cannot_move_on_is_refused() {
+        let current = {
+            let mut s = state();
+            s.serial = 5;
+            s
+        };
+        // 1/a dropped, 1/b (in doubt) dropped: refused unless forced.
+        let mut dropping = State::new(current.lineage.clone());
+        dropping.serial = 6;
+        assert_eq!(
+            dropped_by_push(&current, &dropping),
+            ["token 1/a (id 7)", "create in doubt 1/b"]
+        );
+        let err = push(Some(&current), dropping.clone(), "f.json", false)
+            .err()
+            .unwrap();
+        assert!(
+            err.message.contains("  - token 1/a (id 7)"),
+            "{}",
+            err.message
+        );
+        assert!(err.hint.unwrap().contains("--force"));
+        assert!(matches!(
+            push(Some(&current), dropping, "f.json", true).unwrap(),
+            Push::Store(_)
+        ));
+        // A create in doubt settled by a token is not lost.
+        let mut settled = current.clone();
+        settled.serial = 6;
+        settled.pending.clear();
+        settled.record_created(TokenRecord::created(addr("b"), 9, 0, "sha256:0".into()));
+        assert!(dropped_by_push(&current, &settled).is_empty());
+        // Serials that cannot move on, even forced.
+        for serial in [u64::MAX, crate::backend::MAX_SERIAL] {
+            let mut huge = current.clone();
+            huge.serial = serial;
+            assert!(push(Some(&current), huge.clone(), "f.json", true).is_err());
+            assert!(push(None, huge, "f.json", true).is_err());
+        }
+    }
 }

@@ -262,7 +262,10 @@ impl Cluster {
         for pid in &pids {
             unsafe { libc::kill(*pid, libc::SIGSTOP) };
         }
-        Frozen { pids, _cluster: self }
+        Frozen {
+            pids,
+            _cluster: self,
+        }
     }
 
     /// Starts `psql` running `sql` in database `db` as application
