@@ -769,10 +769,15 @@ field_schema!(
     |_g| json_schema!({ "enum": ["report", "recreate"] })
 );
 field_schema!(TokenList, |g| g.subschema_for::<Vec<RawToken>>());
-field_schema!(
-    SchemaName,
-    |_g| json_schema!({ "type": "string", "pattern": "^[a-z_][a-z0-9_]{0,62}$" })
-);
+field_schema!(SchemaName, |_g| {
+    let mut refused: Vec<&str> = RESERVED_WORDS.to_vec();
+    refused.push("information_schema");
+    json_schema!({
+        "type": "string",
+        "pattern": "^[a-z_][a-z0-9_]{0,62}$",
+        "not": { "anyOf": [{ "enum": refused }, { "pattern": "^pg_" }] }
+    })
+});
 field_schema!(
     StateName,
     |_g| json_schema!({ "type": "string", "pattern": "^[A-Za-z0-9._/-]{1,200}$" })
