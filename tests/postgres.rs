@@ -804,7 +804,7 @@ fn location(cluster: &Cluster, db: &str) -> String {
     )
 }
 
-const CONN_HINT: &str = "hint: set TOKENCTL_PG_CONN_STR to e.g. postgres://USER@HOST/DB?sslmode=verify-full&sslrootcert=CA.pem (the password may come from PGPASSWORD); it is never read from the manifest or the command line\n";
+const CONN_HINT: &str = "hint: set TOKENCTL_PG_CONN_STR to e.g. postgres://USER@HOST/DB?sslmode=verify-full&sslrootcert=CA.pem (the password may come from PGPASSWORD or ~/.pgpass); it is never read from the manifest or the command line\n";
 
 #[test]
 fn a_malformed_connection_string_is_refused_without_quoting_it() {

@@ -214,7 +214,7 @@ impl crate::error::Hint for PgError {
     fn hint(&self) -> Option<String> {
         Some(match self {
             PgError::MissingConnStr | PgError::ConnStr(_) => format!(
-                "set {CONN_STR_VAR} to e.g. postgres://USER@HOST/DB?sslmode=verify-full&sslrootcert=CA.pem (the password may come from PGPASSWORD); it is never read from the manifest or the command line"
+                "set {CONN_STR_VAR} to e.g. postgres://USER@HOST/DB?sslmode=verify-full&sslrootcert=CA.pem (the password may come from PGPASSWORD or ~/.pgpass); it is never read from the manifest or the command line"
             ),
             PgError::Tls(_) => "check sslrootcert: a PEM file of the CA that signed the server's certificate".into(),
             PgError::Connect { .. } => "check that the server is up and reachable, the user and password, and that the certificate matches the host name".into(),
