@@ -331,6 +331,23 @@ async fn a_second_runner_fails_fast_naming_the_holder_or_waits() {
             assert!(reason.starts_with("in progress"), "{change}");
         }
     }
+    // `state pull` shows the same: what the running apply sent so far is
+    // in the document, recorded or under way, though no row was stored.
+    let sent = mock.create_requests().await;
+    let pull = team.run(&mut second, &["state", "pull"]);
+    assert_eq!(pull.code, 0, "{}", pull.all());
+    assert!(
+        pull.stderr.contains("an apply is running"),
+        "{}",
+        pull.stderr
+    );
+    let pulled: serde_json::Value = serde_json::from_str(&pull.stdout).unwrap();
+    let mut held = addresses(&pulled, "tokens");
+    held.extend(addresses(&pulled, "pending"));
+    assert!(!sent.is_empty());
+    for address in &sent {
+        assert!(held.contains(address), "{address} is missing from {pulled}");
+    }
     let waited = team.run(
         &mut second,
         &["apply", "--auto-approve", "--lock-timeout", "5m"],
