@@ -14,4 +14,5 @@ mod output;
 mod pipeline;
 mod postgres;
 mod sinks;
+mod storage;
 mod trust;

@@ -331,6 +331,23 @@ async fn a_second_runner_fails_fast_naming_the_holder_or_waits() {
             assert!(reason.starts_with("in progress"), "{change}");
         }
     }
+    // `state pull` shows the same: what the running apply sent so far is
+    // in the document, recorded or under way, though no row was stored.
+    let sent = mock.create_requests().await;
+    let pull = team.run(&mut second, &["state", "pull"]);
+    assert_eq!(pull.code, 0, "{}", pull.all());
+    assert!(
+        pull.stderr.contains("an apply is running"),
+        "{}",
+        pull.stderr
+    );
+    let pulled: serde_json::Value = serde_json::from_str(&pull.stdout).unwrap();
+    let mut held = addresses(&pulled, "tokens");
+    held.extend(addresses(&pulled, "pending"));
+    assert!(!sent.is_empty());
+    for address in &sent {
+        assert!(held.contains(address), "{address} is missing from {pulled}");
+    }
     let waited = team.run(
         &mut second,
         &["apply", "--auto-approve", "--lock-timeout", "5m"],
@@ -443,7 +460,7 @@ async fn a_runner_paused_past_its_lease_sends_no_further_create() {
     let mock = MockLogzio::answering_after(Duration::from_millis(300)).await;
     let team = Team::new(cluster, &mock.url());
     let mut paused = team.runner(&SIX);
-    let lease = [("TOKENCTL_PG_LEASE", "2s")];
+    let lease = [("TOKENCTL_PG_LEASE", "5s")];
     let child = paused
         .command(
             &["apply", "--auto-approve", "--parallelism", "1"],
@@ -779,4 +796,531 @@ async fn verify_full_with_a_ca_file_connects_and_any_other_certificate_is_refuse
         assert!(!run.contains(PASSWORD), "{run}");
     }
     assert_eq!(mock.issued().len(), 2);
+}
+
+/// Waits for a started run, killing it and failing the test when it has
+/// not ended after `limit` (generous: it proves the run ends, not how fast).
+fn finish_within(ws: &mut Workspace, mut child: std::process::Child, limit: Duration) -> Run {
+    let deadline = std::time::Instant::now() + limit;
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let run = ws.finish(child);
+            panic!("the run did not end within {limit:?}:\n{}", run.all());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    ws.finish(child)
+}
+
+/// The manifest of a runner of `team`, for messages: where the state is.
+fn location(cluster: &Cluster, db: &str) -> String {
+    format!(
+        "postgres://postgres@127.0.0.1:{}/{db} (schema tk, state team)",
+        cluster.port
+    )
+}
+
+const CONN_HINT: &str = "hint: set TOKENCTL_PG_CONN_STR to e.g. postgres://USER@HOST/DB?sslmode=verify-full&sslrootcert=CA.pem (the password may come from PGPASSWORD or ~/.pgpass); it is never read from the manifest or the command line\n";
+
+#[test]
+fn a_malformed_connection_string_is_refused_without_quoting_it() {
+    // No server needed: the string is refused before any connection.
+    let mut ws = Workspace::new("http://127.0.0.1:9");
+    let team = Team {
+        conn: String::new(),
+        db: String::new(),
+        api: ws.api_url.clone(),
+    };
+    let runner = team.runner(&["1/a"]);
+    ws.write(
+        "tokens.yaml",
+        &std::fs::read_to_string(runner.path("tokens.yaml")).unwrap(),
+    );
+    let cases = [
+        (
+            "pg://ci:Pw-Secret-1c@127.0.0.1:5432/db",
+            "it looks like a URI but does not start with postgres:// or postgresql://",
+        ),
+        (
+            "postgres:/ci:Pw-Secret-1c@127.0.0.1:5432/db",
+            "it looks like a URI but does not start with postgres:// or postgresql://",
+        ),
+        (
+            "postgres://ci:Pw-Secret-1c@127.0.0.1:5432/db?sslmode=Pw-Secret-mode",
+            "the value of sslmode is not one of disable, allow, prefer, require, verify-ca, verify-full; use verify-full, or disable for a loopback server",
+        ),
+        (
+            "host=127.0.0.1 user=ci Pw-Secret-1c",
+            "a word that is no known parameter has no value; write key=value pairs or a postgres:// URI",
+        ),
+    ];
+    for (conn, why) in cases {
+        let run = ws.run_with(&["plan"], &[("TOKENCTL_PG_CONN_STR", conn)]);
+        assert_eq!(run.code, 1, "{conn}: {}", run.all());
+        assert_eq!(run.stdout, "", "{conn}");
+        assert_eq!(
+            run.stderr,
+            format!("error: TOKENCTL_PG_CONN_STR is not usable: {why}\n{CONN_HINT}"),
+            "{conn}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_password_may_come_from_a_private_password_file() {
+    let Some(cluster) = cluster() else { return };
+    let mock = MockLogzio::start().await;
+    let team = Team::new(cluster, &mock.url());
+    let mut ws = team.runner(&["1/a"]);
+    let bare = format!(
+        "postgres://postgres@127.0.0.1:{}/{}?sslmode=disable",
+        cluster.port, team.db
+    );
+    ws.write(
+        "home/.pgpass",
+        &format!(
+            "# host:port:database:user:password\nelsewhere:*:*:*:wrong\n127.0.0.1:{}:*:postgres:{PASSWORD}\n",
+            cluster.port
+        ),
+    );
+    let pgpass = ws.path("home/.pgpass");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&pgpass, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let run = ws.run_with(&["plan"], &[("TOKENCTL_PG_CONN_STR", &bare)]);
+    assert_eq!(run.code, 0, "{}", run.all());
+    assert!(!run.all().contains(PASSWORD), "{}", run.all());
+
+    // PGPASSFILE names another file; one that others may read is refused.
+    std::fs::copy(&pgpass, ws.path("shared-pgpass")).unwrap();
+    let shared = ws.path("shared-pgpass");
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let run = ws.run_with(
+        &["plan"],
+        &[
+            ("TOKENCTL_PG_CONN_STR", &bare),
+            ("PGPASSFILE", shared.to_str().unwrap()),
+        ],
+    );
+    assert_eq!(run.code, 1, "{}", run.all());
+    assert_eq!(
+        run.stderr,
+        format!(
+            "error: cannot use the password file {0}: group or others may read it (mode 0644)\nhint: make it private (`chmod 600 {0}`), as libpq requires, or set the password in TOKENCTL_PG_CONN_STR or PGPASSWORD\n",
+            shared.display()
+        )
+    );
+}
+
+#[test]
+fn session_settings_out_of_range_are_refused_naming_the_variable() {
+    let mut ws = Workspace::new("http://127.0.0.1:9");
+    let team = Team {
+        conn: "postgres://u@127.0.0.1/db?sslmode=disable".into(),
+        db: String::new(),
+        api: ws.api_url.clone(),
+    };
+    let runner = team.runner(&["1/a"]);
+    ws.write(
+        "tokens.yaml",
+        &std::fs::read_to_string(runner.path("tokens.yaml")).unwrap(),
+    );
+    for value in ["abc", "-5s", "0", "1ms", "30d"] {
+        let run = ws.run_with(&["plan"], &team.env(&[("TOKENCTL_PG_LEASE", value)]));
+        assert_eq!(run.code, 1, "{value}: {}", run.all());
+        assert_eq!(
+            run.stderr,
+            format!(
+                "error: TOKENCTL_PG_LEASE={value} is not a duration from 5s to 1h\nhint: set TOKENCTL_PG_LEASE to a duration such as 30s or 2m within that range, or unset it for the default (README: Shared state on PostgreSQL)\n"
+            ),
+            "{value}"
+        );
+    }
+    for (var, value, range) in [
+        ("TOKENCTL_PG_LOCK_TIMEOUT", "0", "1s to 10m"),
+        ("TOKENCTL_PG_STATEMENT_TIMEOUT", "2h", "1s to 1h"),
+    ] {
+        let run = ws.run_with(&["plan"], &team.env(&[(var, value)]));
+        assert_eq!(run.code, 1, "{var}: {}", run.all());
+        assert!(
+            run.stderr.starts_with(&format!(
+                "error: {var}={value} is not a duration from {range}\n"
+            )),
+            "{}",
+            run.stderr
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_server_ends_plan_and_apply_with_a_named_timeout() {
+    // A cluster of its own: this test stops it.
+    let Some(own) = Cluster::start() else { return };
+    let mock = MockLogzio::answering_after(Duration::from_millis(1500)).await;
+    let mut team = Team::new(&own, &mock.url());
+    team.conn.push_str("&connect_timeout=2");
+    let mut ws = team.runner(&SIX[..3]);
+    let settings = [
+        ("TOKENCTL_PG_LEASE", "5s"),
+        ("TOKENCTL_PG_STATEMENT_TIMEOUT", "1s"),
+    ];
+    assert_eq!(team.run(&mut ws, &["plan"]).code, 0);
+
+    // An apply under way when the server stops: its journal writes go
+    // unanswered, and the fold at its end is bounded too.
+    let child = ws
+        .command(
+            &["apply", "--auto-approve", "--parallelism", "1"],
+            &team.env(&settings),
+        )
+        .spawn()
+        .unwrap();
+    mock.wait_for_requests(1).await;
+    let frozen = own.freeze();
+    let apply = finish_within(&mut ws, child, Duration::from_secs(120));
+    let plan = ws.command(&["plan"], &team.env(&settings)).spawn().unwrap();
+    let plan = finish_within(&mut ws, plan, Duration::from_secs(120));
+    drop(frozen);
+
+    assert_ne!(apply.code, 0, "{}", apply.all());
+    assert!(
+        apply.stderr.contains(&format!(
+            "error: {}: no answer within 6s (statement_timeout 1s plus 5s): the server is stopped or out of reach\n",
+            location(&own, &team.db)
+        )),
+        "{}",
+        apply.stderr
+    );
+    assert_eq!(plan.code, 1, "{}", plan.all());
+    assert_eq!(plan.stdout, "");
+    assert_eq!(
+        plan.stderr,
+        format!(
+            "error: no connection to {} within connect_timeout (2s): the TCP connect, TLS and the startup handshake must finish within it\nhint: check that the server is up and not overloaded; a slow network may need connect_timeout=SECONDS in TOKENCTL_PG_CONN_STR\n",
+            location(&own, &team.db)
+        )
+    );
+    // Once the server is back, nothing was lost.
+    let mut next = team.runner(&SIX[..3]);
+    let apply = team.run(&mut next, &["apply", "--auto-approve"]);
+    assert!(apply.code == 0 || apply.code == 3, "{}", apply.all());
+    assert_sound(&team, &mut [&mut next, &mut ws], &mock).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_held_on_tokenctls_tables_ends_with_lock_timeout() {
+    let Some(cluster) = cluster() else { return };
+    let mock = MockLogzio::start().await;
+    let team = Team::new(cluster, &mock.url());
+    let mut ws = team.runner(&SIX[..2]);
+    assert_eq!(team.run(&mut ws, &["apply", "--auto-approve"]).code, 0);
+    ws.write("tokens.yaml", &team.runner(&SIX[..3]).read("tokens.yaml"));
+    let mut holder = cluster.psql_spawn(
+        &team.db,
+        "lock-holder",
+        "BEGIN; LOCK TABLE tk.states IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(600)",
+    );
+    cluster.wait_until(
+        &team.db,
+        "SELECT EXISTS (SELECT 1 FROM pg_locks l JOIN pg_class c ON c.oid = l.relation
+           WHERE c.relname = 'states' AND l.mode = 'AccessExclusiveLock' AND l.granted)",
+    );
+    let settings = [("TOKENCTL_PG_LOCK_TIMEOUT", "1s")];
+    let expected = format!(
+        "error: {}: a table or row tokenctl needs stayed locked by another session past lock_timeout (1s); nothing was changed by this statement\nhint: another session holds a lock on tokenctl's tables (see pg_locks and pg_stat_activity); end it, or raise TOKENCTL_PG_LOCK_TIMEOUT\n",
+        location(cluster, &team.db)
+    );
+    let plan = ws.command(&["plan"], &team.env(&settings)).spawn().unwrap();
+    let plan = finish_within(&mut ws, plan, Duration::from_secs(120));
+    let apply = ws
+        .command(&["apply", "--auto-approve"], &team.env(&settings))
+        .spawn()
+        .unwrap();
+    let apply = finish_within(&mut ws, apply, Duration::from_secs(120));
+    cluster
+        .psql(
+            &team.db,
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'lock-holder'",
+        )
+        .unwrap();
+    let _ = holder.wait();
+    assert_eq!((plan.code, plan.stdout.as_str()), (1, ""), "{}", plan.all());
+    assert_eq!(plan.stderr, expected);
+    assert_eq!(
+        (apply.code, apply.stdout.as_str()),
+        (1, ""),
+        "{}",
+        apply.all()
+    );
+    assert_eq!(apply.stderr, expected);
+    assert_eq!(mock.create_requests().await.len(), 2, "no create was sent");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_wait_on_the_lock_connection_keeps_the_lock() {
+    // The heartbeat's ping queues behind the run's own statements on the
+    // lock connection; a wait longer than half the lease there must not
+    // make the run give up its lock and its creates.
+    let Some(cluster) = cluster() else { return };
+    let mock = MockLogzio::start().await;
+    let team = Team::new(cluster, &mock.url());
+    let mut ws = team.runner(&SIX[..1]);
+    assert_eq!(team.run(&mut ws, &["apply", "--auto-approve"]).code, 0);
+    ws.write("tokens.yaml", &team.runner(&SIX[..3]).read("tokens.yaml"));
+    // The journal table is locked for 8 s: the run's snapshot on its lock
+    // connection waits that long, the heartbeat's ping behind it, while
+    // the lease is 5 s (a ping every 1.25 s).
+    let mut holder = cluster.psql_spawn(
+        &team.db,
+        "slow-reader",
+        "BEGIN; LOCK TABLE tk.journal IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(8); COMMIT",
+    );
+    cluster.wait_until(
+        &team.db,
+        "SELECT EXISTS (SELECT 1 FROM pg_locks l JOIN pg_class c ON c.oid = l.relation
+           WHERE c.relname = 'journal' AND l.mode = 'AccessExclusiveLock' AND l.granted)",
+    );
+    let apply = team.run_with(
+        &mut ws,
+        &["apply", "--auto-approve"],
+        &[
+            ("TOKENCTL_PG_LEASE", "5s"),
+            ("TOKENCTL_PG_LOCK_TIMEOUT", "1m"),
+        ],
+    );
+    let _ = holder.wait();
+    assert_eq!(apply.code, 0, "{}", apply.all());
+    assert_eq!(addresses(&team.state(&mut ws), "tokens"), SIX[..3]);
+}
+
+/// Writes the file backend's manifest of `tokens` into the runner `ws`,
+/// returning the postgres one it had.
+fn on_file_backend(ws: &Workspace, tokens: &[&str]) -> String {
+    let postgres = ws.read("tokens.yaml");
+    ws.manifest(tokens);
+    postgres
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_file_left_at_the_path_is_refused_until_it_is_moved_in() {
+    let Some(cluster) = cluster() else { return };
+    let mock = MockLogzio::start().await;
+    let team = Team::new(cluster, &mock.url());
+    let mut ws = team.runner(&SIX[..3]);
+    let postgres = on_file_backend(&ws, &SIX[..3]);
+    assert_eq!(ws.run(&["apply", "--auto-approve"]).code, 0);
+    ws.write("tokens.yaml", &postgres);
+    let refusal = "error: tokens.yaml keeps the state in PostgreSQL (backend: postgres), but a state file is still at state/tokens.state.json; using the database now would plan without the tokens it records\nhint: move it into the database first: `tokenctl state push state/tokens.state.json` (it folds a journal beside it), check `tokenctl plan`, then move state/tokens.state.json and its .journal and .backup out of the way (README: Moving state)\n";
+    for args in [
+        &["plan"][..],
+        &["apply", "--auto-approve"],
+        &["state", "list"],
+    ] {
+        let run = team.run(&mut ws, args);
+        assert_eq!((run.code, run.stdout.as_str()), (1, ""), "{args:?}");
+        assert_eq!(run.stderr, refusal, "{args:?}");
+    }
+    assert_eq!(
+        mock.create_requests().await.len(),
+        3,
+        "nothing was created twice"
+    );
+
+    // The migration the hint describes.
+    let push = team.run(&mut ws, &["state", "push", "state/tokens.state.json"]);
+    assert_eq!(push.code, 0, "{}", push.all());
+    let still = team.run(&mut ws, &["plan"]);
+    assert_eq!(still.stderr, refusal, "the file is still there");
+    std::fs::rename(ws.state_path(), ws.path("migrated.json")).unwrap();
+    std::fs::remove_file(ws.path("state/tokens.state.json.backup")).ok();
+    let plan = team.run(&mut ws, &["plan", "--detailed-exitcode"]);
+    assert_eq!(plan.code, 0, "{}", plan.all());
+    assert!(
+        plan.stdout.contains("0 to create, 3 unchanged"),
+        "{}",
+        plan.stdout
+    );
+
+    // A journal alone at the path (a first apply that died) is refused too.
+    let mut other = team.runner(&SIX[..3]);
+    let postgres = on_file_backend(&other, &SIX[3..]);
+    let crash = other.run_with(
+        &["apply", "--auto-approve", "--parallelism", "1"],
+        &[("TOKENCTL_FAILPOINT", "after-intent")],
+    );
+    assert_ne!(crash.code, 0);
+    assert!(!other.state_path().exists());
+    other.write("tokens.yaml", &postgres);
+    let run = team.run(&mut other, &["plan"]);
+    assert_eq!(run.code, 1, "{}", run.all());
+    assert!(
+        run.stderr.starts_with("error: tokens.yaml keeps the state in PostgreSQL (backend: postgres), but the journal of an apply is still at state/tokens.state.json.journal;"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_journal_beside_a_pushed_state_file_is_folded_in_first() {
+    let Some(cluster) = cluster() else { return };
+    let mock = MockLogzio::start().await;
+    let team = Team::new(cluster, &mock.url());
+    let mut ws = team.runner(&SIX[..3]);
+    let postgres = on_file_backend(&ws, &SIX[..1]);
+    assert_eq!(ws.run(&["apply", "--auto-approve"]).code, 0);
+    // An apply on the file backend dies after recording 1/b as created.
+    ws.manifest(&SIX[..3]);
+    let crash = ws.run_with(
+        &["apply", "--auto-approve", "--parallelism", "1"],
+        &[("TOKENCTL_FAILPOINT", "after-outcome")],
+    );
+    assert_ne!(crash.code, 0, "{}", crash.all());
+    assert!(ws.path("state/tokens.state.json.journal").exists());
+    ws.write("tokens.yaml", &postgres);
+
+    let push = team.run(&mut ws, &["state", "push", "state/tokens.state.json"]);
+    assert_eq!(push.code, 0, "{}", push.all());
+    // The next create may have been sent while 1/b's outcome was written:
+    // then it is in doubt.
+    assert!(
+        push.stderr.starts_with(
+            "note: recorded the journal of an interrupted apply in the state: 1 created, 0 failed, "
+        ),
+        "{}",
+        push.stderr
+    );
+    assert!(!ws.path("state/tokens.state.json.journal").exists());
+    std::fs::rename(ws.state_path(), ws.path("migrated.json")).unwrap();
+    assert_eq!(addresses(&team.state(&mut ws), "tokens"), ["1/a", "1/b"]);
+    assert_sound(&team, &mut [&mut ws], &mock).await;
+    settle_and_finish(&team, &mut ws, &mock, &SIX[..3]).await;
+    assert_sound(&team, &mut [&mut ws], &mock).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_that_drops_a_token_shows_the_diff_and_needs_force() {
+    let Some(cluster) = cluster() else { return };
+    let mock = MockLogzio::start().await;
+    let team = Team::new(cluster, &mock.url());
+    let mut ws = team.runner(&SIX[..2]);
+    assert_eq!(team.run(&mut ws, &["apply", "--auto-approve"]).code, 0);
+    let mut state = team.state(&mut ws);
+    let serial = state["serial"].as_u64().unwrap();
+    state["serial"] = (serial + 1).into();
+    let dropped_id = state["tokens"][1]["id"].clone();
+    state["tokens"].as_array_mut().unwrap().remove(1);
+    ws.write(
+        "dropped.json",
+        &serde_json::to_string_pretty(&state).unwrap(),
+    );
+
+    let refused = team.run(&mut ws, &["state", "push", "dropped.json"]);
+    assert_eq!(refused.code, 1, "{}", refused.all());
+    assert_eq!(
+        refused.stderr,
+        format!(
+            "error: dropped.json would drop from the state what it records (the diff above shows it):\n  - token 1/b (id {dropped_id})\nhint: the state is the only record of these tokens, and the next apply would create each dropped address again; if they were revoked in the UI and this is meant, push again with --force\n"
+        )
+    );
+    let location = location(cluster, &team.db);
+    assert!(
+        refused.stdout.starts_with(&format!(
+            "--- {location} (before)\n+++ {location} (after)\n"
+        )),
+        "{}",
+        refused.stdout
+    );
+    assert!(
+        refused.stdout.contains("-      \"address\": \"1/b\","),
+        "{}",
+        refused.stdout
+    );
+    assert_eq!(addresses(&team.state(&mut ws), "tokens"), SIX[..2]);
+
+    let forced = team.run(&mut ws, &["state", "push", "dropped.json", "--force"]);
+    assert_eq!(forced.code, 0, "{}", forced.all());
+    assert!(
+        forced.stdout.contains("-      \"address\": \"1/b\","),
+        "{}",
+        forced.stdout
+    );
+    assert_eq!(addresses(&team.state(&mut ws), "tokens"), ["1/a"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_serial_that_cannot_move_on_is_never_stored() {
+    let Some(cluster) = cluster() else { return };
+    let mock = MockLogzio::start().await;
+    let team = Team::new(cluster, &mock.url());
+    let mut ws = team.runner(&SIX[..2]);
+    assert_eq!(team.run(&mut ws, &["apply", "--auto-approve"]).code, 0);
+    let mut state = team.state(&mut ws);
+    for serial in [u64::MAX, i64::MAX as u64] {
+        state["serial"] = serial.into();
+        ws.write("huge.json", &serde_json::to_string_pretty(&state).unwrap());
+        for args in [
+            &["state", "push", "huge.json"][..],
+            &["state", "push", "huge.json", "--force"],
+        ] {
+            let run = team.run(&mut ws, args);
+            assert_eq!((run.code, run.stdout.as_str()), (1, ""), "{}", run.all());
+            assert_eq!(
+                run.stderr,
+                format!(
+                    "error: huge.json has serial {serial}, which cannot move on (the largest serial is 9223372036854775807)\nhint: a serial moves on by one per write; push the document with the serial it had (`tokenctl state pull` shows the stored one)\n"
+                )
+            );
+        }
+    }
+    // Nothing wrapped: the next change moves the stored serial on by one.
+    let before = team.state(&mut ws)["serial"].as_u64().unwrap();
+    ws.write("tokens.yaml", &team.runner(&SIX[..3]).read("tokens.yaml"));
+    assert_eq!(team.run(&mut ws, &["apply", "--auto-approve"]).code, 0);
+    assert_eq!(team.state(&mut ws)["serial"].as_u64().unwrap(), before + 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_pull_shows_what_the_journal_of_a_dead_run_records() {
+    let Some(cluster) = cluster() else { return };
+    let mock = MockLogzio::start().await;
+    let team = Team::new(cluster, &mock.url());
+    let mut crashed = team.runner(&SIX[..3]);
+    // The first apply dies after recording its first create: no state
+    // row was ever written, only journal rows.
+    let crash = team.run_with(
+        &mut crashed,
+        &["apply", "--auto-approve", "--parallelism", "1"],
+        &[("TOKENCTL_FAILPOINT", "after-outcome")],
+    );
+    assert_ne!(crash.code, 0, "{}", crash.all());
+    let mut issued: Vec<String> = mock
+        .issued()
+        .into_iter()
+        .map(|i| format!("{}/{}", i.account_id, i.name))
+        .collect();
+    issued.sort();
+
+    let mut other = team.runner(&SIX[..3]);
+    let pull = team.run(&mut other, &["state", "pull"]);
+    assert_eq!(pull.code, 0, "{}", pull.all());
+    assert!(
+        pull.stderr.starts_with(
+            "note: recorded the journal of an interrupted apply in the state: 1 created, 0 failed, "
+        ),
+        "{}",
+        pull.stderr
+    );
+    // Every token the server issued is in the pulled document: recorded,
+    // or in doubt when the run died before its outcome.
+    let state: serde_json::Value = serde_json::from_str(&pull.stdout).unwrap();
+    let tokens = addresses(&state, "tokens");
+    assert_eq!(tokens.len(), 1, "{state}");
+    let mut held = tokens;
+    held.extend(addresses(&state, "pending"));
+    held.sort();
+    for address in &issued {
+        assert!(held.contains(address), "{address} is missing from {state}");
+    }
+    assert_sound(&team, &mut [&mut other, &mut crashed], &mock).await;
+    settle_and_finish(&team, &mut other, &mock, &SIX[..3]).await;
 }

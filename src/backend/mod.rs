@@ -28,6 +28,33 @@ pub(crate) fn record_line(record: &Record) -> Vec<u8> {
     bytes
 }
 
+/// The largest serial a state may have: PostgreSQL keeps it in a
+/// `bigint`, and no write may wrap it around.
+pub const MAX_SERIAL: u64 = i64::MAX as u64;
+
+/// Returns the serial after `serial`, or `None` when it cannot move on.
+pub fn next_serial(serial: u64) -> Option<u64> {
+    serial.checked_add(1).filter(|next| *next <= MAX_SERIAL)
+}
+
+/// Refuses to open the journal of a run whose fold could not store its
+/// result: the state's serial (in the `begin` record) cannot move on, so
+/// not a single create may start.
+pub(crate) fn check_serial_can_move_on(
+    begin: &Record,
+    location: String,
+) -> Result<(), BackendError> {
+    match begin {
+        Record::Begin { serial, .. } if next_serial(*serial).is_none() => {
+            Err(BackendError::SerialExhausted {
+                location,
+                serial: *serial,
+            })
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Why the backend could not do what was asked.
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
@@ -48,6 +75,11 @@ pub enum BackendError {
         expected: String,
         found: String,
     },
+    /// The stored serial is at its largest: a write could only wrap it.
+    #[error(
+        "the state at {location} has serial {serial}, which cannot move on (the largest serial is {MAX_SERIAL}); nothing was written"
+    )]
+    SerialExhausted { location: String, serial: u64 },
     /// Folding a journal failed after it was read; it was kept.
     #[error("{source}")]
     JournalKept {
@@ -65,6 +97,9 @@ impl crate::error::Hint for BackendError {
             BackendError::Postgres(e) => e.hint(),
             BackendError::Conflict { .. } => Some(
                 "another command wrote the state without holding its lock; run again, and check that every runner uses the same backend".into(),
+            ),
+            BackendError::SerialExhausted { .. } => Some(
+                "a serial moves on by one per write, so one this large was set by hand or by another tool; restore the version before it (the .backup file, the history table or git) and push that with `tokenctl state push FILE`".into(),
             ),
             BackendError::JournalKept { journal, .. } => Some(format!(
                 "the journal {journal} was kept and still records every outcome; the next tokenctl command records it once the problem is fixed"
@@ -171,6 +206,15 @@ pub trait Backend {
     /// Stores `after` if its content differs from `before`, moving the
     /// serial on; returns the state now stored and whether it was written.
     fn commit(&self, before: Option<&State>, after: State) -> Result<(State, bool), BackendError> {
+        if let Some(before) = before
+            && next_serial(before.serial).is_none()
+            && !before.same_content(&after)
+        {
+            return Err(BackendError::SerialExhausted {
+                location: self.location(),
+                serial: before.serial,
+            });
+        }
         let Some(after) = crate::backend::file::store::next_version(before, after) else {
             return Ok((
                 before.cloned().unwrap_or_else(|| State::new(String::new())),

@@ -229,18 +229,61 @@ impl Session<'_, '_> {
                     self.env.home.as_deref(),
                 )
                 .map(|rescue| crate::fsutil::parent_dir(&rescue).join("recovery"));
+                self.refuse_local_state()?;
+                let settings = postgres::PgSettings::from_vars(
+                    self.env.pg_lease.as_deref(),
+                    self.env.pg_lock_timeout.as_deref(),
+                    self.env.pg_statement_timeout.as_deref(),
+                    args::parse_duration,
+                )
+                .map_err(BackendError::from)?;
+                // libpq's order: the string, PGPASSWORD, then the file.
+                let passfile = self
+                    .env
+                    .pg_passfile
+                    .as_ref()
+                    .map(PathBuf::from)
+                    .or_else(|| self.env.home().map(|home| home.join(".pgpass")));
                 let backend = PgBackend::new(
                     self.env.pg_conn_str.as_deref(),
                     self.env.pg_password.as_deref(),
+                    passfile.as_deref(),
                     &schema,
                     &state,
-                    self.env.pg_lease.unwrap_or(postgres::DEFAULT_LEASE),
+                    settings,
                     recovery,
                 )
                 .map_err(BackendError::from)?;
                 Ok(Box::new(backend))
             }
         }
+    }
+
+    /// Refuses to use a shared backend while a state file or its journal
+    /// sits at the file backend's path: the backend would plan from an
+    /// empty state and create every token in the file again. `state push`
+    /// is what moves such a file in, so it alone goes on.
+    fn refuse_local_state(&self) -> Result<(), Failure> {
+        if matches!(self.cli.command, Command::State(StateCommand::Push { .. })) {
+            return Ok(());
+        }
+        let file = FileBackend::new(DEFAULT_STATE);
+        let journal = file.store().journal_path();
+        let (found, what) = if file.store().path().exists() {
+            (file.store().path().to_path_buf(), "a state file")
+        } else if journal.exists() {
+            (journal, "the journal of an apply")
+        } else {
+            return Ok(());
+        };
+        Err(Failure::new(format!(
+            "{} keeps the state in PostgreSQL (backend: postgres), but {what} is still at {}; using the database now would plan without the tokens it records",
+            self.cli.manifest.display(),
+            found.display()
+        ))
+        .hint(format!(
+            "move it into the database first: `tokenctl state push {DEFAULT_STATE}` (it folds a journal beside it), check `tokenctl plan`, then move {DEFAULT_STATE} and its .journal and .backup out of the way (README: Moving state)"
+        )))
     }
 
     /// Returns the state's backend for a command that does not otherwise

@@ -7,6 +7,7 @@ use std::path::Path;
 
 use super::{CommandResult, Failure, Format, ImportArgs, ResolveArgs, Session};
 use crate::backend::Backend;
+use crate::backend::file::FileBackend;
 use crate::error::ExitStatus;
 use crate::model::address::Address;
 use crate::model::state::{Origin, State};
@@ -107,11 +108,14 @@ impl Session<'_, '_> {
         Ok(())
     }
 
-    /// Prints the stored state document, exactly as the state file holds it.
+    /// Prints the state document, in the state file's exact format, as
+    /// `plan` sees it: a journal left by a dead run is recorded first, a
+    /// running apply's journal so far is overlaid (its creates under way
+    /// as pending), so that nothing its journal records is missing.
     pub(super) fn state_pull(&mut self) -> CommandResult {
         let store = self.store()?;
         let store = &*store;
-        let Some(state) = store.load()? else {
+        let Some(state) = self.load_state_for_reading(store)?.state else {
             return Err(
                 Failure::new(format!("there is no state at {}", store.location()))
                     .hint("`tokenctl apply` or `tokenctl state push FILE` stores one"),
@@ -121,17 +125,38 @@ impl Session<'_, '_> {
         Ok(ExitStatus::Success)
     }
 
-    /// Stores a state file in the backend. Refuses another lineage, an
-    /// older serial, or the same serial with other content unless forced,
-    /// and always refuses while a journal is open: its creates would be
-    /// folded into a state they were not planned from.
-    pub(super) fn state_push(&mut self, file: &Path, force: bool) -> CommandResult {
+    /// Reads the state file to push. A journal beside it (an apply on the
+    /// file backend that died) is folded into the file first, under the
+    /// file's lock, as any command of the file backend would: pushing the
+    /// file alone would lose the tokens it records.
+    fn state_to_push(&mut self, file: &Path) -> Result<State, Failure> {
+        let local = FileBackend::new(file);
+        if local.has_journal()? {
+            let _lock = self.lock(&local)?;
+            if let Some(state) = self.load_state_locked(&local)? {
+                return Ok(state);
+            }
+            return Err(Failure::new(format!(
+                "{} holds no state, and its journal recorded no token",
+                file.display()
+            ))
+            .hint("there is nothing to push; `tokenctl apply` stores a state"));
+        }
         let text = fs::read_to_string(file).map_err(|err| {
             Failure::new(format!("cannot read state file {}: {err}", file.display()))
         })?;
-        let pushed = State::from_json(&text).map_err(|err| {
-            Failure::new(format!("{} is not a state file: {err}", file.display()))
-        })?;
+        State::from_json(&text)
+            .map_err(|err| Failure::new(format!("{} is not a state file: {err}", file.display())))
+    }
+
+    /// Stores a state file in the backend. Refuses another lineage, an
+    /// older serial, the same serial with other content, or a state that
+    /// drops a token or a create in doubt unless forced, a serial that
+    /// cannot move on, and always refuses while a journal is open: its
+    /// creates would be folded into a state they were not planned from.
+    /// Shows the diff of what it stores, or would drop.
+    pub(super) fn state_push(&mut self, file: &Path, force: bool) -> CommandResult {
+        let pushed = self.state_to_push(file)?;
         let store = self.store()?;
         let store = &*store;
         let _lock = self.lock(store)?;
@@ -144,7 +169,22 @@ impl Session<'_, '_> {
         }
         let current = store.load()?;
         let name = file.display().to_string();
-        let pushed = match edit::push(current.as_ref(), pushed, &name, force)? {
+        let dropped = current
+            .as_ref()
+            .map(|c| edit::dropped_by_push(c, &pushed))
+            .unwrap_or_default();
+        let before_text = current.as_ref().map(State::to_json).unwrap_or_default();
+        let decided = edit::push(current.as_ref(), pushed.clone(), &name, force);
+        if decided.is_err() && !dropped.is_empty() {
+            render::state_diff(
+                &store.location(),
+                &before_text,
+                &pushed.to_json(),
+                self.style,
+                self.io.stdout,
+            )?;
+        }
+        let pushed = match decided? {
             Push::Store(pushed) => pushed,
             Push::AlreadyThere => {
                 writeln!(
@@ -159,6 +199,13 @@ impl Session<'_, '_> {
         store.compare_and_swap(
             current.as_ref().map(|c| (c.lineage.as_str(), c.serial)),
             &pushed,
+        )?;
+        render::state_diff(
+            &store.location(),
+            &before_text,
+            &pushed.to_json(),
+            self.style,
+            self.io.stdout,
         )?;
         writeln!(
             self.io.stdout,

@@ -4,9 +4,7 @@
 
 use std::fs;
 use std::io::{self, Write};
-use std::time::Duration;
 
-use super::args::parse_duration;
 use crate::backend::postgres;
 use crate::vars::Vars;
 
@@ -35,8 +33,15 @@ pub struct Env {
     /// (`PGPASSWORD`).
     pub pg_password: Option<String>,
     /// How long a silent lock holder keeps a PostgreSQL lock
-    /// (`TOKENCTL_PG_LEASE`, a duration).
-    pub pg_lease: Option<Duration>,
+    /// (`TOKENCTL_PG_LEASE`, a duration), as written: checked where the
+    /// backend is opened, so a bad value is refused rather than ignored.
+    pub pg_lease: Option<String>,
+    /// `TOKENCTL_PG_LOCK_TIMEOUT` and `TOKENCTL_PG_STATEMENT_TIMEOUT`, as
+    /// written.
+    pub pg_lock_timeout: Option<String>,
+    pub pg_statement_timeout: Option<String>,
+    /// The PostgreSQL password file (`PGPASSFILE`; else `~/.pgpass`).
+    pub pg_passfile: Option<String>,
 }
 
 impl Env {
@@ -90,7 +95,10 @@ impl Env {
             },
             pg_conn_str: var(postgres::CONN_STR_VAR),
             pg_password: var("PGPASSWORD"),
-            pg_lease: var("TOKENCTL_PG_LEASE").and_then(|v| parse_duration(&v).ok()),
+            pg_lease: var(postgres::LEASE_VAR),
+            pg_lock_timeout: var(postgres::LOCK_TIMEOUT_VAR),
+            pg_statement_timeout: var(postgres::STATEMENT_TIMEOUT_VAR),
+            pg_passfile: var("PGPASSFILE"),
             vars,
         }
     }

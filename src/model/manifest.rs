@@ -505,16 +505,131 @@ impl<'de> Deserialize<'de> for SchemaName {
                 .next()
                 .is_some_and(|c| c.is_ascii_lowercase() || c == '_');
             let rest_ok = chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
-            if first_ok && rest_ok && text.len() <= 63 && !text.starts_with("pg_") {
-                Ok(SchemaName(text.to_string()))
-            } else {
+            if !(first_ok && rest_ok && text.len() <= 63) {
                 Err(format!(
                     "schema `{text}` is not a plain SQL name; use lower-case letters, digits and _ (at most 63, not starting with a digit or pg_)"
                 ))
+            } else if text.starts_with("pg_") || text == "information_schema" {
+                Err(format!(
+                    "schema `{text}` belongs to PostgreSQL itself; choose a name of your own such as tokenctl"
+                ))
+            } else if RESERVED_WORDS.binary_search(&text).is_ok() {
+                Err(format!(
+                    "schema `{text}` is a reserved word of PostgreSQL's SQL, which cannot name a schema unquoted; choose another such as tokenctl"
+                ))
+            } else {
+                Ok(SchemaName(text.to_string()))
             }
         })
     }
 }
+
+/// PostgreSQL's key words that cannot name a schema without quotes (the
+/// reserved ones and those that may only name a function or a type),
+/// sorted; `pg_get_keywords()` lists them with category `R` or `T`.
+pub(crate) const RESERVED_WORDS: &[&str] = &[
+    "all",
+    "analyse",
+    "analyze",
+    "and",
+    "any",
+    "array",
+    "as",
+    "asc",
+    "asymmetric",
+    "authorization",
+    "binary",
+    "both",
+    "case",
+    "cast",
+    "check",
+    "collate",
+    "collation",
+    "column",
+    "concurrently",
+    "constraint",
+    "create",
+    "cross",
+    "current_catalog",
+    "current_date",
+    "current_role",
+    "current_schema",
+    "current_time",
+    "current_timestamp",
+    "current_user",
+    "default",
+    "deferrable",
+    "desc",
+    "distinct",
+    "do",
+    "else",
+    "end",
+    "except",
+    "false",
+    "fetch",
+    "for",
+    "foreign",
+    "freeze",
+    "from",
+    "full",
+    "grant",
+    "group",
+    "having",
+    "ilike",
+    "in",
+    "initially",
+    "inner",
+    "intersect",
+    "into",
+    "is",
+    "isnull",
+    "join",
+    "lateral",
+    "leading",
+    "left",
+    "like",
+    "limit",
+    "localtime",
+    "localtimestamp",
+    "natural",
+    "not",
+    "notnull",
+    "null",
+    "offset",
+    "on",
+    "only",
+    "or",
+    "order",
+    "outer",
+    "overlaps",
+    "placing",
+    "primary",
+    "references",
+    "returning",
+    "right",
+    "select",
+    "session_user",
+    "similar",
+    "some",
+    "symmetric",
+    "system_user",
+    "table",
+    "tablesample",
+    "then",
+    "to",
+    "trailing",
+    "true",
+    "union",
+    "unique",
+    "user",
+    "using",
+    "variadic",
+    "verbose",
+    "when",
+    "where",
+    "window",
+    "with",
+];
 
 /// `backend.postgres.state`: the name of one state in the schema.
 struct StateName(String);
@@ -654,10 +769,15 @@ field_schema!(
     |_g| json_schema!({ "enum": ["report", "recreate"] })
 );
 field_schema!(TokenList, |g| g.subschema_for::<Vec<RawToken>>());
-field_schema!(
-    SchemaName,
-    |_g| json_schema!({ "type": "string", "pattern": "^[a-z_][a-z0-9_]{0,62}$" })
-);
+field_schema!(SchemaName, |_g| {
+    let mut refused: Vec<&str> = RESERVED_WORDS.to_vec();
+    refused.push("information_schema");
+    json_schema!({
+        "type": "string",
+        "pattern": "^[a-z_][a-z0-9_]{0,62}$",
+        "not": { "anyOf": [{ "enum": refused }, { "pattern": "^pg_" }] }
+    })
+});
 field_schema!(
     StateName,
     |_g| json_schema!({ "type": "string", "pattern": "^[A-Za-z0-9._/-]{1,200}$" })

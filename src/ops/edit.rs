@@ -290,18 +290,69 @@ pub enum Push {
     Store(State),
 }
 
+/// Returns what the state would lose if `pushed` replaced `current`:
+/// each token (current or superseded) and each create in doubt that
+/// `pushed` does not hold, as a line for a person.
+pub fn dropped_by_push(current: &State, pushed: &State) -> Vec<String> {
+    // A token that moved between current and superseded is still held.
+    let holds = |address: &Address, id: u64| {
+        pushed
+            .tokens
+            .iter()
+            .any(|t| &t.address == address && t.id == id)
+            || pushed
+                .superseded
+                .iter()
+                .any(|t| &t.address == address && t.id == id)
+    };
+    let mut dropped = Vec::new();
+    for token in &current.tokens {
+        if !holds(&token.address, token.id) {
+            dropped.push(format!("token {} (id {})", token.address, token.id));
+        }
+    }
+    for old in &current.superseded {
+        if !holds(&old.address, old.id) {
+            dropped.push(format!(
+                "superseded token {} (id {}), waiting to be revoked",
+                old.address, old.id
+            ));
+        }
+    }
+    // A create in doubt is settled, not lost, where a token now stands.
+    for pending in &current.pending {
+        if pushed.pending_create(&pending.address).is_none()
+            && pushed.token(&pending.address).is_none()
+        {
+            dropped.push(format!("create in doubt {}", pending.address));
+        }
+    }
+    dropped
+}
+
 /// Decides whether `pushed` (read from `file`) may replace `current`: not
-/// another lineage, an older serial, or the same serial with other content,
-/// unless `force`.
+/// another lineage, an older serial, the same serial with other content,
+/// or a state that drops a token or a create in doubt, unless `force`;
+/// never a serial that could not move on.
 pub fn push(
     current: Option<&State>,
     mut pushed: State,
     file: &str,
     force: bool,
 ) -> Result<Push, Failure> {
+    use crate::backend::{MAX_SERIAL, next_serial};
+    // Refused even with --force: the next write would have to wrap it.
+    if next_serial(pushed.serial).is_none() {
+        return Err(Failure::new(format!(
+            "{file} has serial {}, which cannot move on (the largest serial is {MAX_SERIAL})",
+            pushed.serial
+        ))
+        .hint("a serial moves on by one per write; push the document with the serial it had (`tokenctl state pull` shows the stored one)"));
+    }
     let Some(current) = current else {
         return Ok(Push::Store(pushed));
     };
+    let dropped = dropped_by_push(current, &pushed);
     let refusal = if current.lineage != pushed.lineage {
         Some(format!(
             "{file} is of another state (lineage {}, the stored one has {})",
@@ -317,6 +368,18 @@ pub fn push(
             "{file} has the stored state's serial {} but other content",
             current.serial
         ))
+    } else if !dropped.is_empty() {
+        let mut message =
+            format!("{file} would drop from the state what it records (the diff above shows it):");
+        for line in &dropped {
+            message.push_str(&format!("\n  - {line}"));
+        }
+        if !force {
+            return Err(Failure::new(message).hint(
+                "the state is the only record of these tokens, and the next apply would create each dropped address again; if they were revoked in the UI and this is meant, push again with --force",
+            ));
+        }
+        None
     } else {
         None
     };
@@ -332,7 +395,14 @@ pub fn push(
     }
     // A forced push still moves the serial on, so that plan files made
     // from the replaced state are refused as stale.
-    pushed.serial = pushed.serial.max(current.serial + 1);
+    let after_current = next_serial(current.serial).ok_or_else(|| {
+        Failure::new(format!(
+            "the stored state has serial {}, which cannot move on (the largest serial is {MAX_SERIAL})",
+            current.serial
+        ))
+        .hint("restore the version before it from the history table, and push that with --force")
+    })?;
+    pushed.serial = pushed.serial.max(after_current);
     Ok(Push::Store(pushed))
 }
 
@@ -560,5 +630,47 @@ mod tests {
             push(None, current.clone(), "f.json", false).unwrap(),
             Push::Store(_)
         ));
+    }
+
+    #[test]
+    fn a_push_that_drops_a_record_or_cannot_move_on_is_refused() {
+        let current = {
+            let mut s = state();
+            s.serial = 5;
+            s
+        };
+        // 1/a dropped, 1/b (in doubt) dropped: refused unless forced.
+        let mut dropping = State::new(current.lineage.clone());
+        dropping.serial = 6;
+        assert_eq!(
+            dropped_by_push(&current, &dropping),
+            ["token 1/a (id 7)", "create in doubt 1/b"]
+        );
+        let err = push(Some(&current), dropping.clone(), "f.json", false)
+            .err()
+            .unwrap();
+        assert!(
+            err.message.contains("  - token 1/a (id 7)"),
+            "{}",
+            err.message
+        );
+        assert!(err.hint.unwrap().contains("--force"));
+        assert!(matches!(
+            push(Some(&current), dropping, "f.json", true).unwrap(),
+            Push::Store(_)
+        ));
+        // A create in doubt settled by a token is not lost.
+        let mut settled = current.clone();
+        settled.serial = 6;
+        settled.pending.clear();
+        settled.record_created(TokenRecord::created(addr("b"), 9, 0, "sha256:0".into()));
+        assert!(dropped_by_push(&current, &settled).is_empty());
+        // Serials that cannot move on, even forced.
+        for serial in [u64::MAX, crate::backend::MAX_SERIAL] {
+            let mut huge = current.clone();
+            huge.serial = serial;
+            assert!(push(Some(&current), huge.clone(), "f.json", true).is_err());
+            assert!(push(None, huge, "f.json", true).is_err());
+        }
     }
 }

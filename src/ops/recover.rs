@@ -44,7 +44,7 @@ pub fn load_for_reading(
     }
     if let Some(holder) = &reading.running {
         ui.warn(&format!(
-            "an apply is running ({holder}); this plan includes what its journal has recorded so far, and its creates under way show as in progress"
+            "an apply is running ({holder}); what this shows includes what its journal has recorded so far, and its creates under way show as in progress"
         ));
     }
     Ok(ForReading {

@@ -229,6 +229,69 @@ impl Cluster {
             .output();
     }
 
+    /// Returns the server's processes: the postmaster and its children.
+    pub fn processes(&self) -> Vec<i32> {
+        let pid_file = std::fs::read_to_string(self.data.join("postmaster.pid")).unwrap();
+        let postmaster: i32 = pid_file.lines().next().unwrap().trim().parse().unwrap();
+        let mut pids = vec![postmaster];
+        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+                continue;
+            };
+            // The fields after the command's closing parenthesis: state, ppid.
+            let ppid = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+                .and_then(|p| p.parse::<i32>().ok());
+            if ppid == Some(postmaster) {
+                pids.push(pid);
+            }
+        }
+        pids
+    }
+
+    /// Stops every process of the server (SIGSTOP), as a hung host would
+    /// look from a client: connections stay open and nothing answers.
+    /// The server goes on (SIGCONT) when the guard is dropped, also when
+    /// the test fails.
+    pub fn freeze(&self) -> Frozen<'_> {
+        let pids = self.processes();
+        for pid in &pids {
+            unsafe { libc::kill(*pid, libc::SIGSTOP) };
+        }
+        Frozen {
+            pids,
+            _cluster: self,
+        }
+    }
+
+    /// Starts `psql` running `sql` in database `db` as application
+    /// `name`, without waiting for it.
+    pub fn psql_spawn(&self, db: &str, name: &str, sql: &str) -> std::process::Child {
+        Command::new(self.bin.join("psql"))
+            .args(["-X", "-q", "-h", "127.0.0.1", "-U", "postgres"])
+            .args(["-p", &self.port.to_string(), "-d", db, "-c", sql])
+            .env("PGPASSWORD", PASSWORD)
+            .env("PGAPPNAME", name)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    }
+
+    /// Waits until `sql` (a query answering one boolean) answers true.
+    pub fn wait_until(&self, db: &str, sql: &str) {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while self.psql(db, sql).as_deref() != Ok("t") {
+            assert!(Instant::now() < deadline, "never true: {sql}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Returns a new empty database's name.
     pub fn create_db(&self) -> String {
         static NEXT: AtomicUsize = AtomicUsize::new(0);
@@ -270,6 +333,20 @@ impl Cluster {
             Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
         } else {
             Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    }
+}
+
+/// A frozen server, let go on when dropped.
+pub struct Frozen<'a> {
+    pids: Vec<i32>,
+    _cluster: &'a Cluster,
+}
+
+impl Drop for Frozen<'_> {
+    fn drop(&mut self) {
+        for pid in &self.pids {
+            unsafe { libc::kill(*pid, libc::SIGCONT) };
         }
     }
 }

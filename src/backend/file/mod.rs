@@ -17,7 +17,7 @@ pub(crate) mod store;
 use crate::model::state::State;
 use journal::{JournalError, JournalWriter};
 use lock::{Holder, LockError};
-use store::{FileStore, StateStore};
+use store::{FileStore, StateStore, StoreError};
 
 /// The state file at a path, with its journal and lock beside it.
 #[derive(Debug, Clone)]
@@ -75,13 +75,32 @@ impl Backend for FileBackend {
     ) -> Result<(), BackendError> {
         // The lock keeps writers apart; this check catches a writer that
         // ignored it (another tool, a hand edit) instead of overwriting it.
-        let found = match fs::read_to_string(self.store.path()) {
-            Ok(text) => serde_json::from_str::<Head>(&text)
-                .ok()
-                .map(|h| (h.lineage, h.serial)),
+        // A file that cannot be read or parsed now is refused and left
+        // alone: it may hold what that writer recorded, and the caller
+        // keeps this run's result (the journal stays).
+        let path = self.store.path();
+        let found = match fs::read(path) {
+            Ok(bytes) => match serde_json::from_slice::<Head>(&bytes) {
+                Ok(head) => Some((head.lineage, head.serial)),
+                Err(err) => {
+                    return Err(StoreError::Corrupt {
+                        path: path.to_path_buf(),
+                        detail: format!(
+                            "it changed while this command ran and no longer parses: {err}"
+                        ),
+                        backup: self.store.backup_path(),
+                    }
+                    .into());
+                }
+            },
             Err(err) if err.kind() == io::ErrorKind::NotFound => None,
-            // Unreadable now: the write below reports it properly.
-            Err(_) => expected.map(|(l, s)| (l.to_string(), s)),
+            Err(source) => {
+                return Err(StoreError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                }
+                .into());
+            }
         };
         let expected_owned = expected.map(|(l, s)| (l.to_string(), s));
         if found != expected_owned && found.is_some() {
@@ -203,6 +222,7 @@ impl Backend for FileBackend {
     }
 
     fn open_journal(&self, begin: &Record) -> Result<Journal, BackendError> {
+        super::check_serial_can_move_on(begin, self.location())?;
         Ok(Journal::File(JournalWriter::create(
             &self.store.journal_path(),
             begin,

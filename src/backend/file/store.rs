@@ -60,7 +60,8 @@ pub fn next_version(before: Option<&State>, mut after: State) -> Option<State> {
         if before.same_content(&after) {
             return None;
         }
-        after.serial = before.serial + 1;
+        // Backend::commit refuses a serial that cannot move on first.
+        after.serial = before.serial.saturating_add(1);
         after.lineage = before.lineage.clone();
     } else {
         after.serial = after.serial.max(1);

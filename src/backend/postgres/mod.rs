@@ -28,7 +28,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Client, NoTls, Row};
 
 pub use conn::{ConnSpec, Tls};
 pub use journal::PgJournal;
@@ -44,6 +45,110 @@ pub const CONN_STR_VAR: &str = "TOKENCTL_PG_CONN_STR";
 
 /// How long a holder that went silent keeps the lock, by default.
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(60);
+
+/// The variables that tune the sessions, with their accepted ranges.
+pub const LEASE_VAR: &str = "TOKENCTL_PG_LEASE";
+pub const LOCK_TIMEOUT_VAR: &str = "TOKENCTL_PG_LOCK_TIMEOUT";
+pub const STATEMENT_TIMEOUT_VAR: &str = "TOKENCTL_PG_STATEMENT_TIMEOUT";
+const LEASE_RANGE: (Duration, Duration) = (Duration::from_secs(5), Duration::from_secs(3600));
+const LOCK_TIMEOUT_RANGE: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(600));
+const STATEMENT_TIMEOUT_RANGE: (Duration, Duration) =
+    (Duration::from_secs(1), Duration::from_secs(3600));
+
+/// How long tokenctl waits for an answer beyond the server's own
+/// `statement_timeout`: past it the server is stopped or out of reach,
+/// since a working one would have cancelled the statement itself.
+const ANSWER_MARGIN: Duration = Duration::from_secs(5);
+
+/// How every session is bounded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PgSettings {
+    /// How long a silent lock holder keeps the lock.
+    pub lease: Duration,
+    /// The server's `lock_timeout`: how long a statement waits for a
+    /// table or row lock another session holds.
+    pub lock_timeout: Duration,
+    /// The server's `statement_timeout`; tokenctl waits that long plus a
+    /// margin for any answer.
+    pub statement_timeout: Duration,
+}
+
+impl Default for PgSettings {
+    fn default() -> Self {
+        PgSettings {
+            lease: DEFAULT_LEASE,
+            lock_timeout: Duration::from_secs(10),
+            statement_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+impl PgSettings {
+    /// Returns the settings from the variables' values, each parsed by
+    /// `parse` (a duration such as `30s`); a value that does not parse or
+    /// is out of its range is refused, naming the variable and the range.
+    pub fn from_vars(
+        lease: Option<&str>,
+        lock_timeout: Option<&str>,
+        statement_timeout: Option<&str>,
+        parse: impl Fn(&str) -> Result<Duration, String>,
+    ) -> Result<PgSettings, PgError> {
+        let default = PgSettings::default();
+        let read = |var: &'static str,
+                    value: Option<&str>,
+                    default: Duration,
+                    range: (Duration, Duration)| {
+            let Some(value) = value else {
+                return Ok(default);
+            };
+            let refuse = || PgError::Setting {
+                var,
+                value: value.to_string(),
+                min: human(range.0),
+                max: human(range.1),
+            };
+            let duration = parse(value).map_err(|_| refuse())?;
+            if duration < range.0 || duration > range.1 {
+                return Err(refuse());
+            }
+            Ok(duration)
+        };
+        Ok(PgSettings {
+            lease: read(LEASE_VAR, lease, default.lease, LEASE_RANGE)?,
+            lock_timeout: read(
+                LOCK_TIMEOUT_VAR,
+                lock_timeout,
+                default.lock_timeout,
+                LOCK_TIMEOUT_RANGE,
+            )?,
+            statement_timeout: read(
+                STATEMENT_TIMEOUT_VAR,
+                statement_timeout,
+                default.statement_timeout,
+                STATEMENT_TIMEOUT_RANGE,
+            )?,
+        })
+    }
+
+    /// Returns how long tokenctl waits for any answer of the server.
+    pub fn answer_within(&self) -> Duration {
+        self.statement_timeout + ANSWER_MARGIN
+    }
+}
+
+/// Returns a duration as a person writes it: `90s`, `1500ms`, `5m`.
+pub(crate) fn human(d: Duration) -> String {
+    let ms = d.as_millis();
+    if !ms.is_multiple_of(1000) {
+        format!("{ms}ms")
+    } else if ms.is_multiple_of(3_600_000) {
+        format!("{}h", ms / 3_600_000)
+    } else if ms.is_multiple_of(60_000) {
+        format!("{}m", ms / 60_000)
+    } else {
+        format!("{}s", ms / 1000)
+    }
+}
 
 /// Why the database could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -68,13 +173,48 @@ pub enum PgError {
     Newer { location: String, detail: String },
     #[error("the connection to {location} was lost: {detail}")]
     Lost { location: String, detail: String },
+    #[error("cannot use the password file {}: {why}", path.display())]
+    PassFile { path: PathBuf, why: String },
+    #[error("{var}={value} is not a duration from {min} to {max}")]
+    Setting {
+        var: &'static str,
+        value: String,
+        min: String,
+        max: String,
+    },
+    #[error(
+        "no connection to {location} within connect_timeout ({}): the TCP connect, TLS and the startup handshake must finish within it",
+        human(*after)
+    )]
+    ConnectTimeout { location: String, after: Duration },
+    #[error(
+        "{location}: a table or row tokenctl needs stayed locked by another session past lock_timeout ({}); nothing was changed by this statement",
+        human(*after)
+    )]
+    LockTimeout { location: String, after: Duration },
+    #[error(
+        "{location}: a statement ran past statement_timeout ({}) and the server cancelled it",
+        human(*after)
+    )]
+    StatementTimeout { location: String, after: Duration },
+    #[error(
+        "{location}: no answer within {} (statement_timeout {} plus {}): the server is stopped or out of reach",
+        human(*after),
+        human(*statement_timeout),
+        human(ANSWER_MARGIN)
+    )]
+    NoAnswer {
+        location: String,
+        after: Duration,
+        statement_timeout: Duration,
+    },
 }
 
 impl crate::error::Hint for PgError {
     fn hint(&self) -> Option<String> {
         Some(match self {
             PgError::MissingConnStr | PgError::ConnStr(_) => format!(
-                "set {CONN_STR_VAR} to e.g. postgres://USER@HOST/DB?sslmode=verify-full&sslrootcert=CA.pem (the password may come from PGPASSWORD); it is never read from the manifest or the command line"
+                "set {CONN_STR_VAR} to e.g. postgres://USER@HOST/DB?sslmode=verify-full&sslrootcert=CA.pem (the password may come from PGPASSWORD or ~/.pgpass); it is never read from the manifest or the command line"
             ),
             PgError::Tls(_) => "check sslrootcert: a PEM file of the CA that signed the server's certificate".into(),
             PgError::Connect { .. } => "check that the server is up and reachable, the user and password, and that the certificate matches the host name".into(),
@@ -84,7 +224,107 @@ impl crate::error::Hint for PgError {
             PgError::Corrupt { .. } => "the row was left untouched; the previous versions are in the history table".into(),
             PgError::Newer { .. } => format!("this is tokenctl {TOOL_VERSION}; upgrade to the version that wrote the state"),
             PgError::Lost { .. } => "no further create was started; outcomes not yet written are in the recovery file named above, which the next run on this machine merges (elsewhere they show as in doubt)".into(),
+            PgError::PassFile { path, .. } => format!(
+                "make it private (`chmod 600 {}`), as libpq requires, or set the password in {CONN_STR_VAR} or PGPASSWORD",
+                path.display()
+            ),
+            PgError::Setting { var, .. } => format!(
+                "set {var} to a duration such as 30s or 2m within that range, or unset it for the default (README: Shared state on PostgreSQL)"
+            ),
+            PgError::ConnectTimeout { .. } => "check that the server is up and not overloaded; a slow network may need connect_timeout=SECONDS in TOKENCTL_PG_CONN_STR".into(),
+            PgError::LockTimeout { .. } => format!(
+                "another session holds a lock on tokenctl's tables (see pg_locks and pg_stat_activity); end it, or raise {LOCK_TIMEOUT_VAR}"
+            ),
+            PgError::StatementTimeout { .. } => format!(
+                "the server is overloaded or the state is very large; raise {STATEMENT_TIMEOUT_VAR} if the server is healthy"
+            ),
+            PgError::NoAnswer { .. } => "check the server (a stopped or hung postmaster) and the network; if an apply was interrupted, its journal rows are folded by the next command that reaches the database".into(),
         })
+    }
+}
+
+/// Why a statement got no result.
+enum DbError {
+    Pg(tokio_postgres::Error),
+    /// No answer within the bound: the server or the network is stalled.
+    NoAnswer,
+}
+
+/// Every statement on a connection, bounded by the time a working server
+/// takes to answer or to cancel it itself.
+trait Bounded {
+    async fn one(
+        &self,
+        within: Duration,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Row, DbError>;
+    async fn opt(
+        &self,
+        within: Duration,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Option<Row>, DbError>;
+    async fn all(
+        &self,
+        within: Duration,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<Row>, DbError>;
+    async fn exec(
+        &self,
+        within: Duration,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<u64, DbError>;
+    async fn batch(&self, within: Duration, sql: &str) -> Result<(), DbError>;
+}
+
+async fn within<T>(
+    limit: Duration,
+    future: impl std::future::Future<Output = Result<T, tokio_postgres::Error>>,
+) -> Result<T, DbError> {
+    match tokio::time::timeout(limit, future).await {
+        Ok(result) => result.map_err(DbError::Pg),
+        Err(_) => Err(DbError::NoAnswer),
+    }
+}
+
+impl Bounded for Client {
+    async fn one(
+        &self,
+        limit: Duration,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Row, DbError> {
+        within(limit, self.query_one(sql, params)).await
+    }
+    async fn opt(
+        &self,
+        limit: Duration,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Option<Row>, DbError> {
+        within(limit, self.query_opt(sql, params)).await
+    }
+    async fn all(
+        &self,
+        limit: Duration,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<Row>, DbError> {
+        within(limit, self.query(sql, params)).await
+    }
+    async fn exec(
+        &self,
+        limit: Duration,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<u64, DbError> {
+        within(limit, self.execute(sql, params)).await
+    }
+    async fn batch(&self, limit: Duration, sql: &str) -> Result<(), DbError> {
+        within(limit, self.batch_execute(sql)).await
     }
 }
 
@@ -108,6 +348,7 @@ pub struct PgBackend {
     schema: String,
     state: String,
     lease: Duration,
+    settings: PgSettings,
     /// Where outcomes go that the database could not take.
     recovery_dir: Option<PathBuf>,
     /// The database work runs here, on a thread of its own, so that the
@@ -131,18 +372,25 @@ struct Locked {
 impl PgBackend {
     /// Returns the backend of state `state` in schema `schema` of the
     /// database `conn_str` names.
+    /// The password comes from the string, else `password` (PGPASSWORD),
+    /// else the password file `passfile`.
     pub fn new(
         conn_str: Option<&str>,
         password: Option<&str>,
+        passfile: Option<&Path>,
         schema: &str,
         state: &str,
-        lease: Duration,
+        settings: PgSettings,
         recovery_dir: Option<PathBuf>,
     ) -> Result<Self, PgError> {
         let conn_str = conn_str
             .filter(|c| !c.trim().is_empty())
             .ok_or(PgError::MissingConnStr)?;
-        let spec = ConnSpec::parse(conn_str, password)?;
+        let mut spec = ConnSpec::parse(conn_str, password)?;
+        if let Some(passfile) = passfile {
+            spec.password_from_file(passfile)?;
+        }
+        let lease = settings.lease;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("postgres")
@@ -157,6 +405,7 @@ impl PgBackend {
             schema: schema.to_string(),
             state: state.to_string(),
             lease: lease.max(Duration::from_secs(1)),
+            settings,
             recovery_dir,
             runtime,
             locked: Arc::new(Mutex::new(None)),
@@ -167,8 +416,38 @@ impl PgBackend {
         self.location()
     }
 
-    fn query_err(&self) -> impl Fn(tokio_postgres::Error) -> PgError + '_ {
+    /// Returns how long any one statement may go unanswered.
+    fn within(&self) -> Duration {
+        self.settings.answer_within()
+    }
+
+    fn query_err(&self) -> impl Fn(DbError) -> PgError + '_ {
         move |err| {
+            let err = match err {
+                DbError::Pg(err) => err,
+                DbError::NoAnswer => {
+                    return PgError::NoAnswer {
+                        location: self.loc(),
+                        after: self.within(),
+                        statement_timeout: self.settings.statement_timeout,
+                    };
+                }
+            };
+            use tokio_postgres::error::SqlState;
+            if err.code() == Some(&SqlState::LOCK_NOT_AVAILABLE) {
+                return PgError::LockTimeout {
+                    location: self.loc(),
+                    after: self.settings.lock_timeout,
+                };
+            }
+            // tokenctl cancels nothing itself: a cancelled statement is
+            // one that ran past statement_timeout.
+            if err.code() == Some(&SqlState::QUERY_CANCELED) {
+                return PgError::StatementTimeout {
+                    location: self.loc(),
+                    after: self.settings.statement_timeout,
+                };
+            }
             if err.is_closed() {
                 PgError::Lost {
                     location: self.loc(),
@@ -191,26 +470,57 @@ impl PgBackend {
         self.locked.lock().ok().and_then(|l| l.clone())
     }
 
-    /// Opens a new connection, its driver running on the backend's thread.
+    /// Opens a new connection, its driver running on the backend's thread,
+    /// with the session's lock and statement timeouts set.
     async fn connect(&self) -> Result<Client, PgError> {
+        let limit = self
+            .spec
+            .config
+            .get_connect_timeout()
+            .copied()
+            .unwrap_or(conn::DEFAULT_CONNECT_TIMEOUT);
         let connect_err = |err: tokio_postgres::Error| PgError::Connect {
             location: self.loc(),
             detail: detail(&err),
         };
+        let timed_out = |_| PgError::ConnectTimeout {
+            location: self.loc(),
+            after: limit,
+        };
+        // The driver's own connect_timeout covers the TCP connect only: a
+        // stopped server accepts the connection (the kernel does) and
+        // never answers the startup message.
         let client = match self.spec.connector()? {
             None => {
                 let (client, connection) =
-                    self.spec.config.connect(NoTls).await.map_err(connect_err)?;
+                    tokio::time::timeout(limit, self.spec.config.connect(NoTls))
+                        .await
+                        .map_err(timed_out)?
+                        .map_err(connect_err)?;
                 tokio::spawn(connection);
                 client
             }
             Some(tls) => {
                 let (client, connection) =
-                    self.spec.config.connect(tls).await.map_err(connect_err)?;
+                    tokio::time::timeout(limit, self.spec.config.connect(tls))
+                        .await
+                        .map_err(timed_out)?
+                        .map_err(connect_err)?;
                 tokio::spawn(connection);
                 client
             }
         };
+        client
+            .batch(
+                self.within(),
+                &format!(
+                    "SET lock_timeout = {}; SET statement_timeout = {}",
+                    self.settings.lock_timeout.as_millis(),
+                    self.settings.statement_timeout.as_millis()
+                ),
+            )
+            .await
+            .map_err(self.query_err())?;
         Ok(client)
     }
 
@@ -220,7 +530,8 @@ impl PgBackend {
     async fn ensure_schema(&self, client: &Client) -> Result<(), PgError> {
         let s = &self.schema;
         let exists = client
-            .query_one(
+            .one(
+                self.within(),
                 "SELECT to_regclass($1) IS NOT NULL",
                 &[&format!("{s}.journal_one_open_intent")],
             )
@@ -236,7 +547,7 @@ impl PgBackend {
             sql::create(s)
         );
         client
-            .batch_execute(&script)
+            .batch(self.within(), &script)
             .await
             .map_err(self.query_err())?;
         Ok(())
@@ -245,7 +556,8 @@ impl PgBackend {
     /// Refuses a standby or a read-only database before anything is sent.
     async fn check_writable(&self, client: &Client) -> Result<(), PgError> {
         let row = client
-            .query_one(
+            .one(
+                self.within(),
                 "SELECT pg_is_in_recovery(), current_setting('transaction_read_only')",
                 &[],
             )
@@ -269,7 +581,8 @@ impl PgBackend {
         let s = &self.schema;
         if create {
             client
-                .execute(
+                .exec(
+                    self.within(),
                     &format!(
                         "INSERT INTO {s}.states (name) VALUES ($1) ON CONFLICT (name) DO NOTHING"
                     ),
@@ -279,7 +592,8 @@ impl PgBackend {
                 .map_err(self.query_err())?;
         }
         let row = client
-            .query_opt(
+            .opt(
+                self.within(),
                 &format!("SELECT id FROM {s}.states WHERE name = $1"),
                 &[&self.state],
             )
@@ -292,7 +606,8 @@ impl PgBackend {
     /// state's id, so states of different schemas never share a key.
     async fn lock_key(&self, client: &Client, state_id: i64) -> Result<(u32, i64), PgError> {
         let oid: u32 = client
-            .query_one(
+            .one(
+                self.within(),
                 "SELECT oid FROM pg_namespace WHERE nspname = $1",
                 &[&self.schema],
             )
@@ -310,7 +625,8 @@ impl PgBackend {
         let s = &self.schema;
         let (oid, _) = self.lock_key(client, state_id).await?;
         let row = client
-            .query_opt(
+            .opt(
+                self.within(),
                 &format!(
                     "SELECT r.user_name, r.host, r.pid, r.command, r.started, r.ci_job_url
                      FROM pg_locks l JOIN {s}.runs r ON r.backend_pid = l.pid
@@ -337,7 +653,8 @@ impl PgBackend {
         }
         // Held, but by no recorded run (between the lock and its row).
         let held: bool = client
-            .query_one(
+            .one(
+                self.within(),
                 "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted
                    AND objsubid = 1 AND classid = $1 AND objid = $2
                    AND database = (SELECT oid FROM pg_database WHERE datname = current_database()))",
@@ -352,13 +669,16 @@ impl PgBackend {
     /// Reads the state row and the journal rows in one snapshot.
     async fn snapshot(&self, client: &Client) -> Result<Snapshot, PgError> {
         client
-            .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            .batch(
+                self.within(),
+                "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
+            )
             .await
             .map_err(self.query_err())?;
         match self.read_snapshot(client).await {
             Ok(snapshot) => {
                 client
-                    .batch_execute("COMMIT")
+                    .batch(self.within(), "COMMIT")
                     .await
                     .map_err(self.query_err())?;
                 Ok(snapshot)
@@ -366,7 +686,7 @@ impl PgBackend {
             Err(err) => {
                 // The lock connection goes on being used: never leave it
                 // in an aborted transaction.
-                let _ = client.batch_execute("ROLLBACK").await;
+                let _ = client.batch(self.within(), "ROLLBACK").await;
                 Err(err)
             }
         }
@@ -378,7 +698,8 @@ impl PgBackend {
         let s = &self.schema;
         let tx_err = self.query_err();
         let row = client
-            .query_opt(
+            .opt(
+                self.within(),
                 &format!("SELECT id, document FROM {s}.states WHERE name = $1"),
                 &[&self.state],
             )
@@ -394,7 +715,8 @@ impl PgBackend {
             snapshot.state = document.map(|d| self.parse_state(d)).transpose()?;
             drop(row);
             let rows = client
-                .query(
+                .all(
+                self.within(),
                     &format!("SELECT seq, run_id, record FROM {s}.journal WHERE state_id = $1 ORDER BY seq"),
                     &[&id],
                 )
@@ -445,10 +767,11 @@ impl PgBackend {
         let s = &self.schema;
         let err = self.query_err();
         let fail = |e| BackendError::Postgres(err(e));
-        client.batch_execute("BEGIN").await.map_err(fail)?;
+        client.batch(self.within(), "BEGIN").await.map_err(fail)?;
         let result = async {
             let row = client
-                .query_one(
+                .one(
+                self.within(),
                     &format!("SELECT lineage, serial, fence FROM {s}.states WHERE id = $1 FOR UPDATE"),
                     &[&state_id],
                 )
@@ -481,7 +804,8 @@ impl PgBackend {
             }
             let run_id = locked.map(|l| l.run_id);
             client
-                .execute(
+                .exec(
+                self.within(),
                     &format!(
                         "INSERT INTO {s}.history (state_id, lineage, serial, document, replaced_by)
                          SELECT id, lineage, serial, document, $2 FROM {s}.states
@@ -493,7 +817,8 @@ impl PgBackend {
                 .map_err(fail)?;
             crate::failpoint::hit("before-state-write");
             client
-                .execute(
+                .exec(
+                self.within(),
                     &format!(
                         "UPDATE {s}.states SET lineage = $2, serial = $3, document = $4, updated_at = now() WHERE id = $1"
                     ),
@@ -503,7 +828,8 @@ impl PgBackend {
                 .map_err(fail)?;
             if let Some(upto) = journal_upto {
                 client
-                    .execute(
+                    .exec(
+                self.within(),
                         &format!("DELETE FROM {s}.journal WHERE state_id = $1 AND seq <= $2"),
                         &[&state_id, &upto],
                     )
@@ -515,12 +841,12 @@ impl PgBackend {
         .await;
         match result {
             Ok(()) => {
-                client.batch_execute("COMMIT").await.map_err(fail)?;
+                client.batch(self.within(), "COMMIT").await.map_err(fail)?;
                 crate::failpoint::hit("after-state-write");
                 Ok(())
             }
             Err(err) => {
-                let _ = client.batch_execute("ROLLBACK").await;
+                let _ = client.batch(self.within(), "ROLLBACK").await;
                 Err(err)
             }
         }
@@ -561,7 +887,11 @@ impl PgBackend {
         // Every intent must be on disk at the server before its request.
         let lease_ms = self.lease.as_millis().to_string();
         let version: i32 = client
-            .query_one("SELECT current_setting('server_version_num')::integer", &[])
+            .one(
+                self.within(),
+                "SELECT current_setting('server_version_num')::integer",
+                &[],
+            )
             .await
             .map_err(self.query_err())?
             .get(0);
@@ -573,7 +903,7 @@ impl PgBackend {
             String::new()
         };
         client
-            .batch_execute(&format!(
+            .batch(self.within(), &format!(
                 "SET synchronous_commit = on; SET plan_cache_mode = force_custom_plan; {idle} SET idle_in_transaction_session_timeout = {lease_ms}"
             ))
             .await
@@ -591,7 +921,7 @@ impl PgBackend {
         let deadline = Instant::now() + wait;
         loop {
             let got: bool = client
-                .query_one("SELECT pg_try_advisory_lock($1)", &[&key])
+                .one(self.within(), "SELECT pg_try_advisory_lock($1)", &[&key])
                 .await
                 .map_err(self.query_err())?
                 .get(0);
@@ -612,7 +942,8 @@ impl PgBackend {
         }
         let s = &self.schema;
         let fence: i64 = client
-            .query_one(
+            .one(
+                self.within(),
                 &format!("UPDATE {s}.states SET fence = fence + 1 WHERE id = $1 RETURNING fence"),
                 &[&state_id],
             )
@@ -620,7 +951,8 @@ impl PgBackend {
             .map_err(self.query_err())?
             .get(0);
         let run_id: i64 = client
-            .query_one(
+            .one(
+                self.within(),
                 &format!(
                     "INSERT INTO {s}.runs (state_id, fence, backend_pid, user_name, host, pid, command, started, ci_job_url)
                      VALUES ($1, $2, pg_backend_pid(), $3, $4, $5, $6, $7, $8) RETURNING id"
@@ -641,7 +973,12 @@ impl PgBackend {
             .get(0);
         let lost = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let client = Arc::new(client);
-        tokio::spawn(heartbeat(client.clone(), lost.clone(), self.lease / 4));
+        tokio::spawn(heartbeat(
+            client.clone(),
+            lost.clone(),
+            self.lease / 4,
+            self.within(),
+        ));
         Ok(Locked {
             client,
             state_id,
@@ -655,14 +992,25 @@ impl PgBackend {
 
 /// Keeps the lock connection busy so that the server's idle timeout ends
 /// it only when this process stops answering; marks it lost when it fails.
-async fn heartbeat(client: Arc<Client>, lost: Arc<std::sync::atomic::AtomicBool>, every: Duration) {
+///
+/// A ping waits behind whatever else the connection carries (a large
+/// snapshot, a fold): the session is busy then, not idle, and keeps its
+/// lock. So a slow ping is waited for as long as any statement
+/// (`answer_within`), not a fraction of the lease, or a large state would
+/// make a healthy run give up its own lock.
+async fn heartbeat(
+    client: Arc<Client>,
+    lost: Arc<std::sync::atomic::AtomicBool>,
+    every: Duration,
+    answer_within: Duration,
+) {
     use std::sync::atomic::Ordering;
     loop {
         tokio::time::sleep(every).await;
         if lost.load(Ordering::SeqCst) {
             return;
         }
-        let ping = tokio::time::timeout(every * 2, client.simple_query("SELECT 1")).await;
+        let ping = tokio::time::timeout(answer_within, client.simple_query("SELECT 1")).await;
         if !matches!(ping, Ok(Ok(_))) {
             lost.store(true, Ordering::SeqCst);
             return;
@@ -864,7 +1212,15 @@ impl Backend for PgBackend {
             None if folded.tokens.is_empty() && folded.pending.is_empty() => (None, false),
             Some(before) if before.same_content(&folded) => (Some(before.clone()), false),
             _ => {
-                folded.serial = before.map_or(folded.serial.max(1), |b| b.serial + 1);
+                folded.serial = match before {
+                    None => folded.serial.max(1),
+                    Some(b) => super::next_serial(b.serial).ok_or_else(|| {
+                        BackendError::SerialExhausted {
+                            location: self.loc(),
+                            serial: b.serial,
+                        }
+                    })?,
+                };
                 folded.tool_version = TOOL_VERSION.to_string();
                 (Some(folded), true)
             }
@@ -886,7 +1242,8 @@ impl Backend for PgBackend {
                     let s = &self.schema;
                     locked
                         .client
-                        .execute(
+                        .exec(
+                            self.within(),
                             &format!("DELETE FROM {s}.journal WHERE state_id = $1 AND seq <= $2"),
                             &[&locked.state_id, &snapshot.max_seq],
                         )
@@ -989,7 +1346,8 @@ impl Backend for PgBackend {
             };
             let s = &self.schema;
             Ok(client
-                .query_one(
+                .one(
+                self.within(),
                     &format!(
                         "SELECT EXISTS (SELECT 1 FROM {s}.journal j JOIN {s}.states t ON t.id = j.state_id WHERE t.name = $1)"
                     ),
@@ -1008,7 +1366,8 @@ impl Backend for PgBackend {
             detail: "a journal without the lock".into(),
         })?;
         let s = &self.schema;
-        self.block_on(locked.client.execute(
+        self.block_on(locked.client.exec(
+            self.within(),
             &format!("DELETE FROM {s}.journal WHERE state_id = $1 AND run_id = $2"),
             &[&locked.state_id, &locked.run_id],
         ))
@@ -1017,6 +1376,7 @@ impl Backend for PgBackend {
     }
 
     fn open_journal(&self, begin: &Record) -> Result<Journal, BackendError> {
+        super::check_serial_can_move_on(begin, self.location())?;
         let locked = self.current_lock().ok_or_else(|| PgError::Query {
             location: self.loc(),
             detail: "a journal without the lock".into(),
@@ -1040,7 +1400,8 @@ impl Backend for PgBackend {
 impl PgBackend {
     async fn schema_exists(&self, client: &Client) -> Result<bool, PgError> {
         Ok(client
-            .query_one(
+            .one(
+                self.within(),
                 "SELECT to_regclass($1) IS NOT NULL",
                 &[&format!("{}.journal_one_open_intent", self.schema)],
             )

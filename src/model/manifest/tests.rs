@@ -473,3 +473,26 @@ fn an_empty_secrets_file_name_is_refused() {
     assert_eq!(err.line, 4, "{err}");
     assert!(err.message.contains("must name a file"), "{err}");
 }
+
+#[test]
+fn refuses_reserved_words_and_postgresql_schemas_as_schema_names() {
+    for (name, says) in [
+        ("select", "reserved word"),
+        ("user", "reserved word"),
+        ("information_schema", "belongs to PostgreSQL"),
+        ("pg_temp", "belongs to PostgreSQL"),
+    ] {
+        let text = format!(
+            "version: 1\nregion: eu\nbackend:\n  postgres:\n    schema: {name}\ntokens: []\n"
+        );
+        let err = reject(&text);
+        assert_eq!((err.line, err.column), (5, 13), "{name}: {err}");
+        assert!(err.message.contains(says), "{name}: {err}");
+        assert!(err.to_string().starts_with("tokens.yaml:5:13"), "{err}");
+    }
+    let text = "version: 1\nregion: eu\nbackend:\n  postgres:\n    schema: users\ntokens: []\n";
+    assert!(Manifest::parse(text, "tokens.yaml").is_ok());
+    let mut sorted = RESERVED_WORDS.to_vec();
+    sorted.sort_unstable();
+    assert_eq!(sorted, RESERVED_WORDS, "binary search needs them sorted");
+}
