@@ -22,6 +22,13 @@ pub const CREDENTIALS: [&str; 9] = [
     "PGPASSFILE",
 ];
 
+/// Tells whether a credential variable holds the credential itself (its
+/// value is masked in all output) rather than the path of a file holding
+/// one (a path is no secret, and messages name it).
+fn holds_the_value(name: &str) -> bool {
+    !name.ends_with("_FILE") && name != "PGPASSFILE"
+}
+
 /// A snapshot of environment variables.
 // No Debug: it holds credentials.
 #[derive(Clone, Default)]
@@ -46,7 +53,7 @@ impl Vars {
             .collect();
         // Whatever credential the environment holds is masked from the
         // start, whether or not this command uses it.
-        for name in CREDENTIALS {
+        for name in CREDENTIALS.into_iter().filter(|n| holds_the_value(n)) {
             if let Some(value) = vars.get(&OsString::from(name)).and_then(|v| v.to_str()) {
                 crate::redact::register(value.trim());
             }
@@ -64,7 +71,7 @@ impl Vars {
 
     /// Returns a copy with `name` set, for tests.
     pub fn with(mut self, name: &str, value: &str) -> Self {
-        if CREDENTIALS.contains(&name) {
+        if CREDENTIALS.contains(&name) && holds_the_value(name) {
             crate::redact::register(value.trim());
         }
         self.vars.insert(name.into(), value.into());
