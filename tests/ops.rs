@@ -45,6 +45,8 @@ struct ScriptedApi {
     script: Mutex<VecDeque<Answer>>,
     sent: Mutex<Vec<String>>,
     handed_out: Mutex<Vec<String>>,
+    /// Tokens answer their own whoami with 200 once set (401 before).
+    answers_again: Arc<AtomicBool>,
 }
 
 impl ScriptedApi {
@@ -53,6 +55,7 @@ impl ScriptedApi {
             script: Mutex::new(script.iter().cloned().collect()),
             sent: Mutex::default(),
             handed_out: Mutex::default(),
+            answers_again: Arc::default(),
         }
     }
 
@@ -114,7 +117,13 @@ impl TokenApi for ScriptedApi {
 
 impl TokenCheck for ScriptedApi {
     fn whoami_as(&self, _token: &Secret) -> impl Future<Output = Result<Owner, CheckError>> + Send {
-        std::future::ready(Err(CheckError::Revoked))
+        std::future::ready(match self.answers_again.load(Ordering::SeqCst) {
+            true => Ok(Owner {
+                account_id: 1,
+                account_name: "sub".into(),
+            }),
+            false => Err(CheckError::Revoked),
+        })
     }
 }
 
@@ -146,6 +155,8 @@ struct Recorder {
     interrupt_after: Option<usize>,
     interrupt: Option<Arc<AtomicBool>>,
     finished: usize,
+    /// Set when the person answers the question (as time passes).
+    on_confirm: Option<Arc<AtomicBool>>,
 }
 
 impl Ui for Recorder {
@@ -177,6 +188,9 @@ impl ApplyUi for Recorder {
 
     fn confirm(&mut self, creates: usize) -> Result<(), Failure> {
         self.lines.push(format!("asked about {creates}"));
+        if let Some(flag) = &self.on_confirm {
+            flag.store(true, Ordering::SeqCst);
+        }
         match self.refuse_confirmation {
             true => Err(Failure::new("apply cancelled; nothing was created")),
             false => Ok(()),
@@ -231,7 +245,12 @@ struct Project {
 
 impl Project {
     fn new(tokens: usize) -> Project {
-        let mut text = String::from("version: 1\nregion: eu\ntokens:\n");
+        Project::with_settings(tokens, "")
+    }
+
+    /// A project whose manifest has `settings` above its tokens.
+    fn with_settings(tokens: usize, settings: &str) -> Project {
+        let mut text = format!("version: 1\nregion: eu\n{settings}tokens:\n");
         for i in 0..tokens {
             text.push_str(&format!("  - name: t{i}\n    accountId: 1\n"));
         }
@@ -253,6 +272,16 @@ impl Project {
 
     /// Runs one apply with `ui`; the state is read under the lock first.
     fn apply(&self, api: &ScriptedApi, ui: &mut Recorder) -> Result<Applied, Failure> {
+        self.apply_refreshing(api, ui, false)
+    }
+
+    /// Runs one apply, refreshing first (`apply --refresh`) when `refresh`.
+    fn apply_refreshing(
+        &self,
+        api: &ScriptedApi,
+        ui: &mut Recorder,
+        refresh: bool,
+    ) -> Result<Applied, Failure> {
         let backend = self.backend();
         let holder = Holder {
             user: "test".into(),
@@ -271,13 +300,15 @@ impl Project {
             }),
         }];
         let targeting = Targeting::default();
+        let vars = tokenctl::vars::Vars::default();
+        let readers = tokenctl::ops::sinks::refresh_readers(&sinks, &vars);
         let options = ApplyOptions {
             manifest: &self.manifest,
             manifest_bytes: &self.bytes,
             manifest_name: "tokens.yaml",
             targeting: &targeting,
             saved_plan: None,
-            refresh: None,
+            refresh: refresh.then_some(&readers),
             force: false,
             max_creates: 50,
             sinks: &sinks,
@@ -524,4 +555,46 @@ fn an_interrupt_starts_no_more_creates_and_records_the_ones_done() {
     assert_eq!(counts.created, api.sent().len());
     assert_eq!(project.state().unwrap().tokens.len(), counts.created);
     project.assert_secrets_only_in_sink(&api);
+}
+
+/// A person who takes a while to answer: the tokens the refresh found
+/// revoked answer again by then, so the apply stops before it creates a
+/// successor for a live token.
+#[test]
+fn revocations_are_checked_again_after_a_person_confirms() {
+    let project = Project::with_settings(2, "on_revoked: recreate\n");
+    let api = ScriptedApi::new(&[]);
+    let mut first = Recorder {
+        refuse_confirmation: false,
+        ..Recorder::default()
+    };
+    project.apply(&api, &mut first).unwrap();
+    let before = project.state().unwrap();
+    assert_eq!(before.tokens.len(), 2);
+
+    let mut ui = Recorder {
+        on_confirm: Some(api.answers_again.clone()),
+        ..Recorder::default()
+    };
+    let err = project.apply_refreshing(&api, &mut ui, true).err().unwrap();
+    assert!(
+        err.message
+            .contains("was found revoked, but it no longer does"),
+        "{}",
+        err.message
+    );
+    assert!(
+        ui.lines.contains(&"planned 2 create(s)".to_string()),
+        "{:?}",
+        ui.lines
+    );
+    assert!(
+        ui.lines.contains(&"asked about 2".to_string()),
+        "{:?}",
+        ui.lines
+    );
+    assert_eq!(api.sent().len(), 2, "only the first apply's creates");
+    let after = project.state().unwrap();
+    assert_eq!(after.tokens, before.tokens);
+    assert!(after.superseded.is_empty());
 }
