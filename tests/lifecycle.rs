@@ -6,33 +6,10 @@ use crate::support;
 
 use std::collections::HashMap;
 
-use support::mock_logzio::{Issued, MockLogzio};
+use support::mock_logzio::MockLogzio;
 use support::workspace::Workspace;
 use wiremock::matchers::{header, method, path};
 use wiremock::{Mock, ResponseTemplate};
-
-fn secrets(mock: &MockLogzio) -> Vec<String> {
-    mock.issued().into_iter().map(|i| i.token).collect()
-}
-
-fn issued_for(mock: &MockLogzio, address: &str) -> Vec<Issued> {
-    mock.issued()
-        .into_iter()
-        .filter(|i| format!("{}/{}", i.account_id, i.name) == address)
-        .collect()
-}
-
-/// Writes a manifest with lifecycle settings above the token list.
-fn manifest(ws: &Workspace, settings: &str, tokens: &[&str]) {
-    let mut text = format!(
-        "version: 1\nregion: eu\nsecrets:\n  file: secrets/logzio-tokens.jsonl\n{settings}tokens:\n"
-    );
-    for token in tokens {
-        let (account, name) = token.split_once('/').unwrap();
-        text.push_str(&format!("  - name: {name}\n    accountId: {account}\n"));
-    }
-    ws.write("tokens.yaml", &text);
-}
 
 async fn create_counts(mock: &MockLogzio) -> HashMap<String, usize> {
     let mut counts = HashMap::new();
@@ -42,37 +19,15 @@ async fn create_counts(mock: &MockLogzio) -> HashMap<String, usize> {
     counts
 }
 
-/// Makes the state say a token was created `days` ago, as time would.
-fn age_token(ws: &Workspace, address: &str, days: i64) {
-    let mut state = ws.state();
-    let now = state["tokens"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|t| t["address"] == address)
-        .unwrap()["createdAt"]
-        .as_i64()
-        .unwrap();
-    for token in state["tokens"].as_array_mut().unwrap() {
-        if token["address"] == address {
-            token["createdAt"] = serde_json::json!(now - days * 86_400);
-        }
-    }
-    ws.write(
-        "state/tokens.state.json",
-        &format!("{}\n", serde_json::to_string_pretty(&state).unwrap()),
-    );
-}
-
 const THREE: [&str; 3] = ["1/a", "1/b", "2/c"];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refresh_sees_a_revoked_token_and_plan_writes_nothing() {
     let mock = MockLogzio::start().await;
     let mut ws = Workspace::new(&mock.url());
-    manifest(&ws, "", &THREE);
+    ws.manifest_with("", &THREE);
     assert_eq!(ws.run(&["apply", "--auto-approve"]).code, 0);
-    let b = issued_for(&mock, "1/b").remove(0);
+    let b = mock.issued_for("1/b").remove(0);
     mock.revoke(&b.token);
     let state_before = ws.read("state/tokens.state.json");
 
@@ -112,18 +67,18 @@ async fn a_refresh_sees_a_revoked_token_and_plan_writes_nothing() {
     // A plan never records anything, and sends no create.
     assert_eq!(ws.read("state/tokens.state.json"), state_before);
     assert_eq!(mock.create_requests().await.len(), 3);
-    ws.assert_secrets_only_in_sink(&secrets(&mock));
+    ws.assert_secrets_only_in_sink(&mock.secrets());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn recreate_replaces_each_revoked_token_once_and_never_an_unknown_one() {
     let mock = MockLogzio::start().await;
     let mut ws = Workspace::new(&mock.url());
-    manifest(&ws, "on_revoked: recreate\n", &["1/a", "1/b", "1/c", "2/d"]);
+    ws.manifest_with("on_revoked: recreate\n", &["1/a", "1/b", "1/c", "2/d"]);
     assert_eq!(ws.run(&["apply", "--auto-approve"]).code, 0);
-    let a = issued_for(&mock, "1/a").remove(0);
-    let c = issued_for(&mock, "1/c").remove(0);
-    let d = issued_for(&mock, "2/d").remove(0);
+    let a = mock.issued_for("1/a").remove(0);
+    let c = mock.issued_for("1/c").remove(0);
+    let d = mock.issued_for("2/d").remove(0);
     mock.revoke(&a.token);
     // c's answers are a 5xx, d's a 429 storm: neither may count as revoked.
     for (token, status) in [(&c.token, 503), (&d.token, 429)] {
@@ -150,7 +105,7 @@ async fn recreate_replaces_each_revoked_token_once_and_never_an_unknown_one() {
     assert_eq!(counts["1/a"], 2, "{counts:?}");
     assert_eq!(counts["1/c"], 1, "{counts:?}");
     assert_eq!(counts["2/d"], 1, "{counts:?}");
-    let successor = issued_for(&mock, "1/a").remove(1);
+    let successor = mock.issued_for("1/a").remove(1);
     let state = ws.state();
     let token_a = state["tokens"]
         .as_array()
@@ -190,7 +145,7 @@ async fn recreate_replaces_each_revoked_token_once_and_never_an_unknown_one() {
         "{}",
         ws.read("state/tokens.state.json")
     );
-    ws.assert_secrets_only_in_sink(&secrets(&mock));
+    ws.assert_secrets_only_in_sink(&mock.secrets());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -198,7 +153,7 @@ async fn a_stampede_of_revocations_needs_force() {
     let mock = MockLogzio::start().await;
     let mut ws = Workspace::new(&mock.url());
     let tokens = ["1/a", "1/b", "1/c", "1/d", "1/e"];
-    manifest(&ws, "on_revoked: recreate\n", &tokens);
+    ws.manifest_with("on_revoked: recreate\n", &tokens);
     assert_eq!(ws.run(&["apply", "--auto-approve"]).code, 0);
     for issued in mock.issued().iter().take(4) {
         mock.revoke(&issued.token);
@@ -228,10 +183,10 @@ async fn a_stampede_of_revocations_needs_force() {
 async fn a_token_answering_for_another_account_fails_the_plan() {
     let mock = MockLogzio::start().await;
     let mut ws = Workspace::new(&mock.url());
-    manifest(&ws, "", &["2/b"]);
+    ws.manifest_with("", &["2/b"]);
     assert_eq!(ws.run(&["apply", "--auto-approve"]).code, 0);
-    let b = issued_for(&mock, "2/b").remove(0);
-    manifest(&ws, "", &["1/a", "2/b"]);
+    let b = mock.issued_for("2/b").remove(0);
+    ws.manifest_with("", &["1/a", "2/b"]);
     mock.answer_first(
         1,
         None,
@@ -266,10 +221,10 @@ async fn a_token_answering_for_another_account_fails_the_plan() {
 async fn a_secret_that_does_not_match_its_fingerprint_proves_nothing() {
     let mock = MockLogzio::start().await;
     let mut ws = Workspace::new(&mock.url());
-    manifest(&ws, "on_revoked: recreate\n", &["1/a", "1/b"]);
+    ws.manifest_with("on_revoked: recreate\n", &["1/a", "1/b"]);
     assert_eq!(ws.run(&["apply", "--auto-approve"]).code, 0);
-    let a = issued_for(&mock, "1/a").remove(0);
-    let b = issued_for(&mock, "1/b").remove(0);
+    let a = mock.issued_for("1/a").remove(0);
+    let b = mock.issued_for("1/b").remove(0);
     // 1/a's record now carries 1/b's secret, and 1/b is revoked.
     mock.revoke(&b.token);
     let sink = ws
@@ -294,10 +249,10 @@ async fn a_secret_that_does_not_match_its_fingerprint_proves_nothing() {
 async fn rotation_creates_one_successor_and_tracks_the_predecessor_until_retired() {
     let mock = MockLogzio::start().await;
     let mut ws = Workspace::new(&mock.url());
-    manifest(&ws, "rotate_after: 90d\n", &["1/a", "1/b"]);
+    ws.manifest_with("rotate_after: 90d\n", &["1/a", "1/b"]);
     assert_eq!(ws.run(&["apply", "--auto-approve"]).code, 0);
-    age_token(&ws, "1/a", 120);
-    let old = issued_for(&mock, "1/a").remove(0);
+    ws.age_token("1/a", 120);
+    let old = mock.issued_for("1/a").remove(0);
 
     let plan = ws.run(&["plan", "--detailed-exitcode"]);
     assert_eq!(plan.code, 2, "{}", plan.all());
@@ -309,7 +264,7 @@ async fn rotation_creates_one_successor_and_tracks_the_predecessor_until_retired
     );
     let apply = ws.run(&["apply", "--auto-approve"]);
     assert_eq!(apply.code, 0, "{}", apply.all());
-    let new = issued_for(&mock, "1/a").remove(1);
+    let new = mock.issued_for("1/a").remove(1);
     let state = ws.state();
     assert_eq!(state["superseded"][0]["id"], old.id);
     assert_eq!(state["superseded"][0]["successor_id"], new.id);
@@ -353,19 +308,19 @@ async fn rotation_creates_one_successor_and_tracks_the_predecessor_until_retired
     );
     assert!(ws.state().get("superseded").is_none());
     assert_eq!(mock.create_requests().await.len(), 3);
-    ws.assert_secrets_only_in_sink(&secrets(&mock));
+    ws.assert_secrets_only_in_sink(&mock.secrets());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retire_drops_a_revoked_predecessor_and_refuses_anything_else() {
     let mock = MockLogzio::start().await;
     let mut ws = Workspace::new(&mock.url());
-    manifest(&ws, "rotate_after: 30d\n", &["1/a"]);
+    ws.manifest_with("rotate_after: 30d\n", &["1/a"]);
     assert_eq!(ws.run(&["apply", "--auto-approve"]).code, 0);
-    age_token(&ws, "1/a", 31);
+    ws.age_token("1/a", 31);
     assert_eq!(ws.run(&["apply", "--auto-approve"]).code, 0);
-    let old = issued_for(&mock, "1/a").remove(0);
-    let new = issued_for(&mock, "1/a").remove(1);
+    let old = mock.issued_for("1/a").remove(0);
+    let new = mock.issued_for("1/a").remove(1);
 
     let current = ws.run(&["retire", "1/a", "--id", &new.id.to_string()]);
     assert_eq!(current.code, 1, "{}", current.all());
@@ -388,10 +343,10 @@ async fn retire_drops_a_revoked_predecessor_and_refuses_anything_else() {
 async fn a_crash_during_rotation_keeps_the_predecessor_and_sends_no_second_successor() {
     let mock = MockLogzio::start().await;
     let mut ws = Workspace::new(&mock.url());
-    manifest(&ws, "rotate_after: 90d\n", &["1/a"]);
+    ws.manifest_with("rotate_after: 90d\n", &["1/a"]);
     assert_eq!(ws.run(&["apply", "--auto-approve"]).code, 0);
-    age_token(&ws, "1/a", 100);
-    let old = issued_for(&mock, "1/a").remove(0);
+    ws.age_token("1/a", 100);
+    let old = mock.issued_for("1/a").remove(0);
     let crash = ws.run_with(
         &["apply", "--auto-approve"],
         &[("TOKENCTL_FAILPOINT", "after-sink")],
@@ -408,13 +363,13 @@ async fn a_crash_during_rotation_keeps_the_predecessor_and_sends_no_second_succe
     // The successor's secret reached the sink before the crash.
     let resolve = ws.run(&["resolve", "1/a"]);
     assert_eq!(resolve.code, 0, "{}", resolve.all());
-    let new = issued_for(&mock, "1/a").remove(1);
+    let new = mock.issued_for("1/a").remove(1);
     let state = ws.state();
     assert_eq!(state["tokens"][0]["id"], new.id);
     assert_eq!(state["superseded"][0]["id"], old.id);
     assert_eq!(ws.run(&["apply", "--auto-approve"]).code, 0);
     assert_eq!(mock.create_requests().await.len(), 2);
-    ws.assert_secrets_only_in_sink(&secrets(&mock));
+    ws.assert_secrets_only_in_sink(&mock.secrets());
 }
 
 /// What a refresh learnt is stored only once the apply goes ahead: an
@@ -423,9 +378,9 @@ async fn a_crash_during_rotation_keeps_the_predecessor_and_sends_no_second_succe
 async fn an_unconfirmed_apply_records_nothing_of_its_refresh() {
     let mock = MockLogzio::start().await;
     let mut ws = Workspace::new(&mock.url());
-    manifest(&ws, "", &["1/a"]);
+    ws.manifest_with("", &["1/a"]);
     assert_eq!(ws.run(&["apply", "--auto-approve"]).code, 0);
-    manifest(&ws, "", &["1/a", "1/b"]);
+    ws.manifest_with("", &["1/a", "1/b"]);
     let before = ws.read("state/tokens.state.json");
     let unconfirmed = ws.run(&["apply", "--refresh"]);
     assert_eq!(unconfirmed.code, 1, "{}", unconfirmed.all());
@@ -454,7 +409,7 @@ async fn an_unconfirmed_apply_records_nothing_of_its_refresh() {
 async fn a_refresh_with_no_readable_sink_warns_once_and_verifies_nothing() {
     let mock = MockLogzio::start().await;
     let mut ws = Workspace::new(&mock.url());
-    manifest(&ws, "", &["1/a"]);
+    ws.manifest_with("", &["1/a"]);
     assert_eq!(ws.run(&["apply", "--auto-approve"]).code, 0);
     // Only a Vault sink, and no VAULT_ADDR: nothing can be read back.
     ws.write(

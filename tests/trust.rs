@@ -11,33 +11,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use support::mock_logzio::{Issued, MockLogzio, OWNER_TOKEN};
+use support::mock_logzio::{MockLogzio, OWNER_TOKEN};
 use support::workspace::Workspace;
 use wiremock::matchers::{header, method, path};
 use wiremock::{Mock, ResponseTemplate};
-
-fn secrets(mock: &MockLogzio) -> Vec<String> {
-    mock.issued().into_iter().map(|i| i.token).collect()
-}
-
-fn issued_for(mock: &MockLogzio, address: &str) -> Issued {
-    mock.issued()
-        .into_iter()
-        .find(|i| format!("{}/{}", i.account_id, i.name) == address)
-        .unwrap()
-}
-
-/// Writes a manifest with `settings` above the token list.
-fn manifest(ws: &Workspace, settings: &str, tokens: &[&str]) {
-    let mut text = format!(
-        "version: 1\nregion: eu\nsecrets:\n  file: secrets/logzio-tokens.jsonl\n{settings}tokens:\n"
-    );
-    for token in tokens {
-        let (account, name) = token.split_once('/').unwrap();
-        text.push_str(&format!("  - name: {name}\n    accountId: {account}\n"));
-    }
-    ws.write("tokens.yaml", &text);
-}
 
 /// Makes whoami with `token` answer `template`, over the mock's own answer.
 async fn whoami_answers(mock: &MockLogzio, token: &str, template: ResponseTemplate) {
@@ -72,9 +49,9 @@ fn state_ids(ws: &Workspace) -> Vec<u64> {
 async fn a_server_echoing_a_checked_token_never_makes_tokenctl_print_it() {
     let mock = MockLogzio::start().await;
     let mut ws = Workspace::new(&mock.url());
-    manifest(&ws, "", &["1/a", "1/b", "1/c", "1/d"]);
+    ws.manifest_with("", &["1/a", "1/b", "1/c", "1/d"]);
     assert_eq!(ws.run(&["apply", "--auto-approve"]).code, 0);
-    let b = issued_for(&mock, "1/b");
+    let b = mock.issued_for("1/b").remove(0);
     // Long enough that a cut at 300 characters would keep part of it.
     let echo = format!("bad key {} {}", b.token, "x".repeat(280));
     whoami_answers(
@@ -97,7 +74,7 @@ async fn a_server_echoing_a_checked_token_never_makes_tokenctl_print_it() {
             run.stdout
         );
     }
-    ws.assert_secrets_only_in_sink(&secrets(&mock));
+    ws.assert_secrets_only_in_sink(&mock.secrets());
 }
 
 /// The owner token's check echoed by the server: the error names the
@@ -106,7 +83,7 @@ async fn a_server_echoing_a_checked_token_never_makes_tokenctl_print_it() {
 async fn a_server_echoing_the_owner_token_never_makes_tokenctl_print_it() {
     let mock = MockLogzio::start().await;
     let mut ws = Workspace::new(&mock.url());
-    manifest(&ws, "", &["1/a"]);
+    ws.manifest_with("", &["1/a"]);
     assert_eq!(ws.run(&["apply", "--auto-approve"]).code, 0);
     whoami_answers(
         &mock,
@@ -155,7 +132,7 @@ fn proxy_listener() -> (String, Arc<AtomicUsize>) {
 async fn plain_http_requests_never_go_through_a_proxy() {
     let mock = MockLogzio::start().await;
     let mut ws = Workspace::new(&mock.url());
-    manifest(&ws, "", &["1/a", "1/b"]);
+    ws.manifest_with("", &["1/a", "1/b"]);
     let (proxy, accepted) = proxy_listener();
     let env = [
         ("HTTP_PROXY", proxy.as_str()),
@@ -188,7 +165,7 @@ async fn a_proxys_401_page_never_replaces_or_forgets_a_live_token() {
     let mut ws = Workspace::new(&mock.url());
     let tokens: Vec<String> = (0..12).map(|i| format!("1/t{i:02}")).collect();
     let tokens: Vec<&str> = tokens.iter().map(String::as_str).collect();
-    manifest(&ws, "on_revoked: recreate\n", &tokens);
+    ws.manifest_with("on_revoked: recreate\n", &tokens);
     assert_eq!(ws.run(&["apply", "--auto-approve"]).code, 0);
     let ids = state_ids(&ws);
     for issued in mock.issued().iter().take(4) {
@@ -224,11 +201,11 @@ async fn a_proxys_401_page_never_replaces_or_forgets_a_live_token() {
 async fn retire_verify_needs_the_secret_the_token_was_made_with() {
     let mock = MockLogzio::start().await;
     let mut ws = Workspace::new(&mock.url());
-    manifest(&ws, "rotate_after: 90d\n", &["1/a"]);
+    ws.manifest_with("rotate_after: 90d\n", &["1/a"]);
     assert_eq!(ws.run(&["apply", "--auto-approve"]).code, 0);
-    age_token(&ws, "1/a", 120);
+    ws.age_token("1/a", 120);
     assert_eq!(ws.run(&["apply", "--auto-approve"]).code, 0);
-    let old = issued_for(&mock, "1/a");
+    let old = mock.issued_for("1/a").remove(0);
     // The predecessor's record now holds a value the API answers 401 to.
     let sink = ws
         .read("secrets/logzio-tokens.jsonl")
@@ -264,7 +241,7 @@ async fn retire_verify_needs_the_secret_the_token_was_made_with() {
 async fn an_imported_token_is_unverifiable_whatever_secret_a_sink_holds() {
     let mock = MockLogzio::start().await;
     let mut ws = Workspace::new(&mock.url());
-    manifest(&ws, "on_revoked: recreate\n", &["1/a", "1/i"]);
+    ws.manifest_with("on_revoked: recreate\n", &["1/a", "1/i"]);
     assert_eq!(
         ws.run_with(&["apply", "--auto-approve", "--target", "1/a"], &[])
             .code,
@@ -299,12 +276,12 @@ async fn an_imported_token_is_unverifiable_whatever_secret_a_sink_holds() {
 async fn resolve_never_adopts_a_forgotten_tokens_id_whatever_the_clocks_say() {
     let mock = MockLogzio::start().await;
     let mut ws = Workspace::new(&mock.url());
-    manifest(&ws, "", &["1/a", "1/k"]);
+    ws.manifest_with("", &["1/a", "1/k"]);
     assert_eq!(ws.run(&["apply", "--auto-approve"]).code, 0);
-    let old = issued_for(&mock, "1/a");
-    manifest(&ws, "", &["1/k"]);
+    let old = mock.issued_for("1/a").remove(0);
+    ws.manifest_with("", &["1/k"]);
     assert_eq!(ws.run(&["forget", "1/a"]).code, 0);
-    manifest(&ws, "", &["1/a", "1/k"]);
+    ws.manifest_with("", &["1/a", "1/k"]);
     let crash = ws.run_with(
         &["apply", "--auto-approve"],
         &[("TOKENCTL_FAILPOINT", "after-intent")],
@@ -336,7 +313,7 @@ async fn resolve_never_adopts_a_forgotten_tokens_id_whatever_the_clocks_say() {
     assert_eq!(adopt.code, 1, "{}", adopt.all());
     assert_eq!(ws.pending_addresses(), ["1/a"]);
     assert_eq!(ws.state()["former"][0]["id"], old.id);
-    ws.assert_secrets_only_in_sink(&secrets(&mock));
+    ws.assert_secrets_only_in_sink(&mock.secrets());
 }
 
 /// A rotation in doubt after the successor's secret reached the sink:
@@ -347,10 +324,10 @@ async fn resolve_never_adopts_a_forgotten_tokens_id_whatever_the_clocks_say() {
 async fn a_rotation_in_doubt_is_settled_only_by_its_successor() {
     let mock = MockLogzio::start().await;
     let mut ws = Workspace::new(&mock.url());
-    manifest(&ws, "rotate_after: 90d\n", &["1/a"]);
+    ws.manifest_with("rotate_after: 90d\n", &["1/a"]);
     assert_eq!(ws.run(&["apply", "--auto-approve"]).code, 0);
-    age_token(&ws, "1/a", 100);
-    let old = issued_for(&mock, "1/a");
+    ws.age_token("1/a", 100);
+    let old = mock.issued_for("1/a").remove(0);
     let crash = ws.run_with(
         &["apply", "--auto-approve"],
         &[("TOKENCTL_FAILPOINT", "after-sink")],
@@ -387,22 +364,7 @@ async fn a_rotation_in_doubt_is_settled_only_by_its_successor() {
     assert_eq!(state["tokens"][0]["id"], new.id);
     assert_eq!(state["superseded"][0]["id"], old.id);
     assert_eq!(mock.create_requests().await.len(), 2);
-    ws.assert_secrets_only_in_sink(&secrets(&mock));
-}
-
-/// Makes the state say a token was created `days` ago.
-fn age_token(ws: &Workspace, address: &str, days: i64) {
-    let mut state = ws.state();
-    for token in state["tokens"].as_array_mut().unwrap() {
-        if token["address"] == address {
-            let created = token["createdAt"].as_i64().unwrap();
-            token["createdAt"] = serde_json::json!(created - days * 86_400);
-        }
-    }
-    ws.write(
-        "state/tokens.state.json",
-        &format!("{}\n", serde_json::to_string_pretty(&state).unwrap()),
-    );
+    ws.assert_secrets_only_in_sink(&mock.secrets());
 }
 
 // ---------------------------------------------------------------------------
@@ -417,7 +379,7 @@ async fn a_refresh_ends_at_its_deadline_and_fails_having_verified_nothing() {
     let mut ws = Workspace::new(&mock.url());
     let tokens: Vec<String> = (0..11).map(|i| format!("1/h{i:02}")).collect();
     let tokens: Vec<&str> = tokens.iter().map(String::as_str).collect();
-    manifest(&ws, "", &tokens);
+    ws.manifest_with("", &tokens);
     assert_eq!(ws.run(&["apply", "--auto-approve"]).code, 0);
     let issued = mock.issued();
     for hanging in &issued[..10] {
@@ -467,7 +429,7 @@ async fn a_refresh_ends_at_its_deadline_and_fails_having_verified_nothing() {
 async fn a_drift_check_that_could_verify_no_token_is_not_green() {
     let mock = MockLogzio::start().await;
     let mut ws = Workspace::new(&mock.url());
-    manifest(&ws, "", &["1/a", "1/b"]);
+    ws.manifest_with("", &["1/a", "1/b"]);
     assert_eq!(ws.run(&["apply", "--auto-approve"]).code, 0);
     std::fs::remove_file(ws.path("secrets/logzio-tokens.jsonl")).unwrap();
     let plan = ws.run(&["plan", "--refresh", "--detailed-exitcode"]);

@@ -390,6 +390,20 @@ impl MockLogzio {
         self.issued.lock().unwrap().clone()
     }
 
+    /// Returns the tokens issued for `address` (`accountId/name`), oldest
+    /// first.
+    pub fn issued_for(&self, address: &str) -> Vec<Issued> {
+        self.issued()
+            .into_iter()
+            .filter(|i| format!("{}/{}", i.account_id, i.name) == address)
+            .collect()
+    }
+
+    /// Returns every secret issued so far, for scans of what tokenctl wrote.
+    pub fn secrets(&self) -> Vec<String> {
+        self.issued().into_iter().map(|i| i.token).collect()
+    }
+
     /// Returns `accountId/name` of every create request received, in order.
     pub async fn create_requests(&self) -> Vec<String> {
         self.server

@@ -58,6 +58,33 @@ impl Workspace {
         self.write("tokens.yaml", &text);
     }
 
+    /// Writes `tokens.yaml` with `settings` (YAML lines) above the tokens.
+    pub fn manifest_with(&self, settings: &str, tokens: &[&str]) {
+        let mut text = format!(
+            "version: 1\nregion: eu\nsecrets:\n  file: secrets/logzio-tokens.jsonl\n{settings}tokens:\n"
+        );
+        for token in tokens {
+            let (account, name) = token.split_once('/').unwrap();
+            text.push_str(&format!("  - name: {name}\n    accountId: {account}\n"));
+        }
+        self.write("tokens.yaml", &text);
+    }
+
+    /// Makes the state say a token was created `days` before it was.
+    pub fn age_token(&self, address: &str, days: i64) {
+        let mut state = self.state();
+        for token in state["tokens"].as_array_mut().unwrap() {
+            if token["address"] == address {
+                let created = token["createdAt"].as_i64().unwrap();
+                token["createdAt"] = serde_json::json!(created - days * 86_400);
+            }
+        }
+        self.write(
+            "state/tokens.state.json",
+            &format!("{}\n", serde_json::to_string_pretty(&state).unwrap()),
+        );
+    }
+
     pub fn write(&self, relative: &str, text: &str) {
         let path = self.path(relative);
         fs::create_dir_all(path.parent().unwrap()).unwrap();
