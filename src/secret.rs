@@ -47,11 +47,8 @@ impl fmt::Debug for Secret {
 
 impl Drop for Secret {
     fn drop(&mut self) {
-        // Overwrite the bytes so the value does not linger in freed memory.
-        let bytes = std::mem::take(&mut self.0).into_bytes();
-        let mut bytes = bytes;
-        bytes.iter_mut().for_each(|b| *b = 0);
-        std::hint::black_box(&bytes);
+        // The value must not linger in freed memory.
+        zeroize::Zeroize::zeroize(&mut self.0);
     }
 }
 
