@@ -582,4 +582,64 @@ mod tests {
         // An imported token has no fingerprint: nothing can vouch for it.
         assert!(verified(secret(), None).is_none());
     }
+
+    /// Answers whoami after a few milliseconds, and 429 beyond `limit`
+    /// calls in flight, as a rate-limited API does.
+    struct Shedding {
+        limit: usize,
+        in_flight: std::sync::atomic::AtomicUsize,
+        throttled: std::sync::atomic::AtomicUsize,
+    }
+
+    impl TokenCheck for Shedding {
+        async fn whoami_as(&self, _token: &Secret) -> Result<Owner, CheckError> {
+            use std::sync::atomic::Ordering::SeqCst;
+            if self.in_flight.fetch_add(1, SeqCst) >= self.limit {
+                self.in_flight.fetch_sub(1, SeqCst);
+                self.throttled.fetch_add(1, SeqCst);
+                return Err(CheckError::RateLimited {
+                    retry_after: Some(Duration::from_millis(1)),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(3)).await;
+            self.in_flight.fetch_sub(1, SeqCst);
+            Ok(alive(1))
+        }
+    }
+
+    impl OwnerApi for Shedding {
+        async fn whoami(&self) -> Result<Owner, crate::api::PreflightError> {
+            Ok(alive(1000))
+        }
+        async fn associated_accounts(
+            &self,
+        ) -> Result<Vec<crate::api::AssociatedAccount>, crate::api::PreflightError> {
+            Ok(Vec::new())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_refresh_at_the_servers_capacity_adapts_and_verifies_every_token() {
+        let server = Shedding {
+            limit: 2,
+            in_flight: Default::default(),
+            throttled: Default::default(),
+        };
+        let retry = RetryPolicy {
+            patience: Duration::from_secs(30),
+            ..fast()
+        };
+        let probes: Vec<Probe> = (0..40).map(|i| probe(&format!("t{i}"))).collect();
+        let limits = Limits {
+            retry: &retry,
+            parallelism: 16,
+            deadline: Duration::from_secs(60),
+        };
+        let found = refresh(&server, probes, vec![], limits, 0).await;
+        assert_eq!(found.counts().alive, 40, "{:?}", found.counts());
+        // The limit grew past what the server takes, was cut, and held:
+        // far fewer refusals than answers.
+        let throttled = server.throttled.load(std::sync::atomic::Ordering::SeqCst);
+        assert!((1..40).contains(&throttled), "{throttled}");
+    }
 }
