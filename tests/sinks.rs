@@ -6,6 +6,7 @@ use crate::support;
 
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::Duration;
 
 use support::mock_logzio::{Issued, MockLogzio};
@@ -809,4 +810,275 @@ async fn a_secret_written_at_the_path_during_the_create_is_named_as_such() {
     assert_eq!(body["data"]["data"]["token"], "someone else's");
     let _ = ws.run(&["plan"]);
     ws.assert_secrets_only_in_sink(&secrets(&mock));
+}
+
+/// Answers `sys/capabilities-self` with create and read on every path asked.
+struct AllCapabilities;
+
+impl wiremock::Respond for AllCapabilities {
+    fn respond(&self, request: &wiremock::Request) -> wiremock::ResponseTemplate {
+        let asked: serde_json::Value = serde_json::from_slice(&request.body).unwrap_or_default();
+        let mut answer = serde_json::Map::new();
+        for path in asked["paths"].as_array().into_iter().flatten() {
+            if let Some(path) = path.as_str() {
+                answer.insert(path.into(), serde_json::json!(["create", "read"]));
+            }
+        }
+        wiremock::ResponseTemplate::new(200).set_body_json(answer)
+    }
+}
+
+/// A stand-in for Vault that passes every pre-flight check of the mount
+/// `secret` and answers each write with `write`.
+async fn vault_stand_in(write: wiremock::ResponseTemplate) -> wiremock::MockServer {
+    use wiremock::matchers::{method, path, path_regex};
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path("/v1/sys/internal/ui/mounts/secret"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!(
+            {"data": {"type": "kv", "path": "secret/", "options": {"version": "2"}}}
+        )))
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/v1/sys/capabilities-self"))
+        .respond_with(AllCapabilities)
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path_regex("^/v1/secret/data/"))
+        .respond_with(ResponseTemplate::new(404).set_body_json(serde_json::json!({"errors": []})))
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path_regex("^/v1/secret/data/"))
+        .respond_with(write)
+        .mount(&server)
+        .await;
+    server
+}
+
+async fn vault_writes(vault: &wiremock::MockServer) -> usize {
+    vault
+        .received_requests()
+        .await
+        .unwrap_or_default()
+        .iter()
+        .filter(|r| r.method.as_str() == "POST" && r.url.path().starts_with("/v1/secret/data/"))
+        .count()
+}
+
+/// Every rescue file's record, by token value.
+fn rescued_tokens(ws: &Workspace) -> Vec<String> {
+    let mut tokens: Vec<String> = fs::read_dir(ws.path("home/.local/state/tokenctl/rescue"))
+        .map(|dir| {
+            dir.flatten()
+                .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
+                .map(|e| {
+                    let text = fs::read_to_string(e.path()).unwrap();
+                    let record: serde_json::Value = serde_json::from_str(&text).unwrap();
+                    record["token"].as_str().unwrap().to_string()
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    tokens.sort();
+    tokens
+}
+
+fn ten_tokens() -> Vec<(u64, String)> {
+    (0..10).map(|i| (1, format!("t{i}"))).collect()
+}
+
+fn as_pairs(tokens: &[(u64, String)]) -> Vec<(u64, &str)> {
+    tokens.iter().map(|(a, n)| (*a, n.as_str())).collect()
+}
+
+/// A Vault that never answers writes: no more creates are sent than
+/// secrets may wait for it (--parallelism); SIGTERM puts every secret no
+/// sink had into a rescue file at once, and a kill -9 soon after (a CI
+/// cancel) loses nothing: each token is in a rescue file and the state.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupt_rescues_what_a_vault_that_never_answers_holds_back() {
+    let vault =
+        vault_stand_in(wiremock::ResponseTemplate::new(204).set_delay(Duration::from_secs(3600)))
+            .await;
+    let mock = MockLogzio::start().await;
+    let mut ws = Workspace::new(&mock.url());
+    let tokens = ten_tokens();
+    manifest(&ws, VAULT_SECRETS, &as_pairs(&tokens));
+    let addr = vault.uri();
+    let mut child = ws
+        .command(
+            &["apply", "--auto-approve", "--parallelism", "3"],
+            &[("VAULT_ADDR", &addr), ("VAULT_TOKEN", "hvs.stand-in-token")],
+        )
+        .spawn()
+        .unwrap();
+    for _ in 0..600 {
+        if vault_writes(&vault).await > 0 && mock.create_requests().await.len() >= 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Time for creates beyond the limit to go out, were they allowed to.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let sent = mock.create_requests().await.len();
+    assert_eq!(sent, 3, "creates sent while Vault held every secret");
+
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    // A CI system's grace before kill -9, generous for a slow machine and
+    // shorter than Vault's request timeout.
+    let mut exited = false;
+    for _ in 0..200 {
+        if child.try_wait().unwrap().is_some() {
+            exited = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    if !exited {
+        let _ = child.kill();
+    }
+    let run = ws.finish(child);
+    assert!(exited, "SIGTERM waited for the sink: {}", run.all());
+    assert_eq!(run.code, 130, "{}", run.all());
+    let mut issued = secrets(&mock);
+    issued.sort();
+    assert_eq!(issued.len(), 3);
+    assert_eq!(rescued_tokens(&ws), issued, "{}", run.all());
+    assert!(
+        run.stderr.contains(
+            "interrupted: 3 created, 7 not attempted; the state records every outcome; 3 secret(s) no sink had yet were saved to rescue files (paths above)"
+        ),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(ws.state_addresses(), ["1/t0", "1/t1", "1/t2"]);
+    assert!(
+        !run.stdout.contains("New secrets were delivered"),
+        "{}",
+        run.stdout
+    );
+    ws.assert_secrets_only_in_sink(&issued);
+}
+
+/// The same after kill -9 alone, once the secrets were rescued: nothing
+/// is lost, and the next command records every token.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_after_an_interrupt_loses_no_secret() {
+    let vault =
+        vault_stand_in(wiremock::ResponseTemplate::new(204).set_delay(Duration::from_secs(3600)))
+            .await;
+    // Creates answered slowly: the interrupt comes while two are in flight
+    // and one secret waits for Vault.
+    let mock = MockLogzio::answering_after(Duration::from_millis(300)).await;
+    let mut ws = Workspace::new(&mock.url());
+    let tokens = ten_tokens();
+    manifest(&ws, VAULT_SECRETS, &as_pairs(&tokens));
+    let addr = vault.uri();
+    let mut child = ws
+        .command(
+            &["apply", "--auto-approve", "--parallelism", "3"],
+            &[("VAULT_ADDR", &addr), ("VAULT_TOKEN", "hvs.stand-in-token")],
+        )
+        .spawn()
+        .unwrap();
+    for _ in 0..600 {
+        if vault_writes(&vault).await > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let pid = child.id().to_string();
+    let kill = |signal: &str| {
+        let status = Command::new("kill").args([signal, &pid]).status().unwrap();
+        assert!(status.success());
+    };
+    kill("-TERM");
+    // Wait for the secrets received so far to be in rescue files, then
+    // kill -9 as a CI system does after its grace period.
+    for _ in 0..200 {
+        let issued = mock.issued().len();
+        if issued > 0 && rescued_tokens(&ws).len() == issued {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    if child.try_wait().unwrap().is_none() {
+        kill("-KILL");
+    }
+    let run = ws.finish(child);
+    let mut issued = secrets(&mock);
+    issued.sort();
+    assert!(!issued.is_empty());
+    assert_eq!(rescued_tokens(&ws), issued, "{}", run.all());
+    // The next command folds what the journal holds: every issued token
+    // is recorded as created, none in doubt.
+    let plan = ws.run(&["plan"]);
+    assert!(plan.code == 0 || plan.code == 2, "{}", plan.all());
+    assert_eq!(ws.state_addresses().len(), issued.len(), "{}", plan.all());
+    assert!(ws.pending_addresses().is_empty());
+    ws.assert_secrets_only_in_sink(&issued);
+}
+
+/// A Vault token revoked mid-apply: the first refused write stops new
+/// creates; the secrets already received are rescued at once, the rest
+/// are not attempted, and the summary says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sink_that_fails_stops_new_creates() {
+    let vault = vault_stand_in(
+        wiremock::ResponseTemplate::new(403)
+            .set_body_json(serde_json::json!({"errors": ["permission denied"]})),
+    )
+    .await;
+    let mock = MockLogzio::start().await;
+    let mut ws = Workspace::new(&mock.url());
+    let tokens = ten_tokens();
+    manifest(&ws, VAULT_SECRETS, &as_pairs(&tokens));
+    let addr = vault.uri();
+    let run = ws.run_with(
+        &["apply", "--auto-approve", "--parallelism", "2"],
+        &[("VAULT_ADDR", &addr), ("VAULT_TOKEN", "hvs.stand-in-token")],
+    );
+    assert_eq!(run.code, 1, "{}", run.all());
+    let mut issued = secrets(&mock);
+    issued.sort();
+    let created = issued.len();
+    assert!(
+        (1..=2).contains(&created),
+        "{created} created: {}",
+        run.all()
+    );
+    assert_eq!(rescued_tokens(&ws), issued);
+    let not_attempted = 10 - created;
+    let summary = format!(
+        "Apply finished: {created} created, 0 failed, 0 in doubt, {not_attempted} not attempted."
+    );
+    assert!(run.stdout.contains(&summary), "{}", run.stdout);
+    assert!(
+        !run.stdout.contains("New secrets were delivered"),
+        "{}",
+        run.stdout
+    );
+    let error = format!(
+        "error: the apply stopped early: secret sink vault {addr} mount secret: Vault answered 403 Forbidden for secret/data/logzio/1/t"
+    );
+    assert!(run.stderr.contains(&error), "{}", run.stderr);
+    assert!(
+        run.stderr.contains(&format!(
+            "permission denied; starting no more creates, as their secrets could only go to rescue files; {created} secret(s) were saved to rescue files (paths above), {not_attempted} create(s) were not attempted\n"
+        )),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(ws.state_addresses().len(), created);
+    ws.assert_secrets_only_in_sink(&issued);
 }
