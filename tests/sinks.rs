@@ -1082,3 +1082,43 @@ async fn a_sink_that_fails_stops_new_creates() {
     assert_eq!(ws.state_addresses().len(), created);
     ws.assert_secrets_only_in_sink(&issued);
 }
+
+/// The exec sink's command gets no credential tokenctl reads, but those
+/// the manifest passes by name; its timeout comes from the manifest.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_exec_sink_gets_the_variables_the_manifest_passes_and_its_timeout() {
+    let mock = MockLogzio::start().await;
+    let mut ws = Workspace::new(&mock.url());
+    let out = ws.path("env.txt").display().to_string();
+    let secrets = format!(
+        "  exec:\n    command: [sh, -c, \"cat >/dev/null; env > '{out}'\"]\n    pass_env: [VAULT_TOKEN]\n"
+    );
+    manifest(&ws, &secrets, &[(1, "a")]);
+    let env = [
+        ("VAULT_TOKEN", "hvs.passed-on-purpose"),
+        ("PGPASSWORD", "pg-password-stays-home"),
+        ("SOPS_AGE_KEY", "AGE-SECRET-KEY-STAYS-HOME"),
+    ];
+    let run = ws.run_with(&["apply", "--auto-approve"], &env);
+    assert_eq!(run.code, 0, "{}", run.all());
+    let seen = fs::read_to_string(&out).unwrap();
+    assert!(seen.contains("VAULT_TOKEN=hvs.passed-on-purpose"), "{seen}");
+    assert!(!seen.contains("PGPASSWORD="), "{seen}");
+    assert!(!seen.contains("SOPS_AGE_KEY="), "{seen}");
+    assert!(!seen.contains("LOGZIO_API_TOKEN"), "{seen}");
+
+    let secrets = "  exec:\n    command: [sleep, \"30\"]\n    timeout: 1s\n";
+    manifest(&ws, secrets, &[(1, "a"), (1, "b")]);
+    let run = ws.run(&["apply", "--auto-approve"]);
+    assert_eq!(run.code, 1, "{}", run.all());
+    assert!(
+        run.stderr
+            .contains("error: 1/b: secret sink exec sleep 30: no exit within 1s; it was killed"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(rescued_tokens(&ws).len(), 1);
+    let issued: Vec<String> = mock.issued().into_iter().map(|i| i.token).collect();
+    ws.assert_secrets_only_in_sink(&issued);
+}
