@@ -1122,3 +1122,100 @@ async fn the_exec_sink_gets_the_variables_the_manifest_passes_and_its_timeout() 
     let issued: Vec<String> = mock.issued().into_iter().map(|i| i.token).collect();
     ws.assert_secrets_only_in_sink(&issued);
 }
+
+/// An older SOPS file for the address, encrypted to a key retired since,
+/// does not hide the in-doubt create's file: resolve adopts it and names
+/// the file it passed over. With only the retired key, nothing readable
+/// holds the token, and the message says a file could not be read; with a
+/// key file that cannot be read, it says that, not that there is no sink.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resolve_passes_over_a_sops_file_of_a_retired_key() {
+    if require("age-keygen", "the Debian package age").is_none() {
+        return;
+    }
+    let mock = MockLogzio::start().await;
+    let mut ws = Workspace::new(&mock.url());
+    let keys = tempfile::tempdir().unwrap();
+    let retired = AgeKey::generate(keys.path(), "retired.txt");
+    let current = AgeKey::generate(keys.path(), "current.txt");
+    let address = "160343/ci-shipper";
+    manifest(&ws, &sops_secrets(&retired, "plain"), &TOKENS[..1]);
+    assert_eq!(ws.run(&["apply", "--auto-approve"]).code, 0);
+    manifest(&ws, &sops_secrets(&retired, "plain"), &TOKENS[1..]);
+    assert_eq!(ws.run(&["forget", address]).code, 0);
+    // The old token was made in an earlier second than the new create.
+    std::thread::sleep(Duration::from_millis(1100));
+    manifest(&ws, &sops_secrets(&current, "plain"), &TOKENS[..1]);
+    let crash = ws.run_with(
+        &["apply", "--auto-approve"],
+        &[("TOKENCTL_FAILPOINT", "after-sink")],
+    );
+    assert_ne!(crash.code, 0, "the failpoint did not fire: {}", crash.all());
+    assert_eq!(ws.run(&["plan"]).code, 0);
+    assert_eq!(ws.pending_addresses(), [address]);
+    let files = sops_files(&ws);
+    assert_eq!(files.len(), 2);
+    let issued = mock.issued();
+    let file_of = |id: u64| {
+        files
+            .iter()
+            .find(|f| f.to_string_lossy().ends_with(&format!("-{id}.sops.yaml")))
+            .unwrap()
+            .strip_prefix(ws.dir.path())
+            .unwrap()
+            .display()
+            .to_string()
+    };
+    let (old_file, new_file) = (file_of(issued[0].id), file_of(issued[1].id));
+    let ws_root = ws.dir.path().display().to_string();
+    let root = |text: &str| text.replace(&ws_root, "[ROOT]");
+
+    let key_file = retired.file.display().to_string();
+    let old_key = ws.run_with(&["resolve", address], &[("SOPS_AGE_KEY_FILE", &key_file)]);
+    assert_eq!(old_key.code, 1, "{}", old_key.all());
+    let first = root(old_key.stderr.lines().next().unwrap());
+    assert!(
+        first.starts_with(&format!("error: no sink that could be read holds a token for {address} created since its create was sent")),
+        "{first}"
+    );
+    assert!(
+        first.ends_with("; what could not be read may hold it:"),
+        "{first}"
+    );
+    assert!(
+        root(&old_key.stderr).contains(&format!(
+            "\n  ./{new_file}: none of the available age identities is a recipient of the file"
+        )),
+        "{}",
+        old_key.stderr
+    );
+
+    let missing = ws.run_with(
+        &["resolve", address],
+        &[("SOPS_AGE_KEY_FILE", "/nonexistent/keys.txt")],
+    );
+    assert_eq!(missing.code, 1, "{}", missing.all());
+    // The key file's path is masked like the variable's every value.
+    assert_eq!(
+        missing.stderr,
+        "error: no sink that can read secrets back could be opened:\n  secret sink sops ./secrets/tokens: cannot read SOPS_AGE_KEY_FILE [redacted]: No such file or directory (os error 2) (SOPS_AGE_KEY_FILE names a file of age identities (AGE-SECRET-KEY-1…); SOPS_AGE_KEY holds them)\nhint: fix what is named above and run resolve again, or pass --adopt ID or --abandon\n"
+    );
+    assert!(!missing.stderr.contains("there is no sink to look in"));
+
+    let key_file = current.file.display().to_string();
+    let run = ws.run_with(&["resolve", address], &[("SOPS_AGE_KEY_FILE", &key_file)]);
+    assert_eq!(run.code, 0, "{}", run.all());
+    let last_lines: Vec<String> = run.stdout.lines().rev().take(2).map(root).collect();
+    assert_eq!(
+        last_lines,
+        [
+            format!(
+                "note: passed over, as it could not be read: ./{old_file}: none of the available age identities is a recipient of the file (set SOPS_AGE_KEY_FILE (or SOPS_AGE_KEY) to the identity of one of the file's `sops.age` recipients)"
+            ),
+            format!("{address} is recorded as token id {}.", issued[1].id),
+        ]
+    );
+    assert_eq!(ws.state()["tokens"][0]["id"].as_u64(), Some(issued[1].id));
+    assert!(ws.pending_addresses().is_empty());
+    assert_no_plaintext(ws.dir.path(), &secrets(&mock));
+}

@@ -97,6 +97,16 @@ pub trait SecretLookup {
     /// Returns the secrets held for `address`, oldest first.
     fn lookup(&self, address: &Address) -> Result<Vec<FoundSecret>, SinkError>;
 
+    /// Returns the secrets held for `address`, oldest first, and what
+    /// could not be read (a file encrypted to a retired key, say), which
+    /// does not stop the search of the rest.
+    fn lookup_noting(
+        &self,
+        address: &Address,
+    ) -> Result<(Vec<FoundSecret>, Vec<String>), SinkError> {
+        self.lookup(address).map(|found| (found, Vec::new()))
+    }
+
     /// Returns every secret held, oldest first, when the sink can list them
     /// in one go more cheaply than address by address (a refresh reads all).
     fn lookup_all(&self) -> Option<Result<Vec<(Address, FoundSecret)>, SinkError>> {

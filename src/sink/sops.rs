@@ -905,14 +905,30 @@ impl SecretSink for SopsSink {
 }
 
 impl SecretLookup for SopsSink {
+    /// Fails only when no file of the address could be read: then it
+    /// names them all.
     fn lookup(&self, address: &Address) -> Result<Vec<FoundSecret>, SinkError> {
+        let (found, unread) = self.lookup_noting(address)?;
+        if found.is_empty() && !unread.is_empty() {
+            return Err(self.fail(unread.join("; "), None));
+        }
+        Ok(found)
+    }
+
+    /// Tries every file of the address: an older one encrypted to a key
+    /// that was retired since must not hide the one that can be read.
+    fn lookup_noting(
+        &self,
+        address: &Address,
+    ) -> Result<(Vec<FoundSecret>, Vec<String>), SinkError> {
         let wanted = address.to_string();
         let entries = match fs::read_dir(&self.dir) {
             Ok(entries) => entries,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((Vec::new(), Vec::new())),
             Err(e) => return Err(self.fail(format!("cannot read the folder: {e}"), None)),
         };
         let mut found = Vec::new();
+        let mut unread = Vec::new();
         for entry in entries.flatten() {
             let path = entry.path();
             let is_sops = path
@@ -931,19 +947,28 @@ impl SecretLookup for SopsSink {
                 continue;
             }
             if self.identities.is_empty() {
-                return Err(self.fail(
-                    format!("{} holds a secret for {wanted}, but no age identity is available to decrypt it", path.display()),
-                    Some("set SOPS_AGE_KEY_FILE to a file holding the age identity (AGE-SECRET-KEY-1…), or SOPS_AGE_KEY to the identity"),
+                unread.push(format!(
+                    "{} holds a secret for {wanted}, but no age identity is available to decrypt it (set SOPS_AGE_KEY_FILE to a file holding the age identity (AGE-SECRET-KEY-1…), or SOPS_AGE_KEY to the identity)",
+                    path.display()
                 ));
+                continue;
             }
-            let decrypted = decrypt(&text, &self.identities).map_err(|e| {
-                let hint = match e {
-                    SopsError::NoIdentity => Some("set SOPS_AGE_KEY_FILE (or SOPS_AGE_KEY) to the identity of one of the file's `sops.age` recipients"),
-                    SopsError::Mac => Some("restore the file as it was committed (`git log -p -- FILE`); an edited file cannot be trusted"),
-                    SopsError::Format(_) | SopsError::Crypto(_) => None,
-                };
-                self.fail(format!("{}: {e}", path.display()), hint)
-            })?;
+            let decrypted = match decrypt(&text, &self.identities) {
+                Ok(decrypted) => decrypted,
+                Err(e) => {
+                    let hint = match e {
+                        SopsError::NoIdentity => {
+                            " (set SOPS_AGE_KEY_FILE (or SOPS_AGE_KEY) to the identity of one of the file's `sops.age` recipients)"
+                        }
+                        SopsError::Mac => {
+                            " (restore the file as it was committed (`git log -p -- FILE`); an edited file cannot be trusted)"
+                        }
+                        SopsError::Format(_) | SopsError::Crypto(_) => "",
+                    };
+                    unread.push(format!("{}: {e}{hint}", path.display()));
+                    continue;
+                }
+            };
             found.push(FoundSecret {
                 id: decrypted.id,
                 created_at: decrypted.created_at,
@@ -952,7 +977,8 @@ impl SecretLookup for SopsSink {
             });
         }
         found.sort_by_key(|f| (f.created_at, f.id));
-        Ok(found)
+        unread.sort();
+        Ok((found, unread))
     }
 
     fn describe(&self) -> String {
