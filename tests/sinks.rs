@@ -1219,3 +1219,63 @@ async fn resolve_passes_over_a_sops_file_of_a_retired_key() {
     assert!(ws.pending_addresses().is_empty());
     assert_no_plaintext(ws.dir.path(), &secrets(&mock));
 }
+
+const AGE_RECIPIENT: &str = "age1jmqcemfy5a7pfh00qqexmjg40w6ztgwc6vx0f0h26cska0jzaelspqjvxg";
+
+fn git_in(dir: &Path, args: &[&str]) {
+    let status = Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("git is needed by this test");
+    assert!(status.success(), "git {args:?}");
+}
+
+/// SOPS files exist to be committed with the manifest: a folder that a
+/// symbolic link takes out of the repository, or that git ignores, is
+/// refused before the first create.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sops_folder_that_would_not_be_committed_is_refused_before_any_create() {
+    let mock = MockLogzio::start().await;
+    let mut ws = Workspace::new(&mock.url());
+    let secrets = format!("  sops:\n    dir: secrets/tokens\n    age: [{AGE_RECIPIENT}]\n");
+    manifest(&ws, &secrets, &TOKENS[..1]);
+    git_in(ws.dir.path(), &["init", "-q"]);
+
+    let elsewhere = tempfile::tempdir().unwrap();
+    fs::create_dir_all(ws.path("secrets")).unwrap();
+    std::os::unix::fs::symlink(elsewhere.path(), ws.path("secrets/tokens")).unwrap();
+    let run = ws.run(&["apply", "--auto-approve"]);
+    assert_eq!(run.code, 1, "{}", run.all());
+    let real = fs::canonicalize(elsewhere.path()).unwrap();
+    let root = fs::canonicalize(ws.dir.path()).unwrap();
+    assert_eq!(
+        run.stderr,
+        format!(
+            "error: secret sink sops ./secrets/tokens: the folder is {} once symbolic links are followed, outside {}; the SOPS files are meant to be committed with the manifest; nothing was created\nhint: set `secrets.sops.dir` to a folder of the manifest's repository that git does not ignore\n",
+            real.display(),
+            root.display()
+        )
+    );
+
+    fs::remove_file(ws.path("secrets/tokens")).unwrap();
+    ws.write(".gitignore", "secrets/\n");
+    let run = ws.run(&["apply", "--auto-approve"]);
+    assert_eq!(run.code, 1, "{}", run.all());
+    assert_eq!(
+        run.stderr,
+        "error: secret sink sops ./secrets/tokens: git ignores the files in this folder, so they would never be committed; nothing was created\nhint: remove the rule that ignores it (`git check-ignore -v FOLDER/x.sops.yaml` names it), or set `secrets.sops.dir` to another folder\n"
+    );
+    assert!(
+        mock.create_requests().await.is_empty(),
+        "a token was created"
+    );
+
+    // Once git would commit them, the files are written.
+    ws.write(".gitignore", "home/\n");
+    let run = ws.run(&["apply", "--auto-approve"]);
+    assert_eq!(run.code, 0, "{}", run.all());
+    assert_eq!(sops_files(&ws).len(), 1);
+}

@@ -117,6 +117,7 @@ impl SinkKind for SopsSpec {
         _apply: &ForApply<'_>,
     ) -> Result<Box<dyn SecretSink>, SinkError> {
         let sink = self.sink(ctx, false)?;
+        sink.check_committable(ctx.base_dir)?;
         sink.check_writable()?;
         Ok(Box::new(sink))
     }
@@ -134,7 +135,23 @@ fn folder<'de, D: serde::Deserializer<'de>>(d: D) -> Result<PathBuf, D::Error> {
         if text.trim().is_empty() {
             return Err("must not be empty".into());
         }
-        Ok(PathBuf::from(text))
+        let path = PathBuf::from(text);
+        // The files are meant to be committed with the manifest: a folder
+        // that leaves its repository would not be.
+        if path.is_absolute() {
+            return Err(format!(
+                "`{text}` is absolute; write the folder relative to the manifest's folder, inside its repository, as the files are meant to be committed with it"
+            ));
+        }
+        if path
+            .components()
+            .any(|c| matches!(c, std::path::Component::ParentDir))
+        {
+            return Err(format!(
+                "`{text}` goes up with `..`; write a folder under the manifest's folder, as the files are meant to be committed with it"
+            ));
+        }
+        Ok(path)
     })
 }
 
@@ -822,6 +839,31 @@ fn unwrap_key(
     key.try_into().ok()
 }
 
+/// Returns `path` with symbolic links followed as far as it exists, the
+/// rest appended as written.
+fn real_path(path: &Path) -> PathBuf {
+    let mut existing = path.to_path_buf();
+    let mut rest = Vec::new();
+    loop {
+        if let Ok(real) = fs::canonicalize(&existing) {
+            return rest.iter().rev().fold(real, |p, part| p.join(part));
+        }
+        match (
+            existing.file_name().map(|n| n.to_os_string()),
+            existing.parent(),
+        ) {
+            (Some(name), Some(parent)) => {
+                rest.push(name);
+                existing = match parent.as_os_str().is_empty() {
+                    true => PathBuf::from("."),
+                    false => parent.to_path_buf(),
+                };
+            }
+            _ => return path.to_path_buf(),
+        }
+    }
+}
+
 fn hex_upper(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02X}")).collect()
 }
@@ -857,6 +899,63 @@ impl SopsSink {
             detail,
             hint: hint.map(str::to_string),
         }
+    }
+
+    /// Checks, before the first create, that the files would be committed
+    /// with the manifest: the folder, symbolic links followed, lies in the
+    /// manifest's repository (or under its folder, outside git), and git
+    /// does not ignore files in it.
+    pub fn check_committable(&self, base_dir: &Path) -> Result<(), SinkError> {
+        let hint = Some(
+            "set `secrets.sops.dir` to a folder of the manifest's repository that git does not ignore",
+        );
+        let git = |args: &[&str]| {
+            std::process::Command::new("git")
+                .arg("-C")
+                .arg(if base_dir.as_os_str().is_empty() {
+                    Path::new(".")
+                } else {
+                    base_dir
+                })
+                .args(args)
+                .output()
+                .ok()
+                .filter(|out| out.status.success())
+        };
+        let toplevel = git(&["rev-parse", "--show-toplevel"])
+            .map(|out| PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()));
+        let root = match &toplevel {
+            Some(root) => root.clone(),
+            None => base_dir.to_path_buf(),
+        };
+        let root = fs::canonicalize(&root).unwrap_or(root);
+        let real = real_path(&self.dir);
+        if !real.starts_with(&root) {
+            return Err(self.fail(
+                format!(
+                    "the folder is {} once symbolic links are followed, outside {}; the SOPS files are meant to be committed with the manifest",
+                    real.display(),
+                    root.display()
+                ),
+                hint,
+            ));
+        }
+        if toplevel.is_some() {
+            let probe = real.join(format!("probe{FILE_SUFFIX}"));
+            let ignored = std::process::Command::new("git")
+                .arg("-C")
+                .arg(&root)
+                .args(["check-ignore", "-q", "--"])
+                .arg(&probe)
+                .status();
+            if ignored.is_ok_and(|status| status.success()) {
+                return Err(self.fail(
+                    "git ignores the files in this folder, so they would never be committed".into(),
+                    Some("remove the rule that ignores it (`git check-ignore -v FOLDER/x.sops.yaml` names it), or set `secrets.sops.dir` to another folder"),
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Checks, before the first create, that the folder can be made and

@@ -297,6 +297,21 @@ fn reads_an_exec_sink_with_settings() {
 }
 
 #[test]
+fn a_sops_folder_must_stay_under_the_manifest() {
+    for (dir, says) in [
+        ("/srv/secrets", "is absolute"),
+        ("../secrets", "goes up with `..`"),
+        ("secrets/../../x", "goes up with `..`"),
+    ] {
+        let err = reject(&format!(
+            "version: 1\nregion: us\nsecrets:\n  sops:\n    dir: {dir}\n    age: [age1jmqcemfy5a7pfh00qqexmjg40w6ztgwc6vx0f0h26cska0jzaelspqjvxg]\ntokens: []\n"
+        ));
+        assert_eq!((err.line, err.column), (5, 10), "{dir}: {err}");
+        assert!(err.message.contains(says), "{dir}: {err}");
+    }
+}
+
+#[test]
 fn accepts_a_byte_order_mark() {
     let parsed = Manifest::parse(&format!("\u{feff}{GOOD}"), "tokens.yaml").unwrap();
     assert_eq!(parsed.manifest.tokens.len(), 2);
