@@ -1279,3 +1279,41 @@ async fn a_sops_folder_that_would_not_be_committed_is_refused_before_any_create(
     assert_eq!(run.code, 0, "{}", run.all());
     assert_eq!(sops_files(&ws).len(), 1);
 }
+
+/// A secrets file, or an age key file, read back while others can read
+/// it is warned about.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secrets_file_others_can_read_is_warned_about_when_read_back() {
+    use std::os::unix::fs::PermissionsExt;
+    let mock = MockLogzio::start().await;
+    let mut ws = Workspace::new(&mock.url());
+    ws.manifest(&["1/a"]);
+    assert_eq!(ws.run(&["apply", "--auto-approve"]).code, 0);
+    let file = ws.path("secrets/logzio-tokens.jsonl");
+    fs::set_permissions(&file, fs::Permissions::from_mode(0o644)).unwrap();
+    let plan = ws.run(&["plan", "--refresh"]);
+    assert_eq!(plan.code, 0, "{}", plan.all());
+    assert_eq!(
+        plan.stderr,
+        "warning: the secrets file ./secrets/logzio-tokens.jsonl can be read by other users (mode 644); run `chmod 600` on it\n"
+    );
+
+    if require("age-keygen", "the Debian package age").is_none() {
+        return;
+    }
+    let keys = tempfile::tempdir().unwrap();
+    let key = AgeKey::generate(keys.path(), "key.txt");
+    fs::set_permissions(&key.file, fs::Permissions::from_mode(0o640)).unwrap();
+    manifest(&ws, &sops_secrets(&key, "plain"), &[(1, "b")]);
+    assert_eq!(ws.run(&["apply", "--auto-approve"]).code, 0);
+    let key_file = key.file.display().to_string();
+    let plan = ws.run_with(&["plan", "--refresh"], &[("SOPS_AGE_KEY_FILE", &key_file)]);
+    assert!(
+        plan.stderr.contains(
+            "warning: the age key file [redacted] can be read by other users (mode 640); run `chmod 600` on it\n"
+        ),
+        "{}",
+        plan.all()
+    );
+}

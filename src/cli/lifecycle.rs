@@ -57,6 +57,11 @@ impl Session<'_, '_> {
             };
             return Err(Failure::new(message).hint(hint));
         }
+        for reader in &readers.readers {
+            for warning in reader.warnings() {
+                crate::ops::Ui::warn(self, &warning);
+            }
+        }
         Ok(readers)
     }
 

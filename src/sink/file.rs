@@ -222,6 +222,13 @@ impl SecretLookup for FileLookup {
         Some(self.records())
     }
 
+    fn warnings(&self) -> Vec<String> {
+        let what = format!("the secrets file {}", self.path.display());
+        super::shared_file_warning(&self.path, &what)
+            .into_iter()
+            .collect()
+    }
+
     fn describe(&self) -> String {
         self.path.display().to_string()
     }

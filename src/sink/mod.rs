@@ -107,6 +107,12 @@ pub trait SecretLookup {
         self.lookup(address).map(|found| (found, Vec::new()))
     }
 
+    /// Returns what a person should know about the secrets' files, such
+    /// as one that others can read.
+    fn warnings(&self) -> Vec<String> {
+        Vec::new()
+    }
+
     /// Returns every secret held, oldest first, when the sink can list them
     /// in one go more cheaply than address by address (a refresh reads all).
     fn lookup_all(&self) -> Option<Result<Vec<(Address, FoundSecret)>, SinkError>> {
@@ -409,6 +415,27 @@ impl JsonSchema for Secrets {
 
     fn inline_schema() -> bool {
         true
+    }
+}
+
+/// Returns a warning when the file at `path`, which holds secrets or a
+/// key to them, can be read by other users.
+pub(crate) fn shared_file_warning(path: &Path, what: &str) -> Option<String> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = fs::metadata(path).ok()?.permissions().mode();
+        (mode & 0o077 != 0).then(|| {
+            format!(
+                "{what} can be read by other users (mode {:o}); run `chmod 600` on it",
+                mode & 0o777
+            )
+        })
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (path, what);
+        None
     }
 }
 

@@ -85,6 +85,7 @@ impl SopsSpec {
                 hint: None,
             })?);
         }
+        let mut key_file_read = None;
         let identities = match for_lookup {
             true => {
                 let var = |name: &str| ctx.vars.get(name).map(str::to_string);
@@ -96,6 +97,7 @@ impl SopsSpec {
                     .map(|config| config.join("sops/age/keys.txt"))
                     .filter(|path| key_file.is_none() && key.is_none() && path.is_file())
                     .map(|path| path.display().to_string());
+                key_file_read = key_file.clone().or(default_file.clone()).map(PathBuf::from);
                 identities_from(key_file.or(default_file).as_deref(), key.as_deref()).map_err(
                     |detail| SinkError {
                         sink: format!("sops {}", dir.display()),
@@ -106,7 +108,9 @@ impl SopsSpec {
             }
             false => Vec::new(),
         };
-        Ok(SopsSink::new(dir, recipients, self.format, identities))
+        let mut sink = SopsSink::new(dir, recipients, self.format, identities);
+        sink.key_file = key_file_read;
+        Ok(sink)
     }
 }
 
@@ -874,6 +878,8 @@ pub struct SopsSink {
     recipients: Vec<age::x25519::Recipient>,
     format: SopsFormat,
     identities: Vec<Box<dyn age::Identity + Send + Sync>>,
+    /// The file the identities were read from, if any.
+    key_file: Option<PathBuf>,
 }
 
 impl SopsSink {
@@ -890,6 +896,7 @@ impl SopsSink {
             recipients,
             format,
             identities,
+            key_file: None,
         }
     }
 
@@ -1078,6 +1085,16 @@ impl SecretLookup for SopsSink {
         found.sort_by_key(|f| (f.created_at, f.id));
         unread.sort();
         Ok((found, unread))
+    }
+
+    fn warnings(&self) -> Vec<String> {
+        let Some(path) = &self.key_file else {
+            return Vec::new();
+        };
+        let what = format!("the age key file {}", path.display());
+        crate::sink::shared_file_warning(path, &what)
+            .into_iter()
+            .collect()
     }
 
     fn describe(&self) -> String {
