@@ -1317,3 +1317,46 @@ async fn a_secrets_file_others_can_read_is_warned_about_when_read_back() {
         plan.all()
     );
 }
+
+/// A sink that panics (a bug, made to happen by a failpoint) does not lose
+/// the secret: it goes to a rescue file, the token is recorded, and the
+/// panic's message, which quotes the secret, is printed masked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_sink_rescues_the_secret() {
+    let mock = MockLogzio::start().await;
+    let mut ws = Workspace::new(&mock.url());
+    ws.manifest(&["1/a", "1/b"]);
+    let run = ws.run_with(
+        &["apply", "--auto-approve", "--parallelism", "1"],
+        &[("TOKENCTL_FAILPOINT", "file-sink-panic")],
+    );
+    assert_eq!(run.code, 1, "{}", run.all());
+    let issued = secrets(&mock);
+    assert_eq!(issued.len(), 1, "a create started after the sink failed");
+    assert_eq!(rescued_tokens(&ws), issued);
+    assert!(
+        run.stderr.contains("panicked at src/sink/file.rs:"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains(": a bug while holding [redacted]\n"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains(
+            "error: 1/a: secret sink ./secrets/logzio-tokens.jsonl: the sink failed unexpectedly (it panicked); the secret was saved to the rescue file "
+        ),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stdout
+            .contains("Apply finished: 1 created, 0 failed, 0 in doubt, 1 not attempted."),
+        "{}",
+        run.stdout
+    );
+    assert_eq!(ws.state_addresses(), ["1/a"]);
+    ws.assert_secrets_only_in_sink(&issued);
+}

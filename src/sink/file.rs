@@ -115,6 +115,9 @@ impl FileSink {
 
 impl SecretSink for FileSink {
     fn deliver(&mut self, token: &NewToken<'_>) -> Result<(), SinkError> {
+        crate::failpoint::panic_at("file-sink-panic", || {
+            format!("a bug while holding {}", token.token.expose())
+        });
         let line = token.to_json_line();
         let fail = |detail: String| SinkError {
             sink: self.path.display().to_string(),
