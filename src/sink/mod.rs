@@ -196,7 +196,7 @@ macro_rules! sink_specs {
 sink_specs! {
     /// A JSON Lines file, relative to the manifest's folder; mode 0600; must be git-ignored.
     File("file", FileSpec),
-    /// A command run once per new token, with its JSON object on stdin.
+    /// A command run once per new token, with its JSON object on stdin: a list, or a map with command, pass_env and timeout.
     Exec("exec", ExecSpec),
     /// One SOPS file per new token, only the token encrypted, to age recipients; meant to be committed.
     Sops("sops", SopsSpec),
