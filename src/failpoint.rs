@@ -18,15 +18,35 @@ static POINTS: OnceLock<Vec<String>> = OnceLock::new();
 #[inline(always)]
 pub fn hit(_name: &str) {}
 
+/// Does nothing: this build has no failpoints.
+#[cfg(not(feature = "failpoints"))]
+#[inline(always)]
+pub fn panic_at(_name: &str, _message: impl FnOnce() -> String) {}
+
+/// Panics with `message` if the failpoint `name` is armed: a bug as a
+/// test makes it happen.
+#[cfg(feature = "failpoints")]
+#[track_caller]
+pub fn panic_at(name: &str, message: impl FnOnce() -> String) {
+    if armed(name) {
+        panic!("{}", message());
+    }
+}
+
 /// Aborts the process if the failpoint `name` is armed.
 #[cfg(feature = "failpoints")]
 pub fn hit(name: &str) {
+    if armed(name) {
+        std::process::abort();
+    }
+}
+
+#[cfg(feature = "failpoints")]
+fn armed(name: &str) -> bool {
     let points = POINTS.get_or_init(|| {
         std::env::var("TOKENCTL_FAILPOINT")
             .map(|v| v.split(',').map(|p| p.trim().to_string()).collect())
             .unwrap_or_default()
     });
-    if points.iter().any(|p| p == name) {
-        std::process::abort();
-    }
+    points.iter().any(|p| p == name)
 }

@@ -1,9 +1,27 @@
-use std::io::{self, BufRead, IsTerminal};
+use std::io::{self, BufRead, IsTerminal, Write};
 use std::process::ExitCode;
 
 use tokenctl::cli::{self, ClosedPipeOk, Env, Io, Terminal};
 
 fn main() -> ExitCode {
+    // A panic's message may quote what the code was handling (a sink's
+    // secret, say): it is masked like everything else tokenctl prints.
+    std::panic::set_hook(Box::new(|info| {
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        let place = info
+            .location()
+            .map(|l| format!(" at {}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        let thread = std::thread::current();
+        let name = thread.name().unwrap_or("unnamed");
+        let text = format!("thread '{name}' panicked{place}: {message}");
+        let _ = writeln!(io::stderr(), "{}", tokenctl::redact::redact(&text));
+    }));
     let env = Env::from_process();
     let stdin = io::stdin();
     let terminal = Terminal {

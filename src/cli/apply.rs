@@ -310,8 +310,17 @@ impl ApplyScreen<'_, '_> {
                 report.throttled
             )?;
         }
-        if counts.created > 0 {
+        // Only what is true: a secret in a rescue file was not delivered.
+        let delivered = counts.created.saturating_sub(report.rescued.len());
+        if delivered > 0 && delivered == counts.created {
             writeln!(out, "New secrets were delivered to: {}", sinks.join(", "))?;
+        } else if delivered > 0 {
+            writeln!(
+                out,
+                "{delivered} of {} new secrets were delivered to: {}; the others are in rescue files",
+                counts.created,
+                sinks.join(", ")
+            )?;
         }
         if pending > 0 {
             writeln!(
@@ -403,12 +412,22 @@ pub(super) fn base_url(
 fn apply_result(report: &Report, pending: usize) -> CommandResult {
     let counts = report.counts();
     let (created, failed, skipped) = (counts.created, counts.failed, counts.not_attempted);
+    let rescued = report.rescued.len();
     match &report.stopped {
         Some(StopReason::Interrupted) => {
-            let mut failure = Failure::new(format!(
+            let mut message = format!(
                 "interrupted: {created} created, {skipped} not attempted; the state records every outcome"
-            ))
-            .hint("run apply again to create the rest");
+            );
+            if rescued > 0 {
+                message.push_str(&format!(
+                    "; {rescued} secret(s) no sink had yet were saved to rescue files (paths above)"
+                ));
+            }
+            let mut failure = Failure::new(message).hint(if rescued > 0 {
+                "move each rescued secret to where it belongs (its token is recorded in the state), then delete its rescue file; run apply again to create the rest"
+            } else {
+                "run apply again to create the rest"
+            });
             failure.status = ExitStatus::Interrupted;
             return Err(failure);
         }
@@ -423,6 +442,14 @@ fn apply_result(report: &Report, pending: usize) -> CommandResult {
             ))
             .hint(
                 "the server may be failing: check Logz.io's status, settle each create in doubt with `tokenctl resolve` (see `tokenctl plan`), then apply again for the rest",
+            ));
+        }
+        Some(reason @ StopReason::SinkFailed(_)) => {
+            return Err(Failure::new(format!(
+                "the apply stopped early: {reason}; {rescued} secret(s) were saved to rescue files (paths above), {skipped} create(s) were not attempted"
+            ))
+            .hint(
+                "fix the sink, move each rescued secret to where it belongs (its token is recorded in the state) and delete its rescue file, then apply again for the rest",
             ));
         }
         Some(reason) => {
@@ -503,7 +530,7 @@ impl SignalWatch {
             signals.recv().await;
             interrupt.store(true, Ordering::SeqCst);
             eprint(
-                "Interrupted: starting no more creates; waiting for those in flight, then recording every outcome. Interrupt again to exit at once.",
+                "Interrupted: starting no more creates; secrets no sink has yet go to rescue files now; waiting for the creates in flight, then recording every outcome. Interrupt again to exit at once.",
             );
             signals.recv().await;
             if watching.load(Ordering::SeqCst) {

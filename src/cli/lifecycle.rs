@@ -45,15 +45,27 @@ impl Session<'_, '_> {
         let configured = self.configured_sinks(manifest.as_ref(), secrets_out);
         let readers = sinks::readers(&configured, &self.env.vars);
         if readers.readers.is_empty() {
-            let mut message = String::from(
-                "there is no sink to look in (one that can read secrets back: secrets.file, secrets.sops or secrets.vault)",
-            );
+            let mut message = String::from(match readers.problems.is_empty() {
+                true => {
+                    "there is no sink to look in (one that can read secrets back: secrets.file, secrets.sops or secrets.vault)"
+                }
+                false => "no sink that can read secrets back could be opened:",
+            });
             for problem in &readers.problems {
                 message.push_str(&format!("\n  {problem}"));
             }
-            return Err(
-                Failure::new(message).hint("pass --adopt ID, --abandon, or --secrets-out PATH")
-            );
+            let hint = match readers.problems.is_empty() {
+                true => "pass --adopt ID, --abandon, or --secrets-out PATH",
+                false => {
+                    "fix what is named above and run resolve again, or pass --adopt ID or --abandon"
+                }
+            };
+            return Err(Failure::new(message).hint(hint));
+        }
+        for reader in &readers.readers {
+            for warning in reader.warnings() {
+                crate::ops::Ui::warn(self, &warning);
+            }
         }
         Ok(readers)
     }

@@ -133,6 +133,8 @@ pub enum StopReason {
     Journal(String),
     /// The sinks could not be started.
     Sinks(String),
+    /// A sink failed: every further secret would only reach a rescue file.
+    SinkFailed(String),
 }
 
 impl std::fmt::Display for StopReason {
@@ -146,6 +148,10 @@ impl std::fmt::Display for StopReason {
             ),
             StopReason::Journal(detail) => write!(f, "the journal failed: {detail}"),
             StopReason::Sinks(detail) => write!(f, "cannot start the secret sinks: {detail}"),
+            StopReason::SinkFailed(detail) => write!(
+                f,
+                "{detail}; starting no more creates, as their secrets could only go to rescue files"
+            ),
         }
     }
 }
@@ -209,11 +215,11 @@ pub struct Apply<'a, A> {
 struct Shared<'r, 'e> {
     limiter: Limiter,
     progress: RefCell<Progress>,
-    /// Bounds creates under way, API call or not, to twice the parallelism:
-    /// answered creates finish their durable steps while the next calls
-    /// run, but slow sinks cannot let answers (and secrets held in memory)
-    /// pile up.
-    under_way: Semaphore,
+    /// Delivery slots, as many as the parallelism: a create takes one
+    /// before it is sent and gives it back once its secret is in every
+    /// sink (or a rescue file), so however slow a sink, at most that many
+    /// received secrets wait for it.
+    deliveries: Semaphore,
     stopped: RefCell<Option<StopReason>>,
     /// Creates answered in a row with no definite outcome.
     doubt_streak: Cell<usize>,
@@ -299,7 +305,7 @@ impl<A: TokenApi> Apply<'_, A> {
         let shared = Shared {
             limiter: Limiter::new(self.parallelism.max(1)),
             progress: RefCell::new(Progress::new(creates.len())),
-            under_way: Semaphore::new(2 * self.parallelism.max(1)),
+            deliveries: Semaphore::new(self.parallelism.max(1)),
             stopped: RefCell::new(None),
             doubt_streak: Cell::new(0),
             events: RefCell::new(events),
@@ -333,7 +339,10 @@ impl<A: TokenApi> Apply<'_, A> {
         // A signal that came while the last creates were in flight found
         // nothing left to stop, yet the run was interrupted all the same.
         shared.should_stop();
-        shared.sinks.finish();
+        // After an interrupt every undelivered secret is in a rescue file:
+        // a slow sink is not waited for.
+        let interrupted = *shared.stopped.borrow() == Some(StopReason::Interrupted);
+        shared.sinks.finish(!interrupted);
         Report {
             outcomes: creates
                 .iter()
@@ -354,7 +363,7 @@ async fn create_one<A: TokenApi>(
     shared: &Shared<'_, '_>,
     address: &Address,
 ) -> Outcome {
-    let _under_way = shared.under_way.acquire().await;
+    let delivery_slot = shared.deliveries.acquire().await;
     let mut permit = shared.limiter.acquire().await;
     if shared.should_stop() {
         return Outcome::Skipped;
@@ -397,14 +406,27 @@ async fn create_one<A: TokenApi>(
                 created_at: created.created_at,
                 fingerprint: created.token.fingerprint(),
             };
+            let interrupted = || shared.interrupt.load(Ordering::SeqCst);
             let delivery = shared
                 .sinks
-                .deliver(address, created.id, created.created_at, created.token)
+                .deliver(
+                    address,
+                    created.id,
+                    created.created_at,
+                    created.token,
+                    &interrupted,
+                )
                 .await;
+            drop(delivery_slot);
             if let Some(rescued) = &delivery.rescue {
                 for err in &delivery.failures {
                     shared.emit(Event::SinkFailed(address, err, rescued));
                 }
+            }
+            match delivery.failures.first() {
+                Some(_) if delivery.interrupted => shared.stop(StopReason::Interrupted),
+                Some(err) => shared.stop(StopReason::SinkFailed(err.to_string())),
+                None => {}
             }
             if let Some(rescue) = delivery.rescue {
                 shared.rescued.borrow_mut().push((address.clone(), rescue));

@@ -41,6 +41,8 @@ struct SinkRecord {
     id: u64,
     created_at: Option<i64>,
     fingerprint: String,
+    /// What a sink could not read while the secret was searched for.
+    unread: Vec<String>,
 }
 
 /// Settles the create in doubt of `address`; returns the state to commit
@@ -85,6 +87,7 @@ pub fn resolve(before: &State, address: &Address, how: Settle) -> Result<(State,
             id,
             created_at: None,
             fingerprint: String::new(),
+            unread: Vec::new(),
         },
         Settle::FromSinks(readers) => find_in_sinks(readers, address, pending.since, before)?,
     };
@@ -95,10 +98,13 @@ pub fn resolve(before: &State, address: &Address, how: Settle) -> Result<(State,
         Origin::Created,
         (!record.fingerprint.is_empty()).then_some(record.fingerprint),
     ));
-    Ok((
-        after,
-        format!("{address} is recorded as token id {}.", record.id),
-    ))
+    let mut done = format!("{address} is recorded as token id {}.", record.id);
+    for unread in &record.unread {
+        done.push_str(&format!(
+            "\nnote: passed over, as it could not be read: {unread}"
+        ));
+    }
+    Ok((after, done))
 }
 
 /// Finds the secret an in-doubt create delivered before its run died, in
@@ -129,14 +135,23 @@ fn find_in_sinks(
                 id: found.id,
                 created_at: found.created_at,
                 fingerprint: fingerprint_of(found.token.expose()),
+                unread: problems,
             })
         }
         0 => {
+            // A sink that could not be read may hold it: say so.
+            let holds = match problems.is_empty() {
+                true => "no sink holds",
+                false => "no sink that could be read holds",
+            };
             let mut message = format!(
-                "no sink holds a token for {address} created since its create was sent ({}) that the state does not record yet (searched: {})",
+                "{holds} a token for {address} created since its create was sent ({}) that the state does not record yet (searched: {})",
                 render::utc(since),
                 searched.join(", ")
             );
+            if !problems.is_empty() {
+                message.push_str("; what could not be read may hold it:");
+            }
             for problem in &problems {
                 message.push_str(&format!("\n  {problem}"));
             }
@@ -178,11 +193,12 @@ fn search_sinks(readers: Readers, address: &Address, since: i64, state: &State) 
     let mut candidates: Vec<(FoundSecret, String)> = Vec::new();
     for lookup in &lookups {
         searched.push(lookup.describe());
-        match lookup.lookup(address) {
+        match lookup.lookup_noting(address) {
             // Only a sink's newest secret for the address can be the
             // in-doubt one: older ones belong to tokens made before it
             // (and perhaps forgotten since).
-            Ok(found) => {
+            Ok((found, unread)) => {
+                problems.extend(unread);
                 let newest = found.into_iter().last();
                 if let Some(secret) = newest.filter(|s| s.created_at.is_some_and(|t| t >= since)) {
                     // An id the state ever recorded (current, superseded,

@@ -105,6 +105,11 @@ pub fn readable_secrets(
     for problem in &readers.problems {
         ui.warn(&format!("a sink cannot be read: {problem}"));
     }
+    for reader in &readers.readers {
+        for warning in reader.warnings() {
+            ui.warn(&warning);
+        }
+    }
     let wanted_set: FxHashSet<&(Address, u64)> = wanted.iter().collect();
     let mut addresses: Vec<&Address> = wanted.iter().map(|(a, _)| a).collect();
     addresses.sort();

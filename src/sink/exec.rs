@@ -12,19 +12,39 @@ use std::borrow::Cow;
 use std::fmt;
 
 use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
-use serde::de::{self, Deserialize, Deserializer, SeqAccess, Visitor};
+use serde::Deserialize;
+use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 
 use super::{ForApply, NewToken, SecretSink, SinkContext, SinkError, SinkKind, create_private_dir};
 use crate::fsutil;
 
-/// How long the command may take for one token.
+/// How long the command may take for one token, unless the manifest says.
 const TIMEOUT: Duration = Duration::from_secs(60);
+/// The bounds of `secrets.exec.timeout`.
+const TIMEOUT_MIN: Duration = Duration::from_secs(1);
+const TIMEOUT_MAX: Duration = Duration::from_secs(3600);
 
 /// `secrets.exec`: the command, as a list of the program and its
-/// arguments.
+/// arguments, or a map with the command and its settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExecSpec {
     pub argv: Vec<String>,
+    /// Credential variables the command is given all the same, by name
+    /// (`pass_env`); it gets no other credential tokenctl reads.
+    pub pass_env: Vec<String>,
+    /// How long the command may take for one token.
+    pub timeout: Duration,
+}
+
+impl ExecSpec {
+    /// Returns the spec of a command with the default settings.
+    pub fn new(argv: Vec<String>) -> Self {
+        ExecSpec {
+            argv,
+            pass_env: Vec::new(),
+            timeout: TIMEOUT,
+        }
+    }
 }
 
 impl SinkKind for ExecSpec {
@@ -35,36 +55,127 @@ impl SinkKind for ExecSpec {
     ) -> Result<Box<dyn SecretSink>, SinkError> {
         let sink = ExecSink::new(
             self.argv.clone(),
-            TIMEOUT,
+            self.timeout,
             apply.rescue_dir.to_path_buf(),
-            ctx.vars.for_child(&[]),
+            ctx.vars.for_child(&self.pass_env),
         )?;
         Ok(Box::new(sink))
     }
 }
 
+/// Reads the command: a list of strings whose first is the program.
+fn command<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    struct ArgvVisitor;
+    impl<'de> Visitor<'de> for ArgvVisitor {
+        type Value = Vec<String>;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a command as a list of strings, e.g. [vault-put, --path, logzio]")
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<String>, A::Error> {
+            let mut argv = Vec::new();
+            while let Some(arg) = seq.next_element::<String>()? {
+                argv.push(arg);
+            }
+            if argv.first().is_none_or(|program| program.trim().is_empty()) {
+                return Err(de::Error::custom(
+                    "secrets.exec needs at least the program to run, e.g. [vault-put, --path, logzio]",
+                ));
+            }
+            Ok(argv)
+        }
+    }
+    d.deserialize_seq(ArgvVisitor)
+}
+
+/// Checks a name of `pass_env`: a variable name, and never the owner
+/// token, which no command may have.
+fn env_name(text: &str) -> Result<String, String> {
+    let valid = text
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && text.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if !valid {
+        return Err(format!(
+            "`{text}` is not an environment variable name (letters, digits and `_`, not starting with a digit)"
+        ));
+    }
+    if text.starts_with("LOGZIO_API_TOKEN") {
+        return Err(format!(
+            "{text} is never passed to a command: the owner-account token stays inside tokenctl"
+        ));
+    }
+    Ok(text.to_string())
+}
+
+fn pass_env<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    struct Name(String);
+    impl<'de> Deserialize<'de> for Name {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            crate::model::manifest::checked_string(d, "an environment variable name", |text| {
+                env_name(text).map(Name)
+            })
+        }
+    }
+    let names = Vec::<Name>::deserialize(d)?;
+    Ok(names.into_iter().map(|Name(n)| n).collect())
+}
+
+fn timeout<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    crate::model::manifest::checked_string(d, "a duration such as 60s or 5m", |text| {
+        let wait = humantime::parse_duration(text.trim())
+            .map_err(|e| format!("`{text}` is not a duration such as 60s or 5m: {e}"))?;
+        if !(TIMEOUT_MIN..=TIMEOUT_MAX).contains(&wait) {
+            return Err(format!(
+                "the timeout must be between {} and {}, not {text}",
+                humantime::format_duration(TIMEOUT_MIN),
+                humantime::format_duration(TIMEOUT_MAX)
+            ));
+        }
+        Ok(wait)
+    })
+}
+
+/// The map form of `secrets.exec`. Its keys leave room for more settings
+/// (a read-back command, say) without changing the list form.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExecMap {
+    #[serde(deserialize_with = "command")]
+    command: Vec<String>,
+    #[serde(default, deserialize_with = "pass_env")]
+    pass_env: Vec<String>,
+    #[serde(default, deserialize_with = "timeout_opt")]
+    timeout: Option<Duration>,
+}
+
+fn timeout_opt<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    timeout(d).map(Some)
+}
+
 impl<'de> Deserialize<'de> for ExecSpec {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct ArgvVisitor;
-        impl<'de> Visitor<'de> for ArgvVisitor {
+        struct SpecVisitor;
+        impl<'de> Visitor<'de> for SpecVisitor {
             type Value = ExecSpec;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a command as a list of strings, e.g. [vault-put, --path, logzio]")
+                f.write_str(
+                    "a command as a list of strings, e.g. [vault-put, --path, logzio], or a map {command: [...], pass_env: [...], timeout: 60s}",
+                )
             }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<ExecSpec, A::Error> {
-                let mut argv = Vec::new();
-                while let Some(arg) = seq.next_element::<String>()? {
-                    argv.push(arg);
-                }
-                if argv.first().is_none_or(|program| program.trim().is_empty()) {
-                    return Err(de::Error::custom(
-                        "secrets.exec needs at least the program to run, e.g. [vault-put, --path, logzio]",
-                    ));
-                }
-                Ok(ExecSpec { argv })
+            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<ExecSpec, A::Error> {
+                command(de::value::SeqAccessDeserializer::new(seq)).map(ExecSpec::new)
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<ExecSpec, A::Error> {
+                let map = ExecMap::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                Ok(ExecSpec {
+                    argv: map.command,
+                    pass_env: map.pass_env,
+                    timeout: map.timeout.unwrap_or(TIMEOUT),
+                })
             }
         }
-        d.deserialize_seq(ArgvVisitor)
+        d.deserialize_any(SpecVisitor)
     }
 }
 
@@ -74,10 +185,32 @@ impl JsonSchema for ExecSpec {
     }
 
     fn json_schema(_: &mut SchemaGenerator) -> Schema {
-        json_schema!({
+        let command = serde_json::json!({
             "type": "array",
             "items": { "type": "string" },
             "minItems": 1
+        });
+        json_schema!({
+            "oneOf": [
+                command,
+                {
+                    "type": "object",
+                    "additionalProperties": false,
+                    "required": ["command"],
+                    "properties": {
+                        "command": command,
+                        "pass_env": {
+                            "description": "Credential variables the command gets all the same (VAULT_TOKEN, ...); never LOGZIO_API_TOKEN.",
+                            "type": "array",
+                            "items": { "type": "string", "pattern": "^[A-Za-z_][A-Za-z0-9_]*$" }
+                        },
+                        "timeout": {
+                            "description": "How long the command may take for one token, e.g. 60s (the default) or 5m; 1s to 1h.",
+                            "type": "string"
+                        }
+                    }
+                }
+            ]
         })
     }
 
@@ -91,7 +224,8 @@ impl JsonSchema for ExecSpec {
 ///
 /// The command runs without any credential tokenctl reads in its
 /// environment (`vars::CREDENTIALS`: the owner token, Vault's token, the
-/// age key, the database's password), and what
+/// age key, the database's password) but those the manifest passes by
+/// name, and what
 /// it prints never reaches tokenctl's output (it may echo the secret in
 /// any shape): when it fails, its output goes to a private file.
 pub struct ExecSink {

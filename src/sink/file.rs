@@ -115,6 +115,9 @@ impl FileSink {
 
 impl SecretSink for FileSink {
     fn deliver(&mut self, token: &NewToken<'_>) -> Result<(), SinkError> {
+        crate::failpoint::panic_at("file-sink-panic", || {
+            format!("a bug while holding {}", token.token.expose())
+        });
         let line = token.to_json_line();
         let fail = |detail: String| SinkError {
             sink: self.path.display().to_string(),
@@ -220,6 +223,13 @@ impl SecretLookup for FileLookup {
 
     fn lookup_all(&self) -> Option<Result<Vec<(Address, FoundSecret)>, SinkError>> {
         Some(self.records())
+    }
+
+    fn warnings(&self) -> Vec<String> {
+        let what = format!("the secrets file {}", self.path.display());
+        super::shared_file_warning(&self.path, &what)
+            .into_iter()
+            .collect()
     }
 
     fn describe(&self) -> String {

@@ -97,6 +97,22 @@ pub trait SecretLookup {
     /// Returns the secrets held for `address`, oldest first.
     fn lookup(&self, address: &Address) -> Result<Vec<FoundSecret>, SinkError>;
 
+    /// Returns the secrets held for `address`, oldest first, and what
+    /// could not be read (a file encrypted to a retired key, say), which
+    /// does not stop the search of the rest.
+    fn lookup_noting(
+        &self,
+        address: &Address,
+    ) -> Result<(Vec<FoundSecret>, Vec<String>), SinkError> {
+        self.lookup(address).map(|found| (found, Vec::new()))
+    }
+
+    /// Returns what a person should know about the secrets' files, such
+    /// as one that others can read.
+    fn warnings(&self) -> Vec<String> {
+        Vec::new()
+    }
+
     /// Returns every secret held, oldest first, when the sink can list them
     /// in one go more cheaply than address by address (a refresh reads all).
     fn lookup_all(&self) -> Option<Result<Vec<(Address, FoundSecret)>, SinkError>> {
@@ -180,7 +196,7 @@ macro_rules! sink_specs {
 sink_specs! {
     /// A JSON Lines file, relative to the manifest's folder; mode 0600; must be git-ignored.
     File("file", FileSpec),
-    /// A command run once per new token, with its JSON object on stdin.
+    /// A command run once per new token, with its JSON object on stdin: a list, or a map with command, pass_env and timeout.
     Exec("exec", ExecSpec),
     /// One SOPS file per new token, only the token encrypted, to age recipients; meant to be committed.
     Sops("sops", SopsSpec),
@@ -399,6 +415,27 @@ impl JsonSchema for Secrets {
 
     fn inline_schema() -> bool {
         true
+    }
+}
+
+/// Returns a warning when the file at `path`, which holds secrets or a
+/// key to them, can be read by other users.
+pub(crate) fn shared_file_warning(path: &Path, what: &str) -> Option<String> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = fs::metadata(path).ok()?.permissions().mode();
+        (mode & 0o077 != 0).then(|| {
+            format!(
+                "{what} can be read by other users (mode {:o}); run `chmod 600` on it",
+                mode & 0o777
+            )
+        })
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (path, what);
+        None
     }
 }
 

@@ -85,6 +85,7 @@ impl SopsSpec {
                 hint: None,
             })?);
         }
+        let mut key_file_read = None;
         let identities = match for_lookup {
             true => {
                 let var = |name: &str| ctx.vars.get(name).map(str::to_string);
@@ -96,6 +97,7 @@ impl SopsSpec {
                     .map(|config| config.join("sops/age/keys.txt"))
                     .filter(|path| key_file.is_none() && key.is_none() && path.is_file())
                     .map(|path| path.display().to_string());
+                key_file_read = key_file.clone().or(default_file.clone()).map(PathBuf::from);
                 identities_from(key_file.or(default_file).as_deref(), key.as_deref()).map_err(
                     |detail| SinkError {
                         sink: format!("sops {}", dir.display()),
@@ -106,7 +108,9 @@ impl SopsSpec {
             }
             false => Vec::new(),
         };
-        Ok(SopsSink::new(dir, recipients, self.format, identities))
+        let mut sink = SopsSink::new(dir, recipients, self.format, identities);
+        sink.key_file = key_file_read;
+        Ok(sink)
     }
 }
 
@@ -117,6 +121,7 @@ impl SinkKind for SopsSpec {
         _apply: &ForApply<'_>,
     ) -> Result<Box<dyn SecretSink>, SinkError> {
         let sink = self.sink(ctx, false)?;
+        sink.check_committable(ctx.base_dir)?;
         sink.check_writable()?;
         Ok(Box::new(sink))
     }
@@ -134,7 +139,23 @@ fn folder<'de, D: serde::Deserializer<'de>>(d: D) -> Result<PathBuf, D::Error> {
         if text.trim().is_empty() {
             return Err("must not be empty".into());
         }
-        Ok(PathBuf::from(text))
+        let path = PathBuf::from(text);
+        // The files are meant to be committed with the manifest: a folder
+        // that leaves its repository would not be.
+        if path.is_absolute() {
+            return Err(format!(
+                "`{text}` is absolute; write the folder relative to the manifest's folder, inside its repository, as the files are meant to be committed with it"
+            ));
+        }
+        if path
+            .components()
+            .any(|c| matches!(c, std::path::Component::ParentDir))
+        {
+            return Err(format!(
+                "`{text}` goes up with `..`; write a folder under the manifest's folder, as the files are meant to be committed with it"
+            ));
+        }
+        Ok(path)
     })
 }
 
@@ -822,6 +843,31 @@ fn unwrap_key(
     key.try_into().ok()
 }
 
+/// Returns `path` with symbolic links followed as far as it exists, the
+/// rest appended as written.
+fn real_path(path: &Path) -> PathBuf {
+    let mut existing = path.to_path_buf();
+    let mut rest = Vec::new();
+    loop {
+        if let Ok(real) = fs::canonicalize(&existing) {
+            return rest.iter().rev().fold(real, |p, part| p.join(part));
+        }
+        match (
+            existing.file_name().map(|n| n.to_os_string()),
+            existing.parent(),
+        ) {
+            (Some(name), Some(parent)) => {
+                rest.push(name);
+                existing = match parent.as_os_str().is_empty() {
+                    true => PathBuf::from("."),
+                    false => parent.to_path_buf(),
+                };
+            }
+            _ => return path.to_path_buf(),
+        }
+    }
+}
+
 fn hex_upper(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02X}")).collect()
 }
@@ -832,6 +878,8 @@ pub struct SopsSink {
     recipients: Vec<age::x25519::Recipient>,
     format: SopsFormat,
     identities: Vec<Box<dyn age::Identity + Send + Sync>>,
+    /// The file the identities were read from, if any.
+    key_file: Option<PathBuf>,
 }
 
 impl SopsSink {
@@ -848,6 +896,7 @@ impl SopsSink {
             recipients,
             format,
             identities,
+            key_file: None,
         }
     }
 
@@ -857,6 +906,63 @@ impl SopsSink {
             detail,
             hint: hint.map(str::to_string),
         }
+    }
+
+    /// Checks, before the first create, that the files would be committed
+    /// with the manifest: the folder, symbolic links followed, lies in the
+    /// manifest's repository (or under its folder, outside git), and git
+    /// does not ignore files in it.
+    pub fn check_committable(&self, base_dir: &Path) -> Result<(), SinkError> {
+        let hint = Some(
+            "set `secrets.sops.dir` to a folder of the manifest's repository that git does not ignore",
+        );
+        let git = |args: &[&str]| {
+            std::process::Command::new("git")
+                .arg("-C")
+                .arg(if base_dir.as_os_str().is_empty() {
+                    Path::new(".")
+                } else {
+                    base_dir
+                })
+                .args(args)
+                .output()
+                .ok()
+                .filter(|out| out.status.success())
+        };
+        let toplevel = git(&["rev-parse", "--show-toplevel"])
+            .map(|out| PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()));
+        let root = match &toplevel {
+            Some(root) => root.clone(),
+            None => base_dir.to_path_buf(),
+        };
+        let root = fs::canonicalize(&root).unwrap_or(root);
+        let real = real_path(&self.dir);
+        if !real.starts_with(&root) {
+            return Err(self.fail(
+                format!(
+                    "the folder is {} once symbolic links are followed, outside {}; the SOPS files are meant to be committed with the manifest",
+                    real.display(),
+                    root.display()
+                ),
+                hint,
+            ));
+        }
+        if toplevel.is_some() {
+            let probe = real.join(format!("probe{FILE_SUFFIX}"));
+            let ignored = std::process::Command::new("git")
+                .arg("-C")
+                .arg(&root)
+                .args(["check-ignore", "-q", "--"])
+                .arg(&probe)
+                .status();
+            if ignored.is_ok_and(|status| status.success()) {
+                return Err(self.fail(
+                    "git ignores the files in this folder, so they would never be committed".into(),
+                    Some("remove the rule that ignores it (`git check-ignore -v FOLDER/x.sops.yaml` names it), or set `secrets.sops.dir` to another folder"),
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Checks, before the first create, that the folder can be made and
@@ -905,14 +1011,30 @@ impl SecretSink for SopsSink {
 }
 
 impl SecretLookup for SopsSink {
+    /// Fails only when no file of the address could be read: then it
+    /// names them all.
     fn lookup(&self, address: &Address) -> Result<Vec<FoundSecret>, SinkError> {
+        let (found, unread) = self.lookup_noting(address)?;
+        if found.is_empty() && !unread.is_empty() {
+            return Err(self.fail(unread.join("; "), None));
+        }
+        Ok(found)
+    }
+
+    /// Tries every file of the address: an older one encrypted to a key
+    /// that was retired since must not hide the one that can be read.
+    fn lookup_noting(
+        &self,
+        address: &Address,
+    ) -> Result<(Vec<FoundSecret>, Vec<String>), SinkError> {
         let wanted = address.to_string();
         let entries = match fs::read_dir(&self.dir) {
             Ok(entries) => entries,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((Vec::new(), Vec::new())),
             Err(e) => return Err(self.fail(format!("cannot read the folder: {e}"), None)),
         };
         let mut found = Vec::new();
+        let mut unread = Vec::new();
         for entry in entries.flatten() {
             let path = entry.path();
             let is_sops = path
@@ -931,19 +1053,28 @@ impl SecretLookup for SopsSink {
                 continue;
             }
             if self.identities.is_empty() {
-                return Err(self.fail(
-                    format!("{} holds a secret for {wanted}, but no age identity is available to decrypt it", path.display()),
-                    Some("set SOPS_AGE_KEY_FILE to a file holding the age identity (AGE-SECRET-KEY-1…), or SOPS_AGE_KEY to the identity"),
+                unread.push(format!(
+                    "{} holds a secret for {wanted}, but no age identity is available to decrypt it (set SOPS_AGE_KEY_FILE to a file holding the age identity (AGE-SECRET-KEY-1…), or SOPS_AGE_KEY to the identity)",
+                    path.display()
                 ));
+                continue;
             }
-            let decrypted = decrypt(&text, &self.identities).map_err(|e| {
-                let hint = match e {
-                    SopsError::NoIdentity => Some("set SOPS_AGE_KEY_FILE (or SOPS_AGE_KEY) to the identity of one of the file's `sops.age` recipients"),
-                    SopsError::Mac => Some("restore the file as it was committed (`git log -p -- FILE`); an edited file cannot be trusted"),
-                    SopsError::Format(_) | SopsError::Crypto(_) => None,
-                };
-                self.fail(format!("{}: {e}", path.display()), hint)
-            })?;
+            let decrypted = match decrypt(&text, &self.identities) {
+                Ok(decrypted) => decrypted,
+                Err(e) => {
+                    let hint = match e {
+                        SopsError::NoIdentity => {
+                            " (set SOPS_AGE_KEY_FILE (or SOPS_AGE_KEY) to the identity of one of the file's `sops.age` recipients)"
+                        }
+                        SopsError::Mac => {
+                            " (restore the file as it was committed (`git log -p -- FILE`); an edited file cannot be trusted)"
+                        }
+                        SopsError::Format(_) | SopsError::Crypto(_) => "",
+                    };
+                    unread.push(format!("{}: {e}{hint}", path.display()));
+                    continue;
+                }
+            };
             found.push(FoundSecret {
                 id: decrypted.id,
                 created_at: decrypted.created_at,
@@ -952,7 +1083,18 @@ impl SecretLookup for SopsSink {
             });
         }
         found.sort_by_key(|f| (f.created_at, f.id));
-        Ok(found)
+        unread.sort();
+        Ok((found, unread))
+    }
+
+    fn warnings(&self) -> Vec<String> {
+        let Some(path) = &self.key_file else {
+            return Vec::new();
+        };
+        let what = format!("the age key file {}", path.display());
+        crate::sink::shared_file_warning(path, &what)
+            .into_iter()
+            .collect()
     }
 
     fn describe(&self) -> String {

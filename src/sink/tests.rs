@@ -367,3 +367,120 @@ fn rescue_prepare_refuses_a_folder_of_another_user() {
 fn child_env() -> Vec<(std::ffi::OsString, std::ffi::OsString)> {
     Vars::from_pairs([("PATH", "/usr/bin:/bin")]).for_child(&[])
 }
+
+/// A sink that panics on every secret, as a bug would make it.
+struct Panicking;
+
+impl SecretSink for Panicking {
+    fn deliver(&mut self, _: &NewToken<'_>) -> Result<(), SinkError> {
+        panic!("a bug in a sink");
+    }
+
+    fn describe(&self) -> String {
+        "panicking".into()
+    }
+}
+
+/// A sink that counts what it was given.
+struct Counting(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+impl SecretSink for Counting {
+    fn deliver(&mut self, _: &NewToken<'_>) -> Result<(), SinkError> {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok(())
+    }
+
+    fn describe(&self) -> String {
+        "counting".into()
+    }
+}
+
+#[test]
+fn a_panicking_sink_rescues_the_secret_and_is_not_tried_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let rescue = Rescue::new(dir.path().join("rescue"));
+    let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let sinks: Vec<Box<dyn SecretSink>> =
+        vec![Box::new(Panicking), Box::new(Counting(count.clone()))];
+    let worker = SinkWorker::start(sinks, rescue).unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let never = || false;
+    for id in [1, 2] {
+        let delivery = runtime.block_on(worker.deliver(
+            &address(),
+            id,
+            1_600_000_000,
+            Secret::new(format!("tok-panic-{id}")),
+            &never,
+        ));
+        let saved = delivery.rescue.as_ref().and_then(Rescued::file).unwrap();
+        let text = fs::read_to_string(saved).unwrap();
+        assert!(text.contains(&format!("tok-panic-{id}")), "{text}");
+        let detail = &delivery.failures[0].detail;
+        let expected = match id {
+            1 => "the sink failed unexpectedly (it panicked)",
+            _ => "not tried: it failed earlier in this run",
+        };
+        assert_eq!(detail, expected);
+    }
+    worker.finish(true);
+    // The other sink still took both secrets.
+    assert_eq!(count.load(std::sync::atomic::Ordering::SeqCst), 2);
+}
+
+/// A sink that blocks until told to go on.
+struct Blocking(std::sync::mpsc::Receiver<()>);
+
+impl SecretSink for Blocking {
+    fn deliver(&mut self, _: &NewToken<'_>) -> Result<(), SinkError> {
+        let _ = self.0.recv();
+        Ok(())
+    }
+
+    fn describe(&self) -> String {
+        "blocking".into()
+    }
+}
+
+#[test]
+fn an_interrupt_rescues_a_secret_a_slow_sink_has_not_taken() {
+    let dir = tempfile::tempdir().unwrap();
+    let rescue = Rescue::new(dir.path().join("rescue"));
+    let (release, blocked) = std::sync::mpsc::channel();
+    let worker = SinkWorker::start(vec![Box::new(Blocking(blocked))], rescue).unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let interrupted = std::sync::atomic::AtomicBool::new(false);
+    let check = || interrupted.load(std::sync::atomic::Ordering::SeqCst);
+    let at = address();
+    let delivery = runtime.block_on(async {
+        let deliver = worker.deliver(
+            &at,
+            3,
+            1_600_000_000,
+            Secret::new("tok-interrupted".into()),
+            &check,
+        );
+        let interrupt = async {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            interrupted.store(true, std::sync::atomic::Ordering::SeqCst);
+        };
+        let (delivery, ()) = tokio::join!(deliver, interrupt);
+        delivery
+    });
+    assert!(delivery.interrupted);
+    let saved = delivery.rescue.as_ref().and_then(Rescued::file).unwrap();
+    assert!(
+        fs::read_to_string(saved)
+            .unwrap()
+            .contains("tok-interrupted")
+    );
+    // Not waited for: the sink is still blocked.
+    worker.finish(false);
+    drop(release);
+}

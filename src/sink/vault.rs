@@ -305,15 +305,20 @@ impl VaultClient {
 
     /// Checks that the mount is a KV version 2 engine: a write to a
     /// version 1 mount at `data/...` would succeed as a different secret.
-    pub fn check_kv2(&self) -> Result<(), VaultError> {
+    /// The server names the mount a path lies in, so a folder inside a
+    /// mount (`secret/logzio` in `secret/`) is refused too: KV version 2
+    /// puts `data/` after the mount, and writes to `secret/logzio/data/...`
+    /// would all fail after the tokens exist. `template` is the path
+    /// template, for the hint.
+    pub fn check_kv2(&self, template: &str) -> Result<(), VaultError> {
         let api_path = format!("sys/internal/ui/mounts/{}", self.mount);
         let request = self.request(Method::GET, &api_path)?;
         let response = self.send(request, &format!("cannot look up mount {}", self.mount))?;
         let status = response.status();
-        let body: Value = response.json().unwrap_or(Value::Null);
+        let (body, text) = answer(response);
         let hint = "set `secrets.vault.mount` to a KV version 2 mount (`vault secrets list -detailed` shows each mount's version)";
         if !status.is_success() {
-            return Err(refusal(status, &body, &format!("mount {}", self.mount)).hint(hint));
+            return Err(refusal(status, &text, &format!("mount {}", self.mount)).hint(hint));
         }
         let data = &body["data"];
         let version = match &data["options"]["version"] {
@@ -329,6 +334,28 @@ impl VaultClient {
                 if version.is_empty() { "1" } else { &version }
             ))
             .hint(hint));
+        }
+        let real = data["path"].as_str().unwrap_or_default().trim_matches('/');
+        if !real.is_empty() && real != self.mount {
+            let folder = self
+                .mount
+                .strip_prefix(real)
+                .map(|rest| rest.trim_matches('/'))
+                .filter(|rest| !rest.is_empty());
+            return Err(match folder {
+                Some(folder) => VaultError::new(format!(
+                    "{} is not a mount but the folder {folder} inside the KV version 2 mount {real}; every write would fail",
+                    self.mount
+                ))
+                .hint(format!(
+                    "set `secrets.vault.mount: {real}` and `secrets.vault.path: \"{folder}/{template}\"`"
+                )),
+                None => VaultError::new(format!(
+                    "the server reports the mount of {} as {real}",
+                    self.mount
+                ))
+                .hint(format!("set `secrets.vault.mount: {real}`")),
+            });
         }
         Ok(())
     }
@@ -378,9 +405,9 @@ impl VaultClient {
             .json(&json!({ "paths": paths }));
         let response = self.send(request, "cannot ask Vault for the token's capabilities")?;
         let status = response.status();
-        let body: Value = response.json().unwrap_or(Value::Null);
+        let (body, text) = answer(response);
         if !status.is_success() {
-            return Err(refusal(status, &body, "the token's capabilities").hint(
+            return Err(refusal(status, &text, "the token's capabilities").hint(
                 "check VAULT_TOKEN (or VAULT_TOKEN_FILE): it may be wrong or expired, or lack the `default` policy, which lets a token read its own capabilities; check VAULT_NAMESPACE too",
             ));
         }
@@ -406,7 +433,7 @@ impl VaultClient {
         let request = self.request(Method::GET, &self.data_path(path))?;
         let response = self.send(request, &format!("cannot read {}", self.data_path(path)))?;
         let status = response.status();
-        let body: Value = response.json().unwrap_or(Value::Null);
+        let (body, text) = answer(response);
         match status {
             StatusCode::OK => Ok(body["data"]["data"]
                 .as_object()
@@ -416,7 +443,7 @@ impl VaultClient {
             // the version's metadata in the body.
             StatusCode::NOT_FOUND if body["data"]["metadata"].is_object() => Ok(Stored::Deleted),
             StatusCode::NOT_FOUND => Ok(Stored::Nothing),
-            _ => Err(refusal(status, &body, &self.data_path(path))),
+            _ => Err(refusal(status, &text, &self.data_path(path))),
         }
     }
 
@@ -429,7 +456,7 @@ impl VaultClient {
             .query(&[("list", "true")]);
         let response = self.send(request, &format!("cannot list {api_path}"))?;
         let status = response.status();
-        let body: Value = response.json().unwrap_or(Value::Null);
+        let (body, text) = answer(response);
         match status {
             StatusCode::OK => Ok(body["data"]["keys"]
                 .as_array()
@@ -441,7 +468,7 @@ impl VaultClient {
                 })
                 .unwrap_or_default()),
             StatusCode::NOT_FOUND => Ok(Vec::new()),
-            _ => Err(refusal(status, &body, api_path)),
+            _ => Err(refusal(status, &text, api_path)),
         }
     }
 
@@ -456,15 +483,26 @@ impl VaultClient {
         if status.is_success() {
             return Ok(());
         }
-        let body: Value = response.json().unwrap_or(Value::Null);
+        let (body, text) = answer(response);
         let message = server_message(&body);
-        if status == StatusCode::BAD_REQUEST && message.contains("check-and-set") {
-            return Err(VaultError::new(format!(
+        let exists = || {
+            VaultError::new(format!(
                 "a secret already exists at {}; it was not overwritten",
                 self.data_path(path)
-            )));
+            ))
+            .hint("someone wrote it after the pre-flight check: move it away and keep the rescued secret there, or keep theirs and revoke the new token")
+        };
+        if status == StatusCode::BAD_REQUEST && message.contains("check-and-set") {
+            return Err(exists());
         }
-        Err(refusal(status, &body, &self.data_path(path)))
+        // A policy that may `create` but not `update` gets 403 for a path
+        // that has a secret: look, so the message says what happened.
+        if status == StatusCode::FORBIDDEN
+            && matches!(self.read(path), Ok(Stored::Live(_) | Stored::Deleted))
+        {
+            return Err(exists());
+        }
+        Err(refusal(status, &text, &self.data_path(path)))
     }
 }
 
@@ -472,8 +510,11 @@ impl VaultClient {
 /// plain HTTP elsewhere would send the token in the clear.
 fn check_addr(addr: &str) -> Result<Url, VaultError> {
     let hint = "set VAULT_ADDR to https://HOST:PORT (http:// only for a loopback address)";
+    // Credentials in the address are masked in every message, and in
+    // whatever else tokenctl prints, whether or not it is accepted.
+    let shown = addr_for_display(addr);
     let url = Url::parse(addr).map_err(|e| {
-        VaultError::new(format!("VAULT_ADDR `{addr}` is not a URL: {e}")).hint(hint)
+        VaultError::new(format!("VAULT_ADDR `{shown}` is not a URL: {e}")).hint(hint)
     })?;
     let loopback = url.host_str().is_some_and(|host| {
         host.eq_ignore_ascii_case("localhost")
@@ -487,9 +528,28 @@ fn check_addr(addr: &str) -> Result<Url, VaultError> {
         "https" => Ok(url),
         "http" if loopback => Ok(url),
         _ => Err(VaultError::new(format!(
-            "VAULT_ADDR `{addr}` must use https:// (http:// only for a loopback address)"
+            "VAULT_ADDR `{shown}` must use https:// (http:// only for a loopback address)"
         ))
         .hint(hint)),
+    }
+}
+
+/// Returns `VAULT_ADDR` for a message, its userinfo masked (and
+/// registered, so it is masked everywhere): also when the text is no URL
+/// at all, such as `user:pw@vault:8200` without a scheme.
+fn addr_for_display(addr: &str) -> String {
+    if addr.contains("://") {
+        return crate::redact::url_for_display(addr);
+    }
+    let authority_end = addr.find(['/', '?', '#']).unwrap_or(addr.len());
+    let (authority, rest) = addr.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let secret = userinfo.split_once(':').map_or(userinfo, |(_, pw)| pw);
+            crate::redact::register(secret);
+            format!("{}@{host}{rest}", crate::redact::MASK)
+        }
+        None => addr.to_string(),
     }
 }
 
@@ -509,8 +569,29 @@ fn server_message(body: &Value) -> String {
     parts.join("; ")
 }
 
-fn refusal(status: StatusCode, body: &Value, what: &str) -> VaultError {
-    let message = server_message(body);
+/// Reads an answer's body once: as JSON when it is, and as text.
+fn answer(response: Response) -> (Value, String) {
+    let text = response.text().unwrap_or_default();
+    let body = serde_json::from_str(&text).unwrap_or(Value::Null);
+    (body, text)
+}
+
+/// Returns what the server said in an error body, as server messages are
+/// shown: Vault's `errors` on one line, or else the body itself, with
+/// every credential masked before it is cut to length (a proxy may echo
+/// the request, its `X-Vault-Token` and the secret included).
+fn vault_message(text: &str) -> String {
+    let body: Value = serde_json::from_str(text).unwrap_or(Value::Null);
+    let errors = server_message(&body);
+    let said = if errors.is_empty() { text } else { &errors };
+    if said.trim().is_empty() {
+        return String::new();
+    }
+    crate::api::server_message(said)
+}
+
+fn refusal(status: StatusCode, text: &str, what: &str) -> VaultError {
+    let message = vault_message(text);
     let message = if message.is_empty() {
         String::new()
     } else {
@@ -608,7 +689,9 @@ impl VaultSink {
                 ));
             }
         }
-        self.client.check_kv2().map_err(|e| self.fail(e))?;
+        self.client
+            .check_kv2(&self.template)
+            .map_err(|e| self.fail(e))?;
         // A path with the id in it cannot exist before its token does.
         if has_id {
             return Ok(());
@@ -751,6 +834,49 @@ mod tests {
         let body = json!({"errors": ["a", "b"]});
         assert_eq!(server_message(&body), "a; b");
         assert_eq!(server_message(&Value::Null), "");
+    }
+
+    #[test]
+    fn an_echoed_request_is_masked_before_the_message_is_cut() {
+        let vault_token = "hvs.vault-unit-echo-token-0123456789";
+        crate::redact::register(vault_token);
+        // The token straddles the 300th character: cut first, masked
+        // later, its start would survive.
+        let echo = format!(
+            "{}X-Vault-Token={vault_token} {}",
+            "x".repeat(290),
+            "y".repeat(400)
+        );
+        let body = json!({ "errors": [echo] }).to_string();
+        let err = refusal(StatusCode::INTERNAL_SERVER_ERROR, &body, "secret/data/a");
+        assert!(!err.detail.contains("hvs.vault-unit"), "{}", err.detail);
+        assert!(err.detail.chars().count() < 400, "{}", err.detail);
+        // A proxy's page, not Vault's JSON: shown the same way.
+        let page = format!("<html>{}{vault_token}</html>", "z".repeat(500));
+        let err = refusal(StatusCode::BAD_GATEWAY, &page, "secret/data/a");
+        assert!(!err.detail.contains("hvs.vault"), "{}", err.detail);
+        assert!(err.detail.chars().count() < 400, "{}", err.detail);
+        assert_eq!(
+            refusal(StatusCode::FORBIDDEN, "", "p").detail,
+            "Vault answered 403 Forbidden for p"
+        );
+    }
+
+    #[test]
+    fn a_refused_address_never_shows_its_password() {
+        for addr in [
+            "ftp://ci:addr-unit-pw-1@vault.example.com:8200",
+            "http://ci:addr-unit-pw-1@vault.example.com:8200",
+            "ci:addr-unit-pw-1@vault.example.com:8200",
+            "https://ci:addr-unit-pw-1@vault example.com:8200",
+        ] {
+            let err = check_addr(addr).unwrap_err();
+            assert!(!err.detail.contains("addr-unit-pw"), "{}", err.detail);
+            assert!(err.detail.contains("vault"), "{}", err.detail);
+        }
+        // An accepted address's password is masked everywhere from then on.
+        assert!(check_addr("https://ci:addr-unit-pw-2@vault.example.com").is_ok());
+        assert!(!crate::redact::redact("x addr-unit-pw-2 y").contains("addr-unit-pw-2"));
     }
 
     #[test]

@@ -1,6 +1,16 @@
 //! Hands each new secret to every sink, on a thread of its own.
+//!
+//! Every secret a create received ends in every sink or in a rescue file:
+//! a sink that fails (or panics) is not tried again during the run, so
+//! the secrets behind it are rescued at once instead of each waiting for
+//! the same failure; and a create that stops waiting (an interrupt) keeps
+//! its secret itself, since it shares it with the sink thread.
 
 use std::io;
+use std::panic::{self, AssertUnwindSafe};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::time::Duration;
 
 use super::{NewToken, Rescue, Rescued, SecretSink, SinkError};
 use crate::model::address::Address;
@@ -14,6 +24,9 @@ pub struct Delivery {
     /// `None` when every sink took the secret; otherwise where it was
     /// kept instead.
     pub rescue: Option<Rescued>,
+    /// The secret was rescued because the run was interrupted, before
+    /// every sink had it: no sink failed.
+    pub interrupted: bool,
 }
 
 /// Hands `token` to every sink; for each that fails, the secret is kept in
@@ -23,9 +36,39 @@ pub fn deliver_all(
     rescue: &Rescue,
     token: &NewToken<'_>,
 ) -> Delivery {
+    let mut broken = vec![false; sinks.len()];
+    deliver_each(sinks, &mut broken, rescue, token)
+}
+
+/// Hands `token` to every sink not `broken` yet; a sink that fails or
+/// panics is marked broken, and the secret goes to a rescue file when any
+/// sink did not take it.
+fn deliver_each(
+    sinks: &mut [Box<dyn SecretSink>],
+    broken: &mut [bool],
+    rescue: &Rescue,
+    token: &NewToken<'_>,
+) -> Delivery {
     let mut delivery = Delivery::default();
-    for sink in sinks.iter_mut() {
-        if let Err(err) = sink.deliver(token) {
+    for (sink, broken) in sinks.iter_mut().zip(broken.iter_mut()) {
+        let result = if *broken {
+            Err(SinkError {
+                sink: sink.describe(),
+                detail: "not tried: it failed earlier in this run".into(),
+                hint: None,
+            })
+        } else {
+            // A sink's bug must not take the secret down with it.
+            panic::catch_unwind(AssertUnwindSafe(|| sink.deliver(token))).unwrap_or_else(|_| {
+                Err(SinkError {
+                    sink: sink.describe(),
+                    detail: "the sink failed unexpectedly (it panicked)".into(),
+                    hint: None,
+                })
+            })
+        };
+        if let Err(err) = result {
+            *broken = true;
             delivery.rescue.get_or_insert_with(|| rescue.keep(token));
             delivery.failures.push(err);
         }
@@ -33,14 +76,41 @@ pub fn deliver_all(
     delivery
 }
 
-/// One secret on its way to the sink thread.
-struct Handover {
+/// Where a secret is: waiting for the sink thread, taken by it, or kept
+/// in a rescue file by its create (the thread then skips it).
+const QUEUED: u8 = 0;
+const TAKEN: u8 = 1;
+const RESCUED: u8 = 2;
+
+/// One secret on its way to the sinks, shared by its create and the sink
+/// thread.
+struct Parcel {
     address: Address,
     id: u64,
     created_at: i64,
     token: Secret,
+    state: AtomicU8,
+}
+
+impl Parcel {
+    fn new_token(&self) -> NewToken<'_> {
+        NewToken {
+            address: &self.address,
+            id: self.id,
+            created_at: self.created_at,
+            token: &self.token,
+        }
+    }
+}
+
+/// One secret handed to the sink thread.
+struct Handover {
+    parcel: Arc<Parcel>,
     done: tokio::sync::oneshot::Sender<Delivery>,
 }
+
+/// How often a create waiting for the sinks looks for an interrupt.
+const INTERRUPT_POLL: Duration = Duration::from_millis(50);
 
 /// Runs the sinks on a thread of their own, so that their fsyncs and
 /// commands do not stall the requests of other creates in flight.
@@ -48,6 +118,8 @@ pub struct SinkWorker {
     sender: Option<std::sync::mpsc::Sender<Handover>>,
     thread: Option<std::thread::JoinHandle<()>>,
     rescue: Rescue,
+    /// The sinks' names, for messages.
+    names: String,
 }
 
 impl SinkWorker {
@@ -55,17 +127,28 @@ impl SinkWorker {
     pub fn start(mut sinks: Vec<Box<dyn SecretSink>>, rescue: Rescue) -> io::Result<Self> {
         let (sender, receiver) = std::sync::mpsc::channel::<Handover>();
         let own_rescue = rescue.clone();
+        let names = sinks
+            .iter()
+            .map(|s| s.describe())
+            .collect::<Vec<_>>()
+            .join(", ");
         let thread = std::thread::Builder::new()
             .name("sinks".into())
             .spawn(move || {
+                let mut broken = vec![false; sinks.len()];
                 for handover in receiver {
-                    let token = NewToken {
-                        address: &handover.address,
-                        id: handover.id,
-                        created_at: handover.created_at,
-                        token: &handover.token,
-                    };
-                    let delivery = deliver_all(&mut sinks, &rescue, &token);
+                    let parcel = &handover.parcel;
+                    // A secret its create already rescued is not handed to
+                    // a sink that may be slow.
+                    if parcel
+                        .state
+                        .compare_exchange(QUEUED, TAKEN, Ordering::SeqCst, Ordering::SeqCst)
+                        .is_err()
+                    {
+                        continue;
+                    }
+                    let delivery =
+                        deliver_each(&mut sinks, &mut broken, &rescue, &parcel.new_token());
                     let _ = handover.done.send(delivery);
                 }
             })?;
@@ -73,55 +156,99 @@ impl SinkWorker {
             sender: Some(sender),
             thread: Some(thread),
             rescue: own_rescue,
+            names,
         })
     }
 
     /// Hands a new token to the sinks and waits until every sink has it
-    /// (or its rescue file does).
+    /// (or its rescue file does). When `interrupted` says so, before or
+    /// while it waits, the secret goes to a rescue file at once instead.
     pub async fn deliver(
         &self,
         address: &Address,
         id: u64,
         created_at: i64,
         token: Secret,
+        interrupted: &dyn Fn() -> bool,
     ) -> Delivery {
-        let (done, wait) = tokio::sync::oneshot::channel();
-        let handover = Handover {
+        let parcel = Arc::new(Parcel {
             address: address.clone(),
             id,
             created_at,
             token,
+            state: AtomicU8::new(QUEUED),
+        });
+        if interrupted() {
+            return self.rescue_interrupted(&parcel);
+        }
+        let (done, mut wait) = tokio::sync::oneshot::channel();
+        let handover = Handover {
+            parcel: parcel.clone(),
             done,
         };
-        let stopped = |rescue: Rescued| Delivery {
-            failures: vec![SinkError {
-                sink: "all sinks".into(),
-                detail: "the sink thread stopped".into(),
-                hint: None,
-            }],
-            rescue: Some(rescue),
-        };
-        let Some(sender) = self.sender.as_ref() else {
-            return stopped(Rescued::Lost);
-        };
-        match sender.send(handover) {
-            Ok(()) => wait.await.unwrap_or_else(|_| stopped(Rescued::Lost)),
-            // The secret came back with the failed send: keep it.
-            Err(std::sync::mpsc::SendError(handover)) => {
-                let token = NewToken {
-                    address: &handover.address,
-                    id: handover.id,
-                    created_at: handover.created_at,
-                    token: &handover.token,
-                };
-                stopped(self.rescue.keep(&token))
+        let sent = self
+            .sender
+            .as_ref()
+            .is_some_and(|sender| sender.send(handover).is_ok());
+        if !sent {
+            return self.stopped(&parcel);
+        }
+        loop {
+            tokio::select! {
+                delivery = &mut wait => {
+                    // The thread ended without an answer: the secret is
+                    // still here to keep.
+                    return delivery.unwrap_or_else(|_| self.stopped(&parcel));
+                }
+                () = tokio::time::sleep(INTERRUPT_POLL) => {
+                    if interrupted() {
+                        return self.rescue_interrupted(&parcel);
+                    }
+                }
             }
         }
     }
 
-    /// Waits for the deliveries in progress and stops the thread.
-    pub fn finish(mut self) {
-        self.stop();
+    /// Keeps a secret the sinks do not have yet, as the run was
+    /// interrupted: the sink thread skips it if it has not started on it.
+    fn rescue_interrupted(&self, parcel: &Parcel) -> Delivery {
+        parcel.state.store(RESCUED, Ordering::SeqCst);
+        Delivery {
+            failures: vec![SinkError {
+                sink: self.names.clone(),
+                detail: "interrupted before every sink had the secret".into(),
+                hint: None,
+            }],
+            rescue: Some(self.rescue.keep(&parcel.new_token())),
+            interrupted: true,
+        }
+    }
+
+    /// Keeps a secret the sink thread cannot take any more.
+    fn stopped(&self, parcel: &Parcel) -> Delivery {
+        parcel.state.store(RESCUED, Ordering::SeqCst);
+        Delivery {
+            failures: vec![SinkError {
+                sink: self.names.clone(),
+                detail: "the sink thread stopped".into(),
+                hint: None,
+            }],
+            rescue: Some(self.rescue.keep(&parcel.new_token())),
+            interrupted: false,
+        }
+    }
+
+    /// Waits for the deliveries in progress and stops the thread. With
+    /// `wait` false (an interrupted run, whose undelivered secrets are all
+    /// rescued) it does not wait for a sink that may be slow: the thread
+    /// skips what is queued and ends with the process.
+    pub fn finish(mut self, wait: bool) {
+        if wait {
+            self.stop();
+        } else {
+            self.sender.take();
+            self.thread.take();
+        }
     }
 
     fn stop(&mut self) {

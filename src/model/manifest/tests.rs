@@ -240,13 +240,75 @@ fn reads_an_exec_sink() {
     let parsed = Manifest::parse(text, "m").unwrap();
     assert_eq!(
         parsed.manifest.secrets.get("exec"),
-        Some(&SinkSpec::Exec(ExecSpec {
-            argv: vec!["vault-put".into(), "--path".into(), "logzio".into()]
-        }))
+        Some(&SinkSpec::Exec(ExecSpec::new(vec![
+            "vault-put".into(),
+            "--path".into(),
+            "logzio".into()
+        ])))
     );
     let err = reject("version: 1\nregion: us\nsecrets:\n  exec: []\ntokens: []\n");
     assert_eq!(err.line, 4, "{err}");
     assert!(err.message.contains("at least the program"), "{err}");
+}
+
+#[test]
+fn reads_an_exec_sink_with_settings() {
+    let text = "version: 1\nregion: us\nsecrets:\n  exec:\n    command: [vault-put, logzio]\n    pass_env: [VAULT_TOKEN, VAULT_ADDR]\n    timeout: 5m\ntokens: []\n";
+    let parsed = Manifest::parse(text, "m").unwrap();
+    assert_eq!(
+        parsed.manifest.secrets.get("exec"),
+        Some(&SinkSpec::Exec(ExecSpec {
+            argv: vec!["vault-put".into(), "logzio".into()],
+            pass_env: vec!["VAULT_TOKEN".into(), "VAULT_ADDR".into()],
+            timeout: std::time::Duration::from_secs(300),
+        }))
+    );
+    let exec = |settings: &str| {
+        reject(&format!(
+            "version: 1\nregion: us\nsecrets:\n  exec:\n    command: [x]\n{settings}tokens: []\n"
+        ))
+    };
+    let err = exec("    pass_env: [LOGZIO_API_TOKEN]\n");
+    assert_eq!((err.line, err.column), (6, 16), "{err}");
+    assert!(
+        err.message
+            .contains("LOGZIO_API_TOKEN is never passed to a command"),
+        "{err}"
+    );
+    let err = exec("    pass_env: [\"VAULT TOKEN\"]\n");
+    assert_eq!(err.line, 6, "{err}");
+    assert!(
+        err.message.contains("not an environment variable name"),
+        "{err}"
+    );
+    let err = exec("    timeout: 2h\n");
+    assert_eq!((err.line, err.column), (6, 14), "{err}");
+    assert!(err.message.contains("between 1s and 1h"), "{err}");
+    let err = exec("    timeout: soon\n");
+    assert!(err.message.contains("not a duration"), "{err}");
+    let err = exec("    lookup: [x]\n");
+    assert!(err.message.contains("unknown field `lookup`"), "{err}");
+    let err = reject(
+        "version: 1\nregion: us\nsecrets:\n  exec:\n    pass_env: [VAULT_TOKEN]\ntokens: []\n",
+    );
+    assert!(err.message.contains("missing field `command`"), "{err}");
+    let err = reject("version: 1\nregion: us\nsecrets:\n  exec:\n    command: []\ntokens: []\n");
+    assert!(err.message.contains("at least the program"), "{err}");
+}
+
+#[test]
+fn a_sops_folder_must_stay_under_the_manifest() {
+    for (dir, says) in [
+        ("/srv/secrets", "is absolute"),
+        ("../secrets", "goes up with `..`"),
+        ("secrets/../../x", "goes up with `..`"),
+    ] {
+        let err = reject(&format!(
+            "version: 1\nregion: us\nsecrets:\n  sops:\n    dir: {dir}\n    age: [age1jmqcemfy5a7pfh00qqexmjg40w6ztgwc6vx0f0h26cska0jzaelspqjvxg]\ntokens: []\n"
+        ));
+        assert_eq!((err.line, err.column), (5, 10), "{dir}: {err}");
+        assert!(err.message.contains(says), "{dir}: {err}");
+    }
 }
 
 #[test]
