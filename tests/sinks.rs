@@ -1200,7 +1200,7 @@ async fn resolve_passes_over_a_sops_file_of_a_retired_key() {
     // The key file's path is masked like the variable's every value.
     assert_eq!(
         missing.stderr,
-        "error: no sink that can read secrets back could be opened:\n  secret sink sops ./secrets/tokens: cannot read SOPS_AGE_KEY_FILE [redacted]: No such file or directory (os error 2) (SOPS_AGE_KEY_FILE names a file of age identities (AGE-SECRET-KEY-1…); SOPS_AGE_KEY holds them)\nhint: fix what is named above and run resolve again, or pass --adopt ID or --abandon\n"
+        "error: no sink that can read secrets back could be opened:\n  secret sink sops ./secrets/tokens: cannot read SOPS_AGE_KEY_FILE /nonexistent/keys.txt: No such file or directory (os error 2) (SOPS_AGE_KEY_FILE names a file of age identities (AGE-SECRET-KEY-1…); SOPS_AGE_KEY holds them)\nhint: fix what is named above and run resolve again, or pass --adopt ID or --abandon\n"
     );
     assert!(!missing.stderr.contains("there is no sink to look in"));
 
@@ -1311,10 +1311,11 @@ async fn a_secrets_file_others_can_read_is_warned_about_when_read_back() {
     assert_eq!(ws.run(&["apply", "--auto-approve"]).code, 0);
     let key_file = key.file.display().to_string();
     let plan = ws.run_with(&["plan", "--refresh"], &[("SOPS_AGE_KEY_FILE", &key_file)]);
+    // The key file's path is named (a path is no secret); its keys never.
     assert!(
-        plan.stderr.contains(
-            "warning: the age key file [redacted] can be read by other users (mode 640); run `chmod 600` on it\n"
-        ),
+        plan.stderr.contains(&format!(
+            "warning: the age key file {key_file} can be read by other users (mode 640); run `chmod 600` on it\n"
+        )),
         "{}",
         plan.all()
     );

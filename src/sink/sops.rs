@@ -279,6 +279,12 @@ pub fn identities_from(
 ) -> Result<Vec<Box<dyn age::Identity + Send + Sync>>, String> {
     let mut identities = Vec::new();
     let mut add = |text: &[u8], from: &str| -> Result<(), String> {
+        // The identities are credentials: masked wherever text leaves.
+        for line in String::from_utf8_lossy(text).lines() {
+            if line.trim().starts_with("AGE-SECRET-KEY-") {
+                crate::redact::register(line.trim());
+            }
+        }
         let file = age::IdentityFile::from_buffer(BufReader::new(text))
             .map_err(|e| format!("{from} holds no age identity: {e}"))?;
         let found = file
