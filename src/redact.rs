@@ -66,8 +66,8 @@ pub fn register(value: &str) {
         }
     }
     if registry.all.len() - registry.merged > RECENT_MAX {
+        // Standard matching, so every overlapping occurrence is found.
         let automaton = AhoCorasick::builder()
-            .match_kind(aho_corasick::MatchKind::LeftmostLongest)
             .build(&registry.all)
             .ok()
             .map(Arc::new);
@@ -79,29 +79,53 @@ pub fn register(value: &str) {
 }
 
 /// Returns `text` with every registered credential replaced by
-/// [`MASK`].
+/// [`MASK`]. Every place any value occurs is masked, overlapping ones
+/// included, so no part of a longer value survives because a shorter one
+/// matched inside it first.
 pub fn redact(text: &str) -> Cow<'_, str> {
     let registry = REGISTRY.read().unwrap_or_else(|e| e.into_inner());
     if registry.all.is_empty() {
         return Cow::Borrowed(text);
     }
-    let mut out = Cow::Borrowed(text);
-    if let Some(automaton) = &registry.automaton
-        && automaton.is_match(out.as_ref())
-    {
-        let masks = vec![MASK; registry.merged];
-        out = Cow::Owned(automaton.replace_all(out.as_ref(), &masks));
+    let mut spans: Vec<(usize, usize)> = Vec::new();
+    if let Some(automaton) = &registry.automaton {
+        spans.extend(
+            automaton
+                .find_overlapping_iter(text)
+                .map(|m| (m.start(), m.end())),
+        );
     }
-    // The most recent values, longest first so that a value containing
-    // another is masked whole.
-    let mut recent: Vec<&String> = registry.all[registry.merged..].iter().collect();
-    recent.sort_by_key(|v| std::cmp::Reverse(v.len()));
-    for value in recent {
-        if out.contains(value.as_str()) {
-            out = Cow::Owned(out.replace(value.as_str(), MASK));
+    for value in &registry.all[registry.merged..] {
+        let mut from = 0;
+        while let Some(at) = text[from..].find(value.as_str()) {
+            let start = from + at;
+            spans.push((start, start + value.len()));
+            // The next search starts one character on: occurrences may
+            // overlap.
+            from = start + text[start..].chars().next().map_or(1, char::len_utf8);
         }
     }
-    out
+    if spans.is_empty() {
+        return Cow::Borrowed(text);
+    }
+    spans.sort_unstable();
+    let mut out = String::with_capacity(text.len());
+    let mut copied = 0;
+    let mut iter = spans.into_iter().peekable();
+    while let Some((start, mut end)) = iter.next() {
+        while let Some(&(next_start, next_end)) = iter.peek() {
+            if next_start > end {
+                break;
+            }
+            end = end.max(next_end);
+            iter.next();
+        }
+        out.push_str(&text[copied..start]);
+        out.push_str(MASK);
+        copied = end;
+    }
+    out.push_str(&text[copied..]);
+    Cow::Owned(out)
 }
 
 /// Returns `bytes` redacted, when they are UTF-8 text (every file tokenctl
@@ -244,6 +268,23 @@ mod tests {
             let text = format!("<{value}>");
             assert_eq!(redact(&text), format!("<{MASK}>"));
         }
+    }
+
+    #[test]
+    fn a_shorter_value_inside_a_longer_one_leaves_no_part_of_either() {
+        register("9c4e");
+        for i in 0..70 {
+            register(&format!("tc-filler-{i:03}-x"));
+        }
+        register("1a2b3c4d-9c4e-4f00-8a11-0123456789ab");
+        assert_eq!(
+            redact("bad key 1a2b3c4d-9c4e-4f00-8a11-0123456789ab!"),
+            format!("bad key {MASK}!")
+        );
+        // Overlapping occurrences of one value, and of two.
+        register("olapxyzabcd1");
+        register("abcd1efgolap");
+        assert_eq!(redact("<olapxyzabcd1efgolap>"), format!("<{MASK}>"));
     }
 
     #[test]

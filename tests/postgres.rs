@@ -1110,7 +1110,7 @@ async fn a_state_file_left_at_the_path_is_refused_until_it_is_moved_in() {
     let postgres = on_file_backend(&ws, &SIX[..3]);
     assert_eq!(ws.run(&["apply", "--auto-approve"]).code, 0);
     ws.write("tokens.yaml", &postgres);
-    let refusal = "error: tokens.yaml keeps the state in PostgreSQL (backend: postgres), but a state file is still at state/tokens.state.json; using the database now would plan without the tokens it records\nhint: move it into the database first: `tokenctl state push state/tokens.state.json` (it folds a journal beside it), check `tokenctl plan`, then move state/tokens.state.json and its .journal and .backup out of the way (README: Moving state)\n";
+    let refusal = "error: tokens.yaml keeps the state in PostgreSQL (backend: postgres), but a state file is still at state/tokens.state.json; using the database now would plan without the tokens it records\nhint: move it into the database first: `tokenctl state push state/tokens.state.json` (it folds a journal beside it), then move state/tokens.state.json and its .journal and .backup out of the way and check `tokenctl plan` (README: Moving state)\n";
     for args in [
         &["plan"][..],
         &["apply", "--auto-approve"],

@@ -103,8 +103,65 @@ async fn a_server_echoing_the_owner_token_never_makes_tokenctl_print_it() {
     assert!(!run.all().contains(OWNER_TOKEN), "{}", run.all());
 }
 
+/// A credential that reads as an ordinary word (`PGPASSWORD=postgres`, a
+/// CI service's default) never rewrites what tokenctl stores: a token
+/// named after it keeps its address, and nothing is created twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_password_that_is_an_ordinary_word_never_changes_a_stored_address() {
+    let mock = MockLogzio::start().await;
+    let mut ws = Workspace::new(&mock.url());
+    ws.manifest(&["1/postgres-exporter", "1/tokens"]);
+    let env = [("PGPASSWORD", "postgres"), ("VAULT_TOKEN", "tokens")];
+    let apply = ws.run_with(&["apply", "--auto-approve"], &env);
+    assert_eq!(apply.code, 0, "{}", apply.all());
+    assert_eq!(ws.state_addresses(), ["1/postgres-exporter", "1/tokens"]);
+    let plan = ws.run_with(&["plan"], &env);
+    assert_eq!(plan.code, 0, "{}", plan.all());
+    assert!(plan.stdout.starts_with("No changes."), "{}", plan.stdout);
+    assert_eq!(ws.run_with(&["apply", "--auto-approve"], &env).code, 0);
+    assert_eq!(mock.create_requests().await.len(), 2);
+}
+
 // ---------------------------------------------------------------------------
 // 2. Credentials stay inside tokenctl
+
+/// A repository's own configuration may name programs for git to run
+/// (`core.fsmonitor`): the git that the secrets file's check runs gets
+/// none of tokenctl's credentials, and runs no such program.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn git_checks_run_without_credentials_or_the_repositorys_programs() {
+    let mock = MockLogzio::start().await;
+    let mut ws = Workspace::new(&mock.url());
+    ws.manifest(&["1/a"]);
+    let git = |args: &[&str]| {
+        let status = std::process::Command::new("git")
+            .args(args)
+            .current_dir(ws.dir.path())
+            .output()
+            .unwrap();
+        assert!(status.status.success(), "git {args:?}");
+    };
+    git(&["init", "-q"]);
+    ws.write(".gitignore", "/secrets/\n/home/\n");
+    let seen = ws.path("fsmonitor-saw.txt");
+    ws.write(
+        "hook.sh",
+        &format!("#!/bin/sh\nenv > '{}'\nexit 1\n", seen.display()),
+    );
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(ws.path("hook.sh"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    git(&["config", "core.fsmonitor", "./hook.sh"]);
+    let apply = ws.run_with(
+        &["apply", "--auto-approve"],
+        &[("VAULT_TOKEN", "hvs.must-stay-inside-tokenctl")],
+    );
+    assert_eq!(apply.code, 0, "{}", apply.all());
+    assert!(
+        !seen.exists(),
+        "the repository's fsmonitor ran: {}",
+        ws.read("fsmonitor-saw.txt")
+    );
+}
 
 /// Counts the connections a stand-in proxy on loopback receives.
 fn proxy_listener() -> (String, Arc<AtomicUsize>) {

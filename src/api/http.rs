@@ -203,7 +203,11 @@ fn send_error(url: &str, err: &reqwest::Error) -> CreateError {
         }
     } else if err.is_connect() {
         CreateError::NotSent {
-            detail: format!("could not connect to {url}: {}", error_chain(err)),
+            detail: format!(
+                "could not connect to {}: {}",
+                crate::redact::url_for_display(url),
+                crate::redact::redact(&error_chain(err))
+            ),
         }
     } else if err.is_timeout() {
         CreateError::Ambiguous {

@@ -19,11 +19,12 @@ pub use file::lock::Holder;
 use file::lock::LockError;
 use file::store::StoreError;
 
-/// Returns a journal record as one JSON line, as every backend stores it,
-/// with credentials masked (a reason may quote a server).
+/// Returns a journal record as one JSON line, as every backend stores it.
+/// Documents are never rewritten by masking (an address that contains a
+/// password's text must stay as it is): the reasons they carry are masked
+/// where they are made (`ops::create`).
 pub(crate) fn record_line(record: &Record) -> Vec<u8> {
-    let text = serde_json::to_string(record).unwrap_or_default();
-    let mut bytes = crate::redact::redact(&text).into_owned().into_bytes();
+    let mut bytes = serde_json::to_vec(record).unwrap_or_default();
     bytes.push(b'\n');
     bytes
 }

@@ -96,6 +96,8 @@ pub(super) fn connect_api(
 ) -> Result<HttpApi, Failure> {
     let owner_token = owner_token(env, connect, ui)?;
     let base_url = base_url(env, connect, manifest)?;
+    // Credentials in the URL's userinfo are masked like any other.
+    crate::redact::url_for_display(&base_url);
     let proxies = crate::net::Proxies::from_vars(&env.vars);
     HttpApi::new(&base_url, owner_token, timeouts, &proxies)
         .map_err(|err| Failure::new(err.to_string()))

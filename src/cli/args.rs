@@ -233,6 +233,10 @@ pub(super) struct ResolveArgs {
     /// apply makes it again.
     #[arg(long)]
     pub(super) abandon: bool,
+    /// With --abandon: go ahead even though a sink that might hold the
+    /// create's token could not be read (say, its key is lost for good).
+    #[arg(long, requires = "abandon")]
+    pub(super) force: bool,
     /// The secrets file to look in when neither flag is given (default: the
     /// manifest's `secrets.file`); the manifest's `sops` and `vault` sinks
     /// are searched too.

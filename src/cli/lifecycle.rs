@@ -72,10 +72,15 @@ impl Session<'_, '_> {
 
     /// Returns a reader for every sink that can read secrets back, for a
     /// check that goes on without any (`resolve --abandon`).
-    pub(super) fn any_readers(&mut self, secrets_out: Option<&Path>) -> Readers {
-        let manifest = self.load_manifest().ok().map(|loaded| loaded.manifest);
+    /// A manifest that exists but cannot be read is an error: its sinks
+    /// might hold what the check looks for.
+    pub(super) fn any_readers(&mut self, secrets_out: Option<&Path>) -> Result<Readers, Failure> {
+        let manifest = match self.cli.manifest.exists() {
+            true => Some(self.load_manifest()?.manifest),
+            false => None,
+        };
         let configured = self.configured_sinks(manifest.as_ref(), secrets_out);
-        sinks::readers(&configured, &self.env.vars)
+        Ok(sinks::readers(&configured, &self.env.vars))
     }
 
     /// Asks every token of the state (current and superseded) whose secret

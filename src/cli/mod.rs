@@ -282,7 +282,7 @@ impl Session<'_, '_> {
             found.display()
         ))
         .hint(format!(
-            "move it into the database first: `tokenctl state push {DEFAULT_STATE}` (it folds a journal beside it), check `tokenctl plan`, then move {DEFAULT_STATE} and its .journal and .backup out of the way (README: Moving state)"
+            "move it into the database first: `tokenctl state push {DEFAULT_STATE}` (it folds a journal beside it), then move {DEFAULT_STATE} and its .journal and .backup out of the way and check `tokenctl plan` (README: Moving state)"
         )))
     }
 

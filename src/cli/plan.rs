@@ -95,12 +95,7 @@ impl Session<'_, '_> {
         // Only a plan that passed its checks is saved to be applied.
         if let Some(out) = &args.out {
             let file = PlanFile::new(&plan, &loaded.bytes, state.as_ref());
-            crate::fsutil::write_atomic(
-                out,
-                &crate::redact::redact_bytes(file.to_json().as_bytes()),
-                0o644,
-            )
-            .map_err(|err| {
+            crate::fsutil::write_atomic(out, file.to_json().as_bytes(), 0o644).map_err(|err| {
                 Failure::new(format!("cannot write plan file {}: {err}", out.display()))
             })?;
             let saved = format!(

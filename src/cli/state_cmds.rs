@@ -32,7 +32,10 @@ impl Session<'_, '_> {
         edit::check_in_doubt(&before, &args.address)?;
         let how = match (args.adopt, args.abandon) {
             (Some(id), _) => Settle::Adopt(id),
-            (None, true) => Settle::Abandon(self.any_readers(args.secrets_out.as_deref())),
+            (None, true) => Settle::Abandon {
+                readers: self.any_readers(args.secrets_out.as_deref())?,
+                force: args.force,
+            },
             (None, false) => Settle::FromSinks(self.readers(args.secrets_out.as_deref())?),
         };
         let (after, done) = edit::resolve(&before, &args.address, how)?;

@@ -194,16 +194,23 @@ pub fn record_refresh(state: &mut State, refresh: &Refresh, retire: bool) -> Vec
             token.checked = Some(check(finding));
         }
     }
-    let mut retired = Vec::new();
-    state
+    // Retired through `State::retire`, which keeps their ids among the
+    // former ones: a revoked id is never adopted again.
+    let revoked: Vec<(Address, u64)> = state
         .superseded
-        .retain(|old| match refresh.get(&old.address, old.id) {
-            Some(finding) if retire && finding.status == Liveness::Revoked => {
-                retired.push(old.clone());
-                false
-            }
-            _ => true,
-        });
+        .iter()
+        .filter(|old| {
+            retire
+                && refresh
+                    .get(&old.address, old.id)
+                    .is_some_and(|f| f.status == Liveness::Revoked)
+        })
+        .map(|old| (old.address.clone(), old.id))
+        .collect();
+    let retired: Vec<SupersededToken> = revoked
+        .iter()
+        .filter_map(|(address, id)| state.retire(address, *id))
+        .collect();
     for old in &mut state.superseded {
         if let Some(finding) = refresh.get(&old.address, old.id) {
             old.checked = Some(check(finding));
@@ -427,6 +434,8 @@ mod tests {
         assert_eq!(retired.len(), 1);
         assert_eq!(retired[0].id, 1);
         assert!(state.superseded.is_empty());
+        // Its id is kept: it is never adopted again.
+        assert!(state.has_recorded(1));
         assert_eq!(
             state.token(&addr("a")).unwrap().checked,
             Some(Check {

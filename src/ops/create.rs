@@ -434,17 +434,22 @@ async fn create_one<A: TokenApi>(
             failpoint::hit("after-sink");
             (Outcome::Created { id: created.id }, record)
         }
-        Err(CreateError::Ambiguous { detail }) => (
-            Outcome::InDoubt {
-                reason: detail.clone(),
-            },
-            Record::Doubt {
-                address: address.clone(),
-                reason: detail,
-            },
-        ),
+        // A reason is kept in the journal and the state: what it quotes of
+        // a server or a request is masked here, where it is made.
+        Err(CreateError::Ambiguous { detail }) => {
+            let reason = crate::redact::redact(&detail).into_owned();
+            (
+                Outcome::InDoubt {
+                    reason: reason.clone(),
+                },
+                Record::Doubt {
+                    address: address.clone(),
+                    reason,
+                },
+            )
+        }
         Err(err) => {
-            let reason = err.to_string();
+            let reason = crate::redact::redact(&err.to_string()).into_owned();
             let record = Record::Failed {
                 address: address.clone(),
                 reason: reason.clone(),
@@ -475,21 +480,19 @@ async fn create_with_retries<A: TokenApi>(
     let mut attempt = 0;
     let mut waited = Duration::ZERO;
     loop {
-        match api.create(address.account_id, &address.name).await {
-            // Once the run is stopping, a throttled create is not sent
-            // again: 429 means it was not processed, so it ends as failed
-            // and the next run creates it.
-            Err(CreateError::RateLimited { retry_after, .. })
-                if retry.may_wait(waited, retry.delay(attempt, retry_after))
-                    && !shared.should_stop() =>
-            {
+        let result = api.create(address.account_id, &address.name).await;
+        // Once the run is stopping, a throttled create is not sent again:
+        // 429 means it was not processed, so it ends as failed and the
+        // next run creates it.
+        if let Err(CreateError::RateLimited { retry_after, .. }) = &result {
+            let (retry_after, wait) = (*retry_after, retry.delay(attempt, *retry_after));
+            if retry.may_wait(waited, wait) && !shared.should_stop() {
                 // 429 means the request was not processed: safe to retry.
                 // The controller cuts the limit for the whole run; this
                 // create keeps its slot through its own short wait, which
                 // paces retries against a per-second limit.
                 permit.throttled();
                 shared.progress(false);
-                let wait = retry.delay(attempt, retry_after);
                 waited += wait;
                 shared.emit(Event::RateLimited(address, wait));
                 if !sleep_unless_stopped(shared, wait).await {
@@ -500,9 +503,10 @@ async fn create_with_retries<A: TokenApi>(
                 }
                 permit.resend().await;
                 attempt += 1;
+                continue;
             }
-            result => return result,
         }
+        return result;
     }
 }
 

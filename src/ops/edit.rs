@@ -17,8 +17,8 @@ pub enum Settle {
     Adopt(u64),
     /// No token was made: forget the create. The sinks that can read back
     /// are searched first: one holding a token made by this create proves
-    /// the person wrong.
-    Abandon(Readers),
+    /// the person wrong, and one that cannot be read might (unless forced).
+    Abandon { readers: Readers, force: bool },
     /// Look for the secret the create delivered in these sinks.
     FromSinks(Readers),
 }
@@ -54,8 +54,20 @@ pub fn resolve(before: &State, address: &Address, how: Settle) -> Result<(State,
         .ok_or_else(|| not_in_doubt(address))?;
     let mut after = before.clone();
     let record = match how {
-        Settle::Abandon(readers) => {
+        Settle::Abandon { readers, force } => {
             let search = search_sinks(readers, address, pending.since, before);
+            if !search.problems.is_empty() && !force {
+                let mut message = format!(
+                    "{address} is not abandoned: a sink that may hold a token its create made could not be read:"
+                );
+                for problem in &search.problems {
+                    message.push_str(&format!("\n  {problem}"));
+                }
+                return Err(Failure::new(message).hint(format!(
+                    "make the sink readable (its key, its address) and run resolve again; if it can never be read, check the Logz.io UI of account {} and pass --abandon --force",
+                    address.account_id
+                )));
+            }
             if let Some((found, _)) = search.candidates.first() {
                 return Err(Failure::new(format!(
                     "{address} cannot be abandoned: a sink holds token id {} for it ({}), made since its create was sent, so that create made a token",
@@ -419,6 +431,13 @@ pub fn push(
         .hint("restore the version before it from the history table, and push that with --force")
     })?;
     pushed.serial = pushed.serial.max(after_current);
+    // The ids a person dropped only ever accumulate, even through --force:
+    // a pushed document that lost them would let `resolve` adopt one.
+    for former in &current.former {
+        if !pushed.former.contains(former) {
+            pushed.former.push(former.clone());
+        }
+    }
     Ok(Push::Store(pushed))
 }
 
@@ -524,9 +543,16 @@ mod tests {
             err.message
         );
         let held = || Held("file", vec![("a", 7, 50), ("a", 12, 101)]);
-        let err = resolve(&before, &addr("a"), Settle::Abandon(readers(vec![held()])))
-            .err()
-            .unwrap();
+        let err = resolve(
+            &before,
+            &addr("a"),
+            Settle::Abandon {
+                readers: readers(vec![held()]),
+                force: false,
+            },
+        )
+        .err()
+        .unwrap();
         assert!(
             err.message
                 .starts_with("1/a cannot be abandoned: a sink holds token id 12 for it (file#12)"),
@@ -547,13 +573,27 @@ mod tests {
         assert_eq!(after.token(&addr("b")).unwrap().id, 9);
         assert_eq!(done, "1/b is recorded as token id 9.");
 
-        let (after, _) =
-            resolve(&state(), &addr("b"), Settle::Abandon(Readers::default())).unwrap();
+        let (after, _) = resolve(
+            &state(),
+            &addr("b"),
+            Settle::Abandon {
+                readers: Readers::default(),
+                force: false,
+            },
+        )
+        .unwrap();
         assert!(after.pending.is_empty() && after.token(&addr("b")).is_none());
 
-        let err = resolve(&state(), &addr("a"), Settle::Abandon(Readers::default()))
-            .err()
-            .unwrap();
+        let err = resolve(
+            &state(),
+            &addr("a"),
+            Settle::Abandon {
+                readers: Readers::default(),
+                force: false,
+            },
+        )
+        .err()
+        .unwrap();
         assert_eq!(err.message, "1/a is not in doubt");
     }
 
@@ -688,5 +728,53 @@ mod tests {
             assert!(push(Some(&current), huge.clone(), "f.json", true).is_err());
             assert!(push(None, huge, "f.json", true).is_err());
         }
+    }
+
+    #[test]
+    fn a_push_keeps_the_ids_a_person_dropped() {
+        let mut current = State::new("l".into());
+        current.record_created(TokenRecord::created(addr("a"), 4, 1, "f".into()));
+        current.forget(&addr("a"));
+        let mut pushed = current.clone();
+        pushed.former.clear();
+        pushed.serial += 1;
+        match push(Some(&current), pushed, "state.json", false).unwrap() {
+            Push::Store(stored) => assert!(stored.has_recorded(4), "{stored:?}"),
+            Push::AlreadyThere => panic!("the push was not stored"),
+        }
+    }
+
+    #[test]
+    fn abandoning_waits_for_a_sink_that_could_not_be_read_unless_forced() {
+        let unreadable = || Readers {
+            readers: Vec::new(),
+            problems: vec!["secret sink sops ./secrets: no age identity".into()],
+        };
+        let err = resolve(
+            &state(),
+            &addr("b"),
+            Settle::Abandon {
+                readers: unreadable(),
+                force: false,
+            },
+        )
+        .err()
+        .unwrap();
+        assert!(
+            err.message
+                .contains("could not be read:\n  secret sink sops"),
+            "{}",
+            err.message
+        );
+        let (after, _) = resolve(
+            &state(),
+            &addr("b"),
+            Settle::Abandon {
+                readers: unreadable(),
+                force: true,
+            },
+        )
+        .unwrap();
+        assert!(after.pending.is_empty());
     }
 }

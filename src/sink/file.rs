@@ -4,7 +4,6 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -48,7 +47,7 @@ impl SinkKind for FileSpec {
         ctx: &SinkContext<'_>,
         _apply: &ForApply<'_>,
     ) -> Result<Box<dyn SecretSink>, SinkError> {
-        Ok(Box::new(FileSink::open(&self.path_in(ctx))?))
+        Ok(Box::new(FileSink::open(&self.path_in(ctx), ctx.vars)?))
     }
 
     fn reader(&self, ctx: &SinkContext<'_>) -> Option<Result<Box<dyn SecretLookup>, SinkError>> {
@@ -66,7 +65,7 @@ pub struct FileSink {
 impl FileSink {
     /// Opens (creating if needed) the sink file, after checking that it is
     /// private and would not be committed to git.
-    pub fn open(path: &Path) -> Result<Self, SinkError> {
+    pub fn open(path: &Path, vars: &crate::vars::Vars) -> Result<Self, SinkError> {
         let fail = |detail: String, hint: Option<String>| SinkError {
             sink: path.display().to_string(),
             detail,
@@ -87,7 +86,7 @@ impl FileSink {
         let dir = fsutil::parent_dir(path);
         create_private_dir(dir)
             .map_err(|e| fail(format!("cannot create folder {}: {e}", dir.display()), None))?;
-        check_git_ignored(path).map_err(|(detail, hint)| fail(detail, Some(hint)))?;
+        check_git_ignored(path, vars).map_err(|(detail, hint)| fail(detail, Some(hint)))?;
         let file = open_private_append(path).map_err(|e| {
             fail(
                 format!("cannot open for writing: {e}"),
@@ -272,9 +271,9 @@ fn check_private(_file: &File) -> Result<(), String> {
 
 /// Refuses a path inside a git work tree that git would not ignore.
 /// Without git on the machine there is nothing to commit it, so it passes.
-fn check_git_ignored(path: &Path) -> Result<(), (String, String)> {
+fn check_git_ignored(path: &Path, vars: &crate::vars::Vars) -> Result<(), (String, String)> {
     let dir = fsutil::parent_dir(path);
-    let git = |args: &[&str]| Command::new("git").arg("-C").arg(dir).args(args).output();
+    let git = |args: &[&str]| super::git(dir, vars).args(args).output();
     let Ok(toplevel) = git(&["rev-parse", "--show-toplevel"]) else {
         return Ok(());
     };
@@ -284,9 +283,7 @@ fn check_git_ignored(path: &Path) -> Result<(), (String, String)> {
     let Some(file_name) = path.file_name() else {
         return Ok(());
     };
-    let ignored = Command::new("git")
-        .arg("-C")
-        .arg(dir)
+    let ignored = super::git(dir, vars)
         .args(["check-ignore", "-q", "--"])
         .arg(file_name)
         .status();

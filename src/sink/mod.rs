@@ -123,6 +123,30 @@ pub trait SecretLookup {
     fn describe(&self) -> String;
 }
 
+/// Returns `git -C dir`, run with the environment a child may have (no
+/// credential tokenctl reads) and with the repository's fsmonitor and
+/// hooks off: a repository's own configuration is not trusted to run
+/// programs that would see tokenctl's environment.
+pub(crate) fn git(dir: &Path, vars: &crate::vars::Vars) -> std::process::Command {
+    let mut command = std::process::Command::new("git");
+    command
+        .env_clear()
+        .envs(vars.for_child(&[]))
+        .args([
+            "-c",
+            "core.fsmonitor=false",
+            "-c",
+            "core.hooksPath=/dev/null",
+        ])
+        .arg("-C")
+        .arg(if dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            dir
+        });
+    command
+}
+
 /// Where a sink's settings are read: what opening one may need.
 pub struct SinkContext<'a> {
     /// The folder relative paths in a spec start from: the manifest's.

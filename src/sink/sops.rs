@@ -121,7 +121,7 @@ impl SinkKind for SopsSpec {
         _apply: &ForApply<'_>,
     ) -> Result<Box<dyn SecretSink>, SinkError> {
         let sink = self.sink(ctx, false)?;
-        sink.check_committable(ctx.base_dir)?;
+        sink.check_committable(ctx.base_dir, ctx.vars)?;
         sink.check_writable()?;
         Ok(Box::new(sink))
     }
@@ -918,18 +918,16 @@ impl SopsSink {
     /// with the manifest: the folder, symbolic links followed, lies in the
     /// manifest's repository (or under its folder, outside git), and git
     /// does not ignore files in it.
-    pub fn check_committable(&self, base_dir: &Path) -> Result<(), SinkError> {
+    pub fn check_committable(
+        &self,
+        base_dir: &Path,
+        vars: &crate::vars::Vars,
+    ) -> Result<(), SinkError> {
         let hint = Some(
             "set `secrets.sops.dir` to a folder of the manifest's repository that git does not ignore",
         );
         let git = |args: &[&str]| {
-            std::process::Command::new("git")
-                .arg("-C")
-                .arg(if base_dir.as_os_str().is_empty() {
-                    Path::new(".")
-                } else {
-                    base_dir
-                })
+            super::git(base_dir, vars)
                 .args(args)
                 .output()
                 .ok()
@@ -955,9 +953,7 @@ impl SopsSink {
         }
         if toplevel.is_some() {
             let probe = real.join(format!("probe{FILE_SUFFIX}"));
-            let ignored = std::process::Command::new("git")
-                .arg("-C")
-                .arg(&root)
+            let ignored = super::git(&root, vars)
                 .args(["check-ignore", "-q", "--"])
                 .arg(&probe)
                 .status();

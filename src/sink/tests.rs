@@ -26,7 +26,7 @@ fn file_sink_appends_one_private_line_per_token() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("secrets/tokens.jsonl");
     let secret = Secret::new("tok-1".into());
-    let mut sink = FileSink::open(&path).unwrap();
+    let mut sink = FileSink::open(&path, &git_vars()).unwrap();
     sink.deliver(&token(&secret, &address())).unwrap();
     sink.deliver(&token(&secret, &address())).unwrap();
     let text = fs::read_to_string(&path).unwrap();
@@ -54,7 +54,7 @@ fn file_sink_refuses_a_world_readable_file() {
     let path = dir.path().join("tokens.jsonl");
     fs::write(&path, "").unwrap();
     fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
-    let err = FileSink::open(&path).err().unwrap();
+    let err = FileSink::open(&path, &git_vars()).err().unwrap();
     assert!(err.detail.contains("mode 644"), "{err}");
 }
 
@@ -73,12 +73,12 @@ fn file_sink_refuses_a_file_git_would_commit() {
         .unwrap();
     assert!(status.success());
     let path = dir.path().join("secrets/tokens.jsonl");
-    let err = FileSink::open(&path).err().unwrap();
+    let err = FileSink::open(&path, &git_vars()).err().unwrap();
     assert!(err.detail.contains("git does not ignore it"), "{err}");
     assert!(err.hint.unwrap().ends_with("/secrets/tokens.jsonl"));
 
     fs::write(dir.path().join(".gitignore"), "secrets/\n").unwrap();
-    assert!(FileSink::open(&path).is_ok());
+    assert!(FileSink::open(&path, &git_vars()).is_ok());
 }
 
 #[cfg(unix)]
@@ -265,7 +265,7 @@ fn file_lookup_reads_back_what_the_file_sink_wrote() {
     let path = dir.path().join("tokens.jsonl");
     let lookup = FileLookup::new(path.clone());
     assert!(lookup.lookup(&address()).unwrap().is_empty());
-    let mut sink = FileSink::open(&path).unwrap();
+    let mut sink = FileSink::open(&path, &git_vars()).unwrap();
     let (first, second) = (Secret::new("tok-5".into()), Secret::new("tok-6".into()));
     sink.deliver(&token(&first, &address())).unwrap();
     sink.deliver(&token(&second, &Address::new(1, "other")))
@@ -330,7 +330,7 @@ fn file_sink_refuses_a_symbolic_link() {
     let target = dir.path().join("elsewhere.jsonl");
     let link = dir.path().join("tokens.jsonl");
     std::os::unix::fs::symlink(&target, &link).unwrap();
-    let err = FileSink::open(&link).err().unwrap();
+    let err = FileSink::open(&link, &git_vars()).err().unwrap();
     assert!(err.detail.contains("symbolic link"), "{err}");
     assert!(!target.exists());
 }
@@ -483,4 +483,9 @@ fn an_interrupt_rescues_a_secret_a_slow_sink_has_not_taken() {
     // Not waited for: the sink is still blocked.
     worker.finish(false);
     drop(release);
+}
+
+/// The environment the file sink's git checks run with in these tests.
+fn git_vars() -> Vars {
+    Vars::from_pairs([("PATH", std::env::var_os("PATH").unwrap_or_default())])
 }

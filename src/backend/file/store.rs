@@ -189,12 +189,7 @@ impl StateStore for FileStore {
             fsutil::link_backup(&self.path, &self.backup_path()).map_err(write_err)?;
         }
         crate::failpoint::hit("before-state-write");
-        fsutil::write_atomic(
-            &self.path,
-            &crate::redact::redact_bytes(state.to_json().as_bytes()),
-            0o644,
-        )
-        .map_err(write_err)?;
+        fsutil::write_atomic(&self.path, state.to_json().as_bytes(), 0o644).map_err(write_err)?;
         crate::failpoint::hit("after-state-write");
         Ok(())
     }

@@ -272,10 +272,7 @@ impl Writer {
             }
             opens.push(matches!(record, Record::Intent { .. }));
             addresses.push(address);
-            lines.push(
-                crate::redact::redact(&serde_json::to_string(record).unwrap_or_default())
-                    .into_owned(),
-            );
+            lines.push(serde_json::to_string(record).unwrap_or_default());
         }
 
         let params: [&(dyn tokio_postgres::types::ToSql + Sync); 7] = [

@@ -822,7 +822,7 @@ impl PgBackend {
                     &format!(
                         "UPDATE {s}.states SET lineage = $2, serial = $3, document = $4, updated_at = now() WHERE id = $1"
                     ),
-                    &[&state_id, &state.lineage, &(state.serial as i64), &crate::redact::redact(&state.to_json()).into_owned()],
+                    &[&state_id, &state.lineage, &(state.serial as i64), &state.to_json()],
                 )
                 .await
                 .map_err(fail)?;
