@@ -626,7 +626,9 @@ fn durability_costs(n: usize, report: &mut String, runtime: &tokio::runtime::Run
     });
     let journal_cost = start.elapsed();
 
-    let mut sink = FileSink::open(&dir.path().join("tokens.jsonl")).expect("sink");
+    let vars =
+        tokenctl::vars::Vars::from_pairs([("PATH", std::env::var_os("PATH").unwrap_or_default())]);
+    let mut sink = FileSink::open(&dir.path().join("tokens.jsonl"), &vars).expect("sink");
     let secret = Secret::new("x".repeat(36));
     let start = Instant::now();
     for i in 0..n {
