@@ -1363,3 +1363,90 @@ async fn a_panicking_sink_rescues_the_secret() {
     assert_eq!(ws.state_addresses(), ["1/a"]);
     ws.assert_secrets_only_in_sink(&issued);
 }
+
+/// Writes an exec sink that appends each token's JSON object to
+/// `store` (outside the workspace: the store holds secrets), with a
+/// `lookup` command that prints the record asked for (by id, or the
+/// newest for the address when the id is null), or exits 1.
+fn exec_store(ws: &Workspace, store: &Path, tokens: &[(u64, &str)]) {
+    let store = store.display();
+    ws.write(
+        "lookup.sh",
+        &format!(
+            r#"read -r q
+addr=$(printf '%s' "$q" | sed 's/.*"address":"\([^"]*\)".*/\1/')
+id=$(printf '%s' "$q" | sed 's/.*"id":\([0-9a-z]*\).*/\1/')
+if [ "$id" = null ]; then
+  line=$(grep "\"address\":\"$addr\"" '{store}' | tail -n 1)
+else
+  line=$(grep "\"id\":$id," '{store}' | tail -n 1)
+fi
+[ -n "$line" ] || exit 1
+printf '%s\n' "$line"
+"#
+        ),
+    );
+    manifest(
+        ws,
+        &format!(
+            "  exec:\n    command: [sh, -c, \"cat >> '{store}'\"]\n    lookup: [sh, lookup.sh]\n"
+        ),
+        tokens,
+    );
+}
+
+/// An exec sink with a `lookup` command reads secrets back: a refresh
+/// classifies its tokens alive or revoked instead of unverifiable, a
+/// lookup that prints a secret with the wrong fingerprint counts for
+/// nothing, and `resolve` finds a create's secret through it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exec_lookup_reads_secrets_back_for_refresh_and_resolve() {
+    let mock = MockLogzio::start().await;
+    let mut ws = Workspace::new(&mock.url());
+    let outside = tempfile::tempdir().unwrap();
+    let store = outside.path().join("store.jsonl");
+    exec_store(&ws, &store, &[(1, "a"), (1, "b")]);
+    let apply = ws.run(&["apply", "--auto-approve"]);
+    assert_eq!(apply.code, 0, "{}", apply.all());
+    mock.revoke(&issued_for(&mock, 1, "b").token);
+    let plan = ws.run(&["plan", "--refresh", "--detailed-exitcode"]);
+    assert_eq!(plan.code, 2, "{}", plan.all());
+    assert!(
+        plan.stdout
+            .contains("Refresh: 1 alive, 1 revoked, 0 misdelivered, 0 unknown, 0 unverifiable."),
+        "{}",
+        plan.stdout
+    );
+
+    // The store now answers for 1/a with another value (a bad restore).
+    let a = issued_for(&mock, 1, "a");
+    let text = fs::read_to_string(&store).unwrap();
+    fs::write(
+        &store,
+        text.replace(&a.token, "mock-secret-restored-wrongly"),
+    )
+    .unwrap();
+    let plan = ws.run(&["plan", "--refresh"]);
+    assert!(
+        plan.stdout
+            .contains("Refresh: 0 alive, 1 revoked, 0 misdelivered, 0 unknown, 1 unverifiable."),
+        "{}",
+        plan.stdout
+    );
+
+    // A create whose run died after the delivery: resolve asks the lookup.
+    exec_store(&ws, &store, &[(1, "a"), (1, "b"), (1, "c")]);
+    let crash = ws.run_with(
+        &["apply", "--auto-approve"],
+        &[("TOKENCTL_FAILPOINT", "after-sink")],
+    );
+    assert_ne!(crash.code, 0);
+    let resolve = ws.run(&["resolve", "1/c"]);
+    assert_eq!(resolve.code, 0, "{}", resolve.all());
+    let c = issued_for(&mock, 1, "c");
+    assert_eq!(
+        resolve.stdout.lines().last().unwrap(),
+        format!("1/c is recorded as token id {}.", c.id)
+    );
+    ws.assert_secrets_only_in_sink(&secrets(&mock));
+}

@@ -117,6 +117,23 @@ pub fn readable_secrets(
     for reader in &readers.readers {
         let found: Vec<(Address, FoundSecret)> = match reader.lookup_all() {
             Some(all) => all.map_err(Failure::from)?,
+            // A sink that reads by id is asked for exactly the tokens wanted.
+            None if let Some((address, id)) = wanted.first()
+                && reader.lookup_id(address, *id).is_some() =>
+            {
+                let mut found = Vec::new();
+                for (address, id) in wanted {
+                    match reader.lookup_id(address, *id) {
+                        Some(Ok(Some(secret))) => found.push((address.clone(), secret)),
+                        Some(Ok(None)) | None => {}
+                        Some(Err(err)) => {
+                            ui.warn(&err.to_string());
+                            break;
+                        }
+                    }
+                }
+                found
+            }
             None => {
                 let mut found = Vec::new();
                 for address in &addresses {

@@ -15,8 +15,13 @@ use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::Deserialize;
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 
-use super::{ForApply, NewToken, SecretSink, SinkContext, SinkError, SinkKind, create_private_dir};
+use super::{
+    ForApply, FoundSecret, NewToken, SecretLookup, SecretSink, SinkContext, SinkError, SinkKind,
+    create_private_dir,
+};
 use crate::fsutil;
+use crate::model::address::Address;
+use crate::secret::Secret;
 
 /// How long the command may take for one token, unless the manifest says.
 const TIMEOUT: Duration = Duration::from_secs(60);
@@ -34,6 +39,10 @@ pub struct ExecSpec {
     pub pass_env: Vec<String>,
     /// How long the command may take for one token.
     pub timeout: Duration,
+    /// A command that reads a secret back (`lookup`): it gets
+    /// `{"address", "id"}` on its stdin (`id` null: the newest it holds)
+    /// and prints the token's JSON object, or exits 1 for "not found".
+    pub lookup: Option<Vec<String>>,
 }
 
 impl ExecSpec {
@@ -43,6 +52,7 @@ impl ExecSpec {
             argv,
             pass_env: Vec::new(),
             timeout: TIMEOUT,
+            lookup: None,
         }
     }
 }
@@ -60,6 +70,14 @@ impl SinkKind for ExecSpec {
             ctx.vars.for_child(&self.pass_env),
         )?;
         Ok(Box::new(sink))
+    }
+
+    fn reader(&self, ctx: &SinkContext<'_>) -> Option<Result<Box<dyn SecretLookup>, SinkError>> {
+        let argv = self.lookup.clone()?;
+        Some(
+            ExecLookup::new(argv, self.timeout, ctx.vars.for_child(&self.pass_env))
+                .map(|lookup| Box::new(lookup) as Box<dyn SecretLookup>),
+        )
     }
 }
 
@@ -147,6 +165,12 @@ struct ExecMap {
     pass_env: Vec<String>,
     #[serde(default, deserialize_with = "timeout_opt")]
     timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "command_opt")]
+    lookup: Option<Vec<String>>,
+}
+
+fn command_opt<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D::Error> {
+    command(d).map(Some)
 }
 
 fn timeout_opt<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
@@ -160,7 +184,7 @@ impl<'de> Deserialize<'de> for ExecSpec {
             type Value = ExecSpec;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
                 f.write_str(
-                    "a command as a list of strings, e.g. [vault-put, --path, logzio], or a map {command: [...], pass_env: [...], timeout: 60s}",
+                    "a command as a list of strings, e.g. [vault-put, --path, logzio], or a map {command: [...], lookup: [...], pass_env: [...], timeout: 60s}",
                 )
             }
             fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<ExecSpec, A::Error> {
@@ -172,6 +196,7 @@ impl<'de> Deserialize<'de> for ExecSpec {
                     argv: map.command,
                     pass_env: map.pass_env,
                     timeout: map.timeout.unwrap_or(TIMEOUT),
+                    lookup: map.lookup,
                 })
             }
         }
@@ -207,6 +232,12 @@ impl JsonSchema for ExecSpec {
                         "timeout": {
                             "description": "How long the command may take for one token, e.g. 60s (the default) or 5m; 1s to 1h.",
                             "type": "string"
+                        },
+                        "lookup": {
+                            "description": "A command that reads a secret back: it gets {\"address\", \"id\"} on stdin (id null: the newest it holds) and prints the token's JSON object, or exits 1 for not found.",
+                            "type": "array",
+                            "items": { "type": "string" },
+                            "minItems": 1
                         }
                     }
                 }
@@ -245,18 +276,7 @@ impl ExecSink {
         output_dir: PathBuf,
         env: Vec<(OsString, OsString)>,
     ) -> Result<Self, SinkError> {
-        let program = argv.first().cloned().unwrap_or_default();
-        let path = env
-            .iter()
-            .find(|(name, _)| name == "PATH")
-            .map(|(_, value)| value.clone());
-        if find_program(&program, path.as_deref()).is_none() {
-            return Err(SinkError {
-                sink: format!("exec {program}"),
-                detail: format!("program `{program}` was not found"),
-                hint: Some("check `secrets.exec` in the manifest: the first item is the program, found on PATH or by path".into()),
-            });
-        }
+        check_program(&argv, &env, "secrets.exec")?;
         Ok(ExecSink {
             argv,
             timeout,
@@ -302,51 +322,16 @@ impl SecretSink for ExecSink {
         // Output goes to an unnamed file rather than a pipe, so a chatty
         // program cannot block on a full pipe while we wait.
         let mut output = tempfile::tempfile().map_err(|e| fail(e.to_string()))?;
-        let mut command = Command::new(&self.argv[0]);
-        command
-            .args(&self.argv[1..])
-            .stdin(Stdio::piped())
-            .stdout(output.try_clone().map_err(|e| fail(e.to_string()))?)
-            .stderr(output.try_clone().map_err(|e| fail(e.to_string()))?);
-        command
-            .env_clear()
-            .envs(self.env.iter().map(|(k, v)| (k, v)));
-        let mut child = command
-            .spawn()
-            .map_err(|e| fail(format!("cannot start: {e}")))?;
-        // Writing happens on its own thread, inside the timeout: a program
-        // that never reads its stdin must not hang tokenctl on a full pipe.
-        let writer = child.stdin.take().map(|mut stdin| {
-            let line = token.to_json_line();
-            std::thread::spawn(move || stdin.write_all(line.as_bytes()))
-        });
-        let deadline = Instant::now() + self.timeout;
-        let status = loop {
-            match child.try_wait() {
-                Ok(Some(status)) => break Some(status),
-                Ok(None) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(5))
-                }
-                Ok(None) => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    break None;
-                }
-                Err(e) => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    return Err(fail(e.to_string()));
-                }
-            }
-        };
-        // The child is gone, so its end of the pipe is closed and the
-        // writer has returned.
-        let written = writer
-            .map(|w| {
-                w.join()
-                    .unwrap_or_else(|_| Err(io::Error::other("writer panicked")))
-            })
-            .unwrap_or(Ok(()));
+        let stderr = output.try_clone().map_err(|e| fail(e.to_string()))?;
+        let (status, written) = run(
+            &self.argv,
+            &self.env,
+            self.timeout,
+            token.to_json_line(),
+            output.try_clone().map_err(|e| fail(e.to_string()))?,
+            stderr,
+        )
+        .map_err(fail)?;
         let detail = match (status, written) {
             (Some(status), Ok(())) if status.success() => return Ok(()),
             (None, _) => format!(
@@ -365,6 +350,203 @@ impl SecretSink for ExecSink {
     fn describe(&self) -> String {
         format!("exec {}", self.argv.join(" "))
     }
+}
+
+/// Runs `argv` with exactly `env`, `input` on its stdin and its output to
+/// `stdout` and `stderr`, for at most `timeout` (writing its stdin
+/// included); kills it then. Returns its exit status (`None`: killed at the
+/// timeout) and whether its stdin was written whole.
+fn run(
+    argv: &[String],
+    env: &[(OsString, OsString)],
+    timeout: Duration,
+    input: String,
+    stdout: File,
+    stderr: File,
+) -> Result<(Option<std::process::ExitStatus>, io::Result<()>), String> {
+    let mut command = Command::new(&argv[0]);
+    command
+        .args(&argv[1..])
+        .stdin(Stdio::piped())
+        .stdout(stdout)
+        .stderr(stderr)
+        .env_clear()
+        .envs(env.iter().map(|(k, v)| (k, v)));
+    let mut child = command.spawn().map_err(|e| format!("cannot start: {e}"))?;
+    // Writing happens on its own thread, inside the timeout: a program
+    // that never reads its stdin must not hang tokenctl on a full pipe.
+    let writer = child
+        .stdin
+        .take()
+        .map(|mut stdin| std::thread::spawn(move || stdin.write_all(input.as_bytes())));
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break Some(status),
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
+            Ok(None) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(e.to_string());
+            }
+        }
+    };
+    // The child is gone, so its end of the pipe is closed and the writer
+    // has returned.
+    let written = writer
+        .map(|w| {
+            w.join()
+                .unwrap_or_else(|_| Err(io::Error::other("writer panicked")))
+        })
+        .unwrap_or(Ok(()));
+    Ok((status, written))
+}
+
+/// Reads secrets back through the exec sink's `lookup` command. What the
+/// command prints holds a token: it is parsed, never shown.
+pub struct ExecLookup {
+    argv: Vec<String>,
+    timeout: Duration,
+    env: Vec<(OsString, OsString)>,
+}
+
+/// What a `lookup` command prints: the token's JSON object, as the exec
+/// sink handed it over.
+#[derive(Deserialize)]
+struct LookedUp {
+    address: Option<String>,
+    id: u64,
+    #[serde(rename = "createdAt")]
+    created_at: Option<serde_json::Number>,
+    token: String,
+}
+
+impl ExecLookup {
+    /// Returns a reader running `argv`, after checking that the program
+    /// exists.
+    pub fn new(
+        argv: Vec<String>,
+        timeout: Duration,
+        env: Vec<(OsString, OsString)>,
+    ) -> Result<Self, SinkError> {
+        check_program(&argv, &env, "secrets.exec.lookup")?;
+        Ok(ExecLookup { argv, timeout, env })
+    }
+
+    /// Asks the command for the token `id` of `address` (`None`: the
+    /// newest it holds).
+    fn ask(&self, address: &Address, id: Option<u64>) -> Result<Option<FoundSecret>, SinkError> {
+        let fail = |detail: String| SinkError {
+            sink: self.describe(),
+            detail,
+            hint: None,
+        };
+        let query = serde_json::json!({ "address": address.to_string(), "id": id }).to_string();
+        let mut stdout = tempfile::tempfile().map_err(|e| fail(e.to_string()))?;
+        // What it says on stderr may quote anything: it is dropped.
+        let stderr = tempfile::tempfile().map_err(|e| fail(e.to_string()))?;
+        let (status, written) = run(
+            &self.argv,
+            &self.env,
+            self.timeout,
+            format!("{query}\n"),
+            stdout.try_clone().map_err(|e| fail(e.to_string()))?,
+            stderr,
+        )
+        .map_err(fail)?;
+        match (status, written) {
+            (None, _) => {
+                return Err(fail(format!(
+                    "no exit within {}; it was killed",
+                    humantime::format_duration(self.timeout)
+                )));
+            }
+            (Some(status), _) if status.code() == Some(1) => return Ok(None),
+            (Some(status), _) if !status.success() => {
+                return Err(fail(format!("it exited with {status}")));
+            }
+            (Some(_), Err(e)) => {
+                return Err(fail(format!("it did not read its stdin ({e})")));
+            }
+            (Some(_), Ok(())) => {}
+        }
+        let mut bytes = zeroize::Zeroizing::new(Vec::new());
+        stdout
+            .seek(io::SeekFrom::Start(0))
+            .and_then(|_| stdout.read_to_end(&mut bytes))
+            .map_err(|e| fail(format!("its output could not be read: {e}")))?;
+        // Never quote the output, nor serde's message (it may quote it).
+        let found: LookedUp = serde_json::from_slice(&bytes).map_err(|_| {
+            fail("it exited 0 but did not print a token's JSON object (address, id, createdAt, token)".into())
+        })?;
+        let token = Secret::new(found.token);
+        if found
+            .address
+            .as_deref()
+            .is_some_and(|a| a != address.to_string())
+            || id.is_some_and(|id| id != found.id)
+        {
+            return Err(fail(format!(
+                "asked for {address}{}, it printed another token",
+                id.map(|id| format!(" id {id}")).unwrap_or_default()
+            )));
+        }
+        Ok(Some(FoundSecret {
+            id: found.id,
+            created_at: found
+                .created_at
+                .as_ref()
+                .and_then(|n| n.as_i64().or_else(|| n.as_f64().map(|f| f.floor() as i64))),
+            token,
+            place: format!("{} ({address} id {})", self.describe(), found.id),
+        }))
+    }
+}
+
+impl SecretLookup for ExecLookup {
+    fn lookup(&self, address: &Address) -> Result<Vec<FoundSecret>, SinkError> {
+        Ok(self.ask(address, None)?.into_iter().collect())
+    }
+
+    fn lookup_id(
+        &self,
+        address: &Address,
+        id: u64,
+    ) -> Option<Result<Option<FoundSecret>, SinkError>> {
+        Some(self.ask(address, Some(id)))
+    }
+
+    fn describe(&self) -> String {
+        format!("exec lookup {}", self.argv.join(" "))
+    }
+}
+
+/// Checks that the program of `argv` exists on the `PATH` of `env`.
+fn check_program(
+    argv: &[String],
+    env: &[(OsString, OsString)],
+    key: &str,
+) -> Result<(), SinkError> {
+    let program = argv.first().cloned().unwrap_or_default();
+    let path = env
+        .iter()
+        .find(|(name, _)| name == "PATH")
+        .map(|(_, value)| value.clone());
+    if find_program(&program, path.as_deref()).is_none() {
+        return Err(SinkError {
+            sink: format!("exec {program}"),
+            detail: format!("program `{program}` was not found"),
+            hint: Some(format!(
+                "check `{key}` in the manifest: the first item is the program, found on PATH or by path"
+            )),
+        });
+    }
+    Ok(())
 }
 
 fn find_program(program: &str, path: Option<&OsStr>) -> Option<PathBuf> {

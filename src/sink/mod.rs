@@ -107,6 +107,18 @@ pub trait SecretLookup {
         self.lookup(address).map(|found| (found, Vec::new()))
     }
 
+    /// Returns the secret of token `id` of `address`, for a sink that
+    /// reads by id (an exec `lookup` command) rather than by address;
+    /// `None` for the others.
+    fn lookup_id(
+        &self,
+        address: &Address,
+        id: u64,
+    ) -> Option<Result<Option<FoundSecret>, SinkError>> {
+        let _ = (address, id);
+        None
+    }
+
     /// Returns what a person should know about the secrets' files, such
     /// as one that others can read.
     fn warnings(&self) -> Vec<String> {

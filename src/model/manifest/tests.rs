@@ -253,7 +253,7 @@ fn reads_an_exec_sink() {
 
 #[test]
 fn reads_an_exec_sink_with_settings() {
-    let text = "version: 1\nregion: us\nsecrets:\n  exec:\n    command: [vault-put, logzio]\n    pass_env: [VAULT_TOKEN, VAULT_ADDR]\n    timeout: 5m\ntokens: []\n";
+    let text = "version: 1\nregion: us\nsecrets:\n  exec:\n    command: [vault-put, logzio]\n    lookup: [vault-get, logzio]\n    pass_env: [VAULT_TOKEN, VAULT_ADDR]\n    timeout: 5m\ntokens: []\n";
     let parsed = Manifest::parse(text, "m").unwrap();
     assert_eq!(
         parsed.manifest.secrets.get("exec"),
@@ -261,6 +261,7 @@ fn reads_an_exec_sink_with_settings() {
             argv: vec!["vault-put".into(), "logzio".into()],
             pass_env: vec!["VAULT_TOKEN".into(), "VAULT_ADDR".into()],
             timeout: std::time::Duration::from_secs(300),
+            lookup: Some(vec!["vault-get".into(), "logzio".into()]),
         }))
     );
     let exec = |settings: &str| {
