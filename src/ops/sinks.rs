@@ -36,10 +36,12 @@ pub fn open(
     vars: &Vars,
     rescue: &Rescue,
     creates: &[Address],
+    predecessors: &FxHashMap<Address, u64>,
 ) -> Result<Vec<Box<dyn SecretSink>>, Failure> {
     let apply = ForApply {
         rescue_dir: rescue.dir(),
         creates,
+        predecessors,
     };
     sinks
         .iter()

@@ -176,6 +176,10 @@ pub struct ForApply<'a> {
     pub rescue_dir: &'a Path,
     /// The tokens the apply will create, for checks that need their names.
     pub creates: &'a [Address],
+    /// For a create that succeeds a token (a rotation, or a re-creation
+    /// after a confirmed revocation): the predecessor's id, which a sink's
+    /// home for the address must still hold before it is replaced.
+    pub predecessors: &'a rustc_hash::FxHashMap<Address, u64>,
 }
 
 /// One kind of sink, as the manifest configures it: its spec type

@@ -66,7 +66,8 @@ impl SinkKind for VaultSpec {
         ctx: &SinkContext<'_>,
         apply: &ForApply<'_>,
     ) -> Result<Box<dyn SecretSink>, SinkError> {
-        let sink = self.sink(ctx)?;
+        let mut sink = self.sink(ctx)?;
+        sink.predecessors = apply.predecessors.clone();
         sink.preflight(apply.creates).map_err(|err| SinkError {
             detail: format!("pre-flight: {}", err.detail),
             ..err
@@ -430,20 +431,56 @@ impl VaultClient {
 
     /// Reads the current version at `path` under the mount.
     pub fn read(&self, path: &str) -> Result<Stored, VaultError> {
-        let request = self.request(Method::GET, &self.data_path(path))?;
+        self.read_version(path, None).map(|(stored, _)| stored)
+    }
+
+    /// Reads `version` at `path` (`None`: the current one), with the
+    /// version number the server reports.
+    pub fn read_version(
+        &self,
+        path: &str,
+        version: Option<u64>,
+    ) -> Result<(Stored, Option<u64>), VaultError> {
+        let mut request = self.request(Method::GET, &self.data_path(path))?;
+        if let Some(version) = version {
+            request = request.query(&[("version", version)]);
+        }
         let response = self.send(request, &format!("cannot read {}", self.data_path(path)))?;
         let status = response.status();
         let (body, text) = answer(response);
+        let number = body["data"]["metadata"]["version"].as_u64();
         match status {
-            StatusCode::OK => Ok(body["data"]["data"]
-                .as_object()
-                .cloned()
-                .map_or(Stored::Deleted, Stored::Live)),
+            StatusCode::OK => Ok((
+                body["data"]["data"]
+                    .as_object()
+                    .cloned()
+                    .map_or(Stored::Deleted, Stored::Live),
+                number,
+            )),
             // KV v2 answers 404 for a deleted current version too, with
             // the version's metadata in the body.
-            StatusCode::NOT_FOUND if body["data"]["metadata"].is_object() => Ok(Stored::Deleted),
-            StatusCode::NOT_FOUND => Ok(Stored::Nothing),
+            StatusCode::NOT_FOUND if body["data"]["metadata"].is_object() => {
+                Ok((Stored::Deleted, number))
+            }
+            StatusCode::NOT_FOUND => Ok((Stored::Nothing, None)),
             _ => Err(refusal(status, &text, &self.data_path(path))),
+        }
+    }
+
+    /// Names the address and the token id a home holds in the secret's
+    /// `custom_metadata`, for people and tools reading the path. Best
+    /// effort: the secret itself is already written, and a policy may
+    /// allow the data path only.
+    pub fn describe_home(&self, path: &str, address: &Address, id: u64) {
+        let api_path = format!("{}/metadata/{path}", self.mount);
+        let request = self.request(Method::POST, &api_path).map(|r| {
+            r.json(&json!({ "custom_metadata": {
+                "tokenctl-address": address.to_string(),
+                "tokenctl-id": id.to_string(),
+            }}))
+        });
+        if let Ok(request) = request {
+            let _ = self.send(request, "cannot describe the home");
         }
     }
 
@@ -475,9 +512,15 @@ impl VaultClient {
     /// Creates the secret at `path`, refused by the server if any version
     /// exists there (check-and-set 0).
     pub fn create(&self, path: &str, data: Value) -> Result<(), VaultError> {
+        self.write(path, data, 0)
+    }
+
+    /// Writes a new version at `path` only if the current one is still
+    /// `cas` (0: none), so a concurrent writer is never overwritten.
+    pub fn write(&self, path: &str, data: Value, cas: u64) -> Result<(), VaultError> {
         let request = self
             .request(Method::POST, &self.data_path(path))?
-            .json(&json!({ "options": { "cas": 0 }, "data": data }));
+            .json(&json!({ "options": { "cas": cas }, "data": data }));
         let response = self.send(request, &format!("cannot write {}", self.data_path(path)))?;
         let status = response.status();
         if status.is_success() {
@@ -486,11 +529,18 @@ impl VaultClient {
         let (body, text) = answer(response);
         let message = server_message(&body);
         let exists = || {
-            VaultError::new(format!(
+            match cas {
+            0 => VaultError::new(format!(
                 "a secret already exists at {}; it was not overwritten",
                 self.data_path(path)
             ))
-            .hint("someone wrote it after the pre-flight check: move it away and keep the rescued secret there, or keep theirs and revoke the new token")
+            .hint("someone wrote it after the pre-flight check: move it away and keep the rescued secret there, or keep theirs and revoke the new token"),
+            _ => VaultError::new(format!(
+                "the secret at {} changed after it was checked (its version is no longer {cas}); it was not overwritten",
+                self.data_path(path)
+            ))
+            .hint("another writer replaced the predecessor: see `vault kv metadata get` for who wrote the newest version, then put the rescued secret there by hand or revoke the new token"),
+        }
         };
         if status == StatusCode::BAD_REQUEST && message.contains("check-and-set") {
             return Err(exists());
@@ -616,12 +666,55 @@ fn without_url(error: &reqwest::Error) -> &'static str {
 pub struct VaultSink {
     client: VaultClient,
     template: String,
+    /// The predecessor each successor of this apply replaces in its home.
+    predecessors: rustc_hash::FxHashMap<Address, u64>,
 }
+
+/// How many versions of a home a read-back looks at, newest first: the
+/// current token and the predecessors still waiting to be revoked.
+const HOME_VERSIONS: u64 = 10;
 
 impl VaultSink {
     /// Returns a sink writing through `client` to paths from `template`.
     pub fn new(client: VaultClient, template: String) -> Self {
-        VaultSink { client, template }
+        VaultSink {
+            client,
+            template,
+            predecessors: Default::default(),
+        }
+    }
+
+    /// Tells whether the template names one place per address (no
+    /// `{id}`): the address's home, which consumers read at a fixed path
+    /// and a successor replaces in place.
+    fn has_homes(&self) -> bool {
+        !self.template.contains("{id}")
+    }
+
+    /// Checks that the home at `path` holds token `predecessor`; returns
+    /// the version that holds it.
+    fn home_holds(&self, path: &str, predecessor: u64) -> Result<u64, VaultError> {
+        let (stored, version) = self.client.read_version(path, None)?;
+        let held = match &stored {
+            Stored::Live(data) => data.get("id").and_then(Value::as_u64),
+            _ => None,
+        };
+        match (held, version) {
+            (Some(id), Some(version)) if id == predecessor => Ok(version),
+            (held, _) => {
+                let what = match (&stored, held) {
+                    (Stored::Nothing, _) => "nothing".to_string(),
+                    (Stored::Deleted, _) => "a deleted version".to_string(),
+                    (Stored::Live(_), Some(id)) => format!("token id {id}"),
+                    (Stored::Live(_), None) => "a secret tokenctl did not write".to_string(),
+                };
+                Err(VaultError::new(format!(
+                    "the home {} holds {what}, not token id {predecessor}, the predecessor the state records; a successor replaces only its predecessor",
+                    self.client.data_path(path)
+                ))
+                .hint("find out who wrote it (`vault kv metadata get`); put the predecessor back, or retire it and resolve the address by hand"))
+            }
+        }
     }
 
     fn fail(&self, err: VaultError) -> SinkError {
@@ -697,6 +790,32 @@ impl VaultSink {
             return Ok(());
         }
         for (address, path) in &paths {
+            // A successor's home must hold its predecessor, and the token
+            // must be allowed to write a new version over it.
+            if let Some(predecessor) = self.predecessors.get(*address) {
+                self.home_holds(path, *predecessor)
+                    .map_err(|e| self.fail(e))?;
+                let api_path = self.client.data_path(path);
+                let caps = self
+                    .client
+                    .capabilities(std::slice::from_ref(&api_path))
+                    .map_err(|e| self.fail(e))?;
+                let can_update = caps
+                    .first()
+                    .is_some_and(|c| c.iter().any(|c| c == "update" || c == "root"));
+                if !can_update {
+                    return Err(self.fail(
+                        VaultError::new(format!(
+                            "the token cannot update {api_path}, where the successor of {address} replaces its predecessor"
+                        ))
+                        .hint(format!(
+                            "rotation writes a new version of the home: grant `path \"{}\" {{ capabilities = [\"create\", \"read\", \"update\"] }}`",
+                            self.policy_glob()
+                        )),
+                    ));
+                }
+                continue;
+            }
             match self.client.read(path).map_err(|e| self.fail(e))? {
                 Stored::Nothing => {}
                 Stored::Live(_) | Stored::Deleted => {
@@ -726,7 +845,23 @@ impl SecretSink for VaultSink {
             "createdAt": token.created_at,
             "token": token.token.expose(),
         });
-        self.client.create(&path, data).map_err(|e| self.fail(e))
+        if !self.has_homes() {
+            return self.client.create(&path, data).map_err(|e| self.fail(e));
+        }
+        // The home: created when nothing is there; for a successor,
+        // replaced only while it holds the predecessor, with check-and-set
+        // on the version that holds it (Vault keeps that version).
+        let cas = match self.predecessors.get(token.address) {
+            Some(predecessor) => self
+                .home_holds(&path, *predecessor)
+                .map_err(|e| self.fail(e))?,
+            None => 0,
+        };
+        self.client
+            .write(&path, data, cas)
+            .map_err(|e| self.fail(e))?;
+        self.client.describe_home(&path, token.address, token.id);
+        Ok(())
     }
 
     fn describe(&self) -> String {
@@ -745,10 +880,7 @@ impl SecretLookup for VaultSink {
             ]
         };
         let mut found = Vec::new();
-        for path in paths {
-            let Stored::Live(data) = self.client.read(&path).map_err(|e| self.fail(e))? else {
-                continue;
-            };
+        for (path, data) in self.stored(paths)? {
             // A secret at a listed path may belong to another address when
             // the template does not hold {name}.
             if data.get("address").and_then(Value::as_str) != Some(address.to_string().as_str()) {
@@ -774,6 +906,38 @@ impl SecretLookup for VaultSink {
 }
 
 impl VaultSink {
+    /// Returns what is stored at `paths`: for a home, its current version
+    /// and the versions before it (a predecessor waiting to be revoked is
+    /// there), newest first.
+    fn stored(
+        &self,
+        paths: Vec<String>,
+    ) -> Result<Vec<(String, serde_json::Map<String, Value>)>, SinkError> {
+        let mut stored = Vec::new();
+        for path in paths {
+            let (current, version) = self
+                .client
+                .read_version(&path, None)
+                .map_err(|e| self.fail(e))?;
+            if let Stored::Live(data) = current {
+                stored.push((path.clone(), data));
+            }
+            let (true, Some(version)) = (self.has_homes(), version) else {
+                continue;
+            };
+            for older in (version.saturating_sub(HOME_VERSIONS).max(1)..version).rev() {
+                if let (Stored::Live(data), _) = self
+                    .client
+                    .read_version(&path, Some(older))
+                    .map_err(|e| self.fail(e))?
+                {
+                    stored.push((path.clone(), data));
+                }
+            }
+        }
+        Ok(stored)
+    }
+
     /// Returns the paths of an address's secrets when `{id}` is the
     /// template's last segment: the ids listed under the rest of it.
     fn paths_by_id(&self, address: &Address) -> Result<Vec<String>, SinkError> {
