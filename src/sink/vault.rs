@@ -670,6 +670,9 @@ pub struct VaultSink {
     predecessors: rustc_hash::FxHashMap<Address, u64>,
 }
 
+/// A secret's data, as KV v2 keeps it.
+type SecretData = serde_json::Map<String, Value>;
+
 /// How many versions of a home a read-back looks at, newest first: the
 /// current token and the predecessors still waiting to be revoked.
 const HOME_VERSIONS: u64 = 10;
@@ -909,10 +912,7 @@ impl VaultSink {
     /// Returns what is stored at `paths`: for a home, its current version
     /// and the versions before it (a predecessor waiting to be revoked is
     /// there), newest first.
-    fn stored(
-        &self,
-        paths: Vec<String>,
-    ) -> Result<Vec<(String, serde_json::Map<String, Value>)>, SinkError> {
+    fn stored(&self, paths: Vec<String>) -> Result<Vec<(String, SecretData)>, SinkError> {
         let mut stored = Vec::new();
         for path in paths {
             let (current, version) = self
