@@ -77,6 +77,7 @@ impl Session<'_, '_> {
             parallelism: usize::from(args.parallelism),
             progress: None,
             signals: None,
+            sinks: configured.clone(),
         };
         let applied = apply::apply(&*store, &*lock, state, &options, &mut connect, &mut screen)?;
         match applied {
@@ -113,6 +114,8 @@ struct ApplyScreen<'s, 'io> {
     parallelism: usize,
     progress: Option<indicatif::ProgressBar>,
     signals: Option<SignalWatch>,
+    /// The sinks of this run, to say what a successor's consumers see.
+    sinks: Vec<sinks::ConfiguredSink>,
 }
 
 impl Ui for ApplyScreen<'_, '_> {
@@ -129,7 +132,7 @@ impl ApplyUi for ApplyScreen<'_, '_> {
     fn refresh_refused(&mut self, refresh: &Refresh) -> Result<(), Failure> {
         let extras = render::Extras {
             refresh: Some(refresh),
-            state: None,
+            ..render::Extras::default()
         };
         render::lifecycle_text(&extras, self.style, self.io.stdout)?;
         Ok(())
@@ -145,7 +148,13 @@ impl ApplyUi for ApplyScreen<'_, '_> {
             return Ok(());
         }
         render::plan_text(plan, self.style, self.io.stdout)?;
-        let extras = render::Extras { refresh, state };
+        let (successors, homes) = sinks::consumers(&self.sinks, plan, state);
+        let extras = render::Extras {
+            refresh,
+            state,
+            homes: Some(&homes),
+            successors: &successors,
+        };
         render::lifecycle_text(&extras, self.style, self.io.stdout)?;
         Ok(())
     }

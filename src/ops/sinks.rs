@@ -58,6 +58,50 @@ pub fn open(
         .collect()
 }
 
+/// Where each of `addresses` has a home in the configured sinks (the fixed
+/// places consumers read, which a successor replaces in place); an
+/// address with none is left out.
+pub fn homes(sinks: &[ConfiguredSink], addresses: &[Address]) -> Homes {
+    let mut homes = Homes::default();
+    for address in addresses {
+        let found: Vec<String> = sinks
+            .iter()
+            .filter_map(|sink| sink.spec.kind().home(address))
+            .collect();
+        if !found.is_empty() {
+            homes.insert(address.clone(), found);
+        }
+    }
+    homes
+}
+
+/// The homes of some addresses, for the plan to say what consumers see.
+pub type Homes = FxHashMap<Address, Vec<String>>;
+
+/// Returns the addresses `plan` makes a successor for, and the homes of
+/// those and of the state's superseded tokens.
+pub fn consumers(
+    sinks: &[ConfiguredSink],
+    plan: &crate::model::plan::Plan,
+    state: Option<&crate::model::state::State>,
+) -> (Vec<Address>, Homes) {
+    use crate::model::plan::Action;
+    let successors: Vec<Address> = plan
+        .changes
+        .iter()
+        .filter(|c| matches!(c.action, Action::Rotate | Action::Replace))
+        .map(|c| c.address.clone())
+        .collect();
+    let mut addresses = successors.clone();
+    addresses.extend(
+        state
+            .into_iter()
+            .flat_map(|s| s.superseded.iter().map(|o| o.address.clone())),
+    );
+    let homes = homes(sinks, &addresses);
+    (successors, homes)
+}
+
 /// The sinks that can read secrets back, and why others could not.
 #[derive(Default)]
 pub struct Readers {

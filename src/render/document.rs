@@ -141,7 +141,7 @@ pub fn plan_json(
                 created_at: old.created_at,
                 superseded_at: old.superseded_at,
                 successor_id: old.successor_id,
-                hint: revoke_instruction(old, extras.state).replace('\n', " "),
+                hint: revoke_instruction(old, extras.state, extras.homes).replace('\n', " "),
             })
             .collect(),
     };
@@ -191,7 +191,7 @@ pub fn plan_markdown(
                 "> - {} token id {}: {}\n",
                 markdown_code(&old.address.to_string()),
                 old.id,
-                revoke_instruction(old, extras.state).replace('\n', " ")
+                revoke_instruction(old, extras.state, extras.homes).replace('\n', " ")
             ));
         }
     }

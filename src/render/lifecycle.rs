@@ -30,6 +30,28 @@ pub fn lifecycle_text(extras: &Extras<'_>, style: Style, w: &mut dyn Write) -> i
     if let Some(refresh) = extras.refresh {
         writeln!(w, "{}", style.bold(&refresh.counts().to_string()))?;
     }
+    if let Some(homes) = extras.homes
+        && !extras.successors.is_empty()
+    {
+        writeln!(w)?;
+        writeln!(w, "What the consumers of each successor will see:")?;
+        for address in extras.successors {
+            match homes.get(address) {
+                Some(places) => {
+                    for place in places {
+                        writeln!(
+                            w,
+                            "  {address}: {place} is replaced in place; its consumers get the successor"
+                        )?;
+                    }
+                }
+                None => writeln!(
+                    w,
+                    "  {address}: no sink keeps it at a fixed place (a path or file per token); move its consumers to the successor before the predecessor is revoked"
+                )?,
+            }
+        }
+    }
     let superseded = extras.superseded();
     if !superseded.is_empty() {
         writeln!(w)?;
@@ -45,7 +67,7 @@ pub fn lifecycle_text(extras: &Extras<'_>, style: Style, w: &mut dyn Write) -> i
                 old.address,
                 old.id
             )?;
-            let instruction = revoke_instruction(old, extras.state);
+            let instruction = revoke_instruction(old, extras.state, extras.homes);
             writeln!(w, "{}", style.dim(&indent(&instruction)))?;
         }
     }
@@ -68,7 +90,11 @@ pub(super) fn finding_text(finding: &Finding) -> (&'static str, String) {
 
 /// Returns how a person revokes a superseded token, and how to tell it
 /// from its successor in the UI, which shows names and creation times.
-pub fn revoke_instruction(old: &SupersededToken, state: Option<&State>) -> String {
+pub fn revoke_instruction(
+    old: &SupersededToken,
+    state: Option<&State>,
+    homes: Option<&super::Homes>,
+) -> String {
     let created = old
         .created_at
         .map(utc)
@@ -89,9 +115,22 @@ pub fn revoke_instruction(old: &SupersededToken, state: Option<&State>) -> Strin
             )
         })
         .unwrap_or_else(|| format!("its successor was token id {}", old.successor_id));
+    // Whether its consumers already read the successor, when the sinks
+    // are known.
+    let consumers = match homes.map(|h| h.get(&old.address)) {
+        Some(Some(places)) => format!(
+            " Its consumers already read the successor at {}.",
+            places.join(" and ")
+        ),
+        Some(None) => {
+            " No sink keeps it at a fixed place: move its consumers to the successor first."
+                .to_string()
+        }
+        None => String::new(),
+    };
     format!(
         "In the Logz.io UI of account {} (Settings > Manage tokens > API tokens), revoke the token named {:?} created {created};
-         {successor}. Then run: tokenctl retire {} --id {}
+         {successor}.{consumers} Then run: tokenctl retire {} --id {}
          (or let `tokenctl apply --refresh` retire it once it answers 401)",
         old.account_id, old.name, old.address, old.id
     )
@@ -110,10 +149,10 @@ mod tests {
         state.record_created(TokenRecord::created(a.clone(), 1, 100, "f1".into()));
         state.record_created(TokenRecord::created(a.clone(), 2, 200, "f2".into()));
         let first = state.superseded_of(&a).next().unwrap().clone();
-        assert!(revoke_instruction(&first, Some(&state)).contains("its successor (id 2)"));
+        assert!(revoke_instruction(&first, Some(&state), None).contains("its successor (id 2)"));
         // Id 2 was found revoked and replaced by id 3: keep 3, not 2.
         state.record_created(TokenRecord::created(a.clone(), 3, 300, "f3".into()));
-        let text = revoke_instruction(&first, Some(&state));
+        let text = revoke_instruction(&first, Some(&state), None);
         assert!(
             text.contains("the address's current token (id 3) has the same name"),
             "{text}"

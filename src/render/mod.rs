@@ -8,6 +8,7 @@ mod document;
 mod lifecycle;
 mod plan;
 
+use crate::model::address::Address;
 use crate::model::lifecycle::{Finding, Refresh};
 use crate::model::state::{Liveness, State, SupersededToken};
 
@@ -16,12 +17,21 @@ pub use document::{OUTPUT_FORMAT_VERSION, plan_json, plan_markdown};
 pub use lifecycle::{lifecycle_text, revoke_instruction};
 pub use plan::plan_text;
 
-/// What a plan shows beside its changes: what a refresh found, and the
-/// superseded tokens a person still has to revoke.
+/// The homes of addresses in the configured sinks: the fixed places their
+/// consumers read, which a successor replaces in place.
+pub type Homes = rustc_hash::FxHashMap<Address, Vec<String>>;
+
+/// What a plan shows beside its changes: what a refresh found, the
+/// superseded tokens a person still has to revoke, and what the consumers
+/// of a successor will see.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Extras<'a> {
     pub refresh: Option<&'a Refresh>,
     pub state: Option<&'a State>,
+    /// Where addresses have homes, when the sinks are known.
+    pub homes: Option<&'a Homes>,
+    /// The addresses the plan makes a successor for.
+    pub successors: &'a [Address],
 }
 
 impl Extras<'_> {

@@ -193,6 +193,14 @@ pub trait SinkKind {
         apply: &ForApply<'_>,
     ) -> Result<Box<dyn SecretSink>, SinkError>;
 
+    /// Names the address's home in this sink, when it has one: the fixed
+    /// place its consumers read, which a successor replaces in place.
+    /// `None` for sinks that keep a place per token (or none).
+    fn home(&self, address: &Address) -> Option<String> {
+        let _ = address;
+        None
+    }
+
     /// Opens a reader of the secrets the sink holds, for sinks that can
     /// read back (`resolve`, `--refresh`); `None` for those that cannot.
     fn reader(&self, ctx: &SinkContext<'_>) -> Option<Result<Box<dyn SecretLookup>, SinkError>> {

@@ -75,6 +75,14 @@ impl SinkKind for VaultSpec {
         Ok(Box::new(sink))
     }
 
+    fn home(&self, address: &Address) -> Option<String> {
+        if self.path.contains("{id}") {
+            return None;
+        }
+        let path = render_path(&self.path, address, PROBE_ID).ok()?;
+        Some(format!("vault {}/data/{path}", self.mount))
+    }
+
     fn reader(&self, ctx: &SinkContext<'_>) -> Option<Result<Box<dyn SecretLookup>, SinkError>> {
         Some(
             self.sink(ctx)

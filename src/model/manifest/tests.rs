@@ -287,8 +287,10 @@ fn reads_an_exec_sink_with_settings() {
     assert!(err.message.contains("between 1s and 1h"), "{err}");
     let err = exec("    timeout: soon\n");
     assert!(err.message.contains("not a duration"), "{err}");
-    let err = exec("    lookup: [x]\n");
-    assert!(err.message.contains("unknown field `lookup`"), "{err}");
+    let err = exec("    lookup: []\n");
+    assert!(err.message.contains("at least the program"), "{err}");
+    let err = exec("    read_back: [x]\n");
+    assert!(err.message.contains("unknown field `read_back`"), "{err}");
     let err = reject(
         "version: 1\nregion: us\nsecrets:\n  exec:\n    pass_env: [VAULT_TOKEN]\ntokens: []\n",
     );
