@@ -500,3 +500,37 @@ async fn a_drift_check_that_could_verify_no_token_is_not_green() {
     );
     assert_eq!(mock.token_whoami_calls().await, 0);
 }
+
+/// A create whose secret only a rescue file holds (every sink refused it,
+/// and the run died before recording the token) is settled from the
+/// rescue file: `resolve` finds it, and `--abandon` is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_only_a_rescue_file_holds_is_resolved_never_abandoned() {
+    let mock = MockLogzio::start().await;
+    let mut ws = Workspace::new(&mock.url());
+    ws.write(
+        "tokens.yaml",
+        "version: 1\nregion: eu\nsecrets:\n  exec: [sh, -c, \"cat >/dev/null; exit 3\"]\ntokens:\n  - name: a\n    accountId: 1\n",
+    );
+    let crash = ws.run_with(
+        &["apply", "--auto-approve"],
+        &[("TOKENCTL_FAILPOINT", "after-sink")],
+    );
+    assert_ne!(crash.code, 0);
+    assert_eq!(ws.run(&["state", "fold"]).code, 0);
+    assert_eq!(ws.pending_addresses(), ["1/a"]);
+    let abandon = ws.run(&["resolve", "1/a", "--abandon"]);
+    assert_eq!(abandon.code, 1, "{}", abandon.all());
+    assert!(
+        abandon
+            .stderr
+            .starts_with("error: 1/a cannot be abandoned: a sink holds token id 5001 for it"),
+        "{}",
+        abandon.stderr
+    );
+    let resolve = ws.run(&["resolve", "1/a"]);
+    assert_eq!(resolve.code, 0, "{}", resolve.all());
+    assert_eq!(ws.state_addresses(), ["1/a"]);
+    assert_eq!(ws.state()["tokens"][0]["id"], 5001);
+    assert_eq!(mock.create_requests().await.len(), 1);
+}

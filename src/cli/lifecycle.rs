@@ -44,30 +44,37 @@ impl Session<'_, '_> {
         };
         let configured = self.configured_sinks(manifest.as_ref(), secrets_out);
         let readers = sinks::readers(&configured, &self.env.vars);
-        if readers.readers.is_empty() {
-            let mut message = String::from(match readers.problems.is_empty() {
-                true => {
-                    "there is no sink to look in (one that can read secrets back: secrets.file, secrets.sops or secrets.vault)"
-                }
-                false => "no sink that can read secrets back could be opened:",
-            });
+        // With no sink that reads back, the rescue files alone are
+        // searched; a sink that could not be opened is an error first.
+        if readers.readers.is_empty() && !readers.problems.is_empty() {
+            let mut message = String::from("no sink that can read secrets back could be opened:");
             for problem in &readers.problems {
                 message.push_str(&format!("\n  {problem}"));
             }
-            let hint = match readers.problems.is_empty() {
-                true => "pass --adopt ID, --abandon, or --secrets-out PATH",
-                false => {
-                    "fix what is named above and run resolve again, or pass --adopt ID or --abandon"
-                }
-            };
-            return Err(Failure::new(message).hint(hint));
+            return Err(Failure::new(message).hint(
+                "fix what is named above and run resolve again, or pass --adopt ID or --abandon",
+            ));
         }
         for reader in &readers.readers {
             for warning in reader.warnings() {
                 crate::ops::Ui::warn(self, &warning);
             }
         }
-        Ok(readers)
+        Ok(self.with_rescue_files(readers))
+    }
+
+    /// Adds the rescue folder to `readers`: a secret no sink took is there.
+    fn with_rescue_files(&self, mut readers: Readers) -> Readers {
+        let dir = crate::sink::Rescue::default_dir(
+            self.env.xdg_state_home.as_deref(),
+            self.env.home.as_deref(),
+        );
+        if let Some(dir) = dir {
+            readers
+                .readers
+                .push(Box::new(crate::sink::RescueLookup::new(dir)));
+        }
+        readers
     }
 
     /// Returns a reader for every sink that can read secrets back, for a
@@ -80,7 +87,8 @@ impl Session<'_, '_> {
             false => None,
         };
         let configured = self.configured_sinks(manifest.as_ref(), secrets_out);
-        Ok(sinks::readers(&configured, &self.env.vars))
+        let readers = sinks::readers(&configured, &self.env.vars);
+        Ok(self.with_rescue_files(readers))
     }
 
     /// Asks every token of the state (current and superseded) whose secret

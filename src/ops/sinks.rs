@@ -164,9 +164,7 @@ pub fn readable_secrets(
         let found: Vec<(Address, FoundSecret)> = match reader.lookup_all() {
             Some(all) => all.map_err(Failure::from)?,
             // A sink that reads by id is asked for exactly the tokens wanted.
-            None if let Some((address, id)) = wanted.first()
-                && reader.lookup_id(address, *id).is_some() =>
-            {
+            None if reader.reads_by_id() => {
                 let mut found = Vec::new();
                 for (address, id) in wanted {
                     match reader.lookup_id(address, *id) {

@@ -25,6 +25,11 @@ use crate::secret::Secret;
 
 /// How long the command may take for one token, unless the manifest says.
 const TIMEOUT: Duration = Duration::from_secs(60);
+/// The most a `lookup` may print: a token's JSON object is far smaller.
+const LOOKUP_OUTPUT_MAX: u64 = 64 * 1024;
+/// The most of a failed command's output that is kept for a person.
+const KEPT_OUTPUT_MAX: u64 = 1024 * 1024;
+
 /// The bounds of `secrets.exec.timeout`.
 const TIMEOUT_MIN: Duration = Duration::from_secs(1);
 const TIMEOUT_MAX: Duration = Duration::from_secs(3600);
@@ -63,11 +68,17 @@ impl SinkKind for ExecSpec {
         ctx: &SinkContext<'_>,
         apply: &ForApply<'_>,
     ) -> Result<Box<dyn SecretSink>, SinkError> {
+        let env = ctx.vars.for_child(&self.pass_env);
+        // The read-back is needed right after a crash: a typo in it must
+        // show now, before any token exists.
+        if let Some(lookup) = &self.lookup {
+            check_program(lookup, &env, "secrets.exec.lookup")?;
+        }
         let sink = ExecSink::new(
             self.argv.clone(),
             self.timeout,
             apply.rescue_dir.to_path_buf(),
-            ctx.vars.for_child(&self.pass_env),
+            env,
         )?;
         Ok(Box::new(sink))
     }
@@ -288,7 +299,12 @@ impl ExecSink {
     /// Keeps what a failed run printed in a private file and says where.
     fn keep_output(&self, output: &mut File, token: &NewToken<'_>) -> String {
         let mut bytes = Vec::new();
-        if output.seek(io::SeekFrom::Start(0)).is_err() || output.read_to_end(&mut bytes).is_err() {
+        if output.seek(io::SeekFrom::Start(0)).is_err()
+            || output
+                .take(KEPT_OUTPUT_MAX)
+                .read_to_end(&mut bytes)
+                .is_err()
+        {
             return "its output could not be read back".into();
         }
         if bytes.is_empty() {
@@ -478,17 +494,25 @@ impl ExecLookup {
         let mut bytes = zeroize::Zeroizing::new(Vec::new());
         stdout
             .seek(io::SeekFrom::Start(0))
-            .and_then(|_| stdout.read_to_end(&mut bytes))
+            .and_then(|_| {
+                (&mut stdout)
+                    .take(LOOKUP_OUTPUT_MAX + 1)
+                    .read_to_end(&mut bytes)
+            })
             .map_err(|e| fail(format!("its output could not be read: {e}")))?;
+        if bytes.len() as u64 > LOOKUP_OUTPUT_MAX {
+            return Err(fail(format!(
+                "it printed more than {LOOKUP_OUTPUT_MAX} bytes; a token's JSON object is far smaller"
+            )));
+        }
         // Never quote the output, nor serde's message (it may quote it).
         let found: LookedUp = serde_json::from_slice(&bytes).map_err(|_| {
             fail("it exited 0 but did not print a token's JSON object (address, id, createdAt, token)".into())
         })?;
         let token = Secret::new(found.token);
-        if found
-            .address
-            .as_deref()
-            .is_some_and(|a| a != address.to_string())
+        // The answer must say whose token it is: one without an address
+        // could be anyone's.
+        if found.address.as_deref() != Some(address.to_string().as_str())
             || id.is_some_and(|id| id != found.id)
         {
             return Err(fail(format!(
@@ -521,6 +545,10 @@ impl SecretLookup for ExecLookup {
         Some(self.ask(address, Some(id)))
     }
 
+    fn reads_by_id(&self) -> bool {
+        true
+    }
+
     fn describe(&self) -> String {
         format!("exec lookup {}", self.argv.join(" "))
     }
@@ -540,7 +568,7 @@ fn check_program(
     if find_program(&program, path.as_deref()).is_none() {
         return Err(SinkError {
             sink: format!("exec {program}"),
-            detail: format!("program `{program}` was not found"),
+            detail: format!("program `{program}` was not found, or may not be run"),
             hint: Some(format!(
                 "check `{key}` in the manifest: the first item is the program, found on PATH or by path"
             )),
@@ -555,11 +583,24 @@ fn find_program(program: &str, path: Option<&OsStr>) -> Option<PathBuf> {
     }
     if program.contains('/') {
         let path = PathBuf::from(program);
-        return path.is_file().then_some(path);
+        return is_executable(&path).then_some(path);
     }
     path.and_then(|paths| {
         std::env::split_paths(paths)
             .map(|dir| dir.join(program))
-            .find(|candidate| candidate.is_file())
+            .find(|candidate| is_executable(candidate))
     })
+}
+
+/// Tells whether `path` is a file this process may run.
+fn is_executable(path: &std::path::Path) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    }
+    #[cfg(not(unix))]
+    {
+        path.is_file()
+    }
 }

@@ -26,9 +26,9 @@ use serde::de::{self, Deserializer, IntoDeserializer, MapAccess, Visitor};
 use crate::model::address::Address;
 use crate::secret::Secret;
 
-pub use exec::{ExecSink, ExecSpec};
+pub use exec::{ExecLookup, ExecSink, ExecSpec};
 pub use file::{FileLookup, FileSink, FileSpec};
-pub use rescue::{Rescue, Rescued};
+pub use rescue::{Rescue, RescueLookup, Rescued};
 pub use sops::SopsSpec;
 pub use vault::VaultSpec;
 pub use worker::{Delivery, SinkWorker, deliver_all};
@@ -117,6 +117,11 @@ pub trait SecretLookup {
     ) -> Option<Result<Option<FoundSecret>, SinkError>> {
         let _ = (address, id);
         None
+    }
+
+    /// Tells whether the sink reads by id ([`SecretLookup::lookup_id`]).
+    fn reads_by_id(&self) -> bool {
+        false
     }
 
     /// Returns what a person should know about the secrets' files, such

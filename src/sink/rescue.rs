@@ -121,3 +121,49 @@ impl Rescue {
         Ok(path)
     }
 }
+
+/// Reads back the secrets kept in rescue files, so that a create whose
+/// secret only a rescue file holds (no sink took it, or the run was
+/// interrupted first) is settled from there, never abandoned.
+pub struct RescueLookup {
+    dir: PathBuf,
+}
+
+impl RescueLookup {
+    /// Returns a reader of the rescue files in `dir`.
+    pub fn new(dir: PathBuf) -> Self {
+        RescueLookup { dir }
+    }
+}
+
+impl super::SecretLookup for RescueLookup {
+    fn lookup(
+        &self,
+        address: &crate::model::address::Address,
+    ) -> Result<Vec<super::FoundSecret>, super::SinkError> {
+        let entries = match std::fs::read_dir(&self.dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => {
+                return Err(super::SinkError {
+                    sink: self.describe(),
+                    detail: format!("cannot read the folder: {e}"),
+                    hint: None,
+                });
+            }
+        };
+        let mut found = Vec::new();
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.extension().is_some_and(|e| e == "json") {
+                found.extend(super::FileLookup::new(path).lookup(address)?);
+            }
+        }
+        found.sort_by_key(|f| (f.created_at, f.id));
+        Ok(found)
+    }
+
+    fn describe(&self) -> String {
+        format!("rescue files in {}", self.dir.display())
+    }
+}

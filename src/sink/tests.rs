@@ -489,3 +489,58 @@ fn an_interrupt_rescues_a_secret_a_slow_sink_has_not_taken() {
 fn git_vars() -> Vars {
     Vars::from_pairs([("PATH", std::env::var_os("PATH").unwrap_or_default())])
 }
+
+#[cfg(unix)]
+#[test]
+fn an_exec_program_that_may_not_be_run_is_refused_before_any_create() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("sink.sh");
+    fs::write(&script, "#!/bin/sh\ncat >/dev/null\n").unwrap();
+    fs::set_permissions(&script, fs::Permissions::from_mode(0o644)).unwrap();
+    let err = ExecSink::new(
+        vec![script.display().to_string()],
+        Duration::from_secs(1),
+        dir.path().join("rescue"),
+        child_env(),
+    )
+    .err()
+    .unwrap();
+    assert!(err.detail.contains("may not be run"), "{err}");
+}
+
+#[cfg(unix)]
+#[test]
+fn an_exec_lookup_must_name_the_address_of_what_it_prints() {
+    let lookup = |answer: &str| {
+        super::exec::ExecLookup::new(
+            vec![
+                "sh".into(),
+                "-c".into(),
+                format!("cat >/dev/null; printf '%s' '{answer}'"),
+            ],
+            Duration::from_secs(30),
+            child_env(),
+        )
+        .unwrap()
+    };
+    let a = address();
+    let anyones = lookup(r#"{"id":987,"createdAt":1,"token":"tc-lookup-anyones"}"#);
+    assert!(anyones.lookup(&a).is_err());
+    let right = lookup(&format!(
+        r#"{{"address":"{a}","id":987,"createdAt":1,"token":"tc-lookup-right"}}"#
+    ));
+    assert_eq!(right.lookup(&a).unwrap()[0].id, 987);
+    let huge = super::exec::ExecLookup::new(
+        vec![
+            "sh".into(),
+            "-c".into(),
+            "cat >/dev/null; head -c 200000 /dev/zero".into(),
+        ],
+        Duration::from_secs(30),
+        child_env(),
+    )
+    .unwrap();
+    let err = huge.lookup(&a).err().unwrap();
+    assert!(err.detail.contains("more than 65536 bytes"), "{err}");
+}
