@@ -534,3 +534,53 @@ async fn a_secret_only_a_rescue_file_holds_is_resolved_never_abandoned() {
     assert_eq!(ws.state()["tokens"][0]["id"], 5001);
     assert_eq!(mock.create_requests().await.len(), 1);
 }
+
+/// A second interrupt exits at once, as promised, but only after writing
+/// every secret a slow sink has not taken yet to a rescue file: a CI
+/// cancel that sends two signals loses no secret.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_interrupt_exits_only_after_rescuing_what_a_slow_sink_holds() {
+    let mock = MockLogzio::start().await;
+    let mut ws = Workspace::new(&mock.url());
+    ws.write(
+        "tokens.yaml",
+        "version: 1\nregion: eu\nsecrets:\n  exec: [sh, -c, \"sleep 5; cat >/dev/null\"]\ntokens:\n  - name: a\n    accountId: 1\n",
+    );
+    let child = ws
+        .command(&["apply", "--auto-approve"], &[])
+        .spawn()
+        .unwrap();
+    mock.wait_for_requests(1).await;
+    // The answer reaches the sink thread, which waits on the command.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let signal = |pid: u32| {
+        let status = std::process::Command::new("kill")
+            .args(["-INT", &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    };
+    signal(child.id());
+    std::thread::sleep(Duration::from_millis(5));
+    signal(child.id());
+    let run = ws.finish(child);
+    assert_eq!(run.code, 130, "{}", run.all());
+    let rescue = ws.path("home/.local/state/tokenctl/rescue");
+    let kept: String = std::fs::read_dir(&rescue)
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
+                .collect()
+        })
+        .unwrap_or_default();
+    for secret in mock.secrets() {
+        assert!(
+            kept.contains(&secret),
+            "a secret is in no rescue file: {}",
+            run.all()
+        );
+    }
+    assert_eq!(mock.secrets().len(), 1);
+}

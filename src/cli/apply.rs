@@ -547,9 +547,18 @@ impl SignalWatch {
             if watching.load(Ordering::SeqCst) {
                 return;
             }
-            eprint(
-                "Interrupted again: exiting now. The journal records what was done; the next tokenctl command folds it into the state.",
-            );
+            // No secret received may go down with the process: each one a
+            // sink may not have yet goes to a rescue file first.
+            let saved = crate::sink::rescue_all_in_flight();
+            let rescued = match saved {
+                0 => String::new(),
+                n => format!(
+                    " {n} secret(s) no sink had yet were written to rescue files first; `tokenctl resolve` finds them there."
+                ),
+            };
+            eprint(&format!(
+                "Interrupted again: exiting now.{rescued} The journal records what was done; the next tokenctl command folds it into the state."
+            ));
             std::process::exit(i32::from(ExitStatus::Interrupted.code()));
         };
         std::thread::Builder::new()

@@ -380,21 +380,28 @@ fn run(
     stdout: File,
     stderr: File,
 ) -> Result<(Option<std::process::ExitStatus>, io::Result<()>), String> {
-    let mut command = Command::new(&argv[0]);
-    command
+    // The stdin pipe is made here so that a copy of its read end stays
+    // with tokenctl: once the program is gone, what is left in the pipe is
+    // what it never read (a short record fits in the pipe whether or not
+    // the program reads it).
+    let (reader, mut writer) = io::pipe().map_err(|e| format!("cannot make a pipe: {e}"))?;
+    let kept = reader
+        .try_clone()
+        .map_err(|e| format!("cannot make a pipe: {e}"))?;
+    let mut child = Command::new(&argv[0])
         .args(&argv[1..])
-        .stdin(Stdio::piped())
+        .stdin(Stdio::from(reader))
         .stdout(stdout)
         .stderr(stderr)
         .env_clear()
-        .envs(env.iter().map(|(k, v)| (k, v)));
-    let mut child = command.spawn().map_err(|e| format!("cannot start: {e}"))?;
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .spawn()
+        .map_err(|e| format!("cannot start: {e}"))?;
     // Writing happens on its own thread, inside the timeout: a program
     // that never reads its stdin must not hang tokenctl on a full pipe.
-    let writer = child
-        .stdin
-        .take()
-        .map(|mut stdin| std::thread::spawn(move || stdin.write_all(input.as_bytes())));
+    // The write end closes when the thread ends, so the program sees the
+    // end of its input.
+    let writing = std::thread::spawn(move || writer.write_all(input.as_bytes()));
     let deadline = Instant::now() + timeout;
     let status = loop {
         match child.try_wait() {
@@ -412,15 +419,36 @@ fn run(
             }
         }
     };
-    // The child is gone, so its end of the pipe is closed and the writer
-    // has returned.
-    let written = writer
-        .map(|w| {
-            w.join()
-                .unwrap_or_else(|_| Err(io::Error::other("writer panicked")))
-        })
-        .unwrap_or(Ok(()));
+    // Counted before the kept end closes; closing it ends a write still
+    // blocked on a full pipe (with an error), so the thread returns.
+    let left = unread_bytes(&kept);
+    drop(kept);
+    let written = writing
+        .join()
+        .unwrap_or_else(|_| Err(io::Error::other("writer panicked")))
+        .and_then(|()| match left {
+            Some(left) if left > 0 => Err(io::Error::other(format!(
+                "{left} byte(s) of it were never read"
+            ))),
+            _ => Ok(()),
+        });
     Ok((status, written))
+}
+
+/// Returns how many bytes written to `pipe` have not been read from it.
+#[cfg(unix)]
+fn unread_bytes(pipe: &io::PipeReader) -> Option<usize> {
+    use std::os::fd::AsRawFd;
+    let mut left: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one c_int through the pointer, which points
+    // at a live c_int; the descriptor is the open pipe end `pipe` owns.
+    let rc = unsafe { libc::ioctl(pipe.as_raw_fd(), libc::FIONREAD, &mut left) };
+    (rc == 0).then(|| usize::try_from(left).unwrap_or(0))
+}
+
+#[cfg(not(unix))]
+fn unread_bytes(_pipe: &io::PipeReader) -> Option<usize> {
+    None
 }
 
 /// Reads secrets back through the exec sink's `lookup` command. What the

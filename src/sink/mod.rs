@@ -31,7 +31,7 @@ pub use file::{FileLookup, FileSink, FileSpec};
 pub use rescue::{Rescue, RescueLookup, Rescued};
 pub use sops::SopsSpec;
 pub use vault::VaultSpec;
-pub use worker::{Delivery, SinkWorker, deliver_all};
+pub use worker::{Delivery, SinkWorker, deliver_all, rescue_all_in_flight};
 
 /// A token just created, with its secret, on its way to the sinks.
 pub struct NewToken<'a> {

@@ -544,3 +544,24 @@ fn an_exec_lookup_must_name_the_address_of_what_it_prints() {
     let err = huge.lookup(&a).err().unwrap();
     assert!(err.detail.contains("more than 65536 bytes"), "{err}");
 }
+
+#[cfg(unix)]
+#[test]
+fn an_exec_command_that_never_reads_the_token_has_not_taken_it() {
+    let dir = tempfile::tempdir().unwrap();
+    // Exits 0 after a while, the token's short record still in the pipe.
+    let mut sink = ExecSink::new(
+        vec!["sh".into(), "-c".into(), "sleep 0.2".into()],
+        Duration::from_secs(30),
+        dir.path().join("rescue"),
+        child_env(),
+    )
+    .unwrap();
+    let secret = Secret::new("tok-never-read".into());
+    let err = sink.deliver(&token(&secret, &address())).unwrap_err();
+    assert!(
+        err.detail.contains("exited 0 without reading the token")
+            && err.detail.contains("never read"),
+        "{err}"
+    );
+}

@@ -81,6 +81,40 @@ fn deliver_each(
 const QUEUED: u8 = 0;
 const TAKEN: u8 = 1;
 const RESCUED: u8 = 2;
+/// Every sink has it, or its rescue file does.
+const DONE: u8 = 3;
+
+/// The secrets of this process on their way to the sinks, with where to
+/// rescue them: a second interrupt, which exits at once, first writes
+/// every one a sink may not have yet to a rescue file
+/// ([`rescue_all_in_flight`]).
+static IN_FLIGHT: std::sync::Mutex<Vec<(std::sync::Weak<Parcel>, Rescue)>> =
+    std::sync::Mutex::new(Vec::new());
+
+/// Writes every secret still on its way to a sink to a rescue file, for a
+/// process about to exit at once (a second interrupt). A secret a sink is
+/// taking right now may end in both, which loses nothing. Returns how many
+/// were written.
+pub fn rescue_all_in_flight() -> usize {
+    let in_flight = IN_FLIGHT.lock().unwrap_or_else(|e| e.into_inner());
+    let mut saved = 0;
+    for (parcel, rescue) in in_flight.iter() {
+        let Some(parcel) = parcel.upgrade() else {
+            continue;
+        };
+        if matches!(parcel.state.load(Ordering::SeqCst), QUEUED | TAKEN)
+            && rescue.keep(&parcel.new_token()).file().is_some()
+        {
+            // The sink thread skips one it has not started on.
+            let _ =
+                parcel
+                    .state
+                    .compare_exchange(QUEUED, RESCUED, Ordering::SeqCst, Ordering::SeqCst);
+            saved += 1;
+        }
+    }
+    saved
+}
 
 /// One secret on its way to the sinks, shared by its create and the sink
 /// thread.
@@ -149,6 +183,7 @@ impl SinkWorker {
                     }
                     let delivery =
                         deliver_each(&mut sinks, &mut broken, &rescue, &parcel.new_token());
+                    parcel.state.store(DONE, Ordering::SeqCst);
                     let _ = handover.done.send(delivery);
                 }
             })?;
@@ -178,8 +213,15 @@ impl SinkWorker {
             token,
             state: AtomicU8::new(QUEUED),
         });
-        if interrupted() {
-            return self.rescue_interrupted(&parcel);
+        {
+            let mut in_flight = IN_FLIGHT.lock().unwrap_or_else(|e| e.into_inner());
+            in_flight.retain(|(p, _)| p.strong_count() > 0);
+            in_flight.push((Arc::downgrade(&parcel), self.rescue.clone()));
+        }
+        if interrupted()
+            && let Some(delivery) = self.rescue_interrupted(&parcel)
+        {
+            return delivery;
         }
         let (done, mut wait) = tokio::sync::oneshot::channel();
         let handover = Handover {
@@ -193,6 +235,7 @@ impl SinkWorker {
         if !sent {
             return self.stopped(&parcel);
         }
+        let mut tried_rescue = false;
         loop {
             tokio::select! {
                 delivery = &mut wait => {
@@ -201,8 +244,11 @@ impl SinkWorker {
                     return delivery.unwrap_or_else(|_| self.stopped(&parcel));
                 }
                 () = tokio::time::sleep(INTERRUPT_POLL) => {
-                    if interrupted() {
-                        return self.rescue_interrupted(&parcel);
+                    if interrupted() && !tried_rescue {
+                        tried_rescue = true;
+                        if let Some(delivery) = self.rescue_interrupted(&parcel) {
+                            return delivery;
+                        }
                     }
                 }
             }
@@ -211,17 +257,25 @@ impl SinkWorker {
 
     /// Keeps a secret the sinks do not have yet, as the run was
     /// interrupted: the sink thread skips it if it has not started on it.
-    fn rescue_interrupted(&self, parcel: &Parcel) -> Delivery {
-        parcel.state.store(RESCUED, Ordering::SeqCst);
-        Delivery {
+    /// Returns `None` when the rescue file could not be written: the
+    /// secret then keeps waiting for the sinks rather than go nowhere.
+    fn rescue_interrupted(&self, parcel: &Parcel) -> Option<Delivery> {
+        let rescued = self.rescue.keep(&parcel.new_token());
+        rescued.file()?;
+        // Only once it is safe in the rescue file: the sink thread skips it
+        // if it has not started on it (if it has, it may end in both).
+        let _ = parcel
+            .state
+            .compare_exchange(QUEUED, RESCUED, Ordering::SeqCst, Ordering::SeqCst);
+        Some(Delivery {
             failures: vec![SinkError {
                 sink: self.names.clone(),
                 detail: "interrupted before every sink had the secret".into(),
                 hint: None,
             }],
-            rescue: Some(self.rescue.keep(&parcel.new_token())),
+            rescue: Some(rescued),
             interrupted: true,
-        }
+        })
     }
 
     /// Keeps a secret the sink thread cannot take any more.
