@@ -22,6 +22,22 @@ pub const CREDENTIALS: [&str; 9] = [
     "PGPASSFILE",
 ];
 
+/// Addresses tokenctl reads that may carry credentials in their userinfo.
+const ADDRESSES: [&str; 2] = ["VAULT_ADDR", "LOGZIO_API_URL"];
+
+/// Returns `url` without its userinfo (`https://user:pw@host` becomes
+/// `https://host`).
+fn without_userinfo(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..end].rsplit_once('@') {
+        Some((_, host)) => format!("{scheme}://{host}{}", &rest[end..]),
+        None => url.to_string(),
+    }
+}
+
 /// A snapshot of environment variables.
 // No Debug: it holds credentials.
 #[derive(Clone, Default)]
@@ -66,15 +82,27 @@ impl Vars {
     }
 
     /// Returns the environment of a child process: every variable but the
-    /// credentials, except those in `pass` (named in the manifest).
+    /// credentials, except those in `pass` (named in the manifest). The
+    /// addresses tokenctl reads (`VAULT_ADDR`, `LOGZIO_API_URL`) go without
+    /// any credentials in their userinfo, unless passed by name.
     pub fn for_child(&self, pass: &[String]) -> Vec<(OsString, OsString)> {
         self.vars
             .iter()
-            .filter(|(name, _)| {
-                let name = name.to_string_lossy();
-                !CREDENTIALS.contains(&name.as_ref()) || pass.iter().any(|p| *p == name)
+            .filter_map(|(name, value)| {
+                let text = name.to_string_lossy();
+                let passed = pass.iter().any(|p| *p == text);
+                if CREDENTIALS.contains(&text.as_ref()) && !passed {
+                    return None;
+                }
+                let value = match (
+                    ADDRESSES.contains(&text.as_ref()) && !passed,
+                    value.to_str(),
+                ) {
+                    (true, Some(url)) => OsString::from(without_userinfo(url)),
+                    _ => value.clone(),
+                };
+                Some((name.clone(), value))
             })
-            .map(|(k, v)| (k.clone(), v.clone()))
             .collect()
     }
 }
@@ -101,6 +129,26 @@ mod tests {
         assert_eq!(
             names(vars.for_child(&["VAULT_TOKEN".into()])),
             ["PATH", "VAULT_TOKEN"]
+        );
+    }
+
+    #[test]
+    fn a_child_gets_addresses_without_their_credentials() {
+        let vars = Vars::from_pairs([
+            ("VAULT_ADDR", "https://ci:vars-pw@vault.example:8200/"),
+            ("LOGZIO_API_URL", "http://127.0.0.1:9/"),
+        ]);
+        let env: Vec<(String, String)> = vars
+            .for_child(&[])
+            .into_iter()
+            .map(|(k, v)| (k.to_string_lossy().into(), v.to_string_lossy().into()))
+            .collect();
+        assert_eq!(
+            env,
+            [
+                ("LOGZIO_API_URL".into(), "http://127.0.0.1:9/".into()),
+                ("VAULT_ADDR".into(), "https://vault.example:8200/".into())
+            ]
         );
     }
 
