@@ -344,10 +344,6 @@ impl Forge {
     /// Merges a manifest declaring `tokens` into main, as a pull request
     /// would, and returns the merge's commit.
     pub(crate) fn merge(&self, tokens: &[&str]) -> String {
-        let dev = self.path("dev");
-        if !self.git(&dev, &["ls-remote", "origin", "main"]).is_empty() {
-            self.git(&dev, &["pull", "--quiet", "--rebase", "origin", "main"]);
-        }
         let mut manifest = format!(
             "version: 1\napi_url: {}\nsecrets:\n  file: secrets/logzio-tokens.jsonl\ntokens:\n",
             self.api_url
@@ -355,6 +351,15 @@ impl Forge {
         for token in tokens {
             let (account, name) = token.split_once('/').unwrap();
             manifest.push_str(&format!("  - name: {name}\n    accountId: {account}\n"));
+        }
+        self.merge_manifest(&manifest)
+    }
+
+    /// Merges `manifest` as tokens.yaml into main; returns the commit.
+    pub(crate) fn merge_manifest(&self, manifest: &str) -> String {
+        let dev = self.path("dev");
+        if !self.git(&dev, &["ls-remote", "origin", "main"]).is_empty() {
+            self.git(&dev, &["pull", "--quiet", "--rebase", "origin", "main"]);
         }
         fs::write(dev.join("tokens.yaml"), manifest).unwrap();
         fs::write(
@@ -979,6 +984,70 @@ pub(crate) fn gitlab_env(
     env
 }
 
+/// The runner's checkout: the pipeline's commit, detached, fetched to
+/// `GIT_DEPTH` (GitLab's default 20).
+pub(crate) fn gitlab_checkout(
+    forge: &Forge,
+    workspace: &Path,
+    sha: &str,
+    env: &BTreeMap<String, String>,
+) {
+    let depth: u64 = env.get("GIT_DEPTH").map_or(20, |d| d.parse().unwrap());
+    let url = format!("file://{}", forge.bare().display());
+    let git = |args: &[&str]| forge.git(workspace, args);
+    git(&["init", "--quiet"]);
+    git(&["remote", "add", "origin", &url]);
+    let refspec = "+refs/heads/main:refs/remotes/origin/main";
+    if depth == 0 {
+        git(&["fetch", "--quiet", "origin", refspec]);
+    } else {
+        git(&[
+            "fetch",
+            "--quiet",
+            &format!("--depth={depth}"),
+            "origin",
+            refspec,
+        ]);
+    }
+    git(&["checkout", "--quiet", "--force", sha]);
+}
+
+/// Runs a GitLab job on a fresh runner for `sha`: the checkout, then
+/// `before_script` and `script` as one script, then `after_script`.
+/// Returns the script's exit code and everything the job printed.
+pub(crate) fn run_gitlab_job(
+    forge: &Forge,
+    runner: &str,
+    sha: &str,
+    job: &Value,
+    extra: &[(&str, String)],
+) -> (i32, String) {
+    let workspace = forge.path(runner).join("work");
+    fs::create_dir_all(&workspace).unwrap();
+    let env = gitlab_env(job, &workspace, extra);
+    gitlab_checkout(forge, &workspace, sha, &env);
+    let env: Vec<(String, String)> = env.into_iter().collect();
+    let script = format!(
+        "{}{}",
+        gitlab_lines(job, "before_script"),
+        gitlab_lines(job, "script")
+    );
+    let child = forge.spawn_script(&workspace, &GITLAB_SHELL, &script, &env);
+    let output = child.wait_with_output().unwrap();
+    let mut log = text(&output);
+    if job.get("after_script").is_some() {
+        let after = gitlab_lines(job, "after_script");
+        let child = forge.spawn_script(&workspace, &GITLAB_SHELL, &after, &env);
+        log.push_str(&text(&child.wait_with_output().unwrap()));
+    }
+    forge
+        .outputs
+        .lock()
+        .unwrap()
+        .push(format!("{runner}:\n{log}"));
+    (output.status.code().unwrap_or(-1), log)
+}
+
 /// The shell GitLab runs a job's scripts in here: bash with `-e` (and no
 /// pipefail, which the component must set itself).
 pub(crate) const GITLAB_SHELL: [&str; 4] = ["bash", "--noprofile", "--norc", "-e"];
@@ -1015,26 +1084,7 @@ async fn play_gitlab(
             ("STATE_PUSH_TOKEN", PUSH_TOKEN.into()),
         ],
     );
-    // The runner's checkout: the pipeline's commit, detached.
-    let depth: u64 = env.get("GIT_DEPTH").map_or(20, |d| d.parse().unwrap());
-    let url = format!("file://{}", forge.bare().display());
-    let git = |args: &[&str]| forge.git(&workspace, args);
-    git(&["init", "--quiet"]);
-    git(&["remote", "add", "origin", &url]);
-    let refspec = "+refs/heads/main:refs/remotes/origin/main";
-    if depth == 0 {
-        git(&["fetch", "--quiet", "origin", refspec]);
-    } else {
-        git(&[
-            "fetch",
-            "--quiet",
-            &format!("--depth={depth}"),
-            "origin",
-            refspec,
-        ]);
-    }
-    git(&["checkout", "--quiet", "--force", sha]);
-
+    gitlab_checkout(forge, &workspace, sha, &env);
     let env_list: Vec<(String, String)> = env.into_iter().collect();
     let script = format!(
         "{}{}",

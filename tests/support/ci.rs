@@ -428,7 +428,11 @@ impl Respond for ItemsApi {
             "PATCH" | "PUT" => {
                 let fields = fields(request);
                 let key = self.key;
-                let Some(item) = store.items.iter_mut().find(|i| i[key].to_string() == last) else {
+                let Some(item) = store
+                    .items
+                    .iter_mut()
+                    .find(|i| i[key].as_u64().is_some_and(|n| n.to_string() == last))
+                else {
                     return ResponseTemplate::new(404)
                         .set_body_json(json!({"message": "Not Found"}));
                 };
