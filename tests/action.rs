@@ -183,8 +183,15 @@ async fn the_plan_step_says_no_changes_and_fails_on_an_invalid_manifest() {
     assert_eq!(code_of(&runs, "tokenctl plan"), Some(1), "{runs:?}");
     assert_eq!(outputs["exitcode"], "1");
     assert_eq!(outputs["has-changes"], "false");
-    // The first plan's comment, not a second one.
-    assert_eq!(sticky(&api.comments).len(), 1);
+    // The first plan's comment, now saying that the plan failed.
+    assert_eq!(counts(&api.comments), (1, 1));
+    let comments = sticky(&api.comments);
+    assert_eq!(comments.len(), 1);
+    assert!(
+        comments[0].contains("**`tokenctl plan` failed (exit 1); see https://"),
+        "{}",
+        comments[0]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -285,12 +292,19 @@ async fn the_plan_component_posts_one_note_and_updates_it_on_the_next_push() {
     );
     assert_eq!(api.notes.lock().unwrap().items.len(), 121);
 
-    // An invalid manifest fails the job (and still updates the note).
+    // An invalid manifest fails the job, and the note says so.
     let invalid = forge.merge_manifest("version: 1\ntokens: not-a-list\n");
     let extra = gitlab_extra(&api, "merge_request_event", &invalid);
     let (code, log) = run_gitlab_job(&forge, "runner-3", &invalid, &job, &extra);
     assert_eq!(code, 1, "{log}");
-    assert_eq!(sticky(&api.notes).len(), 1);
+    assert_eq!(counts(&api.notes), (1, 2), "{log}");
+    let notes = sticky(&api.notes);
+    assert_eq!(notes.len(), 1);
+    assert!(
+        notes[0].contains("**`tokenctl plan` failed (exit 1); see job https://"),
+        "{}",
+        notes[0]
+    );
     assert!(mock.create_requests().await.is_empty());
 }
 
@@ -891,4 +905,70 @@ mod toml_like {
             .map(|(k, v)| (k.trim().to_string(), v.trim().trim_matches('"').to_string()))
             .collect()
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_apply_step_with_the_state_in_a_backend_applies_without_git() {
+    // As the PostgreSQL examples run it (commit-state: false), here with
+    // the file backend in a folder that is no git repository: apply plans
+    // under the backend's lock, and nothing is fetched or pushed.
+    let mock = MockLogzio::start().await;
+    let mut ws = crate::support::workspace::Workspace::new(&mock.url());
+    ws.manifest(&["1/a", "2/b"]);
+    let temp = ws.path("runner-temp");
+    fs::create_dir_all(&temp).unwrap();
+    let tools = tempfile::tempdir().unwrap();
+    let bin = tools.path().to_path_buf();
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_tokenctl"), bin.join("tokenctl")).unwrap();
+    let run = |outputs: &Path| {
+        Command::new("bash")
+            .arg(repo_root().join("ci/action/run.sh"))
+            .env_clear()
+            .env(
+                "PATH",
+                format!("{}:{}", bin.display(), std::env::var("PATH").unwrap()),
+            )
+            .env("HOME", ws.path("."))
+            .env("LOGZIO_API_URL", mock.url())
+            .env("LOGZIO_API_TOKEN", crate::support::mock_logzio::OWNER_TOKEN)
+            .env("TOKENCTL_COMMAND", "apply")
+            .env("TOKENCTL_COMMIT_STATE", "false")
+            .env("TOKENCTL_ARGS", "--lock-timeout 5s")
+            .env("GITHUB_REF", "refs/heads/main")
+            .env("GITHUB_OUTPUT", outputs)
+            .env("RUNNER_TEMP", &temp)
+            .current_dir(ws.path("."))
+            .output()
+            .unwrap()
+    };
+    let first = run(&temp.join("out-1"));
+    assert!(first.status.success(), "{}", text(&first));
+    assert_eq!(
+        ci::read_outputs(&temp.join("out-1")),
+        BTreeMap::from([
+            ("exitcode".to_string(), "0".to_string()),
+            ("has-changes".into(), "true".into())
+        ])
+    );
+    assert_eq!(ws.state_addresses(), ["1/a", "2/b"]);
+    assert!(!ws.path(".git").exists());
+    // The events went through tee to the log and to apply.jsonl.
+    let events = fs::read_to_string(ws.path("apply.jsonl")).unwrap();
+    assert_eq!(events.matches("\"event\":\"created\"").count(), 2);
+    assert!(String::from_utf8_lossy(&first.stdout).contains("\"event\":\"summary\""));
+
+    let again = run(&temp.join("out-2"));
+    assert!(again.status.success(), "{}", text(&again));
+    assert_eq!(
+        ci::read_outputs(&temp.join("out-2"))["has-changes"],
+        "false"
+    );
+    assert_eq!(mock.create_requests().await.len(), 2);
+    let secrets: Vec<String> = mock.issued().into_iter().map(|i| i.token).collect();
+    for output in [&first, &again] {
+        for secret in &secrets {
+            assert!(!text(output).contains(secret.as_str()), "{}", text(output));
+        }
+    }
+    ws.assert_secrets_only_in_sink(&secrets);
 }

@@ -46,3 +46,16 @@ find_item() {
     page=$((page + 1))
   done
 }
+
+# Lets git fetch and push with the job's token, in place of any credentials
+# the checkout persisted (an empty value clears the list of headers first);
+# through the environment, so the token is on no command line.
+git_auth() {
+  [ -n "${GITHUB_TOKEN:-}" ] || return 0
+  local server="${GITHUB_SERVER_URL:-https://github.com}" basic
+  basic="$(printf 'x-access-token:%s' "$GITHUB_TOKEN" | base64 | tr -d '\n')"
+  echo "::add-mask::$basic"
+  export GIT_CONFIG_COUNT=2
+  export GIT_CONFIG_KEY_0="http.$server/.extraheader" GIT_CONFIG_VALUE_0=""
+  export GIT_CONFIG_KEY_1="http.$server/.extraheader" GIT_CONFIG_VALUE_1="AUTHORIZATION: basic $basic"
+}

@@ -7,8 +7,8 @@
 # latest commit and retrying while another push gets there first.
 #
 # Environment: TOKENCTL_MANIFEST, GITHUB_REF (refs/heads/<branch>),
-# GITHUB_TOKEN and GITHUB_SERVER_URL (to push over https without the
-# checkout's persisted credentials).
+# GITHUB_TOKEN and GITHUB_SERVER_URL (to fetch and push over https without
+# the checkout's persisted credentials).
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=SCRIPTDIR/github.sh
@@ -19,20 +19,12 @@ branch="${GITHUB_REF:?}"
 branch="${branch#refs/heads/}"
 state=state/tokens.state.json
 
-# Pushes and fetches with the job's token, in place of any credentials the
-# checkout persisted (an empty value clears the list of headers first);
-# through the environment, so the token is on no command line.
-server="${GITHUB_SERVER_URL:-https://github.com}"
-if [ -n "${GITHUB_TOKEN:-}" ]; then
-  basic="$(printf 'x-access-token:%s' "$GITHUB_TOKEN" | base64 | tr -d '\n')"
-  echo "::add-mask::$basic"
-  export GIT_CONFIG_COUNT=2
-  export GIT_CONFIG_KEY_0="http.$server/.extraheader" GIT_CONFIG_VALUE_0=""
-  export GIT_CONFIG_KEY_1="http.$server/.extraheader" GIT_CONFIG_VALUE_1="AUTHORIZATION: basic $basic"
-fi
+git_auth
 
-# Exits 0 also when there was nothing to fold.
-tokenctl state fold -f "$manifest"
+# Exits 0 also when there was nothing to fold. Should it fail, the journal
+# is committed instead, and the step fails after the push.
+folded=true
+tokenctl state fold -f "$manifest" || folded=false
 
 git config user.name "tokenctl"
 git config user.email "tokenctl@users.noreply.github.com"
@@ -60,12 +52,15 @@ for attempt in 1 2 3 4 5; do
   fi
   if [ -z "$(git rev-list "origin/$branch..HEAD")" ]; then
     echo "The state on $branch is up to date."
-    exit 0
+    break
   fi
   if git push --quiet origin "HEAD:$branch"; then
     echo "Pushed the state to $branch."
-    exit 0
+    break
+  fi
+  if [ "$attempt" -eq 5 ]; then
+    fail "could not push the state to $branch; it is kept as an artifact"
   fi
   sleep "$attempt"
 done
-fail "could not push the state to $branch; it is kept as an artifact"
+[ "$folded" = true ] || fail "tokenctl state fold failed: the journal was committed for the next run to fold"

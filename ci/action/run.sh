@@ -61,6 +61,13 @@ plan() {
   tokenctl plan --output markdown --detailed-exitcode "${args[@]}" >"$report" || code=$?
   output exitcode "$code"
   output has-changes "$([ "$code" -eq 2 ] && echo true || echo false)"
+  if [ "$code" -eq 1 ]; then
+    # The comment must not go on showing the last plan that worked.
+    # shellcheck disable=SC2016 # backticks for Markdown
+    printf '%s\n**`tokenctl plan` failed (exit 1); see %s/%s/actions/runs/%s.**\n' \
+      "<!-- tokenctl-plan -->" "${GITHUB_SERVER_URL:-https://github.com}" \
+      "${GITHUB_REPOSITORY:-}" "${GITHUB_RUN_ID:-}" >"$report"
+  fi
   cat "$report" >>"$summary"
   local number
   number="$(pull_request)"
@@ -79,6 +86,7 @@ latest_branch() {
     *) fail "apply runs on a push to a branch, not on ${GITHUB_REF:-an unknown ref}" ;;
   esac
   local branch="${GITHUB_REF#refs/heads/}" deepen=()
+  git_auth
   if [ "$(git rev-parse --is-shallow-repository)" = true ]; then
     # The whole history, to rebase the state commit later.
     deepen=(--unshallow)
