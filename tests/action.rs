@@ -913,7 +913,7 @@ async fn the_apply_step_with_the_state_in_a_backend_applies_without_git() {
     // the file backend in a folder that is no git repository: apply plans
     // under the backend's lock, and nothing is fetched or pushed.
     let mock = MockLogzio::start().await;
-    let mut ws = crate::support::workspace::Workspace::new(&mock.url());
+    let ws = crate::support::workspace::Workspace::new(&mock.url());
     ws.manifest(&["1/a", "2/b"]);
     let temp = ws.path("runner-temp");
     fs::create_dir_all(&temp).unwrap();
