@@ -679,7 +679,7 @@ fn the_apply_steps_keep_the_long_examples_guarantees() {
     );
     at(
         &run,
-        "tokenctl apply \"${plan[@]}\" --output json \"${args[@]}\" | tee apply.jsonl || code=$?",
+        "tokenctl apply \"${plan[@]}\" --output json \"${args[@]}\" ${apply_args[@]+\"${apply_args[@]}\"} | tee apply.jsonl || code=$?",
         "run.sh: apply's code through tee",
     );
     at(
@@ -971,4 +971,58 @@ async fn the_apply_step_with_the_state_in_a_backend_applies_without_git() {
         }
     }
     ws.assert_secrets_only_in_sink(&secrets);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_apply_steps_own_timeout_interrupts_apply_and_the_state_is_still_recorded() {
+    // Creates for account 2 hang; apply-timeout interrupts apply (SIGINT),
+    // which waits for the creates in flight, records every outcome and
+    // exits 130; the record step pushes the state with those in doubt.
+    let mock = MockLogzio::start().await;
+    mock.answer_first(
+        100,
+        Some(2),
+        wiremock::ResponseTemplate::new(200).set_delay(std::time::Duration::from_secs(300)),
+    )
+    .await;
+    let release = ReleaseHost::start(Release::Good).await;
+    let forge = Forge::new(&mock.url(), &release.url());
+    let sha = forge.merge(&["1/a", "2/b"]);
+    let mut workflow: Value = serde_yaml::from_str(&example("github-actions.yml")).unwrap();
+    let step = workflow["jobs"]["apply"]["steps"]
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .find(|s| s["with"]["command"] == "apply")
+        .unwrap();
+    // Long enough for apply to have sent every create on a loaded machine.
+    step["with"]["apply-timeout"] = json!("5s");
+    // Interrupted, apply waits for the creates in flight; a request timeout
+    // that ends after the step's timeout ends that wait (a hanging create
+    // is in doubt).
+    step["with"]["apply-args"] = json!("--request-timeout 8s");
+    let mut github = GitHubJob::new(&forge, "runner-1", "push");
+    for (key, value) in [
+        ("GITHUB_REF", "refs/heads/main"),
+        ("GITHUB_SHA", sha.as_str()),
+        ("TOKENCTL_RELEASE_URL", forge.release_url.as_str()),
+    ] {
+        github.env.insert(key.into(), value.into());
+    }
+    github.play_job(&workflow, "apply", &sha, &mock, None).await;
+    assert_eq!(
+        code_of(&github.runs, "tokenctl apply"),
+        Some(130),
+        "{:?}",
+        github.runs
+    );
+    assert_eq!(github.action_outputs["exitcode"], "130");
+    assert_eq!(code_of(&github.runs, "Record the state"), Some(0));
+    // Every create sent is recorded: created, or in doubt while it hangs.
+    let mut sent = mock.create_requests().await;
+    sent.sort();
+    assert_eq!(sent, ["1/a", "2/b"]);
+    let (created, pending) = forge.main_state();
+    assert_eq!(created, ["1/a"]);
+    assert_eq!(pending, ["2/b"]);
 }

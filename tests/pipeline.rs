@@ -229,7 +229,7 @@ pub(crate) struct Forge {
     /// The stand-in release host's base URL, for installs of tokenctl.
     pub(crate) release_url: String,
     /// Every step's output, for the secrets scan.
-    outputs: Mutex<Vec<String>>,
+    pub(crate) outputs: Mutex<Vec<String>>,
 }
 
 /// The result of one step or script: its exit code (`None`: skipped;
@@ -397,7 +397,7 @@ impl Forge {
     }
 
     /// Returns (created, pending) addresses of the state on main, sorted.
-    fn main_state(&self) -> (Vec<String>, Vec<String>) {
+    pub(crate) fn main_state(&self) -> (Vec<String>, Vec<String>) {
         let state = self.main_state_document();
         (
             workspace::addresses_in(&state, "tokens"),

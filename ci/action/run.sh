@@ -12,7 +12,8 @@
 #   drift  plan --refresh; when anything drifted or the refresh failed,
 #          open or update the one open issue labelled tokenctl-drift.
 #
-# Environment: TOKENCTL_COMMAND, TOKENCTL_ARGS (split on blanks),
+# Environment: TOKENCTL_COMMAND, TOKENCTL_ARGS (split on blanks; for each
+# plan and apply), TOKENCTL_APPLY_ARGS (split on blanks; apply only),
 # TOKENCTL_MANIFEST, TOKENCTL_COMMENT (true/false), TOKENCTL_COMMIT_STATE
 # (true/false), TOKENCTL_APPLY_TIMEOUT (e.g. 45m; empty: none), GITHUB_*,
 # RUNNER_TEMP, GITHUB_TOKEN. Outputs: exitcode, has-changes.
@@ -25,6 +26,8 @@ command="${TOKENCTL_COMMAND:-}"
 # Word splitting is the point: `args: --max-creates 10 --target 1/a`.
 # shellcheck disable=SC2206
 args=(-f "${TOKENCTL_MANIFEST:-tokens.yaml}" ${TOKENCTL_ARGS:-})
+# shellcheck disable=SC2206
+apply_args=(${TOKENCTL_APPLY_ARGS:-})
 temp="${RUNNER_TEMP:-${TMPDIR:-/tmp}}"
 summary="${GITHUB_STEP_SUMMARY:-/dev/null}"
 
@@ -117,13 +120,13 @@ apply() {
   # Stops apply (SIGINT: it records every outcome, then exits 130) before
   # the job's own timeout, so that the steps after it can record the state.
   if [ -n "${TOKENCTL_APPLY_TIMEOUT:-}" ] && command -v timeout >/dev/null 2>&1; then
-    timeout=(timeout --signal=INT "$TOKENCTL_APPLY_TIMEOUT")
+    timeout=(timeout --preserve-status --kill-after=5m --signal=INT "$TOKENCTL_APPLY_TIMEOUT")
   fi
   code=0
   # pipefail (set above): apply's exit code, not tee's. Exit 3: creates in
   # doubt, recorded in the state; a person runs `tokenctl resolve`.
   # 1: a failure; 130: interrupted.
-  ${timeout[@]+"${timeout[@]}"} tokenctl apply "${plan[@]}" --output json "${args[@]}" | tee apply.jsonl || code=$?
+  ${timeout[@]+"${timeout[@]}"} tokenctl apply "${plan[@]}" --output json "${args[@]}" ${apply_args[@]+"${apply_args[@]}"} | tee apply.jsonl || code=$?
   output exitcode "$code"
   if [ "$code" -ne 0 ]; then
     echo "::error::tokenctl apply exited $code; see the log (3: creates in doubt, settle each with tokenctl resolve)" >&2
