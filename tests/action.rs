@@ -105,6 +105,9 @@ async fn play_github_job(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_action_posts_one_plan_comment_and_updates_it_on_the_next_push() {
+    if !ci::have_script_tools() {
+        return;
+    }
     let mock = MockLogzio::start().await;
     let release = ReleaseHost::start(Release::Good).await;
     let forge = Forge::new(&mock.url(), &release.url());
@@ -162,6 +165,9 @@ async fn the_action_posts_one_plan_comment_and_updates_it_on_the_next_push() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_plan_step_says_no_changes_and_fails_on_an_invalid_manifest() {
+    if !ci::have_script_tools() {
+        return;
+    }
     let mock = MockLogzio::start().await;
     let release = ReleaseHost::start(Release::Good).await;
     let forge = Forge::new(&mock.url(), &release.url());
@@ -196,6 +202,9 @@ async fn the_plan_step_says_no_changes_and_fails_on_an_invalid_manifest() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_drift_step_opens_one_issue_updates_it_and_fails_when_the_check_fails() {
+    if !ci::have_script_tools() {
+        return;
+    }
     let mock = MockLogzio::start().await;
     let release = ReleaseHost::start(Release::Good).await;
     let forge = Forge::new(&mock.url(), &release.url());
@@ -257,6 +266,9 @@ fn gitlab_extra(api: &GitLabApi, source: &str, sha: &str) -> Vec<(&'static str, 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_plan_component_posts_one_note_and_updates_it_on_the_next_push() {
+    if !ci::have_script_tools() {
+        return;
+    }
     let mock = MockLogzio::start().await;
     let release = ReleaseHost::start(Release::Good).await;
     let forge = Forge::new(&mock.url(), &release.url());
@@ -310,6 +322,9 @@ async fn the_plan_component_posts_one_note_and_updates_it_on_the_next_push() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_drift_component_opens_one_issue_updates_it_and_fails_when_the_check_fails() {
+    if !ci::have_script_tools() {
+        return;
+    }
     let mock = MockLogzio::start().await;
     let release = ReleaseHost::start(Release::Good).await;
     let forge = Forge::new(&mock.url(), &release.url());
@@ -392,6 +407,9 @@ fn run_install(dir: &Path, version: &str, release_url: &str, path_first: &Path) 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_install_step_installs_the_archive_that_sha256sums_lists() {
+    if !ci::have_script_tools() {
+        return;
+    }
     let release = ReleaseHost::start(Release::Good).await;
     let dir = tempfile::tempdir().unwrap();
     let stubs = stub_cargo(dir.path());
@@ -421,6 +439,9 @@ async fn the_install_step_installs_the_archive_that_sha256sums_lists() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_install_step_refuses_an_archive_whose_checksum_does_not_match() {
+    if !ci::have_script_tools() {
+        return;
+    }
     let release = ReleaseHost::start(Release::Tampered).await;
     let dir = tempfile::tempdir().unwrap();
     let stubs = stub_cargo(dir.path());
@@ -443,6 +464,9 @@ async fn the_install_step_refuses_an_archive_whose_checksum_does_not_match() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_install_step_builds_with_cargo_when_there_is_no_release_asset() {
+    if !ci::have_script_tools() {
+        return;
+    }
     let release = ReleaseHost::start(Release::Missing).await;
     let dir = tempfile::tempdir().unwrap();
     let stubs = stub_cargo(dir.path());
@@ -525,6 +549,9 @@ fn run_component_install(job: &Value, dir: &Path, release_url: &str) -> Output {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_components_refuse_an_archive_whose_checksum_does_not_match() {
+    if !ci::have_script_tools() {
+        return;
+    }
     // Each component carries the same install function.
     let jobs: Vec<Value> = [
         ("plan", "tokens:plan"),
@@ -909,6 +936,9 @@ mod toml_like {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_apply_step_with_the_state_in_a_backend_applies_without_git() {
+    if !ci::have_script_tools() {
+        return;
+    }
     // As the PostgreSQL examples run it (commit-state: false), here with
     // the file backend in a folder that is no git repository: apply plans
     // under the backend's lock, and nothing is fetched or pushed.
@@ -975,6 +1005,9 @@ async fn the_apply_step_with_the_state_in_a_backend_applies_without_git() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_apply_steps_own_timeout_interrupts_apply_and_the_state_is_still_recorded() {
+    if !ci::have_script_tools() {
+        return;
+    }
     // Creates for account 2 hang; apply-timeout interrupts apply (SIGINT),
     // which waits for the creates in flight, records every outcome and
     // exits 130; the record step pushes the state with those in doubt.

@@ -61,10 +61,14 @@ async fn a_plan_with_every_kind_of_change() {
     let mock = MockLogzio::start().await;
     let mut ws = Workspace::new(&mock.url());
     ws.manifest(&["1/kept", "1/old", "2/flaky"]);
+    // The 502 comes late: 1/old's outcome (delivered and journaled while
+    // the next create is sent) is reported first, as the plan lists it.
     mock.answer_first(
         1,
         Some(2),
-        ResponseTemplate::new(502).set_body_string("Bad Gateway"),
+        ResponseTemplate::new(502)
+            .set_body_string("Bad Gateway")
+            .set_delay(std::time::Duration::from_millis(500)),
     )
     .await;
     let apply = ws.run(&["apply", "--auto-approve", "--parallelism", "1"]);

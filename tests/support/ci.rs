@@ -14,6 +14,20 @@ use sha2::{Digest, Sha256};
 use wiremock::matchers::{method, path, path_regex};
 use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
 
+/// Returns whether the tools the action's scripts and the components'
+/// jobs need besides bash and git are here (curl, jq, tar, sha256sum):
+/// under `CI=true` a missing one fails the test, elsewhere it is skipped.
+pub fn have_script_tools() -> bool {
+    [
+        ("curl", "curl"),
+        ("jq", "jq"),
+        ("tar", "tar"),
+        ("sha256sum", "coreutils"),
+    ]
+    .iter()
+    .all(|(tool, package)| super::tools::require(tool, package).is_some())
+}
+
 /// The repository's root: the action's checkout.
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
