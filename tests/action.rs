@@ -1059,3 +1059,115 @@ async fn the_apply_steps_own_timeout_interrupts_apply_and_the_state_is_still_rec
     assert_eq!(created, ["1/a"]);
     assert_eq!(pending, ["2/b"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_record_step_commits_the_journal_when_the_fold_fails() {
+    if !ci::have_script_tools() {
+        return;
+    }
+    let Some(flock) = tools::require("flock", "util-linux") else {
+        return;
+    };
+    let mock = MockLogzio::start().await;
+    let forge = Forge::new(&mock.url(), "http://127.0.0.1:9");
+    let sha = forge.merge(&["1/a", "1/b"]);
+    let workspace = forge.path("runner-1/work");
+    fs::create_dir_all(&workspace).unwrap();
+    crate::pipeline::github_checkout(&forge, &workspace, &sha, &json!({}));
+    let tools_dir = forge.path("runner-1/bin");
+    fs::create_dir_all(&tools_dir).unwrap();
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_tokenctl"), tools_dir.join("tokenctl")).unwrap();
+    let path = format!(
+        "{}:{}",
+        tools_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let env: Vec<(String, String)> = [
+        ("PATH", path.as_str()),
+        ("LOGZIO_API_TOKEN", crate::support::mock_logzio::OWNER_TOKEN),
+        ("GITHUB_REF", "refs/heads/main"),
+        ("GITHUB_TOKEN", "github-token-for-tests"),
+        ("GITHUB_SERVER_URL", "https://github.example.invalid"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+
+    // An apply that dies after its first outcome leaves a journal.
+    let mut crash_env = env.clone();
+    crash_env.push(("TOKENCTL_FAILPOINT".into(), "after-outcome".into()));
+    let crash = forge.spawn_script(
+        &workspace,
+        &["bash", "--noprofile", "--norc", "-e"],
+        "tokenctl apply --auto-approve --parallelism 1\n",
+        &crash_env,
+    );
+    let crashed = forge.finish("runner-1", "apply", crash);
+    assert_ne!(crashed.code, Some(0));
+    assert!(workspace.join("state/tokens.state.json.journal").exists());
+
+    // Another process holds the state's lock: the fold fails.
+    let mut holder = Command::new(&flock)
+        .arg(workspace.join("state/tokens.state.json.lock"))
+        .args(["sleep", "300"])
+        .spawn()
+        .unwrap();
+    let lock = workspace.join("state/tokens.state.json.lock");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while Command::new(&flock)
+        .args(["--nonblock", "--conflict-exit-code", "9"])
+        .arg(&lock)
+        .arg("true")
+        .status()
+        .unwrap()
+        .code()
+        != Some(9)
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "flock never took the lock"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let record = forge.spawn_script(
+        &workspace,
+        &["bash", "--noprofile", "--norc", "-eo", "pipefail"],
+        &format!("{}\n", repo_root().join("ci/action/record.sh").display()),
+        &env,
+    );
+    let output = record.wait_with_output().unwrap();
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    assert_eq!(output.status.code(), Some(1), "{}", text(&output));
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains(
+            "::error::tokenctl state fold failed: the journal was committed for the next run to fold"
+        ),
+        "{}",
+        text(&output)
+    );
+    // The journal reached main, so the next run folds it rather than
+    // sending its creates again.
+    let journal = forge
+        .main_file("state/tokens.state.json.journal")
+        .expect("the journal is not on main");
+    assert!(journal.contains("1/a"), "{journal}");
+    let next = forge.path("runner-2/work");
+    fs::create_dir_all(&next).unwrap();
+    crate::pipeline::github_checkout(&forge, &next, &sha, &json!({"ref": "main"}));
+    let fold = forge.spawn_script(
+        &next,
+        &["bash", "--noprofile", "--norc", "-e"],
+        "tokenctl state fold\n",
+        &env,
+    );
+    let folded = fold.wait_with_output().unwrap();
+    assert!(folded.status.success(), "{}", text(&folded));
+    let state: Value =
+        serde_json::from_str(&fs::read_to_string(next.join("state/tokens.state.json")).unwrap())
+            .unwrap();
+    assert!(
+        crate::support::workspace::addresses_in(&state, "tokens").contains(&"1/a".to_string()),
+        "{state}"
+    );
+}
