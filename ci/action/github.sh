@@ -1,4 +1,4 @@
-# Helpers for the action's scripts, sourced by them: the GitHub REST API
+# What the action's scripts share, sourced by them: the GitHub REST API
 # through curl, and the step's outputs.
 # shellcheck shell=bash
 
