@@ -3,6 +3,7 @@
 
 mod support;
 
+mod action;
 mod api;
 mod cli;
 mod faults;

@@ -1,3 +1,4 @@
+pub mod ci;
 pub mod mock_logzio;
 pub mod pg;
 pub mod tools;
