@@ -1275,6 +1275,19 @@ async fn a_sops_folder_that_would_not_be_committed_is_refused_before_any_create(
         "a token was created"
     );
 
+    // A rule that matches only some names: this apply's file is one.
+    ws.write(".gitignore", "home/\n160343-*.sops.yaml\n");
+    let run = ws.run(&["apply", "--auto-approve"]);
+    assert_eq!(run.code, 1, "{}", run.all());
+    assert!(
+        run.stderr.starts_with(&format!(
+            "error: secret sink sops ./secrets/tokens: git ignores {}, which this apply would write",
+            tokenctl::sink::sops::file_name(&tokenctl::model::address::Address::new(TOKENS[0].0, TOKENS[0].1), 0)
+        )),
+        "{}",
+        run.stderr
+    );
+
     // Once git would commit them, the files are written.
     ws.write(".gitignore", "home/\n");
     let run = ws.run(&["apply", "--auto-approve"]);

@@ -118,10 +118,10 @@ impl SinkKind for SopsSpec {
     fn open(
         &self,
         ctx: &SinkContext<'_>,
-        _apply: &ForApply<'_>,
+        apply: &ForApply<'_>,
     ) -> Result<Box<dyn SecretSink>, SinkError> {
         let sink = self.sink(ctx, false)?;
-        sink.check_committable(ctx.base_dir, ctx.vars)?;
+        sink.check_committable(ctx.base_dir, ctx.vars, apply.creates)?;
         sink.check_writable()?;
         Ok(Box::new(sink))
     }
@@ -922,6 +922,7 @@ impl SopsSink {
         &self,
         base_dir: &Path,
         vars: &crate::vars::Vars,
+        creates: &[Address],
     ) -> Result<(), SinkError> {
         let hint = Some(
             "set `secrets.sops.dir` to a folder of the manifest's repository that git does not ignore",
@@ -952,14 +953,45 @@ impl SopsSink {
             ));
         }
         if toplevel.is_some() {
-            let probe = real.join(format!("probe{FILE_SUFFIX}"));
+            // The folder's files in general, and each file this apply
+            // writes: a rule may match names (`*-prod-*.sops.yaml`).
+            let mut probes = vec![real.join(format!("probe{FILE_SUFFIX}"))];
+            probes.extend(creates.iter().map(|a| real.join(file_name(a, 0))));
+            let mut input = String::new();
+            for probe in &probes {
+                input.push_str(&probe.to_string_lossy());
+                input.push('\n');
+            }
             let ignored = super::git(&root, vars)
-                .args(["check-ignore", "-q", "--"])
-                .arg(&probe)
-                .status();
-            if ignored.is_ok_and(|status| status.success()) {
+                .args(["check-ignore", "--stdin"])
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .and_then(|mut child| {
+                    if let Some(mut stdin) = child.stdin.take() {
+                        use std::io::Write as _;
+                        stdin.write_all(input.as_bytes())?;
+                    }
+                    child.wait_with_output()
+                });
+            if let Ok(out) = ignored
+                && out.status.success()
+            {
+                let listed = String::from_utf8_lossy(&out.stdout).into_owned();
+                let probe = probes[0].to_string_lossy().into_owned();
+                let detail = match listed.lines().find(|line| *line != probe) {
+                    Some(file) if !listed.lines().any(|line| line == probe) => format!(
+                        "git ignores {}, which this apply would write, so it would never be committed",
+                        Path::new(file)
+                            .file_name()
+                            .map_or(file.into(), |n| n.to_string_lossy())
+                    ),
+                    _ => "git ignores the files in this folder, so they would never be committed"
+                        .to_string(),
+                };
                 return Err(self.fail(
-                    "git ignores the files in this folder, so they would never be committed".into(),
+                    detail,
                     Some("remove the rule that ignores it (`git check-ignore -v FOLDER/x.sops.yaml` names it), or set `secrets.sops.dir` to another folder"),
                 ));
             }
