@@ -424,6 +424,20 @@ fn apply_result(report: &Report, pending: usize) -> CommandResult {
     let counts = report.counts();
     let (created, failed, skipped) = (counts.created, counts.failed, counts.not_attempted);
     let rescued = report.rescued.len();
+    // A secret whose rescue file could not be written either is said so,
+    // never counted as saved.
+    let lost = report
+        .rescued
+        .iter()
+        .filter(|(_, rescued)| *rescued == Rescued::Lost)
+        .count();
+    let saved = rescued - lost;
+    let lost_words = match lost {
+        0 => String::new(),
+        n => format!(
+            "; {n} could not be saved at all (the lines above name them): revoke those tokens in the Logz.io UI"
+        ),
+    };
     match &report.stopped {
         Some(StopReason::Interrupted) => {
             let mut message = format!(
@@ -431,7 +445,7 @@ fn apply_result(report: &Report, pending: usize) -> CommandResult {
             );
             if rescued > 0 {
                 message.push_str(&format!(
-                    "; {rescued} secret(s) no sink had yet were saved to rescue files (paths above)"
+                    "; {saved} secret(s) no sink had yet were saved to rescue files (paths above){lost_words}"
                 ));
             }
             let mut failure = Failure::new(message).hint(if rescued > 0 {
@@ -457,7 +471,7 @@ fn apply_result(report: &Report, pending: usize) -> CommandResult {
         }
         Some(reason @ StopReason::SinkFailed(_)) => {
             return Err(Failure::new(format!(
-                "the apply stopped early: {reason}; {rescued} secret(s) were saved to rescue files (paths above), {skipped} create(s) were not attempted"
+                "the apply stopped early: {reason}; {saved} secret(s) were saved to rescue files (paths above){lost_words}, {skipped} create(s) were not attempted"
             ))
             .hint(
                 "fix the sink, move each rescued secret to where it belongs (its token is recorded in the state) and delete its rescue file, then apply again for the rest",
@@ -473,18 +487,9 @@ fn apply_result(report: &Report, pending: usize) -> CommandResult {
         None => {}
     }
     if !report.rescued.is_empty() {
-        let lost = report
-            .rescued
-            .iter()
-            .filter(|(_, rescued)| *rescued == Rescued::Lost)
-            .count();
-        let mut message = format!(
-            "{} secret(s) could not be delivered to every sink and were saved to rescue files (paths above)",
-            report.rescued.len()
+        let message = format!(
+            "{rescued} secret(s) could not be delivered to every sink; {saved} were saved to rescue files (paths above){lost_words}"
         );
-        if lost > 0 {
-            message.push_str(&format!("; {lost} could not be saved at all"));
-        }
         return Err(Failure::new(message).hint(
             "the tokens are recorded in the state; move each rescued secret to where it belongs, then delete its rescue file",
         ));
