@@ -25,24 +25,43 @@ pub const MASK: &str = "[redacted]";
 /// whatever their length, by the code that parses them.
 pub const MIN_LEN: usize = 4;
 
-/// How many values are matched one by one before they are merged into the
-/// automaton; keeps registering during a large apply cheap.
-const RECENT_MAX: usize = 64;
+/// How many values, at least, are matched one by one before they are
+/// merged into the automaton. It is rebuilt when the unmerged values reach
+/// this or a quarter of the merged ones, whichever is more, and only when
+/// text is masked: a refresh that reads 100,000 secrets before printing
+/// builds it once, an apply that prints between creates a logarithmic
+/// number of times.
+const RECENT_MIN: usize = 64;
 
 #[derive(Default)]
 struct Registry {
     /// Every registered form, in registration order.
     all: Vec<String>,
+    /// The same, to tell a form already registered at once.
+    seen: rustc_hash::FxHashSet<String>,
     /// An automaton over `all[..merged]`.
     automaton: Option<Arc<AhoCorasick>>,
     merged: usize,
 }
 
-static REGISTRY: RwLock<Registry> = RwLock::new(Registry {
-    all: Vec::new(),
-    automaton: None,
-    merged: 0,
-});
+impl Registry {
+    /// Tells whether the unmerged values have grown enough to merge.
+    fn wants_merge(&self) -> bool {
+        let unmerged = self.all.len() - self.merged;
+        unmerged > RECENT_MIN.max(self.merged / 4)
+    }
+
+    fn merge(&mut self) {
+        // Standard matching, so every overlapping occurrence is found.
+        if let Ok(automaton) = AhoCorasick::builder().build(&self.all) {
+            self.merged = self.all.len();
+            self.automaton = Some(Arc::new(automaton));
+        }
+    }
+}
+
+static REGISTRY: std::sync::LazyLock<RwLock<Registry>> =
+    std::sync::LazyLock::new(|| RwLock::new(Registry::default()));
 
 /// Registers a credential: from now on it never appears in anything
 /// tokenctl prints or writes (its raw and its JSON-escaped forms).
@@ -61,19 +80,8 @@ pub fn register(value: &str) {
     }
     let mut registry = REGISTRY.write().unwrap_or_else(|e| e.into_inner());
     for form in forms {
-        if !registry.all.contains(&form) {
+        if registry.seen.insert(form.clone()) {
             registry.all.push(form);
-        }
-    }
-    if registry.all.len() - registry.merged > RECENT_MAX {
-        // Standard matching, so every overlapping occurrence is found.
-        let automaton = AhoCorasick::builder()
-            .build(&registry.all)
-            .ok()
-            .map(Arc::new);
-        if automaton.is_some() {
-            registry.merged = registry.all.len();
-            registry.automaton = automaton;
         }
     }
 }
@@ -83,6 +91,19 @@ pub fn register(value: &str) {
 /// included, so no part of a longer value survives because a shorter one
 /// matched inside it first.
 pub fn redact(text: &str) -> Cow<'_, str> {
+    {
+        let registry = REGISTRY.read().unwrap_or_else(|e| e.into_inner());
+        if registry.all.is_empty() {
+            return Cow::Borrowed(text);
+        }
+        if registry.wants_merge() {
+            drop(registry);
+            let mut registry = REGISTRY.write().unwrap_or_else(|e| e.into_inner());
+            if registry.wants_merge() {
+                registry.merge();
+            }
+        }
+    }
     let registry = REGISTRY.read().unwrap_or_else(|e| e.into_inner());
     if registry.all.is_empty() {
         return Cow::Borrowed(text);
@@ -285,6 +306,19 @@ mod tests {
         register("olapxyzabcd1");
         register("abcd1efgolap");
         assert_eq!(redact("<olapxyzabcd1efgolap>"), format!("<{MASK}>"));
+    }
+
+    #[test]
+    fn a_refresh_worth_of_values_is_registered_and_matched_in_one_pass() {
+        // As a refresh of many tokens registers them before it prints.
+        let values: Vec<String> = (0..20_000)
+            .map(|i| format!("tc-bulk-{i:06}-secret"))
+            .collect();
+        for value in &values {
+            register(value);
+        }
+        let text = format!("a {} b {} c", values[0], values[19_999]);
+        assert_eq!(redact(&text), format!("a {MASK} b {MASK} c"));
     }
 
     #[test]
