@@ -142,16 +142,13 @@ impl Session<'_, '_> {
     fn verify_revoked(&mut self, args: &RetireArgs, before: &State) -> Result<(), Failure> {
         let loaded = self.load_manifest()?;
         let key = (args.address.clone(), args.id);
-        let fingerprint = before
-            .superseded_of(&args.address)
-            .find(|old| old.id == args.id)
-            .and_then(|old| old.fingerprint.clone());
+        let fingerprint = refresh::recorded_fingerprint(Some(before), &args.address, args.id);
         let configured = self.configured_sinks(Some(&loaded.manifest), args.secrets_out.as_deref());
         let readers = sinks::refresh_readers(&configured, &self.env.vars);
         let mut secrets = sinks::readable_secrets(&readers, std::slice::from_ref(&key), self)?;
         let found = secrets.remove(&key);
         let held = found.is_some();
-        let secret = refresh::verified(found, fingerprint.as_deref()).ok_or_else(|| {
+        let secret = refresh::verified(found, fingerprint).ok_or_else(|| {
             let why = match (held, &fingerprint) {
                 (false, _) => "no sink holds its secret".to_string(),
                 (true, None) => "its secret's fingerprint was never recorded (an imported token), so the secret a sink holds cannot be shown to be its own".to_string(),

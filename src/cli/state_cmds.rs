@@ -177,15 +177,13 @@ impl Session<'_, '_> {
             .map(|c| edit::dropped_by_push(c, &pushed))
             .unwrap_or_default();
         let before_text = current.as_ref().map(State::to_json).unwrap_or_default();
+        let (location, style) = (store.location(), self.style);
+        let show_diff = |io: &mut crate::cli::Io<'_>, after: &State| {
+            render::state_diff(&location, &before_text, &after.to_json(), style, io.stdout)
+        };
         let decided = edit::push(current.as_ref(), pushed.clone(), &name, force);
         if decided.is_err() && !dropped.is_empty() {
-            render::state_diff(
-                &store.location(),
-                &before_text,
-                &pushed.to_json(),
-                self.style,
-                self.io.stdout,
-            )?;
+            show_diff(self.io, &pushed)?;
         }
         let pushed = match decided? {
             Push::Store(pushed) => pushed,
@@ -203,13 +201,7 @@ impl Session<'_, '_> {
             current.as_ref().map(|c| (c.lineage.as_str(), c.serial)),
             &pushed,
         )?;
-        render::state_diff(
-            &store.location(),
-            &before_text,
-            &pushed.to_json(),
-            self.style,
-            self.io.stdout,
-        )?;
+        show_diff(self.io, &pushed)?;
         writeln!(
             self.io.stdout,
             "Stored {} in {} (lineage {}, serial {}, {} tokens).",

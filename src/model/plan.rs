@@ -125,6 +125,14 @@ impl Plan {
         summary
     }
 
+    /// Returns the changes that make a successor for a token (a rotation,
+    /// or a re-creation after a revocation), in plan order.
+    pub fn successions(&self) -> impl Iterator<Item = &Change> {
+        self.changes
+            .iter()
+            .filter(|c| matches!(c.action, Action::Rotate | Action::Replace))
+    }
+
     /// Returns the addresses to create, in plan order.
     pub fn creates(&self) -> Vec<Address> {
         self.changes

@@ -22,7 +22,7 @@ use crate::model::address::Address;
 use crate::model::journal::Record;
 use crate::model::lifecycle::{self, Refresh};
 use crate::model::manifest::Manifest;
-use crate::model::plan::{Action, Plan, Targeting};
+use crate::model::plan::{Plan, Targeting};
 use crate::model::planfile::PlanFile;
 use crate::model::state::{Origin, PendingCreate, State, SupersededToken, TokenRecord};
 use crate::sink::Rescue;
@@ -237,9 +237,7 @@ pub fn apply<A: ApplyApi>(
     // A successor replaces its predecessor in a sink's home for the
     // address only while the home still holds that predecessor.
     let predecessors: rustc_hash::FxHashMap<Address, u64> = plan
-        .changes
-        .iter()
-        .filter(|c| matches!(c.action, Action::Rotate | Action::Replace))
+        .successions()
         .filter(|c| creates.contains(&c.address))
         .filter_map(|c| c.id.map(|id| (c.address.clone(), id)))
         .collect();

@@ -58,21 +58,7 @@ pub fn refresh_state<A: OwnerApi + TokenCheck + Sync>(
     runtime.block_on(api.whoami()).map_err(|e| {
         Failure::new(format!("refresh: the owner token check failed: {e}")).maybe_hint(e.hint())
     })?;
-    // Each token with the fingerprint its secret had when it was made, and
-    // whether it is the address's current token.
-    let known: Vec<(Address, u64, Option<&str>, bool)> = state
-        .into_iter()
-        .flat_map(|s| {
-            s.tokens
-                .iter()
-                .map(|t| (t.address.clone(), t.id, t.fingerprint.as_deref(), true))
-                .chain(
-                    s.superseded
-                        .iter()
-                        .map(|o| (o.address.clone(), o.id, o.fingerprint.as_deref(), false)),
-                )
-        })
-        .collect();
+    let known = known_tokens(state);
     let keys: Vec<(Address, u64)> = known.iter().map(|(a, id, ..)| (a.clone(), *id)).collect();
     // Sinks are read outside the runtime: some read with blocking clients.
     let mut secrets = sinks::readable_secrets(readers, &keys, ui)?;
@@ -126,20 +112,15 @@ pub fn reconfirm_revoked<A: OwnerApi + TokenCheck + Sync>(
     let keys: Vec<(Address, u64)> = revoked.iter().map(|f| (f.address.clone(), f.id)).collect();
     let mut secrets = sinks::readable_secrets(readers, &keys, ui)?;
     let mut probes = Vec::new();
+    let fingerprints: rustc_hash::FxHashMap<(Address, u64), Option<&str>> = known_tokens(state)
+        .into_iter()
+        .map(|(address, id, fingerprint, _)| ((address, id), fingerprint))
+        .collect();
     for finding in &revoked {
-        let recorded = state.and_then(|s| {
-            s.tokens
-                .iter()
-                .find(|t| t.address == finding.address && t.id == finding.id)
-                .map(|t| t.fingerprint.as_deref())
-                .or_else(|| {
-                    s.superseded
-                        .iter()
-                        .find(|o| o.address == finding.address && o.id == finding.id)
-                        .map(|o| o.fingerprint.as_deref())
-                })
-                .flatten()
-        });
+        let recorded = fingerprints
+            .get(&(finding.address.clone(), finding.id))
+            .copied()
+            .flatten();
         let key = (finding.address.clone(), finding.id);
         let secret = verified(secrets.remove(&key), recorded)
             .ok_or_else(|| again(finding, "its secret can no longer be read".into()))?;
@@ -161,6 +142,37 @@ pub fn reconfirm_revoked<A: OwnerApi + TokenCheck + Sync>(
         }
     }
     Ok(())
+}
+
+/// Returns each token of `state` (current and superseded) with the
+/// fingerprint its secret had when it was made, and whether it is its
+/// address's current token.
+pub fn known_tokens(state: Option<&State>) -> Vec<(Address, u64, Option<&str>, bool)> {
+    state
+        .into_iter()
+        .flat_map(|s| {
+            s.tokens
+                .iter()
+                .map(|t| (t.address.clone(), t.id, t.fingerprint.as_deref(), true))
+                .chain(
+                    s.superseded
+                        .iter()
+                        .map(|o| (o.address.clone(), o.id, o.fingerprint.as_deref(), false)),
+                )
+        })
+        .collect()
+}
+
+/// Returns the fingerprint `state` recorded for token `id` of `address`.
+pub fn recorded_fingerprint<'s>(
+    state: Option<&'s State>,
+    address: &Address,
+    id: u64,
+) -> Option<&'s str> {
+    known_tokens(state)
+        .into_iter()
+        .find(|(a, i, ..)| a == address && *i == id)
+        .and_then(|(_, _, fingerprint, _)| fingerprint)
 }
 
 /// Returns a secret read back from a sink when it is the one the token was

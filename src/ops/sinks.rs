@@ -85,13 +85,7 @@ pub fn consumers(
     plan: &crate::model::plan::Plan,
     state: Option<&crate::model::state::State>,
 ) -> (Vec<Address>, Homes) {
-    use crate::model::plan::Action;
-    let successors: Vec<Address> = plan
-        .changes
-        .iter()
-        .filter(|c| matches!(c.action, Action::Rotate | Action::Replace))
-        .map(|c| c.address.clone())
-        .collect();
+    let successors: Vec<Address> = plan.successions().map(|c| c.address.clone()).collect();
     let mut addresses = successors.clone();
     addresses.extend(
         state
