@@ -78,6 +78,7 @@ impl Session<'_, '_> {
             progress: None,
             signals: None,
             sinks: configured.clone(),
+            vars: &self.env.vars,
         };
         let applied = apply::apply(&*store, &*lock, state, &options, &mut connect, &mut screen)?;
         match applied {
@@ -116,6 +117,8 @@ struct ApplyScreen<'s, 'io> {
     signals: Option<SignalWatch>,
     /// The sinks of this run, to say what a successor's consumers see.
     sinks: Vec<sinks::ConfiguredSink>,
+    /// The environment, to read the sinks' homes.
+    vars: &'s crate::vars::Vars,
 }
 
 impl Ui for ApplyScreen<'_, '_> {
@@ -148,7 +151,9 @@ impl ApplyUi for ApplyScreen<'_, '_> {
             return Ok(());
         }
         render::plan_text(plan, self.style, self.io.stdout)?;
-        let (successors, homes) = sinks::consumers(&self.sinks, plan, state);
+        // The apply is about to write to the sinks: their homes are read,
+        // so the plan says which version a successor replaces.
+        let (successors, homes) = sinks::consumers(&self.sinks, plan, state, self.vars, true);
         let extras = render::Extras {
             refresh,
             state,

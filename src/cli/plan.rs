@@ -65,7 +65,14 @@ impl Session<'_, '_> {
         warn_if_all_orphaned(&plan, &manifest_name, self);
         let configured =
             self.configured_sinks(Some(&loaded.manifest), args.refresh.secrets_out.as_deref());
-        let (successors, homes) = crate::ops::sinks::consumers(&configured, &plan, state.as_ref());
+        // A refresh reads the sinks anyway; a plain plan stays local.
+        let (successors, homes) = crate::ops::sinks::consumers(
+            &configured,
+            &plan,
+            state.as_ref(),
+            &self.env.vars,
+            args.refresh.refresh,
+        );
         let extras = render::Extras {
             refresh: refresh.as_ref(),
             state: state.as_ref(),

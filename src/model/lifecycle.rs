@@ -219,6 +219,20 @@ pub fn record_refresh(state: &mut State, refresh: &Refresh, retire: bool) -> Vec
     retired
 }
 
+/// What a sink's home for an address holds when a successor is planned:
+/// the fixed place its consumers read, which the successor replaces.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HomeHolds {
+    /// The predecessor the state records, in this version of the home when
+    /// the sink numbers them (Vault KV).
+    Predecessor { version: Option<u64> },
+    /// Nothing yet: the successor is the first token written there.
+    Empty,
+    /// Something else, in words ("token id 999"): apply refuses the
+    /// successor before its create.
+    Other(String),
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -92,7 +92,7 @@ mod tests {
         sinks.sort();
         assert_eq!(keys(&schema["properties"]["secrets"]), sinks);
         let secrets = &schema["properties"]["secrets"]["properties"];
-        assert_eq!(keys(&secrets["sops"]), ["age", "dir", "format"]);
+        assert_eq!(keys(&secrets["sops"]), ["age", "dir", "format", "layout"]);
         assert_eq!(keys(&secrets["vault"]), ["mount", "path"]);
         for format in secrets["sops"]["properties"]["format"]["enum"]
             .as_array()
@@ -112,7 +112,7 @@ mod tests {
             keys(&schema["properties"]["tokens"]["items"]),
             ["accountId", "name", "on_revoked", "rotate_after"]
         );
-        let full = "version: 1\nregion: eu\nrotate_after: 90d\non_revoked: recreate\nbackend:\n  postgres:\n    schema: tk_1\n    state: team/prod\nsecrets:\n  file: s.jsonl\n  exec: [x]\n  sops:\n    dir: s\n    age: [age1jmqcemfy5a7pfh00qqexmjg40w6ztgwc6vx0f0h26cska0jzaelspqjvxg]\n    format: plain\n  vault:\n    mount: secret\n    path: \"t/{accountId}/{name}\"\ntokens:\n  - name: a\n    accountId: 1\n    rotate_after: 30d\n    on_revoked: report\n";
+        let full = "version: 1\nregion: eu\nrotate_after: 90d\non_revoked: recreate\nbackend:\n  postgres:\n    schema: tk_1\n    state: team/prod\nsecrets:\n  file: s.jsonl\n  exec: [x]\n  sops:\n    dir: s\n    age: [age1jmqcemfy5a7pfh00qqexmjg40w6ztgwc6vx0f0h26cska0jzaelspqjvxg]\n    format: plain\n    layout: per-token\n  vault:\n    mount: secret\n    path: \"t/{accountId}/{name}\"\ntokens:\n  - name: a\n    accountId: 1\n    rotate_after: 30d\n    on_revoked: report\n";
         assert!(Manifest::parse(full, "m").is_ok());
         let regions = schema["properties"]["region"]["enum"].as_array().unwrap();
         for region in regions {

@@ -64,9 +64,10 @@ pub fn open(
 pub fn homes(sinks: &[ConfiguredSink], addresses: &[Address]) -> Homes {
     let mut homes = Homes::default();
     for address in addresses {
-        let found: Vec<String> = sinks
+        let found: Vec<Home> = sinks
             .iter()
             .filter_map(|sink| sink.spec.kind().home(address))
+            .map(|place| Home { place, holds: None })
             .collect();
         if !found.is_empty() {
             homes.insert(address.clone(), found);
@@ -75,24 +76,46 @@ pub fn homes(sinks: &[ConfiguredSink], addresses: &[Address]) -> Homes {
     homes
 }
 
-/// The homes of some addresses, for the plan to say what consumers see.
-pub type Homes = FxHashMap<Address, Vec<String>>;
+pub use crate::render::{Home, Homes};
 
-/// Returns the addresses `plan` makes a successor for, and the homes of
-/// those and of the state's superseded tokens.
+/// Returns the addresses `plan` makes a successor for, each with its
+/// predecessor, and the homes of those and of the state's superseded
+/// tokens: for a successor, with what the home holds now, read from the
+/// files, and from servers only with `remote`.
 pub fn consumers(
     sinks: &[ConfiguredSink],
     plan: &crate::model::plan::Plan,
     state: Option<&crate::model::state::State>,
-) -> (Vec<Address>, Homes) {
-    let successors: Vec<Address> = plan.successions().map(|c| c.address.clone()).collect();
-    let mut addresses = successors.clone();
+    vars: &Vars,
+    remote: bool,
+) -> (Vec<(Address, Option<u64>)>, Homes) {
+    let successors: Vec<(Address, Option<u64>)> = plan
+        .successions()
+        .map(|c| (c.address.clone(), c.id))
+        .collect();
+    let mut addresses: Vec<Address> = successors.iter().map(|(a, _)| a.clone()).collect();
     addresses.extend(
         state
             .into_iter()
             .flat_map(|s| s.superseded.iter().map(|o| o.address.clone())),
     );
-    let homes = homes(sinks, &addresses);
+    let mut homes = homes(sinks, &addresses);
+    let known: Vec<(Address, u64)> = successors
+        .iter()
+        .filter_map(|(address, id)| id.map(|id| (address.clone(), id)))
+        .collect();
+    for sink in sinks {
+        let kind = sink.spec.kind();
+        for (address, holds) in kind.read_homes(&sink.context(vars), &known, remote) {
+            let place = kind.home(&address);
+            let entry = homes
+                .get_mut(&address)
+                .and_then(|found| found.iter_mut().find(|h| Some(&h.place) == place.as_ref()));
+            if let Some(home) = entry {
+                home.holds = Some(holds);
+            }
+        }
+    }
     (successors, homes)
 }
 

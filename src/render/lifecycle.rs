@@ -4,8 +4,8 @@
 use std::io::{self, Write};
 
 use super::plan::indent;
-use super::{Extras, Style, utc};
-use crate::model::lifecycle::Finding;
+use super::{Extras, Home, Style, utc};
+use crate::model::lifecycle::{Finding, HomeHolds};
 use crate::model::state::{Liveness, State, SupersededToken};
 
 /// Writes what a refresh found and the tokens waiting to be revoked.
@@ -35,14 +35,16 @@ pub fn lifecycle_text(extras: &Extras<'_>, style: Style, w: &mut dyn Write) -> i
     {
         writeln!(w)?;
         writeln!(w, "What the consumers of each successor will see:")?;
-        for address in extras.successors {
+        for (address, predecessor) in extras.successors {
             match homes.get(address) {
                 Some(places) => {
-                    for place in places {
-                        writeln!(
-                            w,
-                            "  {address}: {place} is replaced in place; its consumers get the successor"
-                        )?;
+                    for home in places {
+                        let line = home_line(home, *predecessor);
+                        let line = match home.holds {
+                            Some(HomeHolds::Other(_)) => style.bad(&line),
+                            _ => line,
+                        };
+                        writeln!(w, "  {address}: {line}")?;
                     }
                 }
                 None => writeln!(
@@ -72,6 +74,31 @@ pub fn lifecycle_text(extras: &Extras<'_>, style: Style, w: &mut dyn Write) -> i
         }
     }
     Ok(())
+}
+
+/// Says what a successor does to one home, and what its consumers see:
+/// with what the home holds now when it was read.
+fn home_line(home: &Home, predecessor: Option<u64>) -> String {
+    let place = &home.place;
+    let old = predecessor.map_or("the predecessor".into(), |id| format!("token id {id}"));
+    match &home.holds {
+        None => format!("{place} is replaced in place; its consumers get the successor"),
+        Some(HomeHolds::Predecessor {
+            version: Some(version),
+        }) => format!(
+            "{place}: version {version} → {}, {old} → its successor, replaced in place; its consumers get the successor",
+            version + 1
+        ),
+        Some(HomeHolds::Predecessor { version: None }) => format!(
+            "{place}: {old} → its successor, replaced in place; its consumers get the successor"
+        ),
+        Some(HomeHolds::Empty) => format!(
+            "{place} holds nothing yet: the successor is its first token; move the consumers of {old} there before it is revoked"
+        ),
+        Some(HomeHolds::Other(what)) => format!(
+            "{place} holds {what}, not {old}, the predecessor the state records: apply refuses this successor before any create"
+        ),
+    }
 }
 
 pub(super) fn finding_text(finding: &Finding) -> (&'static str, String) {
@@ -118,9 +145,13 @@ pub fn revoke_instruction(
     // Whether its consumers already read the successor, when the sinks
     // are known.
     let consumers = match homes.map(|h| h.get(&old.address)) {
-        Some(Some(places)) => format!(
+        Some(Some(homes)) => format!(
             " Its consumers already read the successor at {}.",
-            places.join(" and ")
+            homes
+                .iter()
+                .map(|h| h.place.as_str())
+                .collect::<Vec<_>>()
+                .join(" and ")
         ),
         Some(None) => {
             " No sink keeps it at a fixed place: move its consumers to the successor first."

@@ -9,7 +9,7 @@ mod lifecycle;
 mod plan;
 
 use crate::model::address::Address;
-use crate::model::lifecycle::{Finding, Refresh};
+use crate::model::lifecycle::{Finding, HomeHolds, Refresh};
 use crate::model::state::{Liveness, State, SupersededToken};
 
 pub use diff::state_diff;
@@ -19,7 +19,16 @@ pub use plan::plan_text;
 
 /// The homes of addresses in the configured sinks: the fixed places their
 /// consumers read, which a successor replaces in place.
-pub type Homes = rustc_hash::FxHashMap<Address, Vec<String>>;
+pub type Homes = rustc_hash::FxHashMap<Address, Vec<Home>>;
+
+/// An address's home in one sink.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Home {
+    /// Names the place (`vault secret/data/logzio/1/a`).
+    pub place: String,
+    /// What it holds now, when it was read.
+    pub holds: Option<HomeHolds>,
+}
 
 /// What a plan shows beside its changes: what a refresh found, the
 /// superseded tokens a person still has to revoke, and what the consumers
@@ -30,8 +39,9 @@ pub struct Extras<'a> {
     pub state: Option<&'a State>,
     /// Where addresses have homes, when the sinks are known.
     pub homes: Option<&'a Homes>,
-    /// The addresses the plan makes a successor for.
-    pub successors: &'a [Address],
+    /// The addresses the plan makes a successor for, each with the
+    /// predecessor it replaces.
+    pub successors: &'a [(Address, Option<u64>)],
 }
 
 impl Extras<'_> {

@@ -24,6 +24,7 @@ use serde::Deserialize;
 use serde::de::{self, Deserializer, IntoDeserializer, MapAccess, Visitor};
 
 use crate::model::address::Address;
+pub use crate::model::lifecycle::HomeHolds;
 use crate::secret::Secret;
 
 pub use exec::{ExecLookup, ExecSink, ExecSpec};
@@ -206,6 +207,20 @@ pub trait SinkKind {
         None
     }
 
+    /// Reads what the homes of some successors hold now, for the plan:
+    /// each address with the predecessor the state records. A sink whose
+    /// homes are on a server reads them only with `remote`; what cannot be
+    /// read is left out (the apply's pre-flight says why).
+    fn read_homes(
+        &self,
+        ctx: &SinkContext<'_>,
+        successions: &[(Address, u64)],
+        remote: bool,
+    ) -> Vec<(Address, HomeHolds)> {
+        let _ = (ctx, successions, remote);
+        Vec::new()
+    }
+
     /// Opens a reader of the secrets the sink holds, for sinks that can
     /// read back (`resolve`, `--refresh`); `None` for those that cannot.
     fn reader(&self, ctx: &SinkContext<'_>) -> Option<Result<Box<dyn SecretLookup>, SinkError>> {
@@ -251,7 +266,7 @@ sink_specs! {
     File("file", FileSpec),
     /// A command run once per new token, with its JSON object on stdin: a list, or a map with command, pass_env and timeout.
     Exec("exec", ExecSpec),
-    /// One SOPS file per new token, only the token encrypted, to age recipients; meant to be committed.
+    /// SOPS files, only the token encrypted, to age recipients: one per address, rewritten by each successor (or one per token); meant to be committed.
     Sops("sops", SopsSpec),
     /// KV version 2 on Vault or OpenBao; address and token from VAULT_ADDR and VAULT_TOKEN (or VAULT_TOKEN_FILE).
     Vault("vault", VaultSpec),

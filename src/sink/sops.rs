@@ -1,5 +1,13 @@
-//! The `sops` sink: one SOPS file per new token, encrypted to age
-//! recipients, meant to be committed next to the manifest.
+//! The `sops` sink: SOPS files encrypted to age recipients, meant to be
+//! committed next to the manifest.
+//!
+//! By default each address has one file, its *home*
+//! (`160343-ci-shipper.sops.yaml`), which a successor rewrites in place
+//! only while it still holds the predecessor the state records; the
+//! readable `address` and `id` tell which token a file holds without a
+//! key. Git history keeps the predecessor once the file was committed;
+//! until then it is kept beside the home (`….<id>.sops.yaml.previous`).
+//! `layout: per-token` writes one new file per token instead, as before.
 //!
 //! The files are SOPS v3 documents as the `sops` tool and Flux read them:
 //! a random 256-bit data key per file, wrapped for each age recipient
@@ -32,7 +40,8 @@ use crate::model::manifest::checked_string;
 use crate::render;
 use crate::secret::Secret;
 use crate::sink::{
-    ForApply, FoundSecret, NewToken, SecretLookup, SecretSink, SinkContext, SinkError, SinkKind,
+    ForApply, FoundSecret, HomeHolds, NewToken, SecretLookup, SecretSink, SinkContext, SinkError,
+    SinkKind,
 };
 
 /// AES-256-GCM with SOPS's 32-byte nonces.
@@ -48,6 +57,10 @@ const NONCE_LEN: usize = 32;
 const TAG_LEN: usize = 16;
 /// File names end so, which `sops -d FILE` needs to pick its YAML store.
 pub const FILE_SUFFIX: &str = ".sops.yaml";
+/// A predecessor kept beside its home until git holds it ends so: not in
+/// `.yaml`, so that Flux and kustomize, which apply every YAML file of a
+/// folder, never see two Secrets of one name.
+pub const PREVIOUS_SUFFIX: &str = ".sops.yaml.previous";
 /// Longest part of a token's name kept in a file or Kubernetes name.
 const NAME_PART_MAX: usize = 40;
 const ANNOTATION_PREFIX: &str = "tokenctl";
@@ -68,6 +81,10 @@ pub struct SopsSpec {
     #[serde(default, deserialize_with = "format")]
     #[schemars(schema_with = "format_schema")]
     pub format: SopsFormat,
+    /// per-address (default: one file per address, which each successor rewrites in place) or per-token (one new file per token).
+    #[serde(default, deserialize_with = "layout")]
+    #[schemars(schema_with = "layout_schema")]
+    pub layout: SopsLayout,
 }
 
 impl SopsSpec {
@@ -110,6 +127,8 @@ impl SopsSpec {
         };
         let mut sink = SopsSink::new(dir, recipients, self.format, identities);
         sink.key_file = key_file_read;
+        sink.layout = self.layout;
+        sink.vars = Some(ctx.vars.clone());
         Ok(sink)
     }
 }
@@ -120,10 +139,46 @@ impl SinkKind for SopsSpec {
         ctx: &SinkContext<'_>,
         apply: &ForApply<'_>,
     ) -> Result<Box<dyn SecretSink>, SinkError> {
-        let sink = self.sink(ctx, false)?;
+        let mut sink = self.sink(ctx, false)?;
+        sink.predecessors = apply.predecessors.clone();
         sink.check_committable(ctx.base_dir, ctx.vars, apply.creates)?;
         sink.check_writable()?;
+        sink.check_homes(apply.creates)?;
+        sink.drop_committed_previous();
         Ok(Box::new(sink))
+    }
+
+    fn home(&self, address: &Address) -> Option<String> {
+        (self.layout == SopsLayout::PerAddress)
+            .then(|| format!("sops {}", self.dir.join(home_name(address)).display()))
+    }
+
+    /// Reads the homes' readable fields: a local read, which needs no key.
+    fn read_homes(
+        &self,
+        ctx: &SinkContext<'_>,
+        successions: &[(Address, u64)],
+        _remote: bool,
+    ) -> Vec<(Address, HomeHolds)> {
+        let Ok(sink) = self.sink(ctx, false) else {
+            return Vec::new();
+        };
+        if sink.layout != SopsLayout::PerAddress {
+            return Vec::new();
+        }
+        successions
+            .iter()
+            .map(|(address, predecessor)| {
+                let holds = match sink.home_now(address) {
+                    Home::Absent => HomeHolds::Empty,
+                    Home::Holds { id, .. } if id == *predecessor => {
+                        HomeHolds::Predecessor { version: None }
+                    }
+                    other => HomeHolds::Other(other.describe()),
+                };
+                (address.clone(), holds)
+            })
+            .collect()
     }
 
     fn reader(&self, ctx: &SinkContext<'_>) -> Option<Result<Box<dyn SecretLookup>, SinkError>> {
@@ -221,6 +276,58 @@ fn format_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     schemars::json_schema!({ "enum": names })
 }
 
+/// Reads `layout`; no value means the default, as no key does.
+fn layout<'de, D: serde::Deserializer<'de>>(d: D) -> Result<SopsLayout, D::Error> {
+    use serde::Deserialize;
+    struct Named(SopsLayout);
+    impl<'de> Deserialize<'de> for Named {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            checked_string(d, "a layout of the SOPS files", |text| {
+                SopsLayout::from_name(text).map(Named).ok_or_else(|| {
+                    let known: Vec<&str> = SopsLayout::ALL.iter().map(|l| l.name()).collect();
+                    format!("unknown layout `{text}`; use {}", known.join(" or "))
+                })
+            })
+        }
+    }
+    Ok(Option::<Named>::deserialize(d)?.map_or_else(SopsLayout::default, |Named(l)| l))
+}
+
+fn layout_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    let names: Vec<&str> = SopsLayout::ALL.iter().map(|l| l.name()).collect();
+    schemars::json_schema!({ "enum": names })
+}
+
+/// Which files hold the tokens.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum SopsLayout {
+    /// One file per address, its home, at a name without the id
+    /// (`160343-ci-shipper.sops.yaml`); a successor rewrites it in place.
+    #[default]
+    PerAddress,
+    /// One new file per token, named with its id
+    /// (`160343-ci-shipper-5001.sops.yaml`); none is ever rewritten.
+    PerToken,
+}
+
+impl SopsLayout {
+    /// Every layout, in the order the manifest's help lists them.
+    pub const ALL: [SopsLayout; 2] = [SopsLayout::PerAddress, SopsLayout::PerToken];
+
+    /// Returns the name the manifest gives the layout.
+    pub fn name(self) -> &'static str {
+        match self {
+            SopsLayout::PerAddress => "per-address",
+            SopsLayout::PerToken => "per-token",
+        }
+    }
+
+    /// Returns the layout named in a manifest, if it is one.
+    pub fn from_name(name: &str) -> Option<SopsLayout> {
+        SopsLayout::ALL.into_iter().find(|l| l.name() == name)
+    }
+}
+
 /// The document shape of a SOPS file.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum SopsFormat {
@@ -304,23 +411,68 @@ pub fn identities_from(
     Ok(identities)
 }
 
-/// Returns the file name for a token: account, name and id, kept to safe
-/// ASCII and bounded in length, so any file system takes it.
+/// Returns the file name for a token of the per-token layout: account,
+/// name and id, kept to safe ASCII and bounded in length, so any file
+/// system takes it.
 pub fn file_name(address: &Address, id: u64) -> String {
-    let name = safe_part(&address.name, |c| {
+    format!(
+        "{}-{}-{id}{FILE_SUFFIX}",
+        address.account_id,
+        file_part(address)
+    )
+}
+
+/// Returns the file name of an address's home (the per-address layout):
+/// account and name, without an id, so that it stays the same across
+/// successors.
+pub fn home_name(address: &Address) -> String {
+    format!("{}{FILE_SUFFIX}", home_stem(address))
+}
+
+/// Returns the name a predecessor's file is kept under beside its home
+/// until git holds it.
+pub fn previous_name(address: &Address, id: u64) -> String {
+    format!("{}.{id}{PREVIOUS_SUFFIX}", home_stem(address))
+}
+
+/// Returns what a home's file name starts with: account and name, and,
+/// when the name lost characters on the way, a digest of the address, so
+/// two addresses never share a home.
+fn home_stem(address: &Address) -> String {
+    let name = file_part(address);
+    match name == address.name {
+        true => format!("{}-{name}", address.account_id),
+        false => format!("{}-{name}-{}", address.account_id, address_digest(address)),
+    }
+}
+
+fn file_part(address: &Address) -> String {
+    safe_part(&address.name, |c| {
         c.is_ascii_alphanumeric() || c == '-' || c == '_'
-    });
-    format!("{}-{name}-{id}{FILE_SUFFIX}", address.account_id)
+    })
 }
 
 /// Returns a valid Kubernetes object name (an RFC 1123 subdomain) for a
-/// token; the id keeps names distinct that differ only in dropped
-/// characters.
-pub fn k8s_name(address: &Address, id: u64) -> String {
+/// token: `logzio-<accountId>-<name>`, the same for every token of the
+/// address (`id: None`, the per-address layout), or with the token's id
+/// (the per-token layout). A name that lost characters on the way gets a
+/// digest of the address instead of an id, so names stay distinct.
+pub fn k8s_name(address: &Address, id: Option<u64>) -> String {
     let lower = address.name.to_ascii_lowercase();
     let name = safe_part(&lower, |c| c.is_ascii_lowercase() || c.is_ascii_digit());
     let name = name.replace('_', "-");
-    format!("logzio-{}-{name}-{id}", address.account_id)
+    let tail = match id {
+        Some(id) => format!("-{id}"),
+        None if name != address.name => format!("-{}", address_digest(address)),
+        None => String::new(),
+    };
+    format!("logzio-{}-{name}{tail}", address.account_id)
+}
+
+/// Returns the first 8 hex digits of the SHA-256 of the address.
+fn address_digest(address: &Address) -> String {
+    let digest = sha2::Sha256::digest(address.to_string().as_bytes());
+    digest[..4].iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Keeps the characters `keep` allows, replaces runs of others with one
@@ -345,7 +497,7 @@ fn safe_part(name: &str, keep: impl Fn(char) -> bool) -> String {
 
 /// Returns the document of a token before encryption; the token value is
 /// only placed in it by [`encrypt`].
-fn document(token: &NewToken<'_>, format: SopsFormat) -> Mapping {
+fn document(token: &NewToken<'_>, format: SopsFormat, layout: SopsLayout) -> Mapping {
     let address = token.address;
     let mut doc = Mapping::new();
     let s = |text: &str| Value::String(text.to_string());
@@ -370,7 +522,8 @@ fn document(token: &NewToken<'_>, format: SopsFormat) -> Mapping {
             labels.insert(s("app.kubernetes.io/managed-by"), s("tokenctl"));
             labels.insert(key("account-id"), s(&address.account_id.to_string()));
             let mut metadata = Mapping::new();
-            metadata.insert(s("name"), s(&k8s_name(address, token.id)));
+            let id = (layout == SopsLayout::PerToken).then_some(token.id);
+            metadata.insert(s("name"), s(&k8s_name(address, id)));
             metadata.insert(s("labels"), Value::Mapping(labels));
             metadata.insert(s("annotations"), Value::Mapping(annotations));
             let mut string_data = Mapping::new();
@@ -390,6 +543,7 @@ fn document(token: &NewToken<'_>, format: SopsFormat) -> Mapping {
 pub fn encrypt(
     token: &NewToken<'_>,
     format: SopsFormat,
+    layout: SopsLayout,
     recipients: &[age::x25519::Recipient],
     now: i64,
 ) -> Result<String, SopsError> {
@@ -398,7 +552,7 @@ pub fn encrypt(
     }
     let mut data_key = [0u8; 32];
     OsRng.fill_bytes(&mut data_key);
-    let mut doc = document(token, format);
+    let mut doc = document(token, format, layout);
     let mut hash = Sha512::new();
     let mut failure = None;
     walk_leaves(&mut doc, &mut Vec::new(), &mut |value, path| {
@@ -878,7 +1032,8 @@ fn hex_upper(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02X}")).collect()
 }
 
-/// Writes one new SOPS file per token into a folder.
+/// Writes SOPS files into a folder: an address's home, or one new file per
+/// token.
 pub struct SopsSink {
     dir: PathBuf,
     recipients: Vec<age::x25519::Recipient>,
@@ -886,6 +1041,36 @@ pub struct SopsSink {
     identities: Vec<Box<dyn age::Identity + Send + Sync>>,
     /// The file the identities were read from, if any.
     key_file: Option<PathBuf>,
+    layout: SopsLayout,
+    /// The predecessor each successor of this apply replaces in its home.
+    predecessors: rustc_hash::FxHashMap<Address, u64>,
+    /// The environment git runs with, to ask whether a home's content is
+    /// committed; without it, a predecessor is always kept beside its home.
+    vars: Option<crate::vars::Vars>,
+}
+
+/// What an address's home holds, as its readable fields say.
+enum Home {
+    /// No file.
+    Absent,
+    /// A token of the address, and the file's text.
+    Holds { id: u64, text: String },
+    /// A file of another address.
+    Foreign(String),
+    /// Anything else, in words.
+    Unknown(String),
+}
+
+impl Home {
+    /// Says what the home holds, for messages.
+    fn describe(&self) -> String {
+        match self {
+            Home::Absent => "nothing".into(),
+            Home::Holds { id, .. } => format!("token id {id}"),
+            Home::Foreign(address) => format!("a file of {address}"),
+            Home::Unknown(what) => what.clone(),
+        }
+    }
 }
 
 impl SopsSink {
@@ -903,6 +1088,24 @@ impl SopsSink {
             format,
             identities,
             key_file: None,
+            layout: SopsLayout::default(),
+            predecessors: Default::default(),
+            vars: None,
+        }
+    }
+
+    /// Returns the sink with another layout of its files.
+    pub fn with_layout(mut self, layout: SopsLayout) -> Self {
+        self.layout = layout;
+        self
+    }
+
+    /// Returns the name of the file a token of `address` is written to,
+    /// with `id` 0 standing for an id not known yet (per-token layout).
+    fn file_for(&self, address: &Address, id: u64) -> String {
+        match self.layout {
+            SopsLayout::PerAddress => home_name(address),
+            SopsLayout::PerToken => file_name(address, id),
         }
     }
 
@@ -956,7 +1159,7 @@ impl SopsSink {
             // The folder's files in general, and each file this apply
             // writes: a rule may match names (`*-prod-*.sops.yaml`).
             let mut probes = vec![real.join(format!("probe{FILE_SUFFIX}"))];
-            probes.extend(creates.iter().map(|a| real.join(file_name(a, 0))));
+            probes.extend(creates.iter().map(|a| real.join(self.file_for(a, 0))));
             let mut input = String::new();
             for probe in &probes {
                 input.push_str(&probe.to_string_lossy());
@@ -1012,6 +1215,218 @@ impl SopsSink {
             .map_err(|e| self.fail(format!("cannot write in the folder: {e}"), hint))
     }
 
+    /// Returns what the home of `address` holds, from its readable fields:
+    /// no key is needed to tell which token a file holds.
+    fn home_now(&self, address: &Address) -> Home {
+        let path = self.dir.join(home_name(address));
+        let unreadable = |e: io::Error| Home::Unknown(format!("a file that cannot be read ({e})"));
+        match fs::symlink_metadata(&path) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Home::Absent,
+            Err(e) => return unreadable(e),
+            Ok(meta) if !meta.is_file() => {
+                return Home::Unknown("something other than a regular file".into());
+            }
+            Ok(_) => {}
+        }
+        let text = match fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) => return unreadable(e),
+        };
+        match readable(&text) {
+            Err(_) => Home::Unknown("a file tokenctl did not write".into()),
+            Ok(r) if r.address != address.to_string() => Home::Foreign(r.address),
+            Ok(r) => Home::Holds { id: r.id, text },
+        }
+    }
+
+    /// Returns why a create of `address` may not write its home, which
+    /// holds `home`; `checked` when the pre-flight found it fine before.
+    fn home_refusal(&self, address: &Address, home: &Home, checked: bool) -> SinkError {
+        let path = self.dir.join(home_name(address));
+        let since = match checked {
+            true => " (it changed after the pre-flight check)",
+            false => "",
+        };
+        match self.predecessors.get(address) {
+            Some(predecessor) => self.fail(
+                format!(
+                    "the home {} holds {}{since}, not token id {predecessor}, the predecessor the state records; a successor replaces only its predecessor, so it was not overwritten",
+                    path.display(),
+                    home.describe()
+                ),
+                Some(&format!(
+                    "see who changed it (`git log -p -- {}`): restore the predecessor's file, or move that file away and the successor starts the home afresh",
+                    path.display()
+                )),
+            ),
+            None => self.fail(
+                format!(
+                    "a file already exists at {} for {address}{since} (it holds {}); tokenctl never overwrites one",
+                    path.display(),
+                    home.describe()
+                ),
+                Some(
+                    "if its token was revoked and forgotten, `git rm` the file (git history keeps it); else change `secrets.sops.dir`",
+                ),
+            ),
+        }
+    }
+
+    /// Checks, before the first create, that each home this apply writes
+    /// may be written: a first token's home is free, and a successor's
+    /// holds its predecessor (or nothing yet).
+    fn check_homes(&self, creates: &[Address]) -> Result<(), SinkError> {
+        if self.layout != SopsLayout::PerAddress {
+            return Ok(());
+        }
+        let mut names: rustc_hash::FxHashMap<String, &Address> = Default::default();
+        for address in creates {
+            if let Some(other) = names.insert(home_name(address), address) {
+                return Err(self.fail(
+                    format!(
+                        "{other} and {address} would both be written to {}",
+                        home_name(address)
+                    ),
+                    Some("rename one of the tokens, or set `layout: per-token`"),
+                ));
+            }
+            let home = self.home_now(address);
+            let fine = match (&home, self.predecessors.get(address)) {
+                (Home::Absent, _) => true,
+                (Home::Holds { id, .. }, Some(predecessor)) => id == predecessor,
+                _ => false,
+            };
+            if !fine {
+                return Err(self.home_refusal(address, &home, false));
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes a token's file into its address's home: a new file when
+    /// there is none; else, for a successor, in place of the predecessor
+    /// it must still hold, which git history or a file beside it keeps.
+    fn deliver_home(&self, token: &NewToken<'_>, text: &str) -> Result<(), SinkError> {
+        let path = self.dir.join(home_name(token.address));
+        let home = self.home_now(token.address);
+        let predecessor = self.predecessors.get(token.address).copied();
+        let held = match (home, predecessor) {
+            (Home::Absent, _) => None,
+            (Home::Holds { id, text }, Some(predecessor)) if id == predecessor => {
+                Some((predecessor, text))
+            }
+            (other, _) => return Err(self.home_refusal(token.address, &other, true)),
+        };
+        let Some((predecessor, held)) = held else {
+            return self.write_new(&path, text).map_err(|e| {
+                if e.kind() == io::ErrorKind::AlreadyExists {
+                    self.home_refusal(token.address, &self.home_now(token.address), true)
+                } else {
+                    self.fail(format!("cannot write {}: {e}", path.display()), None)
+                }
+            });
+        };
+        if !self.committed(&path, &held) {
+            self.keep_previous(token.address, predecessor, &held)?;
+        }
+        match self.replace(&path, &held, text) {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(self.home_refusal(token.address, &self.home_now(token.address), true)),
+            Err(e) => Err(self.fail(format!("cannot write {}: {e}", path.display()), None)),
+        }
+    }
+
+    /// Tells whether git's `HEAD` holds the file at `path` as `text`, so
+    /// that history keeps it once the file is rewritten.
+    fn committed(&self, path: &Path, text: &str) -> bool {
+        let (Some(vars), Some(name)) = (&self.vars, path.file_name()) else {
+            return false;
+        };
+        let mut spec = std::ffi::OsString::from("HEAD:./");
+        spec.push(name);
+        super::git(&self.dir, vars)
+            .args(["cat-file", "blob"])
+            .arg(spec)
+            .stdin(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .output()
+            .is_ok_and(|out| out.status.success() && out.stdout == text.as_bytes())
+    }
+
+    /// Keeps a predecessor's file beside its home, before the home is
+    /// rewritten, when git does not hold it yet.
+    fn keep_previous(&self, address: &Address, id: u64, text: &str) -> Result<(), SinkError> {
+        let path = self.dir.join(previous_name(address, id));
+        match self.write_new(&path, text) {
+            Ok(()) => Ok(()),
+            // A run that stopped after keeping it and before the rewrite.
+            Err(e)
+                if e.kind() == io::ErrorKind::AlreadyExists
+                    && fs::read_to_string(&path).is_ok_and(|kept| kept == text) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(self.fail(
+                format!(
+                    "cannot keep the predecessor's file at {}: {e}; its home was not rewritten",
+                    path.display()
+                ),
+                None,
+            )),
+        }
+    }
+
+    /// Replaces the file at `path` with `text` if it still holds
+    /// `expected`: a temp file in the same folder, fsynced, renamed over
+    /// it, and the folder fsynced, so a crash leaves one or the other.
+    /// Returns false, writing nothing, when the file changed.
+    fn replace(&self, path: &Path, expected: &str, text: &str) -> io::Result<bool> {
+        let mut tmp = tempfile::Builder::new()
+            .prefix(".tokenctl-")
+            .suffix(".tmp")
+            .tempfile_in(&self.dir)?;
+        tmp.write_all(text.as_bytes())?;
+        tmp.as_file().sync_all()?;
+        // Checked again as late as can be: a writer since is never
+        // overwritten.
+        if fs::read_to_string(path).ok().as_deref() != Some(expected) {
+            return Ok(false);
+        }
+        tmp.persist(path).map_err(|e| e.error)?;
+        fsutil::sync_dir(&self.dir)?;
+        Ok(true)
+    }
+
+    /// Removes the predecessors kept beside their homes that git's `HEAD`
+    /// now holds: history keeps them from here on. Best effort.
+    fn drop_committed_previous(&self) {
+        if self.layout != SopsLayout::PerAddress || self.vars.is_none() {
+            return;
+        }
+        let Ok(entries) = fs::read_dir(&self.dir) else {
+            return;
+        };
+        let mut removed = false;
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let kept = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.ends_with(PREVIOUS_SUFFIX) && !n.starts_with('.'));
+            if !kept {
+                continue;
+            }
+            if let Ok(text) = fs::read_to_string(&path)
+                && self.committed(&path, &text)
+            {
+                removed |= fs::remove_file(&path).is_ok();
+            }
+        }
+        if removed {
+            let _ = fsutil::sync_dir(&self.dir);
+        }
+    }
+
     /// Writes `text` to `path`, never replacing a file: it is written under
     /// a temp name, fsynced, and linked into place only if the name is free.
     fn write_new(&self, path: &Path, text: &str) -> io::Result<()> {
@@ -1032,8 +1447,11 @@ impl SecretSink for SopsSink {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs() as i64);
-        let text = encrypt(token, self.format, &self.recipients, now)
+        let text = encrypt(token, self.format, self.layout, &self.recipients, now)
             .map_err(|e| self.fail(e.to_string(), None))?;
+        if self.layout == SopsLayout::PerAddress {
+            return self.deliver_home(token, &text);
+        }
         let path = self.dir.join(file_name(token.address, token.id));
         self.write_new(&path, &text)
             .map_err(|e| self.fail(format!("cannot write {}: {e}", path.display()), None))
@@ -1071,10 +1489,9 @@ impl SecretLookup for SopsSink {
         let mut unread = Vec::new();
         for entry in entries.flatten() {
             let path = entry.path();
-            let is_sops = path
-                .file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.ends_with(FILE_SUFFIX) && !n.starts_with('.'));
+            let is_sops = path.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
+                (n.ends_with(FILE_SUFFIX) || n.ends_with(PREVIOUS_SUFFIX)) && !n.starts_with('.')
+            });
             if !is_sops {
                 continue;
             }

@@ -21,7 +21,8 @@ use crate::model::address::Address;
 use crate::model::manifest::checked_string;
 use crate::secret::Secret;
 use crate::sink::{
-    ForApply, FoundSecret, NewToken, SecretLookup, SecretSink, SinkContext, SinkError, SinkKind,
+    ForApply, FoundSecret, HomeHolds, NewToken, SecretLookup, SecretSink, SinkContext, SinkError,
+    SinkKind,
 };
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -81,6 +82,39 @@ impl SinkKind for VaultSpec {
         }
         let path = render_path(&self.path, address, PROBE_ID).ok()?;
         Some(format!("vault {}/data/{path}", self.mount))
+    }
+
+    /// Reads each home's current version, only with `remote`; stops at the
+    /// first read that fails (the server is down, the token may not read).
+    fn read_homes(
+        &self,
+        ctx: &SinkContext<'_>,
+        successions: &[(Address, u64)],
+        remote: bool,
+    ) -> Vec<(Address, HomeHolds)> {
+        if !remote || self.path.contains("{id}") || successions.is_empty() {
+            return Vec::new();
+        }
+        let Ok(sink) = self.sink(ctx) else {
+            return Vec::new();
+        };
+        let mut read = Vec::new();
+        for (address, predecessor) in successions {
+            let Ok(path) = render_path(&self.path, address, PROBE_ID) else {
+                continue;
+            };
+            let Ok((stored, version)) = sink.client.read_version(&path, None) else {
+                break;
+            };
+            let holds = match holding(&stored, version, *predecessor) {
+                Ok(version) => HomeHolds::Predecessor {
+                    version: Some(version),
+                },
+                Err(what) => HomeHolds::Other(what),
+            };
+            read.push((address.clone(), holds));
+        }
+        read
     }
 
     fn reader(&self, ctx: &SinkContext<'_>) -> Option<Result<Box<dyn SecretLookup>, SinkError>> {
@@ -681,6 +715,24 @@ pub struct VaultSink {
 /// A secret's data, as KV v2 keeps it.
 type SecretData = serde_json::Map<String, Value>;
 
+/// Returns the version of a home that holds token `predecessor`, or what
+/// the home holds instead, in words.
+fn holding(stored: &Stored, version: Option<u64>, predecessor: u64) -> Result<u64, String> {
+    let held = match stored {
+        Stored::Live(data) => data.get("id").and_then(Value::as_u64),
+        _ => None,
+    };
+    match (held, version) {
+        (Some(id), Some(version)) if id == predecessor => Ok(version),
+        (held, _) => Err(match (stored, held) {
+            (Stored::Nothing, _) => "nothing".to_string(),
+            (Stored::Deleted, _) => "a deleted version".to_string(),
+            (Stored::Live(_), Some(id)) => format!("token id {id}"),
+            (Stored::Live(_), None) => "a secret tokenctl did not write".to_string(),
+        }),
+    }
+}
+
 /// How many versions of a home a read-back looks at, newest first: the
 /// current token and the predecessors still waiting to be revoked.
 const HOME_VERSIONS: u64 = 10;
@@ -706,26 +758,13 @@ impl VaultSink {
     /// the version that holds it.
     fn home_holds(&self, path: &str, predecessor: u64) -> Result<u64, VaultError> {
         let (stored, version) = self.client.read_version(path, None)?;
-        let held = match &stored {
-            Stored::Live(data) => data.get("id").and_then(Value::as_u64),
-            _ => None,
-        };
-        match (held, version) {
-            (Some(id), Some(version)) if id == predecessor => Ok(version),
-            (held, _) => {
-                let what = match (&stored, held) {
-                    (Stored::Nothing, _) => "nothing".to_string(),
-                    (Stored::Deleted, _) => "a deleted version".to_string(),
-                    (Stored::Live(_), Some(id)) => format!("token id {id}"),
-                    (Stored::Live(_), None) => "a secret tokenctl did not write".to_string(),
-                };
-                Err(VaultError::new(format!(
-                    "the home {} holds {what}, not token id {predecessor}, the predecessor the state records; a successor replaces only its predecessor",
-                    self.client.data_path(path)
-                ))
-                .hint("find out who wrote it (`vault kv metadata get`); put the predecessor back, or retire it and resolve the address by hand"))
-            }
-        }
+        holding(&stored, version, predecessor).map_err(|what| {
+            VaultError::new(format!(
+                "the home {} holds {what}, not token id {predecessor}, the predecessor the state records; a successor replaces only its predecessor",
+                self.client.data_path(path)
+            ))
+            .hint("find out who wrote it (`vault kv metadata get`); put the predecessor back, or retire it and resolve the address by hand")
+        })
     }
 
     fn fail(&self, err: VaultError) -> SinkError {

@@ -1,7 +1,7 @@
 use std::path::PathBuf;
 
 use super::*;
-use crate::sink::sops::SopsFormat;
+use crate::sink::sops::{SopsFormat, SopsLayout};
 use crate::sink::{ExecSpec, FileSpec, SinkSpec, SopsSpec, VaultSpec};
 
 const GOOD: &str = "\
@@ -427,6 +427,7 @@ fn sops_and_vault_sinks_are_read() {
                 dir: PathBuf::from("secrets/tokens"),
                 age: vec![AGE_KEY.into()],
                 format: SopsFormat::K8sSecret,
+                layout: SopsLayout::PerAddress,
             }),
             SinkSpec::Vault(VaultSpec {
                 mount: "secret".into(),
@@ -466,6 +467,22 @@ fn a_bad_age_recipient_is_located() {
             .contains("secrets.sops.format: unknown format `json`"),
         "{err}"
     );
+    let layout = format!(
+        "version: 1\nregion: eu\nsecrets:\n  sops:\n    dir: s\n    age: [{AGE_KEY}]\n    layout: per-file\ntokens: []\n"
+    );
+    let err = Manifest::parse(&layout, "m").unwrap_err();
+    assert!(
+        err.message.contains(
+            "secrets.sops.layout: unknown layout `per-file`; use per-address or per-token"
+        ),
+        "{err}"
+    );
+    let layout = layout.replace("per-file", "per-token");
+    let secrets = Manifest::parse(&layout, "m").unwrap().manifest.secrets;
+    let Some(SinkSpec::Sops(sops)) = secrets.get("sops") else {
+        panic!("no sops sink: {secrets:?}");
+    };
+    assert_eq!(sops.layout, SopsLayout::PerToken);
 }
 
 #[test]
@@ -530,6 +547,7 @@ fn a_sink_with_no_value_configures_nothing() {
         panic!("no sops sink: {secrets:?}");
     };
     assert_eq!(sops.format, SopsFormat::Plain);
+    assert_eq!(sops.layout, SopsLayout::PerAddress);
 }
 
 #[test]
