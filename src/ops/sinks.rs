@@ -37,11 +37,13 @@ pub fn open(
     rescue: &Rescue,
     creates: &[Address],
     predecessors: &FxHashMap<Address, u64>,
+    recorded: &FxHashSet<u64>,
 ) -> Result<Vec<Box<dyn SecretSink>>, Failure> {
     let apply = ForApply {
         rescue_dir: rescue.dir(),
         creates,
         predecessors,
+        recorded,
     };
     sinks
         .iter()

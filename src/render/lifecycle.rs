@@ -190,4 +190,63 @@ mod tests {
         );
         assert!(!text.contains("id 2"), "{text}");
     }
+
+    #[test]
+    fn the_plan_says_what_each_home_holds_and_what_its_consumers_see() {
+        let home = |place: &str, holds: Option<HomeHolds>| Home {
+            place: place.into(),
+            holds,
+        };
+        let (a, b, c, d) = (
+            Address::new(1, "a"),
+            Address::new(1, "b"),
+            Address::new(1, "c"),
+            Address::new(1, "d"),
+        );
+        let mut homes = super::super::Homes::default();
+        homes.insert(
+            a.clone(),
+            vec![
+                home(
+                    "vault secret/data/logzio/1/a",
+                    Some(HomeHolds::Predecessor { version: Some(4) }),
+                ),
+                home(
+                    "sops s/1-a.sops.yaml",
+                    Some(HomeHolds::Predecessor { version: None }),
+                ),
+            ],
+        );
+        homes.insert(b.clone(), vec![home("vault secret/data/logzio/1/b", None)]);
+        homes.insert(
+            c.clone(),
+            vec![
+                home(
+                    "vault secret/data/logzio/1/c",
+                    Some(HomeHolds::Other("token id 999".into())),
+                ),
+                home("sops s/1-c.sops.yaml", Some(HomeHolds::Empty)),
+            ],
+        );
+        let successors = [(a, Some(11)), (b, Some(12)), (c, Some(13)), (d, Some(14))];
+        let extras = Extras {
+            homes: Some(&homes),
+            successors: &successors,
+            ..Extras::default()
+        };
+        let mut out = Vec::new();
+        lifecycle_text(&extras, Style::default(), &mut out).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "
+What the consumers of each successor will see:
+  1/a: vault secret/data/logzio/1/a: version 4 → 5, token id 11 → its successor, replaced in place; its consumers get the successor
+  1/a: sops s/1-a.sops.yaml: token id 11 → its successor, replaced in place; its consumers get the successor
+  1/b: vault secret/data/logzio/1/b is replaced in place; its consumers get the successor
+  1/c: vault secret/data/logzio/1/c holds token id 999, not token id 13, the predecessor the state records: apply refuses this successor before any create
+  1/c: sops s/1-c.sops.yaml holds nothing yet: the successor is its first token; move the consumers of token id 13 there before it is revoked
+  1/d: no sink keeps it at a fixed place (a path or file per token); move its consumers to the successor before the predecessor is revoked
+"
+        );
+    }
 }

@@ -186,6 +186,10 @@ pub struct ForApply<'a> {
     /// after a confirmed revocation): the predecessor's id, which a sink's
     /// home for the address must still hold before it is replaced.
     pub predecessors: &'a rustc_hash::FxHashMap<Address, u64>,
+    /// The ids of the tokens the state records, current and superseded:
+    /// what a sink keeps of them (a predecessor kept beside its home)
+    /// stays until a person retires them.
+    pub recorded: &'a rustc_hash::FxHashSet<u64>,
 }
 
 /// One kind of sink, as the manifest configures it: its spec type

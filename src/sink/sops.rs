@@ -5,9 +5,11 @@
 //! (`160343-ci-shipper.sops.yaml`), which a successor rewrites in place
 //! only while it still holds the predecessor the state records; the
 //! readable `address` and `id` tell which token a file holds without a
-//! key. Git history keeps the predecessor once the file was committed;
-//! until then it is kept beside the home (`….<id>.sops.yaml.previous`).
-//! `layout: per-token` writes one new file per token instead, as before.
+//! key. Git history keeps the predecessor once the file was committed
+//! (and read-backs look there, as Vault's look at versions); until then
+//! it is kept beside the home (`….<id>.sops.yaml.previous`), until an apply
+//! finds it both committed and retired. `layout: per-token` writes one new
+//! file per token instead, as before; the reader finds tokens in both.
 //!
 //! The files are SOPS v3 documents as the `sops` tool and Flux read them:
 //! a random 256-bit data key per file, wrapped for each age recipient
@@ -144,7 +146,7 @@ impl SinkKind for SopsSpec {
         sink.check_committable(ctx.base_dir, ctx.vars, apply.creates)?;
         sink.check_writable()?;
         sink.check_homes(apply.creates)?;
-        sink.drop_committed_previous();
+        sink.drop_settled_previous(apply.recorded);
         Ok(Box::new(sink))
     }
 
@@ -1047,6 +1049,35 @@ pub struct SopsSink {
     /// The environment git runs with, to ask whether a home's content is
     /// committed; without it, a predecessor is always kept beside its home.
     vars: Option<crate::vars::Vars>,
+    /// The folder's path inside its git work tree, once asked (`None`
+    /// outside git).
+    git_prefix: std::sync::OnceLock<Option<String>>,
+}
+
+/// How many versions of a home a read-back looks at in git's history,
+/// newest first: the current token and the predecessors still waiting to
+/// be revoked.
+const HOME_HISTORY: usize = 10;
+
+/// Returns the contents `git cat-file --batch` printed, one per object
+/// asked, in order; `None` for one it did not find.
+fn batch_blobs(mut out: &[u8]) -> Vec<Option<Vec<u8>>> {
+    let mut blobs = Vec::new();
+    while let Some(end) = out.iter().position(|b| *b == b'\n') {
+        let header = String::from_utf8_lossy(&out[..end]).into_owned();
+        out = &out[end + 1..];
+        let mut fields = header.split(' ').skip(1);
+        let (kind, size) = (fields.next(), fields.next().and_then(|s| s.parse().ok()));
+        match (kind, size) {
+            (Some(kind), Some(size)) if out.len() > size => {
+                blobs.push((kind == "blob").then(|| out[..size].to_vec()));
+                out = &out[size + 1..];
+            }
+            // `<object> missing`: no content follows.
+            _ => blobs.push(None),
+        }
+    }
+    blobs
 }
 
 /// What an address's home holds, as its readable fields say.
@@ -1091,6 +1122,7 @@ impl SopsSink {
             layout: SopsLayout::default(),
             predecessors: Default::default(),
             vars: None,
+            git_prefix: std::sync::OnceLock::new(),
         }
     }
 
@@ -1353,6 +1385,82 @@ impl SopsSink {
             .is_ok_and(|out| out.status.success() && out.stdout == text.as_bytes())
     }
 
+    /// Tells whether the folder lies in a git work tree (with git at
+    /// hand); without the environment, it is taken to.
+    fn in_git(&self) -> bool {
+        self.vars.is_none() || self.git_prefix().is_some()
+    }
+
+    /// Returns the folder's path inside its git work tree, asked once;
+    /// `None` outside git.
+    fn git_prefix(&self) -> Option<&String> {
+        let vars = self.vars.as_ref()?;
+        self.git_prefix
+            .get_or_init(|| {
+                super::git(&self.dir, vars)
+                    .args(["rev-parse", "--show-prefix"])
+                    .stdin(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
+                    .output()
+                    .ok()
+                    .filter(|out| out.status.success())
+                    .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_string())
+            })
+            .as_ref()
+    }
+
+    /// Returns the versions of the address's home that git's history
+    /// holds, newest first, as (commit, text): at most [`HOME_HISTORY`],
+    /// read with two git commands whatever their number.
+    fn home_history(&self, address: &Address) -> Vec<(String, String)> {
+        let (Some(vars), Some(prefix)) = (&self.vars, self.git_prefix()) else {
+            return Vec::new();
+        };
+        let name = home_name(address);
+        let log = super::git(&self.dir, vars)
+            .args(["log", "--no-show-signature", "--format=%H"])
+            .arg(format!("-n{HOME_HISTORY}"))
+            .args(["--", &name])
+            .stdin(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .output();
+        let commits: Vec<String> = match log {
+            Ok(out) if out.status.success() => String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .filter(|line| line.len() >= 40 && line.bytes().all(|b| b.is_ascii_hexdigit()))
+                .map(str::to_string)
+                .collect(),
+            _ => Vec::new(),
+        };
+        if commits.is_empty() {
+            return Vec::new();
+        }
+        let mut input = String::new();
+        for commit in &commits {
+            input.push_str(&format!("{commit}:{prefix}{name}\n"));
+        }
+        let blobs = super::git(&self.dir, vars)
+            .args(["cat-file", "--batch"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .and_then(|mut child| {
+                if let Some(mut stdin) = child.stdin.take() {
+                    stdin.write_all(input.as_bytes())?;
+                }
+                child.wait_with_output()
+            });
+        let Ok(blobs) = blobs else {
+            return Vec::new();
+        };
+        commits
+            .into_iter()
+            .zip(batch_blobs(&blobs.stdout))
+            .filter_map(|(commit, blob)| Some((commit, String::from_utf8(blob?).ok()?)))
+            .collect()
+    }
+
     /// Keeps a predecessor's file beside its home, before the home is
     /// rewritten, when git does not hold it yet.
     fn keep_previous(&self, address: &Address, id: u64, text: &str) -> Result<(), SinkError> {
@@ -1397,10 +1505,11 @@ impl SopsSink {
         Ok(true)
     }
 
-    /// Removes the predecessors kept beside their homes that git's `HEAD`
-    /// now holds: history keeps them from here on. Best effort.
-    fn drop_committed_previous(&self) {
-        if self.layout != SopsLayout::PerAddress || self.vars.is_none() {
+    /// Removes the predecessors kept beside their homes that are settled:
+    /// retired (the state no longer records them) and, inside git, held by
+    /// `HEAD`, so history keeps them from here on. Best effort.
+    fn drop_settled_previous(&self, recorded: &rustc_hash::FxHashSet<u64>) {
+        if self.layout != SopsLayout::PerAddress {
             return;
         }
         let Ok(entries) = fs::read_dir(&self.dir) else {
@@ -1416,9 +1525,11 @@ impl SopsSink {
             if !kept {
                 continue;
             }
-            if let Ok(text) = fs::read_to_string(&path)
-                && self.committed(&path, &text)
-            {
+            let Ok(text) = fs::read_to_string(&path) else {
+                continue;
+            };
+            let retired = readable(&text).is_ok_and(|r| !recorded.contains(&r.id));
+            if retired && (self.committed(&path, &text) || !self.in_git()) {
                 removed |= fs::remove_file(&path).is_ok();
             }
         }
@@ -1532,6 +1643,28 @@ impl SecretLookup for SopsSink {
                 token: decrypted.token,
                 place: path.display().to_string(),
             });
+        }
+        // A home's predecessors that git holds, as Vault keeps versions:
+        // a refresh can verify them and `retire --verify` see them revoked.
+        if self.layout == SopsLayout::PerAddress && !self.identities.is_empty() {
+            let path = self.dir.join(home_name(address));
+            for (commit, text) in self.home_history(address) {
+                let id = readable(&text)
+                    .ok()
+                    .filter(|r| r.address == wanted)
+                    .map(|r| r.id);
+                if id.is_none_or(|id| found.iter().any(|f| f.id == id)) {
+                    continue;
+                }
+                if let Ok(decrypted) = decrypt(&text, &self.identities) {
+                    found.push(FoundSecret {
+                        id: decrypted.id,
+                        created_at: decrypted.created_at,
+                        token: decrypted.token,
+                        place: format!("{} as of commit {}", path.display(), &commit[..12]),
+                    });
+                }
+            }
         }
         found.sort_by_key(|f| (f.created_at, f.id));
         unread.sort();

@@ -482,3 +482,55 @@ fn strings_that_look_like_numbers_or_times_stay_strings() {
         );
     }
 }
+
+#[test]
+fn a_batch_of_blobs_is_read_in_order_with_the_missing_ones() {
+    let out = b"0123 blob 5\nhello\nsome:path missing\nab12 blob 0\n\nmy folder:x missing\nfe98 tree 3\nabc\n";
+    assert_eq!(
+        batch_blobs(out),
+        [Some(b"hello".to_vec()), None, Some(Vec::new()), None, None]
+    );
+    // Cut short: what is there is read, the rest is absent.
+    assert_eq!(batch_blobs(b"0123 blob 5\nhel"), [None]);
+}
+
+#[test]
+fn outside_git_a_kept_predecessor_goes_once_retired() {
+    let dir = tempfile::tempdir().unwrap();
+    let folder = dir.path().join("secrets");
+    let mut sink = SopsSink::new(
+        folder.clone(),
+        vec![identity().to_public()],
+        SopsFormat::Plain,
+        Vec::new(),
+    );
+    sink.vars = Some(crate::vars::Vars::from_pairs([(
+        "PATH",
+        std::env::var_os("PATH").unwrap_or_default(),
+    )]));
+    assert!(!sink.in_git(), "{} is in a git work tree", folder.display());
+    sink.check_writable().unwrap();
+    let address = Address::new(3, "x");
+    let secret = Secret::new("tok-kept-1".into());
+    for id in 1..=3 {
+        if id > 1 {
+            sink.predecessors.insert(address.clone(), id - 1);
+        }
+        sink.deliver(&token_id(&address, id, &secret)).unwrap();
+    }
+    assert_eq!(
+        names_in(&folder),
+        [
+            "3-x.1.sops.yaml.previous",
+            "3-x.2.sops.yaml.previous",
+            "3-x.sops.yaml"
+        ]
+    );
+    // 1 was retired, 2 still waits to be revoked.
+    let recorded: rustc_hash::FxHashSet<u64> = [2, 3].into_iter().collect();
+    sink.drop_settled_previous(&recorded);
+    assert_eq!(
+        names_in(&folder),
+        ["3-x.2.sops.yaml.previous", "3-x.sops.yaml"]
+    );
+}
