@@ -19,7 +19,10 @@ const FILTERS: [(&str, &str); 7] = [
         "[LINEAGE]",
     ),
     (r"\b(id:?) \d+", "$1 [ID]"),
-    (r#""(id|createdAt|since|at|serial)": \d+"#, r#""$1": [N]"#),
+    (
+        r#""(id|createdAt|since|at|serial|superseded_at|successor_id)": \d+"#,
+        r#""$1": [N]"#,
+    ),
     (r"pid \d+", "pid [PID]"),
     (r"\t\d+", "\t[ID]"),
 ];
@@ -172,4 +175,36 @@ async fn a_saved_plan_its_diff_and_its_document() {
         let run = ws.run(args);
         snapshot(name, &ws, &run);
     }
+}
+
+/// A rotation into SOPS homes: the plan says what each home holds and
+/// what its consumers will see; the apply replaces the homes; the plan
+/// after it says the consumers already read the successors.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotation_into_homes() {
+    let mock = MockLogzio::start().await;
+    let mut ws = Workspace::new(&mock.url());
+    let sops = "  sops:\n    dir: secrets/tokens\n    age: [age1jmqcemfy5a7pfh00qqexmjg40w6ztgwc6vx0f0h26cska0jzaelspqjvxg]\nrotate_after: 90d\n";
+    ws.manifest_with(sops, &["1/a", "1/b", "1/c"]);
+    assert_eq!(ws.run(&["apply", "--auto-approve"]).code, 0);
+    for address in ["1/a", "1/b", "1/c"] {
+        ws.age_token(address, 120);
+    }
+    // 1/b's home now holds another token; 1/c's was moved away.
+    let b = ws.read("secrets/tokens/1-b.sops.yaml");
+    let b_id = mock.issued_for("1/b")[0].id;
+    ws.write(
+        "secrets/tokens/1-b.sops.yaml",
+        &b.replace(&format!("id: {b_id}"), "id: 999"),
+    );
+    std::fs::remove_file(ws.path("secrets/tokens/1-c.sops.yaml")).unwrap();
+    let plan = ws.run(&["plan"]);
+    snapshot("rotation_plan", &ws, &plan);
+    let refused = ws.run(&["apply", "--auto-approve"]);
+    snapshot("rotation_refused", &ws, &refused);
+    ws.write("secrets/tokens/1-b.sops.yaml", &b);
+    let apply = ws.run(&["apply", "--auto-approve", "--parallelism", "1"]);
+    snapshot("rotation_apply", &ws, &apply);
+    let after = ws.run(&["plan"]);
+    snapshot("rotation_plan_after", &ws, &after);
 }

@@ -1511,10 +1511,48 @@ path "secret/metadata/logzio/*" { capabilities = ["create", "update"] }"#,
     assert_eq!(ws.run_with(&["apply", "--auto-approve"], &env).code, 0);
     for round in 1..=3u64 {
         ws.age_token("1/a", 120);
+        let previous_id = mock.issued_for("1/a")[round as usize - 1].id;
+        // A plan stays local: it names the home, without its version.
+        let plan = ws.run_with(&["plan"], &env);
+        assert!(
+            plan.stdout.contains(
+                "\n  1/a: vault secret/data/logzio/1/a is replaced in place; its consumers get the successor\n"
+            ),
+            "round {round}: {}",
+            plan.stdout
+        );
+        // An apply reads the home first: the plan it shows says which
+        // version the successor replaces.
         let apply = ws.run_with(&["apply", "--auto-approve"], &env);
         assert_eq!(apply.code, 0, "round {round}: {}", apply.all());
+        assert!(
+            apply.stdout.contains(&format!(
+                "\n  1/a: vault secret/data/logzio/1/a: version {round} → {}, token id {previous_id} → its successor, replaced in place; its consumers get the successor\n",
+                round + 1
+            )),
+            "round {round}: {}",
+            apply.stdout
+        );
         let issued = mock.issued_for("1/a");
         let (live, previous) = (&issued[round as usize], &issued[round as usize - 1]);
+        // The README's command reads the predecessor back.
+        let kv_get = Command::new("bao")
+            .args(["kv", "get", "-format=json", "-mount=secret"])
+            .arg(format!("-version={round}"))
+            .arg("logzio/1/a")
+            .env("BAO_ADDR", &bao.addr)
+            .env("VAULT_ADDR", &bao.addr)
+            .env("BAO_TOKEN", BAO_ROOT_TOKEN)
+            .env("VAULT_TOKEN", BAO_ROOT_TOKEN)
+            .output()
+            .unwrap();
+        assert!(
+            kv_get.status.success(),
+            "{}",
+            String::from_utf8_lossy(&kv_get.stderr)
+        );
+        let got: serde_json::Value = serde_json::from_slice(&kv_get.stdout).unwrap();
+        assert_eq!(got["data"]["data"]["id"].as_u64(), Some(previous.id));
         // The consumer's fixed path holds the successor; the version
         // before it the predecessor.
         assert_eq!(home_of_a(&bao, None).await, (live.id, round + 1));
@@ -1559,6 +1597,13 @@ path "secret/metadata/logzio/*" { capabilities = ["create", "update"] }"#,
     let creates = mock.create_requests().await.len();
     let apply = ws.run_with(&["apply", "--auto-approve"], &env);
     assert_eq!(apply.code, 1, "{}", apply.all());
+    assert!(
+        apply
+            .stdout
+            .contains("  1/a: vault secret/data/logzio/1/a holds token id 999, not token id"),
+        "{}",
+        apply.stdout
+    );
     assert!(
         apply.stderr.contains("holds token id 999, not token id"),
         "{}",

@@ -160,8 +160,8 @@ pub fn revoke_instruction(
         None => String::new(),
     };
     format!(
-        "In the Logz.io UI of account {} (Settings > Manage tokens > API tokens), revoke the token named {:?} created {created};
-         {successor}.{consumers} Then run: tokenctl retire {} --id {}
+        "In the Logz.io UI of account {} (Settings > Manage tokens > API tokens), revoke the token named {:?} created {created};\n\
+         {successor}.{consumers} Then run: tokenctl retire {} --id {}\n\
          (or let `tokenctl apply --refresh` retire it once it answers 401)",
         old.account_id, old.name, old.address, old.id
     )
