@@ -1521,15 +1521,22 @@ path "secret/metadata/logzio/*" { capabilities = ["create", "update"] }"#,
             "round {round}: {}",
             plan.stdout
         );
-        // An apply reads the home first: the plan it shows says which
-        // version the successor replaces.
+        // A refresh and an apply read the home first: the plan they show
+        // says which version the successor replaces.
+        let line = format!(
+            "\n  1/a: vault secret/data/logzio/1/a: version {round} → {}, token id {previous_id} → its successor, replaced in place; its consumers get the successor\n",
+            round + 1
+        );
+        let refresh = ws.run_with(&["plan", "--refresh"], &env);
+        assert!(
+            refresh.stdout.contains(&line),
+            "round {round}: {}",
+            refresh.stdout
+        );
         let apply = ws.run_with(&["apply", "--auto-approve"], &env);
         assert_eq!(apply.code, 0, "round {round}: {}", apply.all());
         assert!(
-            apply.stdout.contains(&format!(
-                "\n  1/a: vault secret/data/logzio/1/a: version {round} → {}, token id {previous_id} → its successor, replaced in place; its consumers get the successor\n",
-                round + 1
-            )),
+            apply.stdout.contains(&line),
             "round {round}: {}",
             apply.stdout
         );

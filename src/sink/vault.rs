@@ -1039,6 +1039,25 @@ mod tests {
     }
 
     #[test]
+    fn a_home_holds_its_predecessor_only_with_its_id_in_a_live_version() {
+        let live = |data: Value| Stored::Live(data.as_object().unwrap().clone());
+        assert_eq!(holding(&live(json!({"id": 7})), Some(4), 7), Ok(4));
+        assert_eq!(
+            holding(&live(json!({"id": 8})), Some(4), 7),
+            Err("token id 8".into())
+        );
+        assert_eq!(
+            holding(&live(json!({"token": "x"})), Some(4), 7),
+            Err("a secret tokenctl did not write".into())
+        );
+        assert_eq!(holding(&Stored::Nothing, None, 7), Err("nothing".into()));
+        assert_eq!(
+            holding(&Stored::Deleted, Some(5), 7),
+            Err("a deleted version".into())
+        );
+    }
+
+    #[test]
     fn server_errors_fit_on_one_line() {
         let body = json!({"errors": ["1 error occurred:\n\t* permission denied\n\n"]});
         assert_eq!(server_message(&body), "permission denied");
