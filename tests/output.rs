@@ -198,8 +198,14 @@ async fn a_rotation_into_homes() {
         &b.replace(&format!("id: {b_id}"), "id: 999"),
     );
     std::fs::remove_file(ws.path("secrets/tokens/1-c.sops.yaml")).unwrap();
-    let plan = ws.run(&["plan"]);
-    snapshot("rotation_plan", &ws, &plan);
+    for (name, args) in [
+        ("rotation_plan", &["plan"][..]),
+        ("rotation_plan_markdown", &["plan", "--output", "markdown"]),
+        ("rotation_plan_json", &["plan", "--output", "json"]),
+    ] {
+        let run = ws.run(args);
+        snapshot(name, &ws, &run);
+    }
     let refused = ws.run(&["apply", "--auto-approve"]);
     snapshot("rotation_refused", &ws, &refused);
     ws.write("secrets/tokens/1-b.sops.yaml", &b);

@@ -5,10 +5,10 @@ use std::io::{self, Write};
 
 use serde::Serialize;
 
-use super::lifecycle::finding_text;
+use super::lifecycle::{finding_text, home_line};
 use super::plan::{doubt_action, orphan_hint, token_id};
 use super::{Extras, revoke_instruction, utc};
-use crate::model::lifecycle::RefreshCounts;
+use crate::model::lifecycle::{HomeHolds, RefreshCounts};
 use crate::model::plan::{Action, Change, Plan, Summary};
 use crate::model::state::Liveness;
 
@@ -78,6 +78,49 @@ struct ChangeDocument<'a> {
     reason: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     hint: Option<String>,
+    /// For a successor: the homes it replaces in place.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    homes: Vec<HomeDocument<'a>>,
+}
+
+#[derive(Serialize)]
+struct HomeDocument<'a> {
+    place: &'a str,
+    /// `predecessor`, `empty` or `other`; absent when it was not read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    holds: Option<&'static str>,
+    /// The version that holds the predecessor, for a sink that numbers them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    version: Option<u64>,
+    /// What an `other` home holds, in words.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    detail: Option<&'a str>,
+}
+
+/// Returns the homes a change's successor replaces, for the document.
+fn home_documents<'a>(change: &Change, extras: &Extras<'a>) -> Vec<HomeDocument<'a>> {
+    if !matches!(change.action, Action::Rotate | Action::Replace) {
+        return Vec::new();
+    }
+    let homes = extras.homes.and_then(|h| h.get(&change.address));
+    homes
+        .into_iter()
+        .flatten()
+        .map(|home| {
+            let (holds, version, detail) = match &home.holds {
+                None => (None, None, None),
+                Some(HomeHolds::Predecessor { version }) => (Some("predecessor"), *version, None),
+                Some(HomeHolds::Empty) => (Some("empty"), None, None),
+                Some(HomeHolds::Other(what)) => (Some("other"), None, Some(what.as_str())),
+            };
+            HomeDocument {
+                place: &home.place,
+                holds,
+                version,
+                detail,
+            }
+        })
+        .collect()
 }
 
 /// Writes the plan as one versioned JSON document: the summary, and every
@@ -112,6 +155,7 @@ pub fn plan_json(
                     Action::InDoubt => Some(doubt_action(&c.address)),
                     _ => None,
                 },
+                homes: home_documents(c, extras),
             })
             .collect(),
         refresh: extras.refresh.map(|r| RefreshDocument {
@@ -259,6 +303,22 @@ pub fn plan_markdown(
                 format!("| ⏳ | {name} | in progress: a running apply sent it |")
             }
             Action::Unchanged => continue,
+        };
+        // What a successor's consumers will see, in the same cell.
+        let row = match (change.action, extras.homes) {
+            (Action::Rotate | Action::Replace, Some(homes)) => {
+                let seen: Vec<String> = match homes.get(&change.address) {
+                    Some(places) => places
+                        .iter()
+                        .map(|home| home_line(home, change.id).replace('|', "\\|"))
+                        .collect(),
+                    None => vec![
+                        "no sink keeps it at a fixed place: move its consumers to the successor before the predecessor is revoked".into(),
+                    ],
+                };
+                format!("{}; {} |", row.trim_end_matches(" |"), seen.join("; "))
+            }
+            _ => row,
         };
         rows.push(row);
     }

@@ -78,7 +78,7 @@ pub fn lifecycle_text(extras: &Extras<'_>, style: Style, w: &mut dyn Write) -> i
 
 /// Says what a successor does to one home, and what its consumers see:
 /// with what the home holds now when it was read.
-fn home_line(home: &Home, predecessor: Option<u64>) -> String {
+pub(super) fn home_line(home: &Home, predecessor: Option<u64>) -> String {
     let place = &home.place;
     let old = predecessor.map_or("the predecessor".into(), |id| format!("token id {id}"));
     match &home.holds {
