@@ -106,7 +106,7 @@ pub fn consumers(
         .iter()
         .filter_map(|(address, id)| id.map(|id| (address.clone(), id)))
         .collect();
-    for sink in sinks {
+    for sink in sinks.iter().filter(|_| !known.is_empty()) {
         let kind = sink.spec.kind();
         for (address, holds) in kind.read_homes(&sink.context(vars), &known, remote) {
             let place = kind.home(&address);
