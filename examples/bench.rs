@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use tokenctl::backend::JournalWriter;
 use tokenctl::model::address::Address;
 use tokenctl::model::journal::Record;
-use tokenctl::model::state::{State, TokenRecord};
+use tokenctl::model::state::TokenRecord;
 use tokenctl::secret::Secret;
 use tokenctl::sink::sops::{SopsFormat, SopsSink};
 use tokenctl::sink::{FileSink, NewToken, SecretSink};
@@ -193,7 +193,7 @@ fn write_manifest(path: &Path, tokens: &[Address]) {
 }
 
 fn write_state(path: &Path, tokens: &[Address]) {
-    let mut state = State::fresh();
+    let mut state = tokenctl::lineage::fresh_state();
     state.serial = 1;
     for (i, address) in tokens.iter().enumerate() {
         state.tokens.push(TokenRecord::created(

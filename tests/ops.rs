@@ -26,7 +26,7 @@ use tokenctl::ops::apply::{self, Applied, ApplyOptions, ApplyUi, Finished};
 use tokenctl::ops::create::{Event, Outcome, RetryPolicy, StopReason};
 use tokenctl::ops::sinks::ConfiguredSink;
 use tokenctl::secret::Secret;
-use tokenctl::sink::{FileSpec, SinkSpec};
+use tokenctl::sink::{FileSpec, Secrets, SinkSpec};
 
 /// What the server does with one create.
 #[derive(Clone)]
@@ -254,7 +254,9 @@ impl Project {
         for i in 0..tokens {
             text.push_str(&format!("  - name: t{i}\n    accountId: 1\n"));
         }
-        let manifest = Manifest::parse(&text, "tokens.yaml").unwrap().manifest;
+        let manifest = Manifest::parse::<Secrets>(&text, "tokens.yaml")
+            .unwrap()
+            .manifest;
         Project {
             dir: tempfile::tempdir().unwrap(),
             manifest,

@@ -34,7 +34,7 @@ impl Session<'_, '_> {
         let lock = self.lock(&*store)?;
         let state = self.load_state_locked(&*store)?;
         let targeting = self.targeting(&args.targeting);
-        let configured = self.configured_sinks(Some(&loaded.manifest), args.secrets_out.as_deref());
+        let configured = self.configured_sinks(Some(&loaded), args.secrets_out.as_deref());
         let readers = args
             .refresh
             .then(|| sinks::refresh_readers(&configured, &self.env.vars));

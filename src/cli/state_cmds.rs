@@ -72,7 +72,7 @@ impl Session<'_, '_> {
         let in_manifest = loaded.manifest.tokens.contains(address);
         if in_manifest {
             // Refused before the lock is taken.
-            edit::forget(&State::fresh(), address, true)?;
+            edit::forget(&crate::lineage::fresh_state(), address, true)?;
         }
         let store = self.store()?;
         let store = &*store;

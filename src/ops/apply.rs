@@ -255,7 +255,7 @@ pub fn apply<A: ApplyApi>(
     let lineage = state
         .as_ref()
         .map(|s| s.lineage.clone())
-        .unwrap_or_else(|| State::fresh().lineage);
+        .unwrap_or_else(crate::lineage::new_lineage);
     let journal = store.open_journal(&Record::Begin {
         lineage: lineage.clone(),
         serial: state.as_ref().map_or(0, |s| s.serial),

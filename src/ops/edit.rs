@@ -261,7 +261,7 @@ pub fn import(
             );
         }
     }
-    let mut after = before.cloned().unwrap_or_else(State::fresh);
+    let mut after = before.cloned().unwrap_or_else(crate::lineage::fresh_state);
     after.record_created(TokenRecord::new(
         address.clone(),
         id,

@@ -508,4 +508,6 @@ pub(crate) fn create_private_dir(dir: &Path) -> io::Result<()> {
 }
 
 #[cfg(test)]
+mod manifest_tests;
+#[cfg(test)]
 mod tests;
