@@ -25,4 +25,5 @@ pub mod redact;
 mod render;
 pub mod secret;
 pub mod sink;
+pub mod time;
 pub mod vars;

@@ -64,6 +64,7 @@ impl Session<'_, '_> {
             retry: self.retry_policy(),
             refresh_deadline: args.refresh_timeout,
             host: self.env.host.as_deref(),
+            clock: &self.env.clock,
         };
         let env = self.env;
         let mut connect = |timeouts, ui: &mut dyn Ui| {

@@ -11,7 +11,7 @@ use crate::error::{ExitStatus, Hint};
 use crate::model::lifecycle::Refresh;
 use crate::model::state::{Liveness, State};
 use crate::ops::apply::runtime;
-use crate::ops::create::{RetryPolicy, now};
+use crate::ops::create::RetryPolicy;
 use crate::ops::edit;
 use crate::ops::refresh;
 use crate::ops::sinks::{self, Readers};
@@ -111,7 +111,8 @@ impl Session<'_, '_> {
             parallelism: refresh::DEFAULT_PARALLELISM,
             deadline,
         };
-        refresh::refresh_state(&api, &runtime, &readers, state, limits, now(), self)
+        let now = env.clock.epoch_seconds();
+        refresh::refresh_state(&api, &runtime, &readers, state, limits, now, self)
     }
 
     pub(super) fn retire(&mut self, args: &RetireArgs) -> CommandResult {
@@ -186,7 +187,8 @@ impl Session<'_, '_> {
             secret,
             current: false,
         };
-        let found = runtime.block_on(refresh::refresh(&api, vec![probe], vec![], limits, now()));
+        let now = self.env.clock.epoch_seconds();
+        let found = runtime.block_on(refresh::refresh(&api, vec![probe], vec![], limits, now));
         let finding = found.get(&args.address, args.id).cloned();
         let (status, detail) = finding.map_or((Liveness::Unknown, None), |f| (f.status, f.detail));
         match status {

@@ -322,7 +322,7 @@ impl Session<'_, '_> {
             host: self.env.host.clone().unwrap_or_else(|| "unknown".into()),
             pid: std::process::id(),
             command: self.command_line.clone(),
-            started: crate::ops::create::now(),
+            started: self.env.clock.epoch_seconds(),
             ci_job_url: self.env.ci_job_url.clone(),
         }
     }

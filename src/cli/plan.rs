@@ -59,6 +59,7 @@ impl Session<'_, '_> {
             &targeting,
             refresh.as_ref(),
             stampede.is_some(),
+            self.env.clock.epoch_seconds(),
         )
         .mark_in_progress(&under_way);
         let manifest_name = self.cli.manifest.display().to_string();

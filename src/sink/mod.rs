@@ -185,6 +185,8 @@ pub struct ForApply<'a> {
     /// after a confirmed revocation): the predecessor's id, which a sink's
     /// home for the address must still hold before it is replaced.
     pub predecessors: &'a rustc_hash::FxHashMap<Address, u64>,
+    /// Tells the time, for sinks that record when they wrote.
+    pub clock: &'a crate::time::SharedClock,
 }
 
 /// One kind of sink, as the manifest configures it: its spec type

@@ -29,11 +29,11 @@ use sha2::{Digest, Sha512};
 use crate::fsutil;
 use crate::model::address::Address;
 use crate::model::manifest::checked_string;
-use crate::render;
 use crate::secret::Secret;
 use crate::sink::{
     ForApply, FoundSecret, NewToken, SecretLookup, SecretSink, SinkContext, SinkError, SinkKind,
 };
+use crate::time::{self, SharedClock};
 
 /// AES-256-GCM with SOPS's 32-byte nonces.
 type SopsCipher = AesGcm<Aes256, U32>;
@@ -120,7 +120,7 @@ impl SinkKind for SopsSpec {
         ctx: &SinkContext<'_>,
         apply: &ForApply<'_>,
     ) -> Result<Box<dyn SecretSink>, SinkError> {
-        let sink = self.sink(ctx, false)?;
+        let sink = self.sink(ctx, false)?.with_clock(apply.clock.clone());
         sink.check_committable(ctx.base_dir, ctx.vars, apply.creates)?;
         sink.check_writable()?;
         Ok(Box::new(sink))
@@ -429,7 +429,8 @@ pub fn encrypt(
     if let Some(err) = failure {
         return Err(err);
     }
-    let lastmodified = render::utc(now);
+    let lastmodified = time::rfc3339(now)
+        .ok_or_else(|| SopsError::Crypto(format!("the time {now} has no calendar date")))?;
     let mac = hex_upper(&hash.finalize());
     let mac = seal(&data_key, &Plain::Str(&mac), &lastmodified)?;
     let mut age_keys = Vec::new();
@@ -886,6 +887,8 @@ pub struct SopsSink {
     identities: Vec<Box<dyn age::Identity + Send + Sync>>,
     /// The file the identities were read from, if any.
     key_file: Option<PathBuf>,
+    /// Tells the time each file records as written.
+    clock: SharedClock,
 }
 
 impl SopsSink {
@@ -903,7 +906,14 @@ impl SopsSink {
             format,
             identities,
             key_file: None,
+            clock: SharedClock::default(),
         }
+    }
+
+    /// Returns the sink with `clock` telling the time its files record.
+    pub fn with_clock(mut self, clock: SharedClock) -> Self {
+        self.clock = clock;
+        self
     }
 
     fn fail(&self, detail: String, hint: Option<&str>) -> SinkError {
@@ -1029,9 +1039,7 @@ impl SopsSink {
 
 impl SecretSink for SopsSink {
     fn deliver(&mut self, token: &NewToken<'_>) -> Result<(), SinkError> {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs() as i64);
+        let now = self.clock.epoch_seconds();
         let text = encrypt(token, self.format, &self.recipients, now)
             .map_err(|e| self.fail(e.to_string(), None))?;
         let path = self.dir.join(file_name(token.address, token.id));

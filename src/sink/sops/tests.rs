@@ -1,4 +1,5 @@
 use super::*;
+use crate::time::TestClock;
 
 fn identity() -> age::x25519::Identity {
     age::x25519::Identity::generate()
@@ -154,7 +155,8 @@ fn the_sink_writes_new_files_and_finds_them_again() {
         vec![key.to_public()],
         SopsFormat::Plain,
         boxed(key),
-    );
+    )
+    .with_clock(SharedClock::new(TestClock::at(1_700_000_100)));
     sink.check_writable().unwrap();
     let address = Address::new(3, "x");
     let secret = Secret::new("tok-sops-5".into());
@@ -171,6 +173,12 @@ fn the_sink_writes_new_files_and_finds_them_again() {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     assert_eq!(names, ["3-x-42.sops.yaml"]);
+    // The file records the time the sink's clock told.
+    let text = fs::read_to_string(dir.path().join("secrets/3-x-42.sops.yaml")).unwrap();
+    assert!(
+        text.contains("lastmodified: \"2023-11-14T22:15:00Z\""),
+        "{text}"
+    );
 }
 
 #[test]
