@@ -1142,11 +1142,12 @@ async fn resolve_passes_over_a_sops_file_of_a_retired_key() {
     let current = AgeKey::generate(keys.path(), "current.txt");
     let address = "160343/ci-shipper";
     manifest(&ws, &sops_secrets(&retired, "plain"), &TOKENS[..1]);
+    // The old token was made an hour before the new create.
+    mock.set_clock_offset(-3600);
     assert_eq!(ws.run(&["apply", "--auto-approve"]).code, 0);
+    mock.set_clock_offset(0);
     manifest(&ws, &sops_secrets(&retired, "plain"), &TOKENS[1..]);
     assert_eq!(ws.run(&["forget", address]).code, 0);
-    // The old token was made in an earlier second than the new create.
-    std::thread::sleep(Duration::from_millis(1100));
     manifest(&ws, &sops_secrets(&current, "plain"), &TOKENS[..1]);
     let crash = ws.run_with(
         &["apply", "--auto-approve"],

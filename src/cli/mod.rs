@@ -45,6 +45,7 @@ type CommandResult = Result<ExitStatus, Failure>;
 /// Runs tokenctl with `args` (the program name first) and returns the exit
 /// code. Every message goes to the writers of `io`.
 pub fn run(args: impl IntoIterator<Item = OsString>, env: &Env, io: &mut Io<'_>) -> ExitStatus {
+    crate::failpoint::arm(&env.vars);
     // Both streams mask every credential tokenctl holds, whatever prints
     // it: a server's echo, a hint, a rendered plan.
     let mut stdout = crate::redact::Redacting::new(&mut *io.stdout);
