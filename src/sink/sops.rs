@@ -25,6 +25,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use serde_yaml::{Mapping, Value};
 use sha2::{Digest, Sha512};
+use zeroize::Zeroizing;
 
 use crate::fsutil;
 use crate::model::address::Address;
@@ -396,8 +397,8 @@ pub fn encrypt(
     if recipients.is_empty() {
         return Err(SopsError::Crypto("no age recipient is configured".into()));
     }
-    let mut data_key = [0u8; 32];
-    OsRng.fill_bytes(&mut data_key);
+    let mut data_key = Zeroizing::new([0u8; 32]);
+    OsRng.fill_bytes(&mut *data_key);
     let mut doc = document(token, format);
     let mut hash = Sha512::new();
     let mut failure = None;
@@ -669,11 +670,13 @@ pub fn decrypt(
         return Err(err);
     }
     let (stored_mac, _) = open(&data_key, &mac, &lastmodified).map_err(|_| SopsError::Mac)?;
-    if stored_mac != hex_upper(&hash.finalize()).as_bytes() {
+    if stored_mac.as_slice() != hex_upper(&hash.finalize()).as_bytes() {
         return Err(SopsError::Mac);
     }
     let token = token.ok_or_else(|| format_error("no `token` value"))?;
-    let token = String::from_utf8(token).map_err(|_| format_error("the token is not text"))?;
+    let token = std::str::from_utf8(&token)
+        .map_err(|_| format_error("the token is not text"))?
+        .to_string();
     Ok(Decrypted {
         address,
         id,
@@ -689,10 +692,11 @@ enum Plain<'a> {
 }
 
 impl Plain<'_> {
-    fn bytes(&self) -> Vec<u8> {
+    /// Borrowed, never copied: the token's bytes stay in its `Secret`.
+    fn bytes(&self) -> &[u8] {
         match self {
-            Plain::Str(s) => s.as_bytes().to_vec(),
-            Plain::Owned(s, _) => s.as_bytes().to_vec(),
+            Plain::Str(s) => s.as_bytes(),
+            Plain::Owned(s, _) => s.as_bytes(),
         }
     }
 
@@ -761,12 +765,11 @@ fn seal(key: &[u8; 32], plain: &Plain<'_>, aad: &str) -> Result<String, SopsErro
         .map_err(|_| SopsError::Crypto("bad data key length".into()))?;
     let mut nonce = [0u8; NONCE_LEN];
     OsRng.fill_bytes(&mut nonce);
-    let bytes = plain.bytes();
     let sealed = cipher
         .encrypt(
             Nonce::<U32>::from_slice(&nonce),
             Payload {
-                msg: &bytes,
+                msg: plain.bytes(),
                 aad: aad.as_bytes(),
             },
         )
@@ -781,8 +784,13 @@ fn seal(key: &[u8; 32], plain: &Plain<'_>, aad: &str) -> Result<String, SopsErro
     ))
 }
 
-/// Decrypts an `ENC[AES256_GCM,...]` value; returns its bytes and type.
-fn open(key: &[u8; 32], sealed: &str, aad: &str) -> Result<(Vec<u8>, String), SopsError> {
+/// Decrypts an `ENC[AES256_GCM,...]` value; returns its bytes (wiped when
+/// dropped: they may be the token) and type.
+fn open(
+    key: &[u8; 32],
+    sealed: &str,
+    aad: &str,
+) -> Result<(Zeroizing<Vec<u8>>, String), SopsError> {
     let bad = || SopsError::Format("a value is not a SOPS AES256_GCM value".into());
     let inner = sealed
         .strip_prefix("ENC[AES256_GCM,")
@@ -816,7 +824,7 @@ fn open(key: &[u8; 32], sealed: &str, aad: &str) -> Result<(Vec<u8>, String), So
             },
         )
         .map_err(|_| SopsError::Mac)?;
-    Ok((plain, kind.to_string()))
+    Ok((Zeroizing::new(plain), kind.to_string()))
 }
 
 /// Returns the data key encrypted to one age recipient, ASCII-armored.
@@ -840,14 +848,16 @@ fn wrap_key(key: &[u8; 32], recipient: &age::x25519::Recipient) -> Result<String
 fn unwrap_key(
     armored: &str,
     identities: &[Box<dyn age::Identity + Send + Sync>],
-) -> Option<[u8; 32]> {
+) -> Option<Zeroizing<[u8; 32]>> {
     let decryptor = age::Decryptor::new(ArmoredReader::new(armored.as_bytes())).ok()?;
     let mut reader = decryptor
         .decrypt(identities.iter().map(|i| i.as_ref() as &dyn age::Identity))
         .ok()?;
-    let mut key = Vec::new();
+    let mut key = Zeroizing::new(Vec::with_capacity(33));
     reader.read_to_end(&mut key).ok()?;
-    key.try_into().ok()
+    <[u8; 32]>::try_from(key.as_slice())
+        .ok()
+        .map(Zeroizing::new)
 }
 
 /// Returns `path` with symbolic links followed as far as it exists, the
