@@ -17,6 +17,7 @@ FROM rust:1-alpine3.22 AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
+COPY crates ./crates
 COPY tokenctl.schema.json ./
 RUN cargo build --release --locked \
     && cp target/release/tokenctl /tokenctl \

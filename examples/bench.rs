@@ -17,6 +17,10 @@
 mod mock_logzio;
 #[path = "../tests/support/pg.rs"]
 mod pg;
+// pg.rs asks it whether this is CI.
+#[path = "../tests/support/host.rs"]
+#[allow(dead_code)]
+mod host;
 
 use std::fmt::Write as _;
 use std::fs;
@@ -28,10 +32,11 @@ use std::time::{Duration, Instant};
 use tokenctl::backend::JournalWriter;
 use tokenctl::model::address::Address;
 use tokenctl::model::journal::Record;
-use tokenctl::model::state::{State, TokenRecord};
+use tokenctl::model::state::TokenRecord;
 use tokenctl::secret::Secret;
 use tokenctl::sink::sops::{SopsFormat, SopsSink};
 use tokenctl::sink::{FileSink, NewToken, SecretSink};
+use tokenctl::vars::Vars;
 
 const ACCOUNTS: u64 = 1_000;
 const FIRST_ACCOUNT: u64 = 10_001;
@@ -193,7 +198,7 @@ fn write_manifest(path: &Path, tokens: &[Address]) {
 }
 
 fn write_state(path: &Path, tokens: &[Address]) {
-    let mut state = State::fresh();
+    let mut state = tokenctl::lineage::fresh_state();
     state.serial = 1;
     for (i, address) in tokens.iter().enumerate() {
         state.tokens.push(TokenRecord::created(
@@ -216,16 +221,26 @@ fn mib(kib: u64) -> String {
 }
 
 fn binary() -> PathBuf {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let host = Vars::from_process();
+    let cargo = host.get("CARGO").unwrap_or("cargo");
     let status = Command::new(cargo)
         .args(["build", "--release", "--quiet", "--bin", "tokenctl"])
         .status()
         .expect("cargo build");
     assert!(status.success(), "building the release binary failed");
-    let target = std::env::var_os("CARGO_TARGET_DIR")
+    let target = host
+        .get("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"));
     target.join("release/tokenctl")
+}
+
+/// Returns the PATH the benchmark runs with, for the commands it starts.
+fn host_path() -> String {
+    Vars::from_process()
+        .get("PATH")
+        .unwrap_or_default()
+        .to_string()
 }
 
 fn tokenctl(bin: &Path, dir: &Path, args: &[&str]) -> Command {
@@ -234,7 +249,7 @@ fn tokenctl(bin: &Path, dir: &Path, args: &[&str]) -> Command {
         .args(args)
         .current_dir(dir)
         .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("PATH", host_path())
         .env("HOME", dir.join("home"))
         .env("NO_COLOR", "1");
     command
@@ -626,8 +641,7 @@ fn durability_costs(n: usize, report: &mut String, runtime: &tokio::runtime::Run
     });
     let journal_cost = start.elapsed();
 
-    let vars =
-        tokenctl::vars::Vars::from_pairs([("PATH", std::env::var_os("PATH").unwrap_or_default())]);
+    let vars = Vars::from_pairs([("PATH", host_path())]);
     let mut sink = FileSink::open(&dir.path().join("tokens.jsonl"), &vars).expect("sink");
     let secret = Secret::new("x".repeat(36));
     let start = Instant::now();

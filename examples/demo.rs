@@ -27,7 +27,9 @@ fn main() -> io::Result<()> {
     let env = Env {
         api_token: Some(mock_logzio::OWNER_TOKEN.into()),
         api_url: Some(mock.url()),
-        no_color: std::env::var_os("NO_COLOR").is_some(),
+        no_color: tokenctl::vars::Vars::from_process()
+            .get("NO_COLOR")
+            .is_some(),
         home: Some(dir.join("home").display().to_string()),
         ..Env::default()
     };

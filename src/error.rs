@@ -11,6 +11,18 @@ pub trait Hint {
     fn hint(&self) -> Option<String>;
 }
 
+impl Hint for crate::model::manifest::ManifestError {
+    fn hint(&self) -> Option<String> {
+        self.hint.clone()
+    }
+}
+
+impl Hint for crate::model::planfile::PlanFileError {
+    fn hint(&self) -> Option<String> {
+        Some(self.advice().to_string())
+    }
+}
+
 /// How tokenctl exits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ExitStatus {

@@ -5,13 +5,30 @@
 //! would — when it reaches that point. The tests use it to prove that a
 //! crash at any step of an apply loses nothing and duplicates nothing.
 //! Unset, each point costs one check of an empty list. Only builds with the
-//! `failpoints` feature (the test suite's) read the variable at all.
+//! `failpoints` feature (the test suite's) read the variable at all, from
+//! the environment the command was given ([`arm`], called by `cli::run`).
 
 #[cfg(feature = "failpoints")]
 use std::sync::OnceLock;
 
 #[cfg(feature = "failpoints")]
 static POINTS: OnceLock<Vec<String>> = OnceLock::new();
+
+/// Does nothing: this build has no failpoints.
+#[cfg(not(feature = "failpoints"))]
+#[inline(always)]
+pub fn arm(_vars: &crate::vars::Vars) {}
+
+/// Arms the failpoints `TOKENCTL_FAILPOINT` names in `vars`. The first
+/// call of a process decides; later ones change nothing.
+#[cfg(feature = "failpoints")]
+pub fn arm(vars: &crate::vars::Vars) {
+    let points = vars
+        .get("TOKENCTL_FAILPOINT")
+        .map(|v| v.split(',').map(|p| p.trim().to_string()).collect())
+        .unwrap_or_default();
+    let _ = POINTS.set(points);
+}
 
 /// Does nothing: this build has no failpoints.
 #[cfg(not(feature = "failpoints"))]
@@ -43,10 +60,7 @@ pub fn hit(name: &str) {
 
 #[cfg(feature = "failpoints")]
 fn armed(name: &str) -> bool {
-    let points = POINTS.get_or_init(|| {
-        std::env::var("TOKENCTL_FAILPOINT")
-            .map(|v| v.split(',').map(|p| p.trim().to_string()).collect())
-            .unwrap_or_default()
-    });
-    points.iter().any(|p| p == name)
+    POINTS
+        .get()
+        .is_some_and(|points| points.iter().any(|p| p == name))
 }

@@ -47,8 +47,8 @@ pub struct Vars {
 
 impl Vars {
     /// Reads the environment of this process.
+    #[allow(clippy::disallowed_methods)] // ALLOWED: the one reader of the process environment.
     pub fn from_process() -> Self {
-        // ALLOWED: the one reader of the process environment.
         Vars::from_pairs(std::env::vars_os())
     }
 

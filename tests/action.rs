@@ -389,7 +389,7 @@ fn stub_cargo(dir: &Path) -> PathBuf {
 /// Runs the action's install step as GitHub would, with `path_first` on
 /// PATH before the system's folders.
 fn run_install(dir: &Path, version: &str, release_url: &str, path_first: &Path) -> Output {
-    let system = std::env::var("PATH").unwrap_or_default();
+    let system = crate::support::host::path();
     Command::new("bash")
         .arg(repo_root().join("ci/action/install.sh"))
         .env_clear()
@@ -532,7 +532,7 @@ fn run_component_install(job: &Value, dir: &Path, release_url: &str) -> Output {
         before[0].as_str().unwrap(),
         before[1].as_str().unwrap()
     );
-    let system = std::env::var("PATH").unwrap_or_default();
+    let system = crate::support::host::path();
     Command::new("bash")
         .args(["--noprofile", "--norc", "-e", "-c", &script])
         .env_clear()
@@ -956,7 +956,7 @@ async fn the_apply_step_with_the_state_in_a_backend_applies_without_git() {
             .env_clear()
             .env(
                 "PATH",
-                format!("{}:{}", bin.display(), std::env::var("PATH").unwrap()),
+                format!("{}:{}", bin.display(), crate::support::host::path()),
             )
             .env("HOME", ws.path("."))
             .env("LOGZIO_API_URL", mock.url())
@@ -1077,11 +1077,7 @@ async fn the_record_step_commits_the_journal_when_the_fold_fails() {
     let tools_dir = forge.path("runner-1/bin");
     fs::create_dir_all(&tools_dir).unwrap();
     std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_tokenctl"), tools_dir.join("tokenctl")).unwrap();
-    let path = format!(
-        "{}:{}",
-        tools_dir.display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
+    let path = format!("{}:{}", tools_dir.display(), crate::support::host::path());
     let env: Vec<(String, String)> = [
         ("PATH", path.as_str()),
         ("LOGZIO_API_TOKEN", crate::support::mock_logzio::OWNER_TOKEN),

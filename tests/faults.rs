@@ -502,6 +502,7 @@ async fn apply_in_process(
         retry,
         parallelism: 4,
         interrupt: &interrupt,
+        clock: &tokenctl::time::SystemClock,
     };
     apply.run(creates, &mut |_| {}).await
 }

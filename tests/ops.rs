@@ -26,7 +26,8 @@ use tokenctl::ops::apply::{self, Applied, ApplyOptions, ApplyUi, Finished};
 use tokenctl::ops::create::{Event, Outcome, RetryPolicy, StopReason};
 use tokenctl::ops::sinks::ConfiguredSink;
 use tokenctl::secret::Secret;
-use tokenctl::sink::{FileSpec, SinkSpec};
+use tokenctl::sink::{FileSpec, Secrets, SinkSpec};
+use tokenctl::time::{SharedClock, TestClock};
 
 /// What the server does with one create.
 #[derive(Clone)]
@@ -95,7 +96,7 @@ impl TokenApi for ScriptedApi {
                         id,
                         name,
                         token: Secret::new(secret),
-                        created_at: 1_700_000_000,
+                        created_at: MADE_AT,
                     })
                 }
                 Answer::Throttle => Err(CreateError::RateLimited {
@@ -241,7 +242,13 @@ struct Project {
     dir: tempfile::TempDir,
     manifest: Manifest,
     bytes: Vec<u8>,
+    /// The time every apply of the project reads.
+    clock: Arc<TestClock>,
 }
+
+/// When the scripted API says each token was made (its createdAt).
+const MADE_AT: i64 = 1_700_000_000;
+const DAY: i64 = 86_400;
 
 impl Project {
     fn new(tokens: usize) -> Project {
@@ -254,11 +261,14 @@ impl Project {
         for i in 0..tokens {
             text.push_str(&format!("  - name: t{i}\n    accountId: 1\n"));
         }
-        let manifest = Manifest::parse(&text, "tokens.yaml").unwrap().manifest;
+        let manifest = Manifest::parse::<Secrets>(&text, "tokens.yaml")
+            .unwrap()
+            .manifest;
         Project {
             dir: tempfile::tempdir().unwrap(),
             manifest,
             bytes: text.into_bytes(),
+            clock: Arc::new(TestClock::at(MADE_AT + 60)),
         }
     }
 
@@ -325,6 +335,7 @@ impl Project {
             },
             refresh_deadline: Duration::from_secs(60),
             host: Some("test-host"),
+            clock: &SharedClock::from(self.clock.clone()),
         };
         let mut connect = |_: Timeouts, _: &mut dyn Ui| Ok(api);
         apply::apply(&backend, &*lock, state, &options, &mut connect, ui)
@@ -465,6 +476,38 @@ fn a_server_error_leaves_the_create_in_doubt_and_it_is_not_sent_again() {
     let applied = project.apply(&again, &mut Recorder::default()).unwrap();
     assert!(matches!(applied, Applied::NothingToCreate(_)));
     assert!(again.sent().is_empty());
+}
+
+/// The apply reads the time from its clock: a create in doubt is pending
+/// since then, and a token is rotated once the clock says it is old
+/// enough, with no waiting.
+#[test]
+fn the_apply_reads_the_time_from_its_clock() {
+    let project = Project::with_settings(2, "rotate_after: 2d\n");
+    let api = ScriptedApi::new(&[Answer::ServerError]);
+    finished(project.apply(&api, &mut Recorder::default()).unwrap());
+    let state = project.state().unwrap();
+    assert_eq!(state.pending.len(), 1);
+    assert_eq!(state.pending[0].since, MADE_AT + 60);
+    assert_eq!(state.tokens.len(), 1);
+    assert_eq!(state.tokens[0].created_at, Some(MADE_AT));
+
+    // A day later the token is young enough: nothing to do.
+    project.clock.advance(DAY);
+    let young = ScriptedApi::new(&[]);
+    let applied = project.apply(&young, &mut Recorder::default()).unwrap();
+    assert!(matches!(applied, Applied::NothingToCreate(_)));
+    assert!(young.sent().is_empty());
+
+    // Two days after it was made, its successor is created.
+    project.clock.advance(DAY);
+    let old = ScriptedApi::new(&[]);
+    let done = finished(project.apply(&old, &mut Recorder::default()).unwrap());
+    assert_eq!(done.report.counts().created, 1);
+    assert_eq!(old.sent(), [state.tokens[0].address.to_string()]);
+    let rotated = project.state().unwrap();
+    assert_eq!(rotated.superseded.len(), 1);
+    assert_eq!(rotated.superseded[0].id, state.tokens[0].id);
 }
 
 #[test]

@@ -44,7 +44,7 @@ pub(crate) fn have_check_jsonschema() -> bool {
         .is_ok_and(|o| o.status.success());
     if !found {
         assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
+            !support::host::in_ci(),
             "check-jsonschema is missing: `pip install check-jsonschema` (.ci/run does)"
         );
         // Straight to the stream: the test harness would hide an eprintln.
@@ -311,11 +311,7 @@ impl Forge {
 
     /// The environment every process of the forge starts from.
     fn base_env(&self, command: &mut Command) {
-        let path = format!(
-            "{}:{}",
-            self.path("bin").display(),
-            std::env::var("PATH").unwrap_or_default()
-        );
+        let path = format!("{}:{}", self.path("bin").display(), support::host::path());
         command
             .env_clear()
             .env("PATH", path)
@@ -787,7 +783,7 @@ impl<'a> GitHubJob<'a> {
                 let mut env: BTreeMap<String, String> = self.env.clone();
                 env.extend(step_env.clone());
                 env.extend(self.env_of(&step["env"], &context));
-                let system_path = std::env::var("PATH").unwrap_or_default();
+                let system_path = support::host::path();
                 let mut path = self.path.clone();
                 path.push(self.forge.path("bin").display().to_string());
                 path.push(system_path);

@@ -1144,11 +1144,12 @@ async fn resolve_passes_over_a_sops_file_of_a_retired_key() {
     // one's.
     let per_token = |key: &AgeKey| format!("{}    layout: per-token\n", sops_secrets(key, "plain"));
     manifest(&ws, &per_token(&retired), &TOKENS[..1]);
+    // The old token was made an hour before the new create.
+    mock.set_clock_offset(-3600);
     assert_eq!(ws.run(&["apply", "--auto-approve"]).code, 0);
+    mock.set_clock_offset(0);
     manifest(&ws, &per_token(&retired), &TOKENS[1..]);
     assert_eq!(ws.run(&["forget", address]).code, 0);
-    // The old token was made in an earlier second than the new create.
-    std::thread::sleep(Duration::from_millis(1100));
     manifest(&ws, &per_token(&current), &TOKENS[..1]);
     let crash = ws.run_with(
         &["apply", "--auto-approve"],

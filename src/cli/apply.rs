@@ -34,7 +34,7 @@ impl Session<'_, '_> {
         let lock = self.lock(&*store)?;
         let state = self.load_state_locked(&*store)?;
         let targeting = self.targeting(&args.targeting);
-        let configured = self.configured_sinks(Some(&loaded.manifest), args.secrets_out.as_deref());
+        let configured = self.configured_sinks(Some(&loaded), args.secrets_out.as_deref());
         let readers = args
             .refresh
             .then(|| sinks::refresh_readers(&configured, &self.env.vars));
@@ -64,6 +64,7 @@ impl Session<'_, '_> {
             retry: self.retry_policy(),
             refresh_deadline: args.refresh_timeout,
             host: self.env.host.as_deref(),
+            clock: &self.env.clock,
         };
         let env = self.env;
         let mut connect = |timeouts, ui: &mut dyn Ui| {

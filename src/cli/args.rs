@@ -7,7 +7,6 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::model::address::Address;
 use crate::model::plan::{Pattern, Targeting};
-use crate::render;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -252,7 +251,7 @@ pub(super) struct ImportArgs {
     #[arg(long, value_name = "N")]
     pub(super) id: u64,
     /// When it was created: epoch seconds or an RFC 3339 UTC time.
-    #[arg(long, value_name = "T", value_parser = render::parse_time)]
+    #[arg(long, value_name = "T", value_parser = crate::time::parse_time)]
     pub(super) created_at: Option<i64>,
 }
 

@@ -5,14 +5,13 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::apply::connect_api;
-use super::{CommandResult, ConnectArgs, Failure, RetireArgs, Session};
+use super::{CommandResult, ConnectArgs, Failure, LoadedManifest, RetireArgs, Session};
 use crate::api::{OwnerApi, Timeouts};
 use crate::error::{ExitStatus, Hint};
 use crate::model::lifecycle::Refresh;
-use crate::model::manifest::Manifest;
 use crate::model::state::{Liveness, State};
 use crate::ops::apply::runtime;
-use crate::ops::create::{RetryPolicy, now};
+use crate::ops::create::RetryPolicy;
 use crate::ops::edit;
 use crate::ops::refresh;
 use crate::ops::sinks::{self, Readers};
@@ -38,7 +37,7 @@ impl Session<'_, '_> {
     /// can; fails when there is none, saying why each could not be read.
     pub(super) fn readers(&mut self, secrets_out: Option<&Path>) -> Result<Readers, Failure> {
         let manifest = match (secrets_out, self.load_manifest()) {
-            (_, Ok(loaded)) => Some(loaded.manifest),
+            (_, Ok(loaded)) => Some(loaded),
             (Some(_), Err(_)) => None,
             (None, Err(err)) => return Err(err),
         };
@@ -83,7 +82,7 @@ impl Session<'_, '_> {
     /// might hold what the check looks for.
     pub(super) fn any_readers(&mut self, secrets_out: Option<&Path>) -> Result<Readers, Failure> {
         let manifest = match self.cli.manifest.exists() {
-            true => Some(self.load_manifest()?.manifest),
+            true => Some(self.load_manifest()?),
             false => None,
         };
         let configured = self.configured_sinks(manifest.as_ref(), secrets_out);
@@ -98,13 +97,13 @@ impl Session<'_, '_> {
         connect: &ConnectArgs,
         secrets_out: Option<&Path>,
         deadline: Duration,
-        manifest: &Manifest,
+        loaded: &LoadedManifest,
         state: Option<&State>,
     ) -> Result<Refresh, Failure> {
-        let configured = self.configured_sinks(Some(manifest), secrets_out);
+        let configured = self.configured_sinks(Some(loaded), secrets_out);
         let env = self.env;
         let readers = sinks::refresh_readers(&configured, &env.vars);
-        let api = connect_api(env, connect, manifest, Timeouts::default(), self)?;
+        let api = connect_api(env, connect, &loaded.manifest, Timeouts::default(), self)?;
         let runtime = runtime()?;
         let retry = self.retry_policy();
         let limits = refresh::Limits {
@@ -112,7 +111,8 @@ impl Session<'_, '_> {
             parallelism: refresh::DEFAULT_PARALLELISM,
             deadline,
         };
-        refresh::refresh_state(&api, &runtime, &readers, state, limits, now(), self)
+        let now = env.clock.epoch_seconds();
+        refresh::refresh_state(&api, &runtime, &readers, state, limits, now, self)
     }
 
     pub(super) fn retire(&mut self, args: &RetireArgs) -> CommandResult {
@@ -143,7 +143,7 @@ impl Session<'_, '_> {
         let loaded = self.load_manifest()?;
         let key = (args.address.clone(), args.id);
         let fingerprint = refresh::recorded_fingerprint(Some(before), &args.address, args.id);
-        let configured = self.configured_sinks(Some(&loaded.manifest), args.secrets_out.as_deref());
+        let configured = self.configured_sinks(Some(&loaded), args.secrets_out.as_deref());
         let readers = sinks::refresh_readers(&configured, &self.env.vars);
         let mut secrets = sinks::readable_secrets(&readers, std::slice::from_ref(&key), self)?;
         let found = secrets.remove(&key);
@@ -187,7 +187,8 @@ impl Session<'_, '_> {
             secret,
             current: false,
         };
-        let found = runtime.block_on(refresh::refresh(&api, vec![probe], vec![], limits, now()));
+        let now = self.env.clock.epoch_seconds();
+        let found = runtime.block_on(refresh::refresh(&api, vec![probe], vec![], limits, now));
         let finding = found.get(&args.address, args.id).cloned();
         let (status, detail) = finding.map_or((Liveness::Unknown, None), |f| (f.status, f.detail));
         match status {

@@ -30,7 +30,7 @@ use crate::ops::Ui;
 use crate::ops::recover::{self, ForReading};
 use crate::ops::sinks::ConfiguredSink;
 use crate::render::Style;
-use crate::sink::{FileSpec, SinkSpec};
+use crate::sink::{FileSpec, Secrets, SinkSpec};
 use args::{
     ApplyArgs, Cli, ColorChoice, Command, ConnectArgs, Format, ImportArgs, PlanArgs, PlanFormat,
     ResolveArgs, RetireArgs, StateCommand, TargetArgs,
@@ -45,6 +45,7 @@ type CommandResult = Result<ExitStatus, Failure>;
 /// Runs tokenctl with `args` (the program name first) and returns the exit
 /// code. Every message goes to the writers of `io`.
 pub fn run(args: impl IntoIterator<Item = OsString>, env: &Env, io: &mut Io<'_>) -> ExitStatus {
+    crate::failpoint::arm(&env.vars);
     // Both streams mask every credential tokenctl holds, whatever prints
     // it: a server's echo, a hint, a rendered plan.
     let mut stdout = crate::redact::Redacting::new(&mut *io.stdout);
@@ -140,9 +141,11 @@ struct Session<'a, 'io> {
     io: &'a mut Io<'io>,
 }
 
-/// A manifest as read from disk, with its bytes for digests.
+/// A manifest as read from disk: the model's part, the sinks' part, and
+/// its bytes for digests.
 struct LoadedManifest {
     manifest: Manifest,
+    secrets: Secrets,
     bytes: Vec<u8>,
 }
 
@@ -171,7 +174,7 @@ impl Session<'_, '_> {
                 writeln!(
                     self.io.stdout,
                     "{}",
-                    crate::model::schema::manifest_schema_text()
+                    crate::model::schema::manifest_schema_text::<Secrets>()
                 )?;
                 Ok(ExitStatus::Success)
             }
@@ -190,12 +193,13 @@ impl Session<'_, '_> {
         })?;
         let text = std::str::from_utf8(&bytes)
             .map_err(|_| Failure::new(format!("manifest {} is not UTF-8 text", path.display())))?;
-        let parsed = Manifest::parse(text, &path.display().to_string())?;
+        let parsed = Manifest::parse::<Secrets>(text, &path.display().to_string())?;
         for warning in &parsed.warnings {
             self.warn(&format!("{}: {warning}", path.display()));
         }
         Ok(LoadedManifest {
             manifest: parsed.manifest,
+            secrets: parsed.secrets,
             bytes,
         })
     }
@@ -305,9 +309,11 @@ impl Session<'_, '_> {
                 )));
             }
         };
-        Ok(Manifest::parse(&text, &path.display().to_string())?
-            .manifest
-            .backend)
+        Ok(
+            Manifest::parse::<Secrets>(&text, &path.display().to_string())?
+                .manifest
+                .backend,
+        )
     }
 
     /// Returns who this command is, for the lock.
@@ -317,7 +323,7 @@ impl Session<'_, '_> {
             host: self.env.host.clone().unwrap_or_else(|| "unknown".into()),
             pid: std::process::id(),
             command: self.command_line.clone(),
-            started: crate::ops::create::now(),
+            started: self.env.clock.epoch_seconds(),
             ci_job_url: self.env.ci_job_url.clone(),
         }
     }
@@ -363,7 +369,7 @@ impl Session<'_, '_> {
     /// command or a server that may take long.
     fn configured_sinks(
         &self,
-        manifest: Option<&Manifest>,
+        manifest: Option<&LoadedManifest>,
         secrets_out: Option<&Path>,
     ) -> Vec<ConfiguredSink> {
         let mut sinks = Vec::new();

@@ -47,7 +47,7 @@ impl Session<'_, '_> {
                 &args.refresh.connect,
                 args.refresh.secrets_out.as_deref(),
                 args.refresh.refresh_timeout,
-                &loaded.manifest,
+                &loaded,
                 state.as_ref(),
             )?),
             false => None,
@@ -59,12 +59,12 @@ impl Session<'_, '_> {
             &targeting,
             refresh.as_ref(),
             stampede.is_some(),
+            self.env.clock.epoch_seconds(),
         )
         .mark_in_progress(&under_way);
         let manifest_name = self.cli.manifest.display().to_string();
         warn_if_all_orphaned(&plan, &manifest_name, self);
-        let configured =
-            self.configured_sinks(Some(&loaded.manifest), args.refresh.secrets_out.as_deref());
+        let configured = self.configured_sinks(Some(&loaded), args.refresh.secrets_out.as_deref());
         // A refresh reads the sinks anyway; a plain plan stays local.
         let (successors, homes) = crate::ops::sinks::consumers(
             &configured,

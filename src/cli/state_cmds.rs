@@ -72,7 +72,7 @@ impl Session<'_, '_> {
         let in_manifest = loaded.manifest.tokens.contains(address);
         if in_manifest {
             // Refused before the lock is taken.
-            edit::forget(&State::fresh(), address, true)?;
+            edit::forget(&crate::lineage::fresh_state(), address, true)?;
         }
         let store = self.store()?;
         let store = &*store;
@@ -303,7 +303,7 @@ impl Session<'_, '_> {
         if let Some(token) = state.token(address) {
             let created = token
                 .created_at
-                .map(render::utc)
+                .map(crate::time::utc)
                 .unwrap_or_else(|| "unknown".into());
             let origin = match token.origin {
                 Origin::Created => "created",
@@ -327,7 +327,7 @@ impl Session<'_, '_> {
             writeln!(
                 out,
                 "status:      in doubt since {}",
-                render::utc(pending.since)
+                crate::time::utc(pending.since)
             )?;
             writeln!(out, "reason:      {}", pending.reason)?;
             return Ok(ExitStatus::Success);

@@ -1,11 +1,12 @@
-//! What a command runs with: the process environment, read once, and the
-//! two output streams and the prompt, which nothing else in tokenctl
-//! writes to.
+//! What a command runs with: the process environment, read once, the
+//! clock, and the two output streams and the prompt, which nothing else in
+//! tokenctl writes to.
 
 use std::fs;
 use std::io::{self, Write};
 
 use crate::backend::postgres;
+use crate::time::SharedClock;
 use crate::vars::Vars;
 
 /// The process environment the commands read, gathered in one place so that
@@ -42,6 +43,9 @@ pub struct Env {
     pub pg_statement_timeout: Option<String>,
     /// The PostgreSQL password file (`PGPASSFILE`; else `~/.pgpass`).
     pub pg_passfile: Option<String>,
+    /// The wall clock every command reads: the system's, unless a test
+    /// sets one.
+    pub clock: SharedClock,
 }
 
 impl Env {
@@ -99,6 +103,7 @@ impl Env {
             pg_lock_timeout: var(postgres::LOCK_TIMEOUT_VAR),
             pg_statement_timeout: var(postgres::STATEMENT_TIMEOUT_VAR),
             pg_passfile: var("PGPASSFILE"),
+            clock: SharedClock::default(),
             vars,
         }
     }

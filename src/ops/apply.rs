@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
 use super::Ui;
-use super::create::{Apply, Event, Outcome, Report, RetryPolicy, now};
+use super::create::{Apply, Event, Outcome, Report, RetryPolicy};
 use super::plan::{check_budget, check_refresh, plan_for, warn_if_all_orphaned};
 use super::refresh;
 use super::sinks::{self, ConfiguredSink, Readers};
@@ -26,6 +26,7 @@ use crate::model::plan::{Plan, Targeting};
 use crate::model::planfile::PlanFile;
 use crate::model::state::{Origin, PendingCreate, State, SupersededToken, TokenRecord};
 use crate::sink::Rescue;
+use crate::time::SharedClock;
 
 /// What an apply is asked to do.
 pub struct ApplyOptions<'a> {
@@ -62,6 +63,9 @@ pub struct ApplyOptions<'a> {
     pub refresh_deadline: std::time::Duration,
     /// This host, recorded in the journal.
     pub host: Option<&'a str>,
+    /// Tells the time the state and the journal record, and the age of
+    /// tokens for rotation.
+    pub clock: &'a SharedClock,
 }
 
 /// Where an apply reports while it runs: the plan before it asks, the
@@ -155,7 +159,7 @@ pub fn apply<A: ApplyApi>(
                     parallelism: options.parallelism,
                     deadline: options.refresh_deadline,
                 },
-                now(),
+                options.clock.epoch_seconds(),
                 ui,
             )?;
             // Nothing is recorded from a refresh that cannot be trusted or
@@ -185,6 +189,7 @@ pub fn apply<A: ApplyApi>(
         options.targeting,
         refresh.as_ref(),
         hold_back,
+        options.clock.epoch_seconds(),
     );
     warn_if_all_orphaned(&plan, options.manifest_name, ui);
     let creates = match saved {
@@ -256,6 +261,7 @@ pub fn apply<A: ApplyApi>(
         &creates,
         &predecessors,
         &recorded,
+        options.clock,
     )?;
     let sink_names: Vec<String> = opened.iter().map(|s| s.describe()).collect();
 
@@ -264,11 +270,11 @@ pub fn apply<A: ApplyApi>(
     let lineage = state
         .as_ref()
         .map(|s| s.lineage.clone())
-        .unwrap_or_else(|| State::fresh().lineage);
+        .unwrap_or_else(crate::lineage::new_lineage);
     let journal = store.open_journal(&Record::Begin {
         lineage: lineage.clone(),
         serial: state.as_ref().map_or(0, |s| s.serial),
-        started: now(),
+        started: options.clock.epoch_seconds(),
         pid: std::process::id(),
         host: options.host.map(str::to_string),
     })?;
@@ -298,6 +304,7 @@ pub fn apply<A: ApplyApi>(
         retry: &options.retry,
         parallelism: options.parallelism,
         interrupt: &interrupt,
+        clock: &**options.clock,
     };
     let report = runtime.block_on(run.run(&creates, &mut |event| ui.event(event)));
     let recovery = journal.recovery_file();
@@ -323,7 +330,10 @@ pub fn apply<A: ApplyApi>(
             let base = state.clone().unwrap_or_else(|| State::new(lineage));
             Some(
                 store
-                    .commit(state.as_ref(), fold_outcomes(base, &report))?
+                    .commit(
+                        state.as_ref(),
+                        fold_outcomes(base, &report, options.clock.epoch_seconds()),
+                    )?
                     .0,
             )
         }
@@ -477,7 +487,7 @@ async fn preflight<A: OwnerApi>(api: &A, creates: &[Address]) -> Result<(), Fail
 
 /// Records a run's outcomes in the state without its journal: created
 /// tokens by id, and creates in doubt as pending.
-fn fold_outcomes(mut state: State, report: &Report) -> State {
+fn fold_outcomes(mut state: State, report: &Report, now: i64) -> State {
     for (address, outcome) in &report.outcomes {
         match outcome {
             Outcome::Created { id } => state.record_created(TokenRecord::new(
@@ -488,7 +498,7 @@ fn fold_outcomes(mut state: State, report: &Report) -> State {
                 None,
             )),
             Outcome::InDoubt { reason } => {
-                state.record_pending(PendingCreate::new(address.clone(), now(), reason.clone()))
+                state.record_pending(PendingCreate::new(address.clone(), now, reason.clone()))
             }
             Outcome::Failed { .. } | Outcome::Skipped => {}
         }

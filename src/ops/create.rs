@@ -10,7 +10,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
@@ -23,6 +23,7 @@ use crate::model::address::Address;
 use crate::model::journal::Record;
 use crate::ops::limiter::{Limiter, Permit, Progress, Snapshot};
 use crate::sink::{Rescue, Rescued, SecretSink, SinkError, SinkWorker};
+use crate::time::Clock;
 
 /// How 429 answers are retried.
 ///
@@ -208,6 +209,8 @@ pub struct Apply<'a, A> {
     pub parallelism: usize,
     /// Set (by a signal handler) to start no further creates.
     pub interrupt: &'a AtomicBool,
+    /// Tells the time each intent records.
+    pub clock: &'a dyn Clock,
 }
 
 /// What the concurrent creates of one run share. Everything runs on one
@@ -227,6 +230,7 @@ struct Shared<'r, 'e> {
     sinks: SinkWorker,
     rescued: RefCell<Vec<(Address, Rescued)>>,
     interrupt: &'e AtomicBool,
+    clock: &'e dyn Clock,
 }
 
 impl Shared<'_, '_> {
@@ -312,6 +316,7 @@ impl<A: TokenApi> Apply<'_, A> {
             sinks,
             rescued: RefCell::new(Vec::new()),
             interrupt: self.interrupt,
+            clock: self.clock,
         };
         let mut outcomes: Vec<Option<Outcome>> = vec![None; creates.len()];
         let mut in_flight: FuturesUnordered<_> = creates
@@ -371,7 +376,7 @@ async fn create_one<A: TokenApi>(
     shared.emit(Event::Creating(address));
     let intent = Record::Intent {
         address: address.clone(),
-        at: now(),
+        at: shared.clock.epoch_seconds(),
     };
     if let Err(err) = journal.append(&intent).await {
         // Without a durable intent the create must not be sent.
@@ -526,14 +531,6 @@ async fn sleep_unless_stopped(shared: &Shared<'_, '_>, wait: Duration) -> bool {
         }
         tokio::time::sleep((deadline - now).min(step)).await;
     }
-}
-
-/// Returns the time in epoch seconds.
-pub fn now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -7,7 +7,6 @@ use crate::error::Failure;
 use crate::model::address::Address;
 use crate::model::state::{Origin, State, TokenRecord};
 use crate::ops::sinks::Readers;
-use crate::render;
 use crate::secret::fingerprint_of;
 use crate::sink::FoundSecret;
 
@@ -158,7 +157,7 @@ fn find_in_sinks(
             };
             let mut message = format!(
                 "{holds} a token for {address} created since its create was sent ({}) that the state does not record yet (searched: {})",
-                render::utc(since),
+                crate::time::utc(since),
                 searched.join(", ")
             );
             if !problems.is_empty() {
@@ -261,7 +260,7 @@ pub fn import(
             );
         }
     }
-    let mut after = before.cloned().unwrap_or_else(State::fresh);
+    let mut after = before.cloned().unwrap_or_else(crate::lineage::fresh_state);
     after.record_created(TokenRecord::new(
         address.clone(),
         id,

@@ -2,7 +2,6 @@
 //! the checks a plan must pass before anything is created.
 
 use super::Ui;
-use super::create::now;
 use crate::error::Failure;
 use crate::model::lifecycle::{self, Refresh};
 use crate::model::manifest::Manifest;
@@ -12,19 +11,21 @@ use crate::model::state::State;
 /// Returns the plan of `manifest` against `state`: the creates, orphans
 /// and creates in doubt, narrowed by `targeting`, with the rotations and
 /// re-creations the lifecycle asks for (re-creations held back with
-/// `hold_back`, when a refresh looks like a stampede).
+/// `hold_back`, when a refresh looks like a stampede), tokens' ages taken
+/// at `now` (epoch seconds).
 pub fn plan_for(
     manifest: &Manifest,
     state: Option<&State>,
     targeting: &Targeting,
     refresh: Option<&Refresh>,
     hold_back: bool,
+    now: i64,
 ) -> Plan {
     lifecycle::plan_successors(
         plan::plan(&manifest.tokens, state).restrict(targeting),
         state,
         &manifest.lifecycle,
-        now(),
+        now,
         refresh,
         hold_back,
     )

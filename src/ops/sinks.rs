@@ -10,6 +10,7 @@ use crate::error::Failure;
 use crate::model::address::Address;
 use crate::secret::Secret;
 use crate::sink::{ForApply, FoundSecret, Rescue, SecretLookup, SecretSink, SinkContext, SinkSpec};
+use crate::time::SharedClock;
 use crate::vars::Vars;
 
 /// A sink of this run, with the folder its relative paths start from.
@@ -38,12 +39,14 @@ pub fn open(
     creates: &[Address],
     predecessors: &FxHashMap<Address, u64>,
     recorded: &FxHashSet<u64>,
+    clock: &SharedClock,
 ) -> Result<Vec<Box<dyn SecretSink>>, Failure> {
     let apply = ForApply {
         rescue_dir: rescue.dir(),
         creates,
         predecessors,
         recorded,
+        clock,
     };
     sinks
         .iter()

@@ -11,6 +11,8 @@ mod plan;
 use crate::model::address::Address;
 use crate::model::lifecycle::{Finding, HomeHolds, Refresh};
 use crate::model::state::{Liveness, State, SupersededToken};
+// Every time shown is written as the time module writes it.
+use crate::time::utc;
 
 pub use diff::state_diff;
 pub use document::{OUTPUT_FORMAT_VERSION, plan_json, plan_markdown};
@@ -116,29 +118,6 @@ impl Style {
     }
 }
 
-/// Returns epoch seconds as an RFC 3339 UTC time, e.g. `2021-05-24T12:11:51Z`.
-pub fn utc(epoch_seconds: i64) -> String {
-    match jiff::Timestamp::from_second(epoch_seconds) {
-        Ok(time) => time.strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
-        // Outside jiff's range (years -9999 to 9999): no calendar date.
-        Err(_) => format!("{epoch_seconds} (epoch seconds)"),
-    }
-}
-
-/// Parses epoch seconds, or an RFC 3339 time such as
-/// `2021-05-24T12:11:51Z`, into epoch seconds.
-pub fn parse_time(text: &str) -> Result<i64, String> {
-    let text = text.trim();
-    if let Ok(seconds) = text.parse::<i64>() {
-        return Ok(seconds);
-    }
-    text.parse::<jiff::Timestamp>()
-        .map(|time| time.as_second())
-        .map_err(|_| {
-            format!("`{text}` is not a time; write epoch seconds or e.g. 2021-05-24T12:11:51Z")
-        })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -235,23 +214,6 @@ mod tests {
         assert!(!plain.contains('\x1b'));
         let coloured = render(&mixed_plan(), Style { color: true });
         assert!(coloured.contains("\x1b[32m+\x1b[0m"));
-    }
-
-    #[test]
-    fn formats_utc_times() {
-        assert_eq!(utc(0), "1970-01-01T00:00:00Z");
-        assert_eq!(utc(1_621_858_311), "2021-05-24T12:11:51Z");
-        assert_eq!(utc(951_782_400), "2000-02-29T00:00:00Z");
-    }
-
-    #[test]
-    fn parses_times_back() {
-        for seconds in [0, 951_782_400, 1_621_858_311] {
-            assert_eq!(parse_time(&utc(seconds)), Ok(seconds));
-        }
-        assert_eq!(parse_time("1621858311"), Ok(1_621_858_311));
-        assert!(parse_time("yesterday").is_err());
-        assert!(parse_time("2021-13-01T00:00:00Z").is_err());
     }
 
     #[test]

@@ -14,6 +14,7 @@ use std::fmt;
 use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::Deserialize;
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
+use zeroize::Zeroizing;
 
 use super::{
     ForApply, FoundSecret, NewToken, SecretLookup, SecretSink, SinkContext, SinkError, SinkKind,
@@ -376,7 +377,7 @@ fn run(
     argv: &[String],
     env: &[(OsString, OsString)],
     timeout: Duration,
-    input: String,
+    input: Zeroizing<Vec<u8>>,
     stdout: File,
     stderr: File,
 ) -> Result<(Option<std::process::ExitStatus>, io::Result<()>), String> {
@@ -401,7 +402,7 @@ fn run(
     // that never reads its stdin must not hang tokenctl on a full pipe.
     // The write end closes when the thread ends, so the program sees the
     // end of its input.
-    let writing = std::thread::spawn(move || writer.write_all(input.as_bytes()));
+    let writing = std::thread::spawn(move || writer.write_all(&input));
     let deadline = Instant::now() + timeout;
     let status = loop {
         match child.try_wait() {
@@ -498,7 +499,7 @@ impl ExecLookup {
             &self.argv,
             &self.env,
             self.timeout,
-            format!("{query}\n"),
+            Zeroizing::new(format!("{query}\n").into_bytes()),
             stdout.try_clone().map_err(|e| fail(e.to_string()))?,
             stderr,
         )
@@ -519,7 +520,7 @@ impl ExecLookup {
             }
             (Some(_), Ok(())) => {}
         }
-        let mut bytes = zeroize::Zeroizing::new(Vec::new());
+        let mut bytes = Zeroizing::new(Vec::new());
         stdout
             .seek(io::SeekFrom::Start(0))
             .and_then(|_| {

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use schemars::JsonSchema;
 use serde::Deserialize;
+use zeroize::Zeroizing;
 
 use super::{
     ForApply, FoundSecret, NewToken, SecretLookup, SecretSink, SinkContext, SinkError, SinkKind,
@@ -130,7 +131,7 @@ impl SecretSink for FileSink {
             .len();
         let written = self
             .file
-            .write_all(line.as_bytes())
+            .write_all(&line)
             .and_then(|()| self.file.sync_data());
         if let Err(err) = written {
             // A full disk can take part of the line: cut it off, so the
@@ -175,8 +176,9 @@ impl FileLookup {
     /// supersedes an earlier one; a torn last line (a crash mid-write) is
     /// skipped.
     fn records(&self) -> Result<Vec<(Address, FoundSecret)>, SinkError> {
+        // Every token of the file is in these bytes: wiped when dropped.
         let bytes = match fs::read(&self.path) {
-            Ok(bytes) => bytes,
+            Ok(bytes) => Zeroizing::new(bytes),
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
             Err(e) => {
                 return Err(SinkError {
@@ -194,7 +196,8 @@ impl FileLookup {
             created_at: Option<i64>,
             token: String,
         }
-        Ok(String::from_utf8_lossy(&bytes)
+        let text = Zeroizing::new(String::from_utf8_lossy(&bytes).into_owned());
+        Ok(text
             .lines()
             .filter_map(|line| serde_json::from_str::<Line>(line).ok())
             .map(|line| {

@@ -22,6 +22,7 @@ use std::path::Path;
 use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::Deserialize;
 use serde::de::{self, Deserializer, IntoDeserializer, MapAccess, Visitor};
+use zeroize::Zeroizing;
 
 use crate::model::address::Address;
 pub use crate::model::lifecycle::HomeHolds;
@@ -43,19 +44,37 @@ pub struct NewToken<'a> {
 }
 
 impl NewToken<'_> {
-    /// Returns the JSON object a sink receives, on one line.
-    fn to_json_line(&self) -> String {
-        let mut line = serde_json::json!({
-            "address": self.address.to_string(),
-            "accountId": self.address.account_id,
-            "name": self.address.name,
-            "id": self.id,
-            "createdAt": self.created_at,
-            "token": self.token.expose(),
-        })
-        .to_string();
-        line.push('\n');
-        line
+    /// Returns the JSON object a sink receives, on one line, in memory that
+    /// is wiped when dropped.
+    fn to_json_line(&self) -> Zeroizing<Vec<u8>> {
+        // Keys in the order a JSON map sorts them, as the files always had.
+        #[derive(serde::Serialize)]
+        struct Line<'a> {
+            #[serde(rename = "accountId")]
+            account_id: u64,
+            address: String,
+            #[serde(rename = "createdAt")]
+            created_at: i64,
+            id: u64,
+            name: &'a str,
+            token: &'a str,
+        }
+        let line = Line {
+            account_id: self.address.account_id,
+            address: self.address.to_string(),
+            created_at: self.created_at,
+            id: self.id,
+            name: &self.address.name,
+            token: self.token.expose(),
+        };
+        // Room for the worst escaping (six bytes a character), so that the
+        // buffer never grows and leaves a copy of the token behind.
+        let room = 6 * (line.token.len() + line.name.len() + line.address.len()) + 128;
+        let mut bytes = Zeroizing::new(Vec::with_capacity(room));
+        // Writing to memory fails only for a map with non-string keys.
+        let _ = serde_json::to_writer(&mut *bytes, &line);
+        bytes.push(b'\n');
+        bytes
     }
 }
 
@@ -190,6 +209,8 @@ pub struct ForApply<'a> {
     /// what a sink keeps of them (a predecessor kept beside its home)
     /// stays until a person retires them.
     pub recorded: &'a rustc_hash::FxHashSet<u64>,
+    /// Tells the time, for sinks that record when they wrote.
+    pub clock: &'a crate::time::SharedClock,
 }
 
 /// One kind of sink, as the manifest configures it: its spec type
@@ -526,5 +547,7 @@ pub(crate) fn create_private_dir(dir: &Path) -> io::Result<()> {
     builder.create(dir)
 }
 
+#[cfg(test)]
+mod manifest_tests;
 #[cfg(test)]
 mod tests;

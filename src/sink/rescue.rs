@@ -117,7 +117,7 @@ impl Rescue {
             "{}-{}-{}-{}.json",
             token.created_at, token.address.account_id, safe_name, token.id
         ));
-        fsutil::write_atomic(&path, token.to_json_line().as_bytes(), 0o600)?;
+        fsutil::write_atomic(&path, &token.to_json_line(), 0o600)?;
         Ok(path)
     }
 }

@@ -35,16 +35,17 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use serde_yaml::{Mapping, Value};
 use sha2::{Digest, Sha512};
+use zeroize::Zeroizing;
 
 use crate::fsutil;
 use crate::model::address::Address;
 use crate::model::manifest::checked_string;
-use crate::render;
 use crate::secret::Secret;
 use crate::sink::{
     ForApply, FoundSecret, HomeHolds, NewToken, SecretLookup, SecretSink, SinkContext, SinkError,
     SinkKind,
 };
+use crate::time::{self, SharedClock};
 
 /// AES-256-GCM with SOPS's 32-byte nonces.
 type SopsCipher = AesGcm<Aes256, U32>;
@@ -141,7 +142,7 @@ impl SinkKind for SopsSpec {
         ctx: &SinkContext<'_>,
         apply: &ForApply<'_>,
     ) -> Result<Box<dyn SecretSink>, SinkError> {
-        let mut sink = self.sink(ctx, false)?;
+        let mut sink = self.sink(ctx, false)?.with_clock(apply.clock.clone());
         sink.predecessors = apply.predecessors.clone();
         sink.check_committable(ctx.base_dir, ctx.vars, apply.creates)?;
         sink.check_writable()?;
@@ -552,8 +553,8 @@ pub fn encrypt(
     if recipients.is_empty() {
         return Err(SopsError::Crypto("no age recipient is configured".into()));
     }
-    let mut data_key = [0u8; 32];
-    OsRng.fill_bytes(&mut data_key);
+    let mut data_key = Zeroizing::new([0u8; 32]);
+    OsRng.fill_bytes(&mut *data_key);
     let mut doc = document(token, format, layout);
     let mut hash = Sha512::new();
     let mut failure = None;
@@ -585,7 +586,8 @@ pub fn encrypt(
     if let Some(err) = failure {
         return Err(err);
     }
-    let lastmodified = render::utc(now);
+    let lastmodified = time::rfc3339(now)
+        .ok_or_else(|| SopsError::Crypto(format!("the time {now} has no calendar date")))?;
     let mac = hex_upper(&hash.finalize());
     let mac = seal(&data_key, &Plain::Str(&mac), &lastmodified)?;
     let mut age_keys = Vec::new();
@@ -824,11 +826,13 @@ pub fn decrypt(
         return Err(err);
     }
     let (stored_mac, _) = open(&data_key, &mac, &lastmodified).map_err(|_| SopsError::Mac)?;
-    if stored_mac != hex_upper(&hash.finalize()).as_bytes() {
+    if stored_mac.as_slice() != hex_upper(&hash.finalize()).as_bytes() {
         return Err(SopsError::Mac);
     }
     let token = token.ok_or_else(|| format_error("no `token` value"))?;
-    let token = String::from_utf8(token).map_err(|_| format_error("the token is not text"))?;
+    let token = std::str::from_utf8(&token)
+        .map_err(|_| format_error("the token is not text"))?
+        .to_string();
     Ok(Decrypted {
         address,
         id,
@@ -844,10 +848,11 @@ enum Plain<'a> {
 }
 
 impl Plain<'_> {
-    fn bytes(&self) -> Vec<u8> {
+    /// Borrowed, never copied: the token's bytes stay in its `Secret`.
+    fn bytes(&self) -> &[u8] {
         match self {
-            Plain::Str(s) => s.as_bytes().to_vec(),
-            Plain::Owned(s, _) => s.as_bytes().to_vec(),
+            Plain::Str(s) => s.as_bytes(),
+            Plain::Owned(s, _) => s.as_bytes(),
         }
     }
 
@@ -916,12 +921,11 @@ fn seal(key: &[u8; 32], plain: &Plain<'_>, aad: &str) -> Result<String, SopsErro
         .map_err(|_| SopsError::Crypto("bad data key length".into()))?;
     let mut nonce = [0u8; NONCE_LEN];
     OsRng.fill_bytes(&mut nonce);
-    let bytes = plain.bytes();
     let sealed = cipher
         .encrypt(
             Nonce::<U32>::from_slice(&nonce),
             Payload {
-                msg: &bytes,
+                msg: plain.bytes(),
                 aad: aad.as_bytes(),
             },
         )
@@ -936,8 +940,13 @@ fn seal(key: &[u8; 32], plain: &Plain<'_>, aad: &str) -> Result<String, SopsErro
     ))
 }
 
-/// Decrypts an `ENC[AES256_GCM,...]` value; returns its bytes and type.
-fn open(key: &[u8; 32], sealed: &str, aad: &str) -> Result<(Vec<u8>, String), SopsError> {
+/// Decrypts an `ENC[AES256_GCM,...]` value; returns its bytes (wiped when
+/// dropped: they may be the token) and type.
+fn open(
+    key: &[u8; 32],
+    sealed: &str,
+    aad: &str,
+) -> Result<(Zeroizing<Vec<u8>>, String), SopsError> {
     let bad = || SopsError::Format("a value is not a SOPS AES256_GCM value".into());
     let inner = sealed
         .strip_prefix("ENC[AES256_GCM,")
@@ -971,7 +980,7 @@ fn open(key: &[u8; 32], sealed: &str, aad: &str) -> Result<(Vec<u8>, String), So
             },
         )
         .map_err(|_| SopsError::Mac)?;
-    Ok((plain, kind.to_string()))
+    Ok((Zeroizing::new(plain), kind.to_string()))
 }
 
 /// Returns the data key encrypted to one age recipient, ASCII-armored.
@@ -995,14 +1004,16 @@ fn wrap_key(key: &[u8; 32], recipient: &age::x25519::Recipient) -> Result<String
 fn unwrap_key(
     armored: &str,
     identities: &[Box<dyn age::Identity + Send + Sync>],
-) -> Option<[u8; 32]> {
+) -> Option<Zeroizing<[u8; 32]>> {
     let decryptor = age::Decryptor::new(ArmoredReader::new(armored.as_bytes())).ok()?;
     let mut reader = decryptor
         .decrypt(identities.iter().map(|i| i.as_ref() as &dyn age::Identity))
         .ok()?;
-    let mut key = Vec::new();
+    let mut key = Zeroizing::new(Vec::with_capacity(33));
     reader.read_to_end(&mut key).ok()?;
-    key.try_into().ok()
+    <[u8; 32]>::try_from(key.as_slice())
+        .ok()
+        .map(Zeroizing::new)
 }
 
 /// Returns `path` with symbolic links followed as far as it exists, the
@@ -1052,6 +1063,8 @@ pub struct SopsSink {
     /// The folder's path inside its git work tree, once asked (`None`
     /// outside git).
     git_prefix: std::sync::OnceLock<Option<String>>,
+    /// Tells the time each file records as written.
+    clock: SharedClock,
 }
 
 /// How many versions of a home a read-back looks at in git's history,
@@ -1123,6 +1136,7 @@ impl SopsSink {
             predecessors: Default::default(),
             vars: None,
             git_prefix: std::sync::OnceLock::new(),
+            clock: SharedClock::default(),
         }
     }
 
@@ -1139,6 +1153,12 @@ impl SopsSink {
             SopsLayout::PerAddress => home_name(address),
             SopsLayout::PerToken => file_name(address, id),
         }
+    }
+
+    /// Returns the sink with `clock` telling the time its files record.
+    pub fn with_clock(mut self, clock: SharedClock) -> Self {
+        self.clock = clock;
+        self
     }
 
     fn fail(&self, detail: String, hint: Option<&str>) -> SinkError {
@@ -1555,9 +1575,7 @@ impl SopsSink {
 
 impl SecretSink for SopsSink {
     fn deliver(&mut self, token: &NewToken<'_>) -> Result<(), SinkError> {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs() as i64);
+        let now = self.clock.epoch_seconds();
         let text = encrypt(token, self.format, self.layout, &self.recipients, now)
             .map_err(|e| self.fail(e.to_string(), None))?;
         if self.layout == SopsLayout::PerAddress {

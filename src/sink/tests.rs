@@ -61,7 +61,8 @@ fn file_sink_refuses_a_world_readable_file() {
 #[test]
 fn file_sink_refuses_a_file_git_would_commit() {
     if Command::new("git").arg("--version").output().is_err() {
-        assert!(std::env::var_os("CI").is_none(), "git is needed in CI");
+        let in_ci = Vars::from_process().get("CI").is_some();
+        assert!(!in_ci, "git is needed in CI");
         eprintln!("skipped: git is not installed");
         return;
     }
@@ -487,7 +488,12 @@ fn an_interrupt_rescues_a_secret_a_slow_sink_has_not_taken() {
 
 /// The environment the file sink's git checks run with in these tests.
 fn git_vars() -> Vars {
-    Vars::from_pairs([("PATH", std::env::var_os("PATH").unwrap_or_default())])
+    // The sinks' commands run on the test process's PATH.
+    let path = Vars::from_process()
+        .get("PATH")
+        .unwrap_or_default()
+        .to_string();
+    Vars::from_pairs([("PATH", path)])
 }
 
 #[cfg(unix)]
@@ -564,4 +570,34 @@ fn an_exec_command_that_never_reads_the_token_has_not_taken_it() {
             && err.detail.contains("never read"),
         "{err}"
     );
+}
+
+/// The line every sink receives is the JSON object it always was, written
+/// into one buffer that never grows (a grown one would leave a copy of the
+/// token behind) and is wiped when dropped.
+#[test]
+fn a_json_line_keeps_its_format_and_never_outgrows_its_buffer() {
+    for (name, value) in [
+        ("ci/shipper", "tok-plain"),
+        ("a\u{1}\"b\\", "tok\u{1}\u{2}\"\\"),
+        ("ü", "\u{1f}\u{1f}\u{1f}\u{1f}"),
+    ] {
+        let address = Address::new(160343, name);
+        let secret = Secret::new(value.into());
+        let new = token(&secret, &address);
+        let line = new.to_json_line();
+        let before = serde_json::json!({
+            "address": address.to_string(),
+            "accountId": address.account_id,
+            "name": address.name,
+            "id": new.id,
+            "createdAt": new.created_at,
+            "token": secret.expose(),
+        })
+        .to_string()
+            + "\n";
+        assert_eq!(std::str::from_utf8(&line).unwrap(), before);
+        let room = 6 * (value.len() + name.len() + address.to_string().len()) + 128;
+        assert_eq!(line.capacity(), room, "{name:?}");
+    }
 }

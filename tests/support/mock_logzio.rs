@@ -13,10 +13,11 @@
 #![allow(dead_code)]
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use tokenctl::time::{Clock, SystemClock};
 use wiremock::matchers::{body_partial_json, method, path};
 use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
 
@@ -47,6 +48,7 @@ pub struct MockLogzio {
     issued: Arc<Mutex<Vec<Issued>>>,
     revoked: Arc<Mutex<HashSet<String>>>,
     throttled: Arc<AtomicU64>,
+    clock_offset: Arc<AtomicI64>,
 }
 
 /// A token bucket: `per_second` creates a second, at most `burst` at once.
@@ -158,6 +160,8 @@ struct CreateResponder {
     behaviour: Behaviour,
     load: Mutex<Load>,
     throttled: Arc<AtomicU64>,
+    /// How far the server's clock is ahead of this machine's, in seconds.
+    clock_offset: Arc<AtomicI64>,
 }
 
 /// What the create endpoint is serving, for shedding.
@@ -248,9 +252,7 @@ impl Respond for CreateResponder {
                 "name": name,
                 "token": token,
                 // The server's clock, as the real API's createdAt is.
-                "createdAt": std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_secs()),
+                "createdAt": SystemClock.epoch_seconds() + self.clock_offset.load(Ordering::SeqCst),
             }))
     }
 }
@@ -276,6 +278,7 @@ impl MockLogzio {
         let issued = Arc::new(Mutex::new(Vec::new()));
         let revoked = Arc::new(Mutex::new(HashSet::new()));
         let throttled = Arc::new(AtomicU64::new(0));
+        let clock_offset = Arc::new(AtomicI64::new(0));
         Mock::given(method("GET"))
             .and(path("/v2/whoami"))
             .respond_with(WhoamiResponder {
@@ -308,6 +311,7 @@ impl MockLogzio {
                 }),
                 behaviour,
                 throttled: throttled.clone(),
+                clock_offset: clock_offset.clone(),
             })
             .mount(&server)
             .await;
@@ -316,7 +320,15 @@ impl MockLogzio {
             issued,
             revoked,
             throttled,
+            clock_offset,
         }
+    }
+
+    /// Sets the server's clock `seconds` ahead of this machine's (behind
+    /// when negative): the tokens it makes from then on say so in their
+    /// createdAt.
+    pub fn set_clock_offset(&self, seconds: i64) {
+        self.clock_offset.store(seconds, Ordering::SeqCst);
     }
 
     /// Revokes an issued token, as a person does in the UI.

@@ -1,4 +1,5 @@
 pub mod ci;
+pub mod host;
 pub mod mock_logzio;
 pub mod pg;
 pub mod tools;

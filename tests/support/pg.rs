@@ -81,7 +81,7 @@ impl Cluster {
     /// Starts a new cluster, with `fsync` on when `durable`.
     pub fn start_with(durable: bool) -> Option<Cluster> {
         let Some(bin) = server_bindir() else {
-            if std::env::var("CI").is_ok_and(|v| v == "true") {
+            if super::host::in_ci() {
                 panic!(
                     "CI=true but no PostgreSQL server binaries were found (install Debian's postgresql package)"
                 );

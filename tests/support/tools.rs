@@ -10,14 +10,12 @@ use std::time::Duration;
 /// Returns the path of `program` on PATH; without it, fails under CI and
 /// returns `None` (skip) elsewhere.
 pub fn require(program: &str, package: &str) -> Option<PathBuf> {
-    let found = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|dir| dir.join(program))
-            .find(|candidate| candidate.is_file())
-    });
+    let found = std::env::split_paths(&super::host::path_os())
+        .map(|dir| dir.join(program))
+        .find(|candidate| candidate.is_file());
     if found.is_none() {
         assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
+            !super::host::in_ci(),
             "`{program}` is required in CI: install {package} (.ci/run does)"
         );
         eprintln!("skipped: `{program}` is not installed (install {package})");
@@ -60,7 +58,7 @@ pub fn sops_decrypt(file: &Path, key_file: &Path) -> (bool, String, String) {
         .arg("-d")
         .arg(file)
         .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("PATH", super::host::path())
         .env("HOME", key_file.parent().unwrap())
         .env("SOPS_AGE_KEY_FILE", key_file)
         .output()

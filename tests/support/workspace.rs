@@ -138,7 +138,7 @@ impl Workspace {
             .args(args)
             .current_dir(self.dir.path())
             .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("PATH", super::host::path())
             .env("HOME", &home)
             .env("USER", "tester")
             .env("NO_COLOR", "1")

@@ -29,7 +29,7 @@ impl std::fmt::Display for Holder {
             self.host,
             self.pid,
             self.command,
-            crate::render::utc(self.started)
+            crate::time::utc(self.started)
         )?;
         if let Some(url) = &self.ci_job_url {
             write!(f, ", CI job {url}")?;

@@ -238,7 +238,7 @@ mod tests {
     fn a_write_over_a_state_that_changed_meanwhile_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let backend = FileBackend::new(dir.path().join("s.json"));
-        let (first, _) = backend.commit(None, State::fresh()).unwrap();
+        let (first, _) = backend.commit(None, crate::lineage::fresh_state()).unwrap();
         let mut other = first.clone();
         other.serial = 7;
         std::fs::write(backend.store().path(), other.to_json()).unwrap();

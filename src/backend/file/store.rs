@@ -211,7 +211,10 @@ mod tests {
         after: State,
     ) -> Result<(State, bool), StoreError> {
         let Some(after) = next_version(before, after) else {
-            return Ok((before.cloned().unwrap_or_else(State::fresh), false));
+            return Ok((
+                before.cloned().unwrap_or_else(crate::lineage::fresh_state),
+                false,
+            ));
         };
         store.save(&after)?;
         Ok((after, true))
@@ -244,7 +247,7 @@ mod tests {
         let direct = FileStore::new(real);
         assert_eq!(through_link.lock_path(), direct.lock_path());
         assert_eq!(through_link.journal_path(), direct.journal_path());
-        let mut state = State::fresh();
+        let mut state = crate::lineage::fresh_state();
         one_token(&mut state, "a", 1);
         let (first, _) = commit(&through_link, None, state).unwrap();
         let mut second = first.clone();
@@ -270,7 +273,7 @@ mod tests {
     fn commit_writes_moves_serial_and_keeps_backup() {
         let dir = tempfile::tempdir().unwrap();
         let store = FileStore::new(dir.path().join("state/tokens.state.json"));
-        let mut first = State::fresh();
+        let mut first = crate::lineage::fresh_state();
         one_token(&mut first, "a", 1);
         let (first, written) = commit(&store, None, first).unwrap();
         assert!(written);
@@ -290,7 +293,7 @@ mod tests {
     fn commit_without_change_writes_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let store = FileStore::new(dir.path().join("s.json"));
-        let (state, _) = commit(&store, None, State::fresh()).unwrap();
+        let (state, _) = commit(&store, None, crate::lineage::fresh_state()).unwrap();
         let before = fs::metadata(store.path()).unwrap().modified().unwrap();
         let (again, written) = commit(&store, Some(&state), state.clone()).unwrap();
         assert!(!written);

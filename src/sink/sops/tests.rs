@@ -1,4 +1,5 @@
 use super::*;
+use crate::time::TestClock;
 use std::path::Path;
 
 fn identity() -> age::x25519::Identity {
@@ -227,7 +228,8 @@ fn the_per_token_layout_writes_new_files_and_finds_them_again() {
         SopsFormat::Plain,
         boxed(key),
     )
-    .with_layout(SopsLayout::PerToken);
+    .with_layout(SopsLayout::PerToken)
+    .with_clock(SharedClock::new(TestClock::at(1_700_000_100)));
     sink.check_writable().unwrap();
     let address = Address::new(3, "x");
     let secret = Secret::new("tok-sops-5".into());
@@ -240,6 +242,12 @@ fn the_per_token_layout_writes_new_files_and_finds_them_again() {
     assert_eq!(found[0].token.expose(), "tok-sops-5");
     assert!(sink.lookup(&Address::new(3, "y")).unwrap().is_empty());
     assert_eq!(names_in(&dir.path().join("secrets")), ["3-x-42.sops.yaml"]);
+    // The file records the time the sink's clock told.
+    let text = fs::read_to_string(dir.path().join("secrets/3-x-42.sops.yaml")).unwrap();
+    assert!(
+        text.contains("lastmodified: \"2023-11-14T22:15:00Z\""),
+        "{text}"
+    );
 }
 
 #[test]
@@ -504,10 +512,10 @@ fn outside_git_a_kept_predecessor_goes_once_retired() {
         SopsFormat::Plain,
         Vec::new(),
     );
-    sink.vars = Some(crate::vars::Vars::from_pairs([(
-        "PATH",
-        std::env::var_os("PATH").unwrap_or_default(),
-    )]));
+    // git runs on the test process's PATH.
+    let vars = crate::vars::Vars::from_process();
+    let path = vars.get("PATH").unwrap_or_default();
+    sink.vars = Some(crate::vars::Vars::from_pairs([("PATH", path)]));
     assert!(!sink.in_git(), "{} is in a git work tree", folder.display());
     sink.check_writable().unwrap();
     let address = Address::new(3, "x");

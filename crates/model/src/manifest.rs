@@ -3,6 +3,10 @@
 //! Parsing is pure: it takes the text and the name to show in errors, and
 //! returns a validated [`Manifest`] or an error that names file, line and
 //! column and says what would be accepted.
+//!
+//! The `secrets` map is read by a type the caller names (the sinks' own
+//! specs): this crate knows no sink, and the specs are read in the same
+//! pass as the rest, so their errors point at their place too.
 
 use rustc_hash::FxHashMap;
 use std::borrow::Cow;
@@ -10,20 +14,18 @@ use std::fmt;
 
 use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::Deserialize;
+use serde::de::DeserializeOwned;
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
-use crate::model::address::Address;
-use crate::sink::Secrets;
+use crate::address::Address;
 
 /// The manifest format version this tool reads.
 pub const MANIFEST_VERSION: u64 = 1;
 
-/// A parsed and validated manifest.
+/// A parsed and validated manifest, but for its `secrets` (see [`Parsed`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Manifest {
     pub endpoint: Endpoint,
-    /// Where new secrets go: one spec per kind of sink.
-    pub secrets: Secrets,
     /// Desired tokens, in the order the manifest lists them.
     pub tokens: Vec<Address>,
     /// Rotation and what to do about revoked tokens.
@@ -165,10 +167,13 @@ impl Region {
     }
 }
 
-/// The result of parsing: the manifest and any warnings about it.
+/// The result of parsing: the manifest, its `secrets` as read by `S`
+/// (empty when absent), and any warnings about it.
 #[derive(Debug)]
-pub struct Parsed {
+pub struct Parsed<S> {
     pub manifest: Manifest,
+    /// Where new secrets go, read by the sinks' type.
+    pub secrets: S,
     pub warnings: Vec<String>,
 }
 
@@ -183,19 +188,17 @@ pub struct ManifestError {
     pub hint: Option<String>,
 }
 
-impl crate::error::Hint for ManifestError {
-    fn hint(&self) -> Option<String> {
-        self.hint.clone()
-    }
-}
-
 impl Manifest {
     /// Parses and validates manifest text; `origin` names it in errors.
-    pub fn parse(text: &str, origin: &str) -> Result<Parsed, ManifestError> {
+    /// `S` reads the `secrets` map.
+    pub fn parse<S: DeserializeOwned + Default>(
+        text: &str,
+        origin: &str,
+    ) -> Result<Parsed<S>, ManifestError> {
         // Editors on Windows save UTF-8 with a byte-order mark; it is not
         // part of the YAML and would otherwise hide the first key.
         let text = text.strip_prefix('\u{feff}').unwrap_or(text);
-        let raw: RawManifest = match serde_yaml::from_str(text) {
+        let raw: RawManifest<S> = match serde_yaml::from_str(text) {
             Ok(raw) => raw,
             Err(err) => return Err(yaml_error(&err, text, origin)),
         };
@@ -288,11 +291,11 @@ impl Manifest {
         Ok(Parsed {
             manifest: Manifest {
                 endpoint,
-                secrets,
                 tokens,
                 lifecycle: Lifecycle { default, per_token },
                 backend,
             },
+            secrets,
             warnings,
         })
     }
@@ -457,7 +460,7 @@ fn locate_token(text: &str, index: usize) -> Option<(usize, usize)> {
         { "required": ["api_url"], "not": { "required": ["region"] } }
     ])
 )]
-pub(crate) struct RawManifest {
+pub(crate) struct RawManifest<S> {
     /// Manifest format version.
     #[schemars(required)]
     version: Option<VersionField>,
@@ -465,7 +468,7 @@ pub(crate) struct RawManifest {
     region: Option<RegionField>,
     /// API base URL instead of a region: https://, or http:// to a loopback host.
     api_url: Option<ApiUrlField>,
-    secrets: Option<Secrets>,
+    secrets: Option<S>,
     /// Age after which apply creates a successor and keeps the old token to be revoked, e.g. 90d (at least 1h). On a token, it wins over the top level.
     rotate_after: Option<RotateAfter>,
     /// What a refresh that finds the token revoked plans: report (the default) or recreate. On a token, it wins over the top level.
@@ -867,7 +870,7 @@ impl<'de> Deserialize<'de> for TokenName {
 /// Deserializes a string and checks it inside the deserializer, where
 /// serde_yaml can still attach the value's position to the error. Other
 /// YAML types (`123`, `true`) are refused rather than read as text.
-pub(crate) fn checked_string<'de, D, T>(
+pub fn checked_string<'de, D, T>(
     d: D,
     expecting: &'static str,
     check: fn(&str) -> Result<T, String>,
@@ -1002,8 +1005,7 @@ impl<'de> Deserialize<'de> for ApiUrlField {
 /// `https://` is required, except for loopback hosts, which tests and local
 /// mocks use; plain HTTP elsewhere would send the owner token in the clear.
 pub fn check_api_url(text: &str) -> Result<String, String> {
-    let url =
-        reqwest::Url::parse(text).map_err(|e| format!("api_url `{text}` is not a URL: {e}"))?;
+    let url = url::Url::parse(text).map_err(|e| format!("api_url `{text}` is not a URL: {e}"))?;
     let Some(host) = url.host_str() else {
         return Err(format!("api_url `{text}` has no host"));
     };

@@ -9,10 +9,10 @@
 
 use rustc_hash::FxHashMap;
 
-use crate::model::address::Address;
-use crate::model::manifest::{Lifecycle, OnRevoked};
-use crate::model::plan::{Action, Plan};
-use crate::model::state::{Check, Liveness, State, SupersededToken};
+use crate::address::Address;
+use crate::manifest::{Lifecycle, OnRevoked};
+use crate::plan::{Action, Plan};
+use crate::state::{Check, Liveness, State, SupersededToken};
 
 /// What a refresh found for one token.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -236,9 +236,9 @@ pub enum HomeHolds {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::manifest::Policy;
-    use crate::model::plan::plan;
-    use crate::model::state::TokenRecord;
+    use crate::manifest::Policy;
+    use crate::plan::plan;
+    use crate::state::TokenRecord;
 
     const DAY: i64 = 86_400;
 
@@ -335,7 +335,7 @@ mod tests {
             addr("imported"),
             9,
             None,
-            crate::model::state::Origin::Imported,
+            crate::state::Origin::Imported,
             None,
         ));
         let policy = lifecycle(Some(1), OnRevoked::Report);

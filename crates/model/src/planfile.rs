@@ -7,9 +7,9 @@
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::model::address::Address;
-use crate::model::plan::Plan;
-use crate::model::state::{State, TOOL_VERSION};
+use crate::address::Address;
+use crate::plan::Plan;
+use crate::state::{State, TOOL_VERSION};
 
 /// The plan file format version.
 pub const PLAN_FORMAT_VERSION: u32 = 1;
@@ -49,15 +49,10 @@ pub enum PlanFileError {
     Manifest,
 }
 
-impl crate::error::Hint for PlanFileError {
-    fn hint(&self) -> Option<String> {
-        Some(self.advice().to_string())
-    }
-}
-
 impl PlanFileError {
     /// Returns what the user can do about it.
-    fn advice(&self) -> &'static str {
+    /// Returns what to do about the refusal.
+    pub fn advice(&self) -> &'static str {
         match self {
             PlanFileError::Unreadable(_) => "pass a file written by `tokenctl plan -o FILE`",
             PlanFileError::ToolVersion { .. } => {
@@ -166,7 +161,7 @@ impl PlanFile {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::plan::plan;
+    use crate::plan::plan;
 
     fn saved(state: Option<&State>) -> PlanFile {
         let desired = [Address::new(1, "a")];

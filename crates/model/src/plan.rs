@@ -4,8 +4,8 @@ use rustc_hash::FxHashSet;
 
 use serde::Serialize;
 
-use crate::model::address::Address;
-use crate::model::state::State;
+use crate::address::Address;
+use crate::state::State;
 
 /// What a plan does with one address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -193,7 +193,7 @@ impl std::str::FromStr for Pattern {
         }
         s.parse()
             .map(Pattern::Address)
-            .map_err(|e: crate::model::address::AddressParseError| e.to_string())
+            .map_err(|e: crate::address::AddressParseError| e.to_string())
     }
 }
 
@@ -297,7 +297,7 @@ pub fn plan(desired: &[Address], state: Option<&State>) -> Plan {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::state::{PendingCreate, TokenRecord};
+    use crate::state::{PendingCreate, TokenRecord};
 
     fn addr(account: u64, name: &str) -> Address {
         Address::new(account, name)

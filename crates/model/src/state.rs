@@ -7,7 +7,7 @@ use rustc_hash::FxHashSet;
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::address::Address;
+use crate::address::Address;
 
 /// The newest state format version this tool reads and writes.
 ///
@@ -222,11 +222,6 @@ impl State {
             superseded: Vec::new(),
             former: Vec::new(),
         }
-    }
-
-    /// Returns an empty state with a fresh random lineage.
-    pub fn fresh() -> Self {
-        State::new(uuid::Uuid::new_v4().to_string())
     }
 
     /// Parses a state document.

@@ -10,8 +10,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::address::Address;
-use crate::model::state::{PendingCreate, State, TokenRecord};
+use crate::address::Address;
+use crate::state::{PendingCreate, State, TokenRecord};
 
 /// One journal line.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -109,15 +109,15 @@ pub fn lineage(records: &[Record]) -> Option<&str> {
 }
 
 /// Journal records for the tests of the fold and of the journal files.
-#[cfg(test)]
-pub(crate) mod samples {
+#[cfg(any(test, feature = "samples"))]
+pub mod samples {
     use super::*;
 
-    pub(crate) fn addr(name: &str) -> Address {
+    pub fn addr(name: &str) -> Address {
         Address::new(1, name)
     }
 
-    pub(crate) fn begin() -> Record {
+    pub fn begin() -> Record {
         Record::Begin {
             lineage: "l".into(),
             serial: 3,
@@ -127,7 +127,7 @@ pub(crate) mod samples {
         }
     }
 
-    pub(crate) fn created(name: &str, id: u64) -> Record {
+    pub fn created(name: &str, id: u64) -> Record {
         Record::Created {
             address: addr(name),
             id,
@@ -136,7 +136,7 @@ pub(crate) mod samples {
         }
     }
 
-    pub(crate) fn intent(name: &str) -> Record {
+    pub fn intent(name: &str) -> Record {
         Record::Intent {
             address: addr(name),
             at: 5,
