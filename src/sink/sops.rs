@@ -1505,14 +1505,17 @@ impl SopsSink {
             .as_ref()
     }
 
-    /// Returns the committed versions of the homes `wanted` accepts (by
-    /// file name), newest first, as (name, commit, text): one `git log` and
-    /// one `git cat-file --batch` whatever their number. Empty outside
-    /// git; what git cannot answer in time is left out.
-    fn home_history(&self, wanted: impl Fn(&str) -> bool) -> Vec<(String, String, String)> {
+    /// Returns the committed versions of the homes named `names` (`None`:
+    /// every home of the folder), newest first, as (name, commit, text):
+    /// one `git log` and one `git cat-file --batch` whatever their number.
+    /// Empty outside git; what git cannot answer in time is left out.
+    fn home_history(&self, names: Option<&[String]>) -> Vec<(String, String, String)> {
         let (Some(vars), Some(place)) = (&self.vars, self.git_place()) else {
             return Vec::new();
         };
+        if names.is_some_and(<[String]>::is_empty) {
+            return Vec::new();
+        }
         let mut log = super::git(&self.dir, vars);
         log.args([
             "log",
@@ -1522,8 +1525,16 @@ impl SopsSink {
             "--no-abbrev",
             "--no-renames",
             "--",
-            ".",
         ]);
+        // Names as literal paths of the folder, not patterns.
+        match names {
+            Some(names) => log.args(names.iter().map(|n| format!(":(literal){n}"))),
+            None => log.arg("."),
+        };
+        let wanted = |name: &str| match names {
+            Some(names) => names.iter().any(|n| n == name),
+            None => name.ends_with(FILE_SUFFIX),
+        };
         let Ok(out) = super::run_git(log, None, super::GIT_TIMEOUT) else {
             return Vec::new();
         };
@@ -1578,7 +1589,8 @@ impl SopsSink {
             .collect();
         let mut held: rustc_hash::FxHashMap<String, Vec<Readable>> = Default::default();
         if !open.is_empty() {
-            for (name, _, text) in self.home_history(|name| open.contains(name)) {
+            let names: Vec<String> = open.into_iter().collect();
+            for (name, _, text) in self.home_history(Some(&names)) {
                 if let Ok(r) = readable(&text) {
                     held.entry(name).or_default().push(r);
                 }
@@ -1765,11 +1777,8 @@ impl SopsSink {
         // A home's predecessors that git holds, as Vault keeps versions:
         // a refresh can verify them and `retire --verify` see them revoked.
         if self.layout == SopsLayout::PerAddress && !self.identities.is_empty() {
-            let home = only.map(home_name);
-            let history = self.home_history(|name| match &home {
-                Some(home) => name == home,
-                None => name.ends_with(FILE_SUFFIX),
-            });
+            let home: Option<Vec<String>> = only.map(|address| vec![home_name(address)]);
+            let history = self.home_history(home.as_deref());
             for (name, commit, text) in history {
                 let Ok(r) = readable(&text) else {
                     continue;
