@@ -1251,6 +1251,17 @@ async fn the_record_step_commits_the_sops_files_wherever_the_manifest_puts_them(
         None
     );
     assert!(forge.main_file("state/tokens.state.json").is_some());
+    // With no SOPS file changed, nothing else of the work tree is added.
+    fs::write(workspace.join("junk.txt"), "not to be committed\n").unwrap();
+    let record = forge.spawn_script(
+        &workspace,
+        &["bash", "--noprofile", "--norc", "-eo", "pipefail"],
+        &format!("{}\n", repo_root().join("ci/action/record.sh").display()),
+        &env,
+    );
+    let recorded = record.wait_with_output().unwrap();
+    assert!(recorded.status.success(), "{}", text(&recorded));
+    assert_eq!(forge.main_file("junk.txt"), None);
     // The same command in GitLab's component.
     let line = "git ls-files -z --others --modified --deleted --exclude-standard -- '*.sops.yaml' '*.sops.yaml.previous' |";
     at(&read("ci/action/record.sh"), line, "record.sh");
