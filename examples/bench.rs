@@ -5,9 +5,12 @@
 //! `--runs N` (default 5), `--sizes 1000,10000,100000`, `--apply-n 2000`,
 //! `--delay-ms 20`, `--skip-apply`, `--skip-terraform`, `--terraform-max 10000`,
 //! `--skip-postgres`, `--only-postgres` (the PostgreSQL backend alone).
-//! `--only plan,apply,adaptive,postgres` (sections to run), `--adaptive-runs N`
-//! (default 1), `--baseline PATH` (another tokenctl binary, e.g. built from an
-//! earlier commit, run at fixed parallelism beside the adaptive one).
+//! `--only plan,apply,adaptive,postgres,sops` (sections to run; `sops` runs
+//! only when named), `--adaptive-runs N` (default 1), `--baseline PATH`
+//! (another tokenctl binary, e.g. built from an earlier commit, run at fixed
+//! parallelism beside the adaptive one, and alternately with this one in the
+//! `sops` section), `--sops-homes N` (default 200) and `--sops-commits N`
+//! (default 2000): `plan --refresh` reading SOPS homes in a git work tree.
 //!
 //! Every measurement runs the release binary as a child process and reads its
 //! wall time and peak resident memory (`wait4`); the table shows the median
@@ -59,6 +62,9 @@ struct Options {
     adaptive_runs: usize,
     /// A tokenctl binary to compare the adaptive section with.
     baseline: Option<PathBuf>,
+    /// Addresses, and commits that touch other files, of the `sops` section.
+    sops_homes: usize,
+    sops_commits: usize,
 }
 
 impl Options {
@@ -80,6 +86,8 @@ fn options() -> Options {
         only: Vec::new(),
         adaptive_runs: 1,
         baseline: None,
+        sops_homes: 200,
+        sops_commits: 2_000,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -101,6 +109,8 @@ fn options() -> Options {
             "--only" => options.only = value.split(',').map(str::to_string).collect(),
             "--adaptive-runs" => options.adaptive_runs = value.parse().expect("--adaptive-runs N"),
             "--baseline" => options.baseline = Some(PathBuf::from(value)),
+            "--sops-homes" => options.sops_homes = value.parse().expect("--sops-homes N"),
+            "--sops-commits" => options.sops_commits = value.parse().expect("--sops-commits N"),
             "--skip-apply" => {
                 options.apply = false;
                 i -= 1;
@@ -1015,7 +1025,155 @@ fn main() {
     if options.postgres.is_some() && (!others || options.runs_section("postgres")) {
         postgres_benchmarks(&bin, &options, &mut report);
     }
+    // Named only: it needs git and age-keygen, and takes a while to set up.
+    if options.only.iter().any(|s| s == "sops") {
+        sops_refresh_benchmarks(&bin, &options, &mut report);
+    }
     println!("{report}");
+}
+
+/// Runs `program` with `args` in `dir`, and fails the benchmark if it fails.
+fn run_in(dir: &Path, program: &str, args: &[&str]) -> String {
+    let out = Command::new(program)
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap_or_else(|e| panic!("{program}: {e}"));
+    assert!(
+        out.status.success(),
+        "{program} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `plan --refresh` of tokens whose secrets are in SOPS homes (one file per
+/// address), in a git work tree whose history holds many commits that
+/// touch other files: the read-back reads the folder and git's history.
+/// With `--baseline`, the two binaries run alternately.
+fn sops_refresh_benchmarks(bin: &Path, options: &Options, report: &mut String) {
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let (homes, commits) = (options.sops_homes, options.sops_commits);
+    let mock = runtime.block_on(mock_logzio::MockLogzio::start_with(
+        mock_logzio::Behaviour {
+            sub_accounts: Some(vec![160343]),
+            ..Default::default()
+        },
+    ));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let work = dir.path();
+    let git = |args: &[&str]| {
+        let mut all = vec![
+            "-c",
+            "user.name=bench",
+            "-c",
+            "user.email=bench@example.invalid",
+            "-c",
+            "commit.gpgsign=false",
+        ];
+        all.extend_from_slice(args);
+        run_in(work, "git", &all)
+    };
+    run_in(work, "age-keygen", &["-o", "key.txt"]);
+    let key = fs::read_to_string(work.join("key.txt")).expect("key");
+    let recipient = key
+        .lines()
+        .find_map(|l| l.strip_prefix("# public key: "))
+        .expect("age-keygen wrote no public key")
+        .to_string();
+    let mut manifest = format!(
+        "version: 1\nregion: eu\nsecrets:\n  sops:\n    dir: secrets/tokens\n    age: [{recipient}]\ntokens:\n"
+    );
+    for i in 1..=homes {
+        let _ = writeln!(manifest, "  - name: t{i}\n    accountId: 160343");
+    }
+    fs::write(work.join("tokens.yaml"), manifest).expect("manifest");
+    fs::write(work.join(".gitignore"), "home/\nkey.txt\n").expect(".gitignore");
+    git(&["init", "-q"]);
+    let applied = measure(&mut apply_command(bin, work, 16, &mock.url()));
+    assert!(applied.success, "the apply that writes the homes failed");
+    git(&["add", "-A"]);
+    git(&["commit", "-qm", "homes"]);
+    // The other commits, through fast-import: a commit each, on the branch.
+    let branch = git(&["symbolic-ref", "HEAD"]).trim().to_string();
+    let head = git(&["rev-parse", "HEAD"]).trim().to_string();
+    let mut stream = String::new();
+    for n in 1..=commits {
+        let content = format!("{n}\n");
+        let _ = write!(
+            stream,
+            "commit {branch}\ncommitter bench <bench@example.invalid> {} +0000\ndata {}\nc{n}\n",
+            1_700_000_000 + n,
+            format!("c{n}").len()
+        );
+        if n == 1 {
+            let _ = writeln!(stream, "from {head}");
+        }
+        let _ = write!(
+            stream,
+            "M 100644 inline other.txt\ndata {}\n{content}\n",
+            content.len()
+        );
+    }
+    let mut import = Command::new("git")
+        .args(["fast-import", "--quiet"])
+        .current_dir(work)
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("git fast-import");
+    {
+        use std::io::Write as _;
+        let mut stdin = import.stdin.take().expect("stdin");
+        stdin
+            .write_all(stream.as_bytes())
+            .expect("fast-import input");
+    }
+    assert!(import.wait().expect("fast-import").success());
+    git(&["reset", "-q", "--hard"]);
+    let refresh = |binary: &Path| {
+        let mut command = tokenctl(binary, work, &["plan", "--refresh"]);
+        command
+            .env("LOGZIO_API_TOKEN", mock_logzio::OWNER_TOKEN)
+            .env("LOGZIO_API_URL", mock.url())
+            .env("SOPS_AGE_KEY_FILE", work.join("key.txt"));
+        command
+    };
+    // Both read every secret back: a fast run that verified nothing would
+    // prove nothing.
+    let counts =
+        format!("Refresh: {homes} alive, 0 revoked, 0 misdelivered, 0 unknown, 0 unverifiable.");
+    for binary in options.baseline.iter().map(PathBuf::as_path).chain([bin]) {
+        let out = refresh(binary).output().expect("plan --refresh");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(stdout.contains(&counts), "{}: {stdout}", binary.display());
+    }
+    let mut ours = Vec::new();
+    let mut theirs = Vec::new();
+    for _ in 0..options.runs {
+        if let Some(baseline) = &options.baseline {
+            let sample = measure(&mut refresh(baseline));
+            assert!(sample.success, "the baseline's plan --refresh failed");
+            theirs.push(sample.wall);
+        }
+        let sample = measure(&mut refresh(bin));
+        assert!(sample.success, "plan --refresh failed");
+        ours.push(sample.wall);
+    }
+    let list = |walls: &[Duration]| walls.iter().map(|w| ms(*w)).collect::<Vec<_>>().join(" ");
+    let _ = writeln!(
+        report,
+        "\n### `plan --refresh` of {homes} SOPS homes, {} commits\n\nWall ms of each run, in the order run (alternately when a baseline is given):\n",
+        commits + 1
+    );
+    if let Some(baseline) = &options.baseline {
+        let _ = writeln!(
+            report,
+            "- baseline {}: {}",
+            baseline.display(),
+            list(&theirs)
+        );
+    }
+    let _ = writeln!(report, "- this tree: {}", list(&ours));
 }
 
 /// Writes a manifest that keeps its state in PostgreSQL.

@@ -1167,3 +1167,97 @@ async fn the_record_step_commits_the_journal_when_the_fold_fails() {
         "{state}"
     );
 }
+
+/// The record step commits the SOPS files an apply wrote wherever the
+/// manifest's `secrets.sops.dir` puts them, and the kept predecessors it
+/// removed; GitLab's component does the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_record_step_commits_the_sops_files_wherever_the_manifest_puts_them() {
+    if !ci::have_script_tools() {
+        return;
+    }
+    let mock = MockLogzio::start().await;
+    let forge = Forge::new(&mock.url(), "http://127.0.0.1:9");
+    let manifest = format!(
+        "version: 1\napi_url: {}\nsecrets:\n  sops:\n    dir: keys/logzio\n    age: [age1jmqcemfy5a7pfh00qqexmjg40w6ztgwc6vx0f0h26cska0jzaelspqjvxg]\ntokens:\n  - name: a\n    accountId: 1\n",
+        mock.url()
+    );
+    let sha = forge.merge_manifest(&manifest);
+    let workspace = forge.path("runner-1/work");
+    fs::create_dir_all(&workspace).unwrap();
+    crate::pipeline::github_checkout(&forge, &workspace, &sha, &json!({}));
+    let tools_dir = forge.path("runner-1/bin");
+    fs::create_dir_all(&tools_dir).unwrap();
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_tokenctl"), tools_dir.join("tokenctl")).unwrap();
+    let path = format!("{}:{}", tools_dir.display(), crate::support::host::path());
+    let env: Vec<(String, String)> = [
+        ("PATH", path.as_str()),
+        ("LOGZIO_API_TOKEN", crate::support::mock_logzio::OWNER_TOKEN),
+        ("GITHUB_REF", "refs/heads/main"),
+        ("GITHUB_TOKEN", "github-token-for-tests"),
+        ("GITHUB_SERVER_URL", "https://github.example.invalid"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let apply = forge.spawn_script(
+        &workspace,
+        &["bash", "--noprofile", "--norc", "-e"],
+        "tokenctl apply --auto-approve\n",
+        &env,
+    );
+    let applied = apply.wait_with_output().unwrap();
+    assert!(applied.status.success(), "{}", text(&applied));
+    // A kept predecessor a later apply removed goes from the branch too.
+    let kept = workspace.join("keys/logzio/1-a.1.sops.yaml.previous");
+    fs::write(&kept, "kept\n").unwrap();
+    forge.git(&workspace, &["add", &kept.display().to_string()]);
+    forge.git(
+        &workspace,
+        &[
+            "-c",
+            "user.name=dev",
+            "-c",
+            "user.email=dev@example.invalid",
+            "commit",
+            "--quiet",
+            "-m",
+            "kept",
+        ],
+    );
+    fs::remove_file(&kept).unwrap();
+    let record = forge.spawn_script(
+        &workspace,
+        &["bash", "--noprofile", "--norc", "-eo", "pipefail"],
+        &format!("{}\n", repo_root().join("ci/action/record.sh").display()),
+        &env,
+    );
+    let recorded = record.wait_with_output().unwrap();
+    assert!(recorded.status.success(), "{}", text(&recorded));
+    let home = forge
+        .main_file("keys/logzio/1-a.sops.yaml")
+        .expect("the SOPS file is not on main");
+    assert!(home.contains("address: \"1/a\""), "{home}");
+    assert_eq!(
+        forge.main_file("keys/logzio/1-a.1.sops.yaml.previous"),
+        None
+    );
+    assert!(forge.main_file("state/tokens.state.json").is_some());
+    // With no SOPS file changed, nothing else of the work tree is added.
+    fs::write(workspace.join("junk.txt"), "not to be committed\n").unwrap();
+    let record = forge.spawn_script(
+        &workspace,
+        &["bash", "--noprofile", "--norc", "-eo", "pipefail"],
+        &format!("{}\n", repo_root().join("ci/action/record.sh").display()),
+        &env,
+    );
+    let recorded = record.wait_with_output().unwrap();
+    assert!(recorded.status.success(), "{}", text(&recorded));
+    assert_eq!(forge.main_file("junk.txt"), None);
+    // The same command in GitLab's component.
+    let line = "git ls-files -z --others --modified --deleted --exclude-standard -- '*.sops.yaml' '*.sops.yaml.previous' |";
+    at(&read("ci/action/record.sh"), line, "record.sh");
+    at(&read("templates/apply.yml"), line, "apply.yml");
+    assert!(!read("templates/apply.yml").contains("secrets/tokens"));
+    assert!(!read("ci/action/record.sh").contains("secrets/tokens"));
+}

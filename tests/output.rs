@@ -27,23 +27,94 @@ const FILTERS: [(&str, &str); 7] = [
     (r"\t\d+", "\t[ID]"),
 ];
 
+/// The filters of [`FILTERS`] but the ids': for snapshots whose ids are
+/// named by [`label_ids`].
+const LABELLED: [(&str, &str); 5] = [
+    (r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", "[TIME]"),
+    (r"sha256:[0-9a-f]+", "sha256:[FP]"),
+    (
+        r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}",
+        "[LINEAGE]",
+    ),
+    (
+        r#""(createdAt|since|at|serial|superseded_at)": \d+"#,
+        r#""$1": [N]"#,
+    ),
+    (r"pid \d+", "pid [PID]"),
+];
+
 /// Compares a run's exit code, stdout and stderr with the snapshot `name`,
 /// with the temp folder, the version and what `FILTERS` names redacted.
 fn snapshot(name: &str, ws: &Workspace, run: &Run) {
+    compare(name, &whole(ws, run), &FILTERS);
+}
+
+/// Compares as [`snapshot`] does, with each id the mock issued named by
+/// its address and rank instead of hidden, so the snapshot shows which
+/// token each line names (the predecessor, the successor, another).
+fn snapshot_ids(name: &str, ws: &Workspace, run: &Run, mock: &MockLogzio) {
+    compare(name, &label_ids(&whole(ws, run), mock), &LABELLED);
+}
+
+/// Returns a run's exit code, stdout and stderr as one text, the temp
+/// folder and the version redacted.
+fn whole(ws: &Workspace, run: &Run) -> String {
     let root = ws.dir.path().display().to_string();
-    let text = format!(
+    format!(
         "exit code: {}\n--- stdout\n{}--- stderr\n{}",
         run.code, run.stdout, run.stderr
     )
     .replace(&root, "[ROOT]")
-    .replace(env!("CARGO_PKG_VERSION"), "[VERSION]");
+    .replace(env!("CARGO_PKG_VERSION"), "[VERSION]")
+}
+
+fn compare(name: &str, text: &str, filters: &[(&str, &str)]) {
     insta::with_settings!({
         prepend_module_to_snapshot => false,
         omit_expression => true,
-        filters => FILTERS.to_vec(),
+        filters => filters.to_vec(),
     }, {
         insta::assert_snapshot!(name, text);
     });
+}
+
+/// Returns `text` with every id the mock issued, standing as a number of
+/// its own after a blank, `(` or `"`, replaced by `[<address>#<rank>]`
+/// (`[1/a#2]`: the second token issued for 1/a).
+fn label_ids(text: &str, mock: &MockLogzio) -> String {
+    let mut issued = mock.issued();
+    issued.sort_by_key(|i| i.id);
+    let mut ranks: std::collections::HashMap<String, usize> = Default::default();
+    let mut labels: std::collections::HashMap<String, String> = Default::default();
+    for token in issued {
+        let address = format!("{}/{}", token.account_id, token.name);
+        let rank = ranks.entry(address.clone()).or_default();
+        *rank += 1;
+        labels.insert(token.id.to_string(), format!("[{address}#{rank}]"));
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find(|c: char| c.is_ascii_digit()) {
+        let end = rest[start..]
+            .find(|c: char| !c.is_ascii_digit())
+            .map_or(rest.len(), |n| start + n);
+        let before = rest[..start].chars().next_back();
+        let after = rest[end..].chars().next();
+        let number = &rest[start..end];
+        out.push_str(&rest[..start]);
+        match labels.get(number) {
+            Some(label)
+                if matches!(before, Some(' ' | '(' | '"'))
+                    && !after.is_some_and(|c| c.is_alphanumeric()) =>
+            {
+                out.push_str(label)
+            }
+            _ => out.push_str(number),
+        }
+        rest = &rest[end..];
+    }
+    out.push_str(rest);
+    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -179,7 +250,8 @@ async fn a_saved_plan_its_diff_and_its_document() {
 
 /// A rotation into SOPS homes: the plan says what each home holds and
 /// what its consumers will see; the apply replaces the homes; the plan
-/// after it says the consumers already read the successors.
+/// after it says which consumers already read the successors, and which
+/// must move first.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rotation_into_homes() {
     let mock = MockLogzio::start().await;
@@ -204,13 +276,15 @@ async fn a_rotation_into_homes() {
         ("rotation_plan_json", &["plan", "--output", "json"]),
     ] {
         let run = ws.run(args);
-        snapshot(name, &ws, &run);
+        snapshot_ids(name, &ws, &run, &mock);
     }
     let refused = ws.run(&["apply", "--auto-approve"]);
-    snapshot("rotation_refused", &ws, &refused);
+    snapshot_ids("rotation_refused", &ws, &refused, &mock);
     ws.write("secrets/tokens/1-b.sops.yaml", &b);
     let apply = ws.run(&["apply", "--auto-approve", "--parallelism", "1"]);
-    snapshot("rotation_apply", &ws, &apply);
+    snapshot_ids("rotation_apply", &ws, &apply, &mock);
+    // 1/a and 1/b were replaced in place; 1/c's home started with its
+    // successor, so its predecessor's consumers read it elsewhere.
     let after = ws.run(&["plan"]);
-    snapshot("rotation_plan_after", &ws, &after);
+    snapshot_ids("rotation_plan_after", &ws, &after, &mock);
 }

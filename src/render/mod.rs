@@ -9,7 +9,7 @@ mod lifecycle;
 mod plan;
 
 use crate::model::address::Address;
-use crate::model::lifecycle::{Finding, HomeHolds, Refresh};
+use crate::model::lifecycle::{Finding, Handover, HomeHolds, Refresh};
 use crate::model::state::{Liveness, State, SupersededToken};
 // Every time shown is written as the time module writes it.
 use crate::time::utc;
@@ -28,8 +28,31 @@ pub type Homes = rustc_hash::FxHashMap<Address, Vec<Home>>;
 pub struct Home {
     /// Names the place (`vault secret/data/logzio/1/a`).
     pub place: String,
-    /// What it holds now, when it was read.
+    /// What it holds now, when it was read, against the predecessor of a
+    /// planned successor.
     pub holds: Option<HomeHolds>,
+    /// For each superseded token of the address (by id) whose home was
+    /// read: whether its consumers already read the current token there.
+    pub handovers: Vec<(u64, Handover)>,
+}
+
+impl Home {
+    /// Returns the home at `place`, not read.
+    pub fn unread(place: String) -> Home {
+        Home {
+            place,
+            holds: None,
+            handovers: Vec::new(),
+        }
+    }
+
+    /// Returns what the home says of superseded token `id`, when read.
+    fn handover(&self, id: u64) -> Option<&Handover> {
+        self.handovers
+            .iter()
+            .find(|(old, _)| *old == id)
+            .map(|(_, handover)| handover)
+    }
 }
 
 /// What a plan shows beside its changes: what a refresh found, the

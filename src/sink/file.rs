@@ -276,7 +276,11 @@ fn check_private(_file: &File) -> Result<(), String> {
 /// Without git on the machine there is nothing to commit it, so it passes.
 fn check_git_ignored(path: &Path, vars: &crate::vars::Vars) -> Result<(), (String, String)> {
     let dir = fsutil::parent_dir(path);
-    let git = |args: &[&str]| super::git(dir, vars).args(args).output();
+    let git = |args: &[&str]| {
+        let mut command = super::git(dir, vars);
+        command.args(args);
+        super::run_git(command, None, super::GIT_TIMEOUT)
+    };
     let Ok(toplevel) = git(&["rev-parse", "--show-toplevel"]) else {
         return Ok(());
     };
@@ -286,10 +290,9 @@ fn check_git_ignored(path: &Path, vars: &crate::vars::Vars) -> Result<(), (Strin
     let Some(file_name) = path.file_name() else {
         return Ok(());
     };
-    let ignored = super::git(dir, vars)
-        .args(["check-ignore", "-q", "--"])
-        .arg(file_name)
-        .status();
+    let mut check = super::git(dir, vars);
+    check.args(["check-ignore", "-q", "--"]).arg(file_name);
+    let ignored = super::run_git(check, None, super::GIT_TIMEOUT).map(|out| out.status);
     match ignored {
         Ok(status) if status.success() => Ok(()),
         Ok(status) if status.code() == Some(1) => {

@@ -25,7 +25,8 @@ use serde::de::{self, Deserializer, IntoDeserializer, MapAccess, Visitor};
 use zeroize::Zeroizing;
 
 use crate::model::address::Address;
-pub use crate::model::lifecycle::HomeHolds;
+pub use crate::model::lifecycle::{Handover, HomeHolds};
+use crate::model::state::State;
 use crate::secret::Secret;
 
 pub use exec::{ExecLookup, ExecSink, ExecSpec};
@@ -156,6 +157,17 @@ pub trait SecretLookup {
         None
     }
 
+    /// Returns every secret held, as [`SecretLookup::lookup_all`], and
+    /// what could not be read, by address (a file encrypted to a retired
+    /// key), which does not stop the rest.
+    #[allow(clippy::type_complexity)]
+    fn lookup_all_noting(
+        &self,
+    ) -> Option<Result<(Vec<(Address, FoundSecret)>, Vec<(Address, String)>), SinkError>> {
+        self.lookup_all()
+            .map(|all| all.map(|found| (found, Vec::new())))
+    }
+
     /// Names the sink for messages.
     fn describe(&self) -> String;
 }
@@ -163,12 +175,16 @@ pub trait SecretLookup {
 /// Returns `git -C dir`, run with the environment a child may have (no
 /// credential tokenctl reads) and with the repository's fsmonitor and
 /// hooks off: a repository's own configuration is not trusted to run
-/// programs that would see tokenctl's environment.
+/// programs that would see tokenctl's environment. A partial clone does not
+/// fetch missing objects on demand, and nothing prompts: run it with
+/// [`run_git`], which bounds its time.
 pub(crate) fn git(dir: &Path, vars: &crate::vars::Vars) -> std::process::Command {
     let mut command = std::process::Command::new("git");
     command
         .env_clear()
         .envs(vars.for_child(&[]))
+        .env("GIT_NO_LAZY_FETCH", "1")
+        .env("GIT_TERMINAL_PROMPT", "0")
         .args([
             "-c",
             "core.fsmonitor=false",
@@ -182,6 +198,89 @@ pub(crate) fn git(dir: &Path, vars: &crate::vars::Vars) -> std::process::Command
             dir
         });
     command
+}
+
+/// How long one git command may take before it is killed: long enough to
+/// walk a large history, short enough that a hung git (a lock, a network
+/// filesystem) does not hang the command.
+pub(crate) const GIT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Runs a git command with `input` on its stdin, its output captured, for
+/// at most `timeout`; kills it then (an error of kind `TimedOut`).
+pub(crate) fn run_git(
+    mut command: std::process::Command,
+    input: Option<Vec<u8>>,
+    timeout: std::time::Duration,
+) -> io::Result<std::process::Output> {
+    use std::io::Read as _;
+    use std::process::Stdio;
+    let mut child = command
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    // Each stream on a thread of its own, so that a full pipe never blocks
+    // the child while it is waited for.
+    let writing = child.stdin.take().zip(input).map(|(mut stdin, input)| {
+        std::thread::spawn(move || {
+            use std::io::Write as _;
+            // A child that exits without reading all of it is no error here.
+            let _ = stdin.write_all(&input);
+        })
+    });
+    let reader = |stream: Option<Box<dyn io::Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            if let Some(mut stream) = stream {
+                let _ = stream.read_to_end(&mut bytes);
+            }
+            bytes
+        })
+    };
+    let stdout = reader(
+        child
+            .stdout
+            .take()
+            .map(|s| Box::new(s) as Box<dyn io::Read + Send>),
+    );
+    let stderr = reader(
+        child
+            .stderr
+            .take()
+            .map(|s| Box::new(s) as Box<dyn io::Read + Send>),
+    );
+    let deadline = std::time::Instant::now() + timeout;
+    let status = loop {
+        match child.try_wait()? {
+            Some(status) => break status,
+            None if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(2))
+            }
+            None => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!(
+                        "git did not finish within {}",
+                        humantime::format_duration(timeout)
+                    ),
+                ));
+            }
+        }
+    };
+    if let Some(writing) = writing {
+        let _ = writing.join();
+    }
+    Ok(std::process::Output {
+        status,
+        stdout: stdout.join().unwrap_or_default(),
+        stderr: stderr.join().unwrap_or_default(),
+    })
 }
 
 /// Where a sink's settings are read: what opening one may need.
@@ -205,10 +304,6 @@ pub struct ForApply<'a> {
     /// after a confirmed revocation): the predecessor's id, which a sink's
     /// home for the address must still hold before it is replaced.
     pub predecessors: &'a rustc_hash::FxHashMap<Address, u64>,
-    /// The ids of the tokens the state records, current and superseded:
-    /// what a sink keeps of them (a predecessor kept beside its home)
-    /// stays until a person retires them.
-    pub recorded: &'a rustc_hash::FxHashSet<u64>,
     /// Tells the time, for sinks that record when they wrote.
     pub clock: &'a crate::time::SharedClock,
 }
@@ -244,6 +339,30 @@ pub trait SinkKind {
     ) -> Vec<(Address, HomeHolds)> {
         let _ = (ctx, successions, remote);
         Vec::new()
+    }
+
+    /// Reads, for superseded tokens, whether their consumers already read
+    /// the address's current token at its home: each (address, superseded
+    /// id, current id). A sink whose homes are on a server reads them only
+    /// with `remote`; what cannot be read is left out, and the plan then
+    /// claims nothing.
+    fn read_handovers(
+        &self,
+        ctx: &SinkContext<'_>,
+        superseded: &[(Address, u64, u64)],
+        remote: bool,
+    ) -> Vec<(Address, u64, Handover)> {
+        let _ = (ctx, superseded, remote);
+        Vec::new()
+    }
+
+    /// Removes, after an apply that went through, what the sink kept of
+    /// tokens that `state` shows a person dropped (retired or forgotten):
+    /// only copies of this state's own addresses, never on a guess.
+    /// Returns what it removed, for a note.
+    fn tidy(&self, ctx: &SinkContext<'_>, state: &State) -> Result<Vec<String>, SinkError> {
+        let _ = (ctx, state);
+        Ok(Vec::new())
     }
 
     /// Opens a reader of the secrets the sink holds, for sinks that can

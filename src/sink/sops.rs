@@ -5,11 +5,12 @@
 //! (`160343-ci-shipper.sops.yaml`), which a successor rewrites in place
 //! only while it still holds the predecessor the state records; the
 //! readable `address` and `id` tell which token a file holds without a
-//! key. Git history keeps the predecessor once the file was committed
-//! (and read-backs look there, as Vault's look at versions); until then
-//! it is kept beside the home (`….<id>.sops.yaml.previous`), until an apply
-//! finds it both committed and retired. `layout: per-token` writes one new
-//! file per token instead, as before; the reader finds tokens in both.
+//! key. The predecessor is kept beside the home
+//! (`….<id>.sops.yaml.previous`) until the state that rewrote it records
+//! that a person retired or forgot it; read-backs also look in git history
+//! (as Vault's look at versions), for homes rewritten before that was so.
+//! `layout: per-token` writes one new file per token instead, as before;
+//! the reader finds tokens in both.
 //!
 //! The files are SOPS v3 documents as the `sops` tool and Flux read them:
 //! a random 256-bit data key per file, wrapped for each age recipient
@@ -40,10 +41,11 @@ use zeroize::Zeroizing;
 use crate::fsutil;
 use crate::model::address::Address;
 use crate::model::manifest::checked_string;
+use crate::model::state::State;
 use crate::secret::Secret;
 use crate::sink::{
-    ForApply, FoundSecret, HomeHolds, NewToken, SecretLookup, SecretSink, SinkContext, SinkError,
-    SinkKind,
+    ForApply, FoundSecret, Handover, HomeHolds, NewToken, SecretLookup, SecretSink, SinkContext,
+    SinkError, SinkKind,
 };
 use crate::time::{self, SharedClock};
 
@@ -147,7 +149,6 @@ impl SinkKind for SopsSpec {
         sink.check_committable(ctx.base_dir, ctx.vars, apply.creates)?;
         sink.check_writable()?;
         sink.check_homes(apply.creates)?;
-        sink.drop_settled_previous(apply.recorded);
         Ok(Box::new(sink))
     }
 
@@ -182,6 +183,28 @@ impl SinkKind for SopsSpec {
                 (address.clone(), holds)
             })
             .collect()
+    }
+
+    /// Reads the homes' readable fields, the predecessors kept beside them
+    /// and, for homes rewritten before those were kept, git history: a
+    /// local read, which needs no key.
+    fn read_handovers(
+        &self,
+        ctx: &SinkContext<'_>,
+        superseded: &[(Address, u64, u64)],
+        _remote: bool,
+    ) -> Vec<(Address, u64, Handover)> {
+        let Ok(sink) = self.sink(ctx, false) else {
+            return Vec::new();
+        };
+        if sink.layout != SopsLayout::PerAddress {
+            return Vec::new();
+        }
+        sink.handovers(superseded)
+    }
+
+    fn tidy(&self, ctx: &SinkContext<'_>, state: &State) -> Result<Vec<String>, SinkError> {
+        self.sink(ctx, false)?.drop_retired_previous(state)
     }
 
     fn reader(&self, ctx: &SinkContext<'_>) -> Option<Result<Box<dyn SecretLookup>, SinkError>> {
@@ -1057,20 +1080,34 @@ pub struct SopsSink {
     layout: SopsLayout,
     /// The predecessor each successor of this apply replaces in its home.
     predecessors: rustc_hash::FxHashMap<Address, u64>,
-    /// The environment git runs with, to ask whether a home's content is
-    /// committed; without it, a predecessor is always kept beside its home.
+    /// The environment git runs with, to read the homes' history; without
+    /// it, history is not read.
     vars: Option<crate::vars::Vars>,
-    /// The folder's path inside its git work tree, once asked (`None`
-    /// outside git).
-    git_prefix: std::sync::OnceLock<Option<String>>,
+    /// Where the folder lies in its git work tree, once asked (`None`
+    /// outside git, or without git).
+    git: std::sync::OnceLock<Option<GitPlace>>,
+    /// Runs just before the last check of a home and its rename, so a test
+    /// can write the home there.
+    #[cfg(test)]
+    before_rename: Option<Box<dyn Fn() + Send>>,
     /// Tells the time each file records as written.
     clock: SharedClock,
 }
 
-/// How many versions of a home a read-back looks at in git's history,
-/// newest first: the current token and the predecessors still waiting to
-/// be revoked.
-const HOME_HISTORY: usize = 10;
+/// The folder's place in its git work tree.
+#[derive(Debug, Clone)]
+struct GitPlace {
+    /// The folder's path from the work tree's top, ending in `/` (empty at
+    /// the top).
+    prefix: String,
+    /// Whether the clone is shallow: its history stops short.
+    shallow: bool,
+}
+
+/// How many committed versions of a home a read-back looks at, newest
+/// first: enough for the predecessors still waiting to be revoked when
+/// the file was also rewritten for other reasons (`sops updatekeys`).
+const HOME_HISTORY: usize = 50;
 
 /// Returns the contents `git cat-file --batch` printed, one per object
 /// asked, in order; `None` for one it did not find.
@@ -1093,28 +1130,80 @@ fn batch_blobs(mut out: &[u8]) -> Vec<Option<Vec<u8>>> {
     blobs
 }
 
+/// Returns, from `git log --format=%x01%H --raw --no-abbrev` run in a
+/// folder whose path from the top is `prefix`, the blobs of each file of
+/// the folder itself whose name `wanted` accepts, newest first and without
+/// repeats, at most [`HOME_HISTORY`] each: (name, commit, blob).
+fn logged_blobs(
+    out: &str,
+    prefix: &str,
+    wanted: impl Fn(&str) -> bool,
+) -> Vec<(String, String, String)> {
+    let mut commit = "";
+    let mut seen: rustc_hash::FxHashMap<&str, Vec<&str>> = Default::default();
+    let mut blobs = Vec::new();
+    for line in out.lines() {
+        if let Some(hash) = line.strip_prefix('\u{1}') {
+            commit = hash.trim();
+            continue;
+        }
+        // `:100644 100644 <old> <new> M\t<path>`
+        let Some((fields, path)) = line.strip_prefix(':').and_then(|l| l.split_once('\t')) else {
+            continue;
+        };
+        let Some(blob) = fields.split(' ').nth(3) else {
+            continue;
+        };
+        let Some(name) = path.strip_prefix(prefix).filter(|n| !n.contains('/')) else {
+            continue;
+        };
+        let valid = |hex: &str| hex.len() >= 40 && hex.bytes().all(|b| b.is_ascii_hexdigit());
+        // A deletion's new blob is all zeros.
+        if !wanted(name) || !valid(blob) || !valid(commit) || blob.bytes().all(|b| b == b'0') {
+            continue;
+        }
+        let versions = seen.entry(name).or_default();
+        if versions.len() < HOME_HISTORY && !versions.contains(&blob) {
+            versions.push(blob);
+            blobs.push((name.to_string(), commit.to_string(), blob.to_string()));
+        }
+    }
+    blobs
+}
+
 /// What an address's home holds, as its readable fields say.
 enum Home {
     /// No file.
     Absent,
     /// A token of the address, and the file's text.
     Holds { id: u64, text: String },
-    /// A file of another address.
-    Foreign(String),
+    /// A file of another address. What it names is not repeated: it is
+    /// text anyone who can write the folder chose.
+    Foreign,
     /// Anything else, in words.
     Unknown(String),
 }
 
 impl Home {
-    /// Says what the home holds, for messages.
+    /// Says what the home holds, for messages: never text read from the
+    /// file.
     fn describe(&self) -> String {
         match self {
             Home::Absent => "nothing".into(),
             Home::Holds { id, .. } => format!("token id {id}"),
-            Home::Foreign(address) => format!("a file of {address}"),
+            Home::Foreign => "a file of another address".into(),
             Home::Unknown(what) => what.clone(),
         }
     }
+}
+
+/// Tells whether a file name is one of the sink's: a SOPS file or a kept
+/// predecessor, named in plain ASCII as tokenctl names them (a name with
+/// control characters is never read, nor put in a message).
+fn is_sops_name(name: &str) -> bool {
+    (name.ends_with(FILE_SUFFIX) || name.ends_with(PREVIOUS_SUFFIX))
+        && !name.starts_with('.')
+        && name.bytes().all(|b| b.is_ascii_graphic())
 }
 
 impl SopsSink {
@@ -1135,7 +1224,9 @@ impl SopsSink {
             layout: SopsLayout::default(),
             predecessors: Default::default(),
             vars: None,
-            git_prefix: std::sync::OnceLock::new(),
+            git: std::sync::OnceLock::new(),
+            #[cfg(test)]
+            before_rename: None,
             clock: SharedClock::default(),
         }
     }
@@ -1183,9 +1274,9 @@ impl SopsSink {
             "set `secrets.sops.dir` to a folder of the manifest's repository that git does not ignore",
         );
         let git = |args: &[&str]| {
-            super::git(base_dir, vars)
-                .args(args)
-                .output()
+            let mut command = super::git(base_dir, vars);
+            command.args(args);
+            super::run_git(command, None, super::GIT_TIMEOUT)
                 .ok()
                 .filter(|out| out.status.success())
         };
@@ -1217,19 +1308,9 @@ impl SopsSink {
                 input.push_str(&probe.to_string_lossy());
                 input.push('\n');
             }
-            let ignored = super::git(&root, vars)
-                .args(["check-ignore", "--stdin"])
-                .stdin(std::process::Stdio::piped())
-                .stdout(std::process::Stdio::piped())
-                .stderr(std::process::Stdio::null())
-                .spawn()
-                .and_then(|mut child| {
-                    if let Some(mut stdin) = child.stdin.take() {
-                        use std::io::Write as _;
-                        stdin.write_all(input.as_bytes())?;
-                    }
-                    child.wait_with_output()
-                });
+            let mut check = super::git(&root, vars);
+            check.args(["check-ignore", "--stdin"]);
+            let ignored = super::run_git(check, Some(input.into_bytes()), super::GIT_TIMEOUT);
             if let Ok(out) = ignored
                 && out.status.success()
             {
@@ -1267,12 +1348,11 @@ impl SopsSink {
             .map_err(|e| self.fail(format!("cannot write in the folder: {e}"), hint))
     }
 
-    /// Returns what the home of `address` holds, from its readable fields:
-    /// no key is needed to tell which token a file holds.
-    fn home_now(&self, address: &Address) -> Home {
-        let path = self.dir.join(home_name(address));
+    /// Returns what the file at `path` holds for `address`, from its
+    /// readable fields: no key is needed to tell which token a file holds.
+    fn file_now(&self, path: &Path, address: &Address) -> Home {
         let unreadable = |e: io::Error| Home::Unknown(format!("a file that cannot be read ({e})"));
-        match fs::symlink_metadata(&path) {
+        match fs::symlink_metadata(path) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Home::Absent,
             Err(e) => return unreadable(e),
             Ok(meta) if !meta.is_file() => {
@@ -1280,15 +1360,26 @@ impl SopsSink {
             }
             Ok(_) => {}
         }
-        let text = match fs::read_to_string(&path) {
+        let text = match fs::read_to_string(path) {
             Ok(text) => text,
             Err(e) => return unreadable(e),
         };
         match readable(&text) {
             Err(_) => Home::Unknown("a file tokenctl did not write".into()),
-            Ok(r) if r.address != address.to_string() => Home::Foreign(r.address),
+            Ok(r) if r.address != address.to_string() => Home::Foreign,
             Ok(r) => Home::Holds { id: r.id, text },
         }
+    }
+
+    /// Returns what the home of `address` holds.
+    fn home_now(&self, address: &Address) -> Home {
+        self.file_now(&self.dir.join(home_name(address)), address)
+    }
+
+    /// Tells whether token `id` of `address` is kept beside its home.
+    fn kept(&self, address: &Address, id: u64) -> bool {
+        let path = self.dir.join(previous_name(address, id));
+        matches!(self.file_now(&path, address), Home::Holds { id: held, .. } if held == id)
     }
 
     /// Returns why a create of `address` may not write its home, which
@@ -1325,31 +1416,55 @@ impl SopsSink {
     }
 
     /// Checks, before the first create, that each home this apply writes
-    /// may be written: a first token's home is free, and a successor's
-    /// holds its predecessor (or nothing yet).
+    /// may be written: a first token's home is free, a successor's holds
+    /// its predecessor (or nothing yet), and the predecessor can be kept
+    /// beside it. Names are compared without case, as macOS and Windows
+    /// file systems do.
     fn check_homes(&self, creates: &[Address]) -> Result<(), SinkError> {
         if self.layout != SopsLayout::PerAddress {
             return Ok(());
         }
         let mut names: rustc_hash::FxHashMap<String, &Address> = Default::default();
         for address in creates {
-            if let Some(other) = names.insert(home_name(address), address) {
+            if let Some(other) = names.insert(home_name(address).to_ascii_lowercase(), address) {
                 return Err(self.fail(
                     format!(
-                        "{other} and {address} would both be written to {}",
+                        "{other} and {address} would both be written to {} (file names differing only in case are one file on macOS and Windows)",
                         home_name(address)
                     ),
                     Some("rename one of the tokens, or set `layout: per-token`"),
                 ));
             }
             let home = self.home_now(address);
-            let fine = match (&home, self.predecessors.get(address)) {
+            let predecessor = self.predecessors.get(address).copied();
+            let fine = match (&home, predecessor) {
                 (Home::Absent, _) => true,
-                (Home::Holds { id, .. }, Some(predecessor)) => id == predecessor,
+                (Home::Holds { id, .. }, Some(predecessor)) => *id == predecessor,
                 _ => false,
             };
             if !fine {
                 return Err(self.home_refusal(address, &home, false));
+            }
+            // The predecessor is kept beside its home before the rename: a
+            // file already at that name must be that copy.
+            if let (Home::Holds { .. }, Some(predecessor)) = (&home, predecessor) {
+                let path = self.dir.join(previous_name(address, predecessor));
+                let kept = self.file_now(&path, address);
+                let fine = match &kept {
+                    Home::Absent => true,
+                    Home::Holds { id, .. } => *id == predecessor,
+                    Home::Foreign | Home::Unknown(_) => false,
+                };
+                if !fine {
+                    return Err(self.fail(
+                        format!(
+                            "the predecessor token id {predecessor} is to be kept at {} before its home is rewritten, but that file holds {}",
+                            path.display(),
+                            kept.describe()
+                        ),
+                        Some("move that file away (`git log -- FILE` says where it came from); it is not the predecessor's copy"),
+                    ));
+                }
             }
         }
         Ok(())
@@ -1357,7 +1472,7 @@ impl SopsSink {
 
     /// Writes a token's file into its address's home: a new file when
     /// there is none; else, for a successor, in place of the predecessor
-    /// it must still hold, which git history or a file beside it keeps.
+    /// it must still hold, which is first kept beside it.
     fn deliver_home(&self, token: &NewToken<'_>, text: &str) -> Result<(), SinkError> {
         let path = self.dir.join(home_name(token.address));
         let home = self.home_now(token.address);
@@ -1378,9 +1493,10 @@ impl SopsSink {
                 }
             });
         };
-        if !self.committed(&path, &held) {
-            self.keep_previous(token.address, predecessor, &held)?;
-        }
+        // Kept whatever git holds: a clone's history may be shallow, and
+        // a commit may never reach the branch.
+        self.keep_previous(token.address, predecessor, &held)?;
+        crate::failpoint::hit("sops-after-keep");
         match self.replace(&path, &held, text) {
             Ok(true) => Ok(()),
             Ok(false) => Err(self.home_refusal(token.address, &self.home_now(token.address), true)),
@@ -1388,112 +1504,144 @@ impl SopsSink {
         }
     }
 
-    /// Tells whether git's `HEAD` holds the file at `path` as `text`, so
-    /// that history keeps it once the file is rewritten.
-    fn committed(&self, path: &Path, text: &str) -> bool {
-        let (Some(vars), Some(name)) = (&self.vars, path.file_name()) else {
-            return false;
-        };
-        let mut spec = std::ffi::OsString::from("HEAD:./");
-        spec.push(name);
-        super::git(&self.dir, vars)
-            .args(["cat-file", "blob"])
-            .arg(spec)
-            .stdin(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .output()
-            .is_ok_and(|out| out.status.success() && out.stdout == text.as_bytes())
-    }
-
-    /// Tells whether the folder lies in a git work tree (with git at
-    /// hand); without the environment, it is taken to.
-    fn in_git(&self) -> bool {
-        self.vars.is_none() || self.git_prefix().is_some()
-    }
-
-    /// Returns the folder's path inside its git work tree, asked once;
-    /// `None` outside git.
-    fn git_prefix(&self) -> Option<&String> {
+    /// Returns where the folder lies in its git work tree, asked once;
+    /// `None` outside git, without git, or when git refuses the repository.
+    fn git_place(&self) -> Option<&GitPlace> {
         let vars = self.vars.as_ref()?;
-        self.git_prefix
+        self.git
             .get_or_init(|| {
-                super::git(&self.dir, vars)
-                    .args(["rev-parse", "--show-prefix"])
-                    .stdin(std::process::Stdio::null())
-                    .stderr(std::process::Stdio::null())
-                    .output()
-                    .ok()
-                    .filter(|out| out.status.success())
-                    .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_string())
+                let mut command = super::git(&self.dir, vars);
+                command.args(["rev-parse", "--is-shallow-repository", "--show-prefix"]);
+                let out = super::run_git(command, None, super::GIT_TIMEOUT).ok()?;
+                if !out.status.success() {
+                    return None;
+                }
+                let text = String::from_utf8_lossy(&out.stdout).into_owned();
+                let mut lines = text.lines();
+                let shallow = lines.next()? == "true";
+                let prefix = lines.next().unwrap_or_default().trim().to_string();
+                Some(GitPlace { prefix, shallow })
             })
             .as_ref()
     }
 
-    /// Returns the versions of the address's home that git's history
-    /// holds, newest first, as (commit, text): at most [`HOME_HISTORY`],
-    /// read with two git commands whatever their number.
-    fn home_history(&self, address: &Address) -> Vec<(String, String)> {
-        let (Some(vars), Some(prefix)) = (&self.vars, self.git_prefix()) else {
+    /// Returns the committed versions of the homes named `names` (`None`:
+    /// every home of the folder), newest first, as (name, commit, text):
+    /// one `git log` and one `git cat-file --batch` whatever their number.
+    /// Empty outside git; what git cannot answer in time is left out.
+    fn home_history(&self, names: Option<&[String]>) -> Vec<(String, String, String)> {
+        let (Some(vars), Some(place)) = (&self.vars, self.git_place()) else {
             return Vec::new();
         };
-        let name = home_name(address);
-        let log = super::git(&self.dir, vars)
-            .args(["log", "--no-show-signature", "--format=%H"])
-            .arg(format!("-n{HOME_HISTORY}"))
-            .args(["--", &name])
-            .stdin(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .output();
-        let commits: Vec<String> = match log {
-            Ok(out) if out.status.success() => String::from_utf8_lossy(&out.stdout)
-                .lines()
-                .filter(|line| line.len() >= 40 && line.bytes().all(|b| b.is_ascii_hexdigit()))
-                .map(str::to_string)
-                .collect(),
-            _ => Vec::new(),
-        };
-        if commits.is_empty() {
+        if names.is_some_and(<[String]>::is_empty) {
             return Vec::new();
         }
-        let mut input = String::new();
-        for commit in &commits {
-            input.push_str(&format!("{commit}:{prefix}{name}\n"));
-        }
-        let blobs = super::git(&self.dir, vars)
-            .args(["cat-file", "--batch"])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .and_then(|mut child| {
-                if let Some(mut stdin) = child.stdin.take() {
-                    stdin.write_all(input.as_bytes())?;
-                }
-                child.wait_with_output()
-            });
-        let Ok(blobs) = blobs else {
+        let mut log = super::git(&self.dir, vars);
+        log.args([
+            "log",
+            "--no-show-signature",
+            "--format=%x01%H",
+            "--raw",
+            "--no-abbrev",
+            "--no-renames",
+            "--",
+        ]);
+        // Names as literal paths of the folder, not patterns.
+        match names {
+            Some(names) => log.args(names.iter().map(|n| format!(":(literal){n}"))),
+            None => log.arg("."),
+        };
+        let wanted = |name: &str| match names {
+            Some(names) => names.iter().any(|n| n == name),
+            None => name.ends_with(FILE_SUFFIX),
+        };
+        let Ok(out) = super::run_git(log, None, super::GIT_TIMEOUT) else {
             return Vec::new();
         };
-        commits
+        if !out.status.success() {
+            return Vec::new();
+        }
+        let text = String::from_utf8_lossy(&out.stdout);
+        let blobs = logged_blobs(&text, &place.prefix, wanted);
+        if blobs.is_empty() {
+            return Vec::new();
+        }
+        let mut input = Vec::new();
+        for (_, _, blob) in &blobs {
+            input.extend_from_slice(blob.as_bytes());
+            input.push(b'\n');
+        }
+        let mut batch = super::git(&self.dir, vars);
+        batch.args(["cat-file", "--batch"]);
+        let Ok(out) = super::run_git(batch, Some(input), super::GIT_TIMEOUT) else {
+            return Vec::new();
+        };
+        blobs
             .into_iter()
-            .zip(batch_blobs(&blobs.stdout))
-            .filter_map(|(commit, blob)| Some((commit, String::from_utf8(blob?).ok()?)))
+            .zip(batch_blobs(&out.stdout))
+            .filter_map(|((name, commit, _), blob)| {
+                Some((name, commit, String::from_utf8(blob?).ok()?))
+            })
+            .collect()
+    }
+
+    /// Says, for each (address, superseded id, current id), whether the
+    /// home holds the current token and held the superseded one before it:
+    /// kept beside it, or, for a home rewritten before predecessors were
+    /// always kept, in git history.
+    fn handovers(&self, superseded: &[(Address, u64, u64)]) -> Vec<(Address, u64, Handover)> {
+        let mut said: Vec<(&Address, u64, Option<Handover>)> = Vec::new();
+        for (address, old, current) in superseded {
+            let handover = match self.home_now(address) {
+                Home::Holds { id, .. } if id == *current => {
+                    self.kept(address, *old).then_some(Handover::Moved)
+                }
+                Home::Holds { id, .. } => Some(Handover::Holds(id)),
+                other => Some(Handover::Behind(other.describe())),
+            };
+            said.push((address, *old, handover));
+        }
+        // History only for the homes the folder left open.
+        let open: rustc_hash::FxHashSet<String> = said
+            .iter()
+            .filter(|(_, _, handover)| handover.is_none())
+            .map(|(address, _, _)| home_name(address))
+            .collect();
+        let mut held: rustc_hash::FxHashMap<String, Vec<Readable>> = Default::default();
+        if !open.is_empty() {
+            let names: Vec<String> = open.into_iter().collect();
+            for (name, _, text) in self.home_history(Some(&names)) {
+                if let Ok(r) = readable(&text) {
+                    held.entry(name).or_default().push(r);
+                }
+            }
+        }
+        said.into_iter()
+            .map(|(address, old, handover)| {
+                let handover = handover.unwrap_or_else(|| {
+                    let wanted = address.to_string();
+                    let was_there = held.get(&home_name(address)).is_some_and(|versions| {
+                        versions.iter().any(|r| r.id == old && r.address == wanted)
+                    });
+                    match was_there {
+                        true => Handover::Moved,
+                        false => Handover::Elsewhere,
+                    }
+                });
+                (address.clone(), old, handover)
+            })
             .collect()
     }
 
     /// Keeps a predecessor's file beside its home, before the home is
-    /// rewritten, when git does not hold it yet.
+    /// rewritten. A file already there that holds the same token (a run
+    /// that stopped after keeping it; a copy `sops updatekeys` left as it
+    /// was) is that copy.
     fn keep_previous(&self, address: &Address, id: u64, text: &str) -> Result<(), SinkError> {
         let path = self.dir.join(previous_name(address, id));
         match self.write_new(&path, text) {
             Ok(()) => Ok(()),
-            // A run that stopped after keeping it and before the rewrite.
-            Err(e)
-                if e.kind() == io::ErrorKind::AlreadyExists
-                    && fs::read_to_string(&path).is_ok_and(|kept| kept == text) =>
-            {
-                Ok(())
-            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && self.kept(address, id) => Ok(()),
             Err(e) => Err(self.fail(
                 format!(
                     "cannot keep the predecessor's file at {}: {e}; its home was not rewritten",
@@ -1515,46 +1663,69 @@ impl SopsSink {
             .tempfile_in(&self.dir)?;
         tmp.write_all(text.as_bytes())?;
         tmp.as_file().sync_all()?;
+        #[cfg(test)]
+        if let Some(hook) = &self.before_rename {
+            hook();
+        }
         // Checked again as late as can be: a writer since is never
         // overwritten.
         if fs::read_to_string(path).ok().as_deref() != Some(expected) {
             return Ok(false);
         }
         tmp.persist(path).map_err(|e| e.error)?;
+        crate::failpoint::hit("sops-after-rename");
         fsutil::sync_dir(&self.dir)?;
         Ok(true)
     }
 
-    /// Removes the predecessors kept beside their homes that are settled:
-    /// retired (the state no longer records them) and, inside git, held by
-    /// `HEAD`, so history keeps them from here on. Best effort.
-    fn drop_settled_previous(&self, recorded: &rustc_hash::FxHashSet<u64>) {
-        if self.layout != SopsLayout::PerAddress {
-            return;
+    /// Removes the predecessors kept beside their homes that `state` shows
+    /// a person dropped: the kept file's readable address and id are a
+    /// token the state retired or forgot. A file of another state's token
+    /// never matches, so a folder shared by several manifests keeps theirs.
+    /// Returns the names of the files removed.
+    fn drop_retired_previous(&self, state: &State) -> Result<Vec<String>, SinkError> {
+        if state.former.is_empty() {
+            return Ok(Vec::new());
         }
-        let Ok(entries) = fs::read_dir(&self.dir) else {
-            return;
+        let entries = match fs::read_dir(&self.dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(self.fail(format!("cannot read the folder: {e}"), None)),
         };
-        let mut removed = false;
+        let dropped: rustc_hash::FxHashSet<(String, u64)> = state
+            .former
+            .iter()
+            .map(|f| (f.address.to_string(), f.id))
+            .collect();
+        let mut removed = Vec::new();
+        let mut failed = Vec::new();
         for entry in entries.flatten() {
-            let path = entry.path();
-            let kept = path
-                .file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.ends_with(PREVIOUS_SUFFIX) && !n.starts_with('.'));
-            if !kept {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !is_sops_name(&name) || !name.ends_with(PREVIOUS_SUFFIX) {
                 continue;
             }
+            let path = entry.path();
             let Ok(text) = fs::read_to_string(&path) else {
                 continue;
             };
-            let retired = readable(&text).is_ok_and(|r| !recorded.contains(&r.id));
-            if retired && (self.committed(&path, &text) || !self.in_git()) {
-                removed |= fs::remove_file(&path).is_ok();
+            let Ok(r) = readable(&text) else {
+                continue;
+            };
+            if !dropped.contains(&(r.address, r.id)) {
+                continue;
+            }
+            match fs::remove_file(&path) {
+                Ok(()) => removed.push(path.display().to_string()),
+                Err(e) => failed.push(format!("cannot remove {}: {e}", path.display())),
             }
         }
-        if removed {
-            let _ = fsutil::sync_dir(&self.dir);
+        if !removed.is_empty() {
+            fsutil::sync_dir(&self.dir)
+                .map_err(|e| self.fail(format!("cannot sync the folder: {e}"), None))?;
+        }
+        match failed.is_empty() {
+            true => Ok(removed),
+            false => Err(self.fail(failed.join("; "), None)),
         }
     }
 
@@ -1570,6 +1741,115 @@ impl SopsSink {
         tmp.as_file().sync_all()?;
         tmp.persist_noclobber(path).map_err(|e| e.error)?;
         fsutil::sync_dir(&self.dir)
+    }
+
+    /// Reads the tokens of the folder: every file of the sink, or, with
+    /// `only`, the files named after that address (its home, the
+    /// predecessors kept beside it, its per-token files); and for homes,
+    /// their committed versions. Returns the tokens found (with the
+    /// readable address of their file) and what could not be read, by
+    /// address. Files of other addresses need no key: they are told apart
+    /// by their readable fields.
+    #[allow(clippy::type_complexity)]
+    fn read_all(
+        &self,
+        only: Option<&Address>,
+    ) -> Result<(Vec<(String, FoundSecret)>, Vec<(String, String)>), SinkError> {
+        let entries = match fs::read_dir(&self.dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((Vec::new(), Vec::new())),
+            Err(e) => return Err(self.fail(format!("cannot read the folder: {e}"), None)),
+        };
+        let named = |name: &str| match only {
+            None => true,
+            Some(address) => {
+                name == home_name(address)
+                    || (name.starts_with(&format!("{}.", home_stem(address)))
+                        && name.ends_with(PREVIOUS_SUFFIX))
+                    || name.starts_with(&format!("{}-{}-", address.account_id, file_part(address)))
+            }
+        };
+        let wanted = only.map(Address::to_string);
+        let mut found: Vec<(String, FoundSecret)> = Vec::new();
+        let mut unread = Vec::new();
+        let mut names: Vec<String> = entries
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|name| is_sops_name(name) && named(name))
+            .collect();
+        names.sort();
+        for name in names {
+            let path = self.dir.join(&name);
+            let Ok(text) = fs::read_to_string(&path) else {
+                continue;
+            };
+            let Ok(r) = readable(&text) else {
+                continue;
+            };
+            if wanted.as_ref().is_some_and(|w| *w != r.address) {
+                continue;
+            }
+            match self.decrypted(&text, &path.display().to_string()) {
+                Ok(secret) => found.push((r.address, secret)),
+                Err(why) => unread.push((r.address, why)),
+            }
+        }
+        // A home's predecessors that git holds, as Vault keeps versions:
+        // a refresh can verify them and `retire --verify` see them revoked.
+        if self.layout == SopsLayout::PerAddress && !self.identities.is_empty() {
+            let home: Option<Vec<String>> = only.map(|address| vec![home_name(address)]);
+            let history = self.home_history(home.as_deref());
+            for (name, commit, text) in history {
+                let Ok(r) = readable(&text) else {
+                    continue;
+                };
+                if wanted.as_ref().is_some_and(|w| *w != r.address)
+                    || found.iter().any(|(a, f)| *a == r.address && f.id == r.id)
+                {
+                    continue;
+                }
+                let place = format!(
+                    "{} as of commit {}",
+                    self.dir.join(&name).display(),
+                    &commit[..12]
+                );
+                if let Ok(secret) = self.decrypted(&text, &place) {
+                    found.push((r.address, secret));
+                }
+            }
+        }
+        found.sort_by(|(a, x), (b, y)| (a, x.created_at, x.id).cmp(&(b, y.created_at, y.id)));
+        unread.sort();
+        Ok((found, unread))
+    }
+
+    /// Decrypts a file's token, found at `place`; or says why it cannot.
+    fn decrypted(&self, text: &str, place: &str) -> Result<FoundSecret, String> {
+        if self.identities.is_empty() {
+            return Err(format!(
+                "{place} holds a secret, but no age identity is available to decrypt it (set SOPS_AGE_KEY_FILE to a file holding the age identity (AGE-SECRET-KEY-1…), or SOPS_AGE_KEY to the identity)"
+            ));
+        }
+        match decrypt(text, &self.identities) {
+            Ok(decrypted) => Ok(FoundSecret {
+                id: decrypted.id,
+                created_at: decrypted.created_at,
+                token: decrypted.token,
+                place: place.to_string(),
+            }),
+            Err(e) => {
+                let hint = match e {
+                    SopsError::NoIdentity => {
+                        " (set SOPS_AGE_KEY_FILE (or SOPS_AGE_KEY) to the identity of one of the file's `sops.age` recipients)"
+                    }
+                    SopsError::Mac => {
+                        " (restore the file as it was committed (`git log -p -- FILE`); an edited file cannot be trusted)"
+                    }
+                    SopsError::Format(_) | SopsError::Crypto(_) => "",
+                };
+                Err(format!("{place}: {e}{hint}"))
+            }
+        }
     }
 }
 
@@ -1608,95 +1888,51 @@ impl SecretLookup for SopsSink {
         &self,
         address: &Address,
     ) -> Result<(Vec<FoundSecret>, Vec<String>), SinkError> {
-        let wanted = address.to_string();
-        let entries = match fs::read_dir(&self.dir) {
-            Ok(entries) => entries,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((Vec::new(), Vec::new())),
-            Err(e) => return Err(self.fail(format!("cannot read the folder: {e}"), None)),
-        };
-        let mut found = Vec::new();
-        let mut unread = Vec::new();
-        for entry in entries.flatten() {
-            let path = entry.path();
-            let is_sops = path.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
-                (n.ends_with(FILE_SUFFIX) || n.ends_with(PREVIOUS_SUFFIX)) && !n.starts_with('.')
-            });
-            if !is_sops {
-                continue;
-            }
-            let Ok(text) = fs::read_to_string(&path) else {
-                continue;
-            };
-            // Files of other tokens are told apart by their readable
-            // fields, so only this address's files need a key.
-            if readable(&text).ok().map(|r| r.address).as_deref() != Some(wanted.as_str()) {
-                continue;
-            }
-            if self.identities.is_empty() {
-                unread.push(format!(
-                    "{} holds a secret for {wanted}, but no age identity is available to decrypt it (set SOPS_AGE_KEY_FILE to a file holding the age identity (AGE-SECRET-KEY-1…), or SOPS_AGE_KEY to the identity)",
-                    path.display()
-                ));
-                continue;
-            }
-            let decrypted = match decrypt(&text, &self.identities) {
-                Ok(decrypted) => decrypted,
-                Err(e) => {
-                    let hint = match e {
-                        SopsError::NoIdentity => {
-                            " (set SOPS_AGE_KEY_FILE (or SOPS_AGE_KEY) to the identity of one of the file's `sops.age` recipients)"
-                        }
-                        SopsError::Mac => {
-                            " (restore the file as it was committed (`git log -p -- FILE`); an edited file cannot be trusted)"
-                        }
-                        SopsError::Format(_) | SopsError::Crypto(_) => "",
-                    };
-                    unread.push(format!("{}: {e}{hint}", path.display()));
-                    continue;
-                }
-            };
-            found.push(FoundSecret {
-                id: decrypted.id,
-                created_at: decrypted.created_at,
-                token: decrypted.token,
-                place: path.display().to_string(),
-            });
-        }
-        // A home's predecessors that git holds, as Vault keeps versions:
-        // a refresh can verify them and `retire --verify` see them revoked.
-        if self.layout == SopsLayout::PerAddress && !self.identities.is_empty() {
-            let path = self.dir.join(home_name(address));
-            for (commit, text) in self.home_history(address) {
-                let id = readable(&text)
-                    .ok()
-                    .filter(|r| r.address == wanted)
-                    .map(|r| r.id);
-                if id.is_none_or(|id| found.iter().any(|f| f.id == id)) {
-                    continue;
-                }
-                if let Ok(decrypted) = decrypt(&text, &self.identities) {
-                    found.push(FoundSecret {
-                        id: decrypted.id,
-                        created_at: decrypted.created_at,
-                        token: decrypted.token,
-                        place: format!("{} as of commit {}", path.display(), &commit[..12]),
-                    });
-                }
-            }
-        }
+        let (found, unread) = self.read_all(Some(address))?;
+        let mut found: Vec<FoundSecret> = found.into_iter().map(|(_, f)| f).collect();
         found.sort_by_key(|f| (f.created_at, f.id));
-        unread.sort();
-        Ok((found, unread))
+        Ok((found, unread.into_iter().map(|(_, why)| why).collect()))
+    }
+
+    fn lookup_all(&self) -> Option<Result<Vec<(Address, FoundSecret)>, SinkError>> {
+        self.lookup_all_noting()
+            .map(|all| all.map(|(found, _)| found))
+    }
+
+    /// Reads the folder once and walks git history once, whatever the
+    /// number of addresses.
+    #[allow(clippy::type_complexity)]
+    fn lookup_all_noting(
+        &self,
+    ) -> Option<Result<(Vec<(Address, FoundSecret)>, Vec<(Address, String)>), SinkError>> {
+        let parse = |address: String| address.parse::<Address>().ok();
+        Some(self.read_all(None).map(|(found, unread)| {
+            (
+                found
+                    .into_iter()
+                    .filter_map(|(a, f)| Some((parse(a)?, f)))
+                    .collect(),
+                unread
+                    .into_iter()
+                    .filter_map(|(a, why)| Some((parse(a)?, why)))
+                    .collect(),
+            )
+        }))
     }
 
     fn warnings(&self) -> Vec<String> {
-        let Some(path) = &self.key_file else {
-            return Vec::new();
-        };
-        let what = format!("the age key file {}", path.display());
-        crate::sink::shared_file_warning(path, &what)
-            .into_iter()
-            .collect()
+        let mut warnings = Vec::new();
+        if let Some(path) = &self.key_file {
+            let what = format!("the age key file {}", path.display());
+            warnings.extend(crate::sink::shared_file_warning(path, &what));
+        }
+        if self.layout == SopsLayout::PerAddress && self.git_place().is_some_and(|g| g.shallow) {
+            warnings.push(format!(
+                "{} lies in a shallow git clone: predecessors that only git history keeps (not beside their homes) cannot be read back and show as unverifiable; fetch the whole history first (`git fetch --unshallow`, or `fetch-depth: 0` in actions/checkout, `GIT_DEPTH: 0` in GitLab CI)",
+                self.dir.display()
+            ));
+        }
+        warnings
     }
 
     fn describe(&self) -> String {

@@ -601,3 +601,21 @@ fn a_json_line_keeps_its_format_and_never_outgrows_its_buffer() {
         assert_eq!(line.capacity(), room, "{name:?}");
     }
 }
+
+#[test]
+fn a_git_command_gets_its_input_and_is_killed_at_its_time_limit() {
+    let mut echo = std::process::Command::new("cat");
+    echo.arg("-");
+    let out = super::run_git(echo, Some(b"HEAD:x\n".to_vec()), Duration::from_secs(30)).unwrap();
+    assert!(out.status.success());
+    assert_eq!(out.stdout, b"HEAD:x\n");
+    // One that never finishes (a lock, a hung file system) is killed, and
+    // says so.
+    let mut hung = std::process::Command::new("sh");
+    hung.args(["-c", "exec sleep 60"]);
+    let started = std::time::Instant::now();
+    let err = super::run_git(hung, None, Duration::from_millis(200)).unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+    assert_eq!(err.to_string(), "git did not finish within 200ms");
+    assert!(started.elapsed() < Duration::from_secs(30));
+}

@@ -21,8 +21,8 @@ use crate::model::address::Address;
 use crate::model::manifest::checked_string;
 use crate::secret::Secret;
 use crate::sink::{
-    ForApply, FoundSecret, HomeHolds, NewToken, SecretLookup, SecretSink, SinkContext, SinkError,
-    SinkKind,
+    ForApply, FoundSecret, Handover, HomeHolds, NewToken, SecretLookup, SecretSink, SinkContext,
+    SinkError, SinkKind,
 };
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -113,6 +113,34 @@ impl SinkKind for VaultSpec {
                 Err(what) => HomeHolds::Other(what),
             };
             read.push((address.clone(), holds));
+        }
+        read
+    }
+
+    /// Reads each home's current version and, when it holds the current
+    /// token, the versions before it, looking for the superseded one; only
+    /// with `remote`. Stops at the first read that fails.
+    fn read_handovers(
+        &self,
+        ctx: &SinkContext<'_>,
+        superseded: &[(Address, u64, u64)],
+        remote: bool,
+    ) -> Vec<(Address, u64, Handover)> {
+        if !remote || self.path.contains("{id}") || superseded.is_empty() {
+            return Vec::new();
+        }
+        let Ok(sink) = self.sink(ctx) else {
+            return Vec::new();
+        };
+        let mut read = Vec::new();
+        for (address, old, current) in superseded {
+            let Ok(path) = render_path(&self.path, address, PROBE_ID) else {
+                continue;
+            };
+            match sink.handover(&path, *old, *current) {
+                Ok(handover) => read.push((address.clone(), *old, handover)),
+                Err(_) => break,
+            }
         }
         read
     }
@@ -765,6 +793,32 @@ impl VaultSink {
             ))
             .hint("find out who wrote it (`vault kv metadata get`); put the predecessor back, or retire it and resolve the address by hand")
         })
+    }
+
+    /// Says whether the home at `path` holds token `current` and, in one of
+    /// the versions before it, token `old`.
+    fn handover(&self, path: &str, old: u64, current: u64) -> Result<Handover, VaultError> {
+        let (stored, version) = self.client.read_version(path, None)?;
+        let version = match holding(&stored, version, current) {
+            Ok(version) => version,
+            Err(what) => {
+                return Ok(match &stored {
+                    Stored::Live(data) => match data.get("id").and_then(Value::as_u64) {
+                        Some(id) => Handover::Holds(id),
+                        None => Handover::Behind(what),
+                    },
+                    _ => Handover::Behind(what),
+                });
+            }
+        };
+        for older in (version.saturating_sub(HOME_VERSIONS).max(1)..version).rev() {
+            if let (Stored::Live(data), _) = self.client.read_version(path, Some(older))?
+                && data.get("id").and_then(Value::as_u64) == Some(old)
+            {
+                return Ok(Handover::Moved);
+            }
+        }
+        Ok(Handover::Elsewhere)
     }
 
     fn fail(&self, err: VaultError) -> SinkError {

@@ -228,9 +228,28 @@ pub enum HomeHolds {
     Predecessor { version: Option<u64> },
     /// Nothing yet: the successor is the first token written there.
     Empty,
-    /// Something else, in words ("token id 999"): apply refuses the
-    /// successor before its create.
+    /// Something else, in words ("token id 999"): apply stops before any
+    /// create.
     Other(String),
+}
+
+/// Whether the consumers of a superseded token already read its address's
+/// current token, as the address's home in one sink shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Handover {
+    /// The home holds the current token and held the superseded one before
+    /// it: what read that one there reads the current one now.
+    Moved,
+    /// The home holds the current token but, as far as the sink keeps
+    /// record, never held the superseded one: its consumers read it
+    /// elsewhere (a file of its own, a home moved away).
+    Elsewhere,
+    /// The home holds another token than the current one: this id (the
+    /// superseded token itself, when its successor never reached it).
+    Holds(u64),
+    /// The home holds no token of the address; what it holds, in words
+    /// ("nothing", "a file of another address").
+    Behind(String),
 }
 
 #[cfg(test)]

@@ -1,4 +1,5 @@
 use super::*;
+use crate::model::state::State;
 use crate::time::TestClock;
 use std::path::Path;
 
@@ -334,7 +335,7 @@ fn a_home_is_written_once_and_replaced_only_over_its_predecessor() {
     )
     .unwrap();
     for (text, what) in [
-        (foreign.as_str(), "holds a file of 3/y"),
+        (foreign.as_str(), "holds a file of another address"),
         ("token: plain\n", "holds a file tokenctl did not write"),
     ] {
         fs::write(&home, text).unwrap();
@@ -353,23 +354,495 @@ fn a_home_is_written_once_and_replaced_only_over_its_predecessor() {
     assert_eq!(readable(&fs::read_to_string(&home).unwrap()).unwrap().id, 3);
 }
 
+/// Returns a sink writing to `folder` with a fresh key it can also read.
+fn home_sink(folder: &Path) -> SopsSink {
+    let key = identity();
+    SopsSink::new(
+        folder.to_path_buf(),
+        vec![key.to_public()],
+        SopsFormat::Plain,
+        boxed(key),
+    )
+}
+
+/// The environment git runs with in these tests.
+fn git_vars() -> crate::vars::Vars {
+    let path = crate::vars::Vars::from_process()
+        .get("PATH")
+        .unwrap_or_default()
+        .to_string();
+    crate::vars::Vars::from_pairs([("PATH", path)])
+}
+
+/// Runs git in `dir`, as a person would, and returns its stdout.
+fn git_in(dir: &Path, args: &[&str]) -> String {
+    let out = std::process::Command::new("git")
+        .args([
+            "-c",
+            "user.name=tokenctl tests",
+            "-c",
+            "user.email=tests@example.com",
+            "-c",
+            "commit.gpgsign=false",
+            "-c",
+            "protocol.file.allow=always",
+        ])
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("git is needed by this test");
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
 #[test]
 fn a_home_that_changes_before_the_rename_is_not_replaced() {
     let dir = tempfile::tempdir().unwrap();
-    let sink = SopsSink::new(
-        dir.path().into(),
-        vec![identity().to_public()],
-        SopsFormat::Plain,
-        Vec::new(),
+    let folder = dir.path().join("secrets");
+    let mut sink = home_sink(&folder);
+    let address = Address::new(3, "x");
+    let home = folder.join("3-x.sops.yaml");
+    let secret = Secret::new("tok-late-1".into());
+    sink.deliver(&token_id(&address, 1, &secret)).unwrap();
+    sink.predecessors.insert(address.clone(), 1);
+    // Someone writes the home after the sink read it and before the
+    // rename: the last check sees it, and the home stays theirs.
+    let theirs = "theirs\n";
+    let written = home.clone();
+    sink.before_rename = Some(Box::new(move || fs::write(&written, theirs).unwrap()));
+    let err = sink.deliver(&token_id(&address, 2, &secret)).unwrap_err();
+    assert!(
+        err.detail.contains(
+            "holds a file tokenctl did not write (it changed after the pre-flight check)"
+        ),
+        "{err}"
     );
-    let path = dir.path().join("h.sops.yaml");
-    fs::write(&path, "theirs\n").unwrap();
-    assert!(!sink.replace(&path, "ours\n", "new\n").unwrap());
-    assert_eq!(fs::read_to_string(&path).unwrap(), "theirs\n");
-    assert!(sink.replace(&path, "theirs\n", "new\n").unwrap());
-    assert_eq!(fs::read_to_string(&path).unwrap(), "new\n");
-    // No temp file is left behind.
-    assert_eq!(names_in(dir.path()), ["h.sops.yaml"]);
+    assert_eq!(fs::read_to_string(&home).unwrap(), theirs);
+    // The predecessor was kept first, and no temp file is left behind.
+    assert_eq!(
+        names_in(&folder),
+        ["3-x.1.sops.yaml.previous", "3-x.sops.yaml"]
+    );
+}
+
+#[test]
+fn a_file_in_the_way_of_the_kept_predecessor_is_refused_before_any_create() {
+    let dir = tempfile::tempdir().unwrap();
+    let folder = dir.path().join("secrets");
+    let mut sink = home_sink(&folder);
+    let address = Address::new(3, "x");
+    let secret = Secret::new("tok-kept-2".into());
+    sink.deliver(&token_id(&address, 1, &secret)).unwrap();
+    sink.predecessors.insert(address.clone(), 1);
+    let kept = folder.join("3-x.1.sops.yaml.previous");
+    let one = |text: &str| -> String {
+        let other = encrypt(
+            &token_id(&Address::new(3, "x"), 1, &secret),
+            SopsFormat::Plain,
+            SopsLayout::PerAddress,
+            &[identity().to_public()],
+            0,
+        )
+        .unwrap();
+        match text {
+            "same token" => other,
+            _ => other.replace("id: 1", text),
+        }
+    };
+    // A file of another token there is not the predecessor's copy: the
+    // pre-flight refuses, before any token exists.
+    fs::write(&kept, one("id: 7")).unwrap();
+    let err = sink
+        .check_homes(std::slice::from_ref(&address))
+        .unwrap_err();
+    assert_eq!(
+        err.detail,
+        format!(
+            "the predecessor token id 1 is to be kept at {} before its home is rewritten, but that file holds token id 7",
+            kept.display()
+        )
+    );
+    fs::write(&kept, "not sops\n").unwrap();
+    let err = sink
+        .check_homes(std::slice::from_ref(&address))
+        .unwrap_err();
+    assert!(
+        err.detail
+            .ends_with("but that file holds a file tokenctl did not write"),
+        "{err}"
+    );
+    // The same token's copy in other words (`sops updatekeys` rewrote the
+    // home, not the copy): it is the copy, kept as it is.
+    let copy = one("same token");
+    fs::write(&kept, &copy).unwrap();
+    sink.check_homes(std::slice::from_ref(&address)).unwrap();
+    sink.deliver(&token_id(&address, 2, &secret)).unwrap();
+    assert_eq!(fs::read_to_string(&kept).unwrap(), copy);
+    assert_eq!(
+        readable(&fs::read_to_string(folder.join("3-x.sops.yaml")).unwrap())
+            .unwrap()
+            .id,
+        2
+    );
+}
+
+#[test]
+fn homes_whose_names_differ_only_in_case_clash() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = home_sink(dir.path());
+    let (upper, lower) = (Address::new(1, "CI"), Address::new(1, "ci"));
+    let err = sink.check_homes(&[upper, lower]).unwrap_err();
+    assert_eq!(
+        err.detail,
+        "1/CI and 1/ci would both be written to 1-ci.sops.yaml (file names differing only in case are one file on macOS and Windows)"
+    );
+}
+
+#[test]
+fn what_a_home_of_another_address_names_is_never_repeated() {
+    let dir = tempfile::tempdir().unwrap();
+    let folder = dir.path().join("s");
+    let mut sink = home_sink(&folder);
+    let address = Address::new(1, "a");
+    let secret = Secret::new("tok-hostile-1".into());
+    sink.deliver(&token_id(&address, 1, &secret)).unwrap();
+    let home = folder.join("1-a.sops.yaml");
+    let hostile =
+        "\n\n## ✅ All homes verified: safe to merge\n\n[details](https://evil.example)\u{1b}[32m";
+    let text = fs::read_to_string(&home).unwrap().replace(
+        "\"1/a\"",
+        &serde_json::Value::String(hostile.into()).to_string(),
+    );
+    fs::write(&home, &text).unwrap();
+    assert_eq!(readable(&text).unwrap().address, hostile);
+    sink.predecessors.insert(address.clone(), 1);
+    let err = sink
+        .check_homes(std::slice::from_ref(&address))
+        .unwrap_err();
+    assert!(
+        err.detail
+            .contains("holds a file of another address, not token id 1"),
+        "{err}"
+    );
+    let spec = SopsSpec {
+        dir: "s".into(),
+        age: vec![identity().to_public().to_string()],
+        format: SopsFormat::Plain,
+        layout: SopsLayout::PerAddress,
+    };
+    let vars = crate::vars::Vars::default();
+    let ctx = SinkContext {
+        base_dir: dir.path(),
+        home: None,
+        vars: &vars,
+    };
+    assert_eq!(
+        spec.read_homes(&ctx, &[(address.clone(), 1)], false),
+        [(
+            address.clone(),
+            HomeHolds::Other("a file of another address".into())
+        )]
+    );
+    assert_eq!(
+        spec.read_handovers(&ctx, &[(address.clone(), 1, 2)], false),
+        [(
+            address,
+            1,
+            Handover::Behind("a file of another address".into())
+        )]
+    );
+}
+
+/// A state that recorded `ids` of `address` one after the other, then
+/// retired those of `retired`.
+fn state_of(address: &Address, ids: &[u64], retired: &[u64]) -> State {
+    let mut state = State::new("l".into());
+    for id in ids {
+        state.record_created(crate::model::state::TokenRecord::created(
+            address.clone(),
+            *id,
+            *id as i64,
+            format!("f{id}"),
+        ));
+    }
+    for id in retired {
+        state.retire(address, *id).unwrap();
+    }
+    state
+}
+
+#[test]
+fn a_kept_predecessor_goes_only_once_this_state_dropped_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let folder = dir.path().join("secrets");
+    let mut sink = home_sink(&folder);
+    sink.vars = Some(git_vars());
+    let address = Address::new(3, "x");
+    let secret = Secret::new("tok-kept-1".into());
+    for id in 1..=3 {
+        if id > 1 {
+            sink.predecessors.insert(address.clone(), id - 1);
+        }
+        sink.deliver(&token_id(&address, id, &secret)).unwrap();
+    }
+    let all = [
+        "3-x.1.sops.yaml.previous",
+        "3-x.2.sops.yaml.previous",
+        "3-x.sops.yaml",
+    ];
+    assert_eq!(names_in(&folder), all);
+    // Another state (a staging manifest sharing the folder), one with no
+    // token yet, or one that still waits for a person: nothing goes.
+    let other = Address::new(3, "y");
+    for state in [
+        state_of(&other, &[1, 2], &[1]),
+        State::new("l".into()),
+        state_of(&address, &[1, 2, 3], &[]),
+    ] {
+        assert!(sink.drop_retired_previous(&state).unwrap().is_empty());
+        assert_eq!(names_in(&folder), all);
+    }
+    // 1 was retired, 2 still waits to be revoked.
+    let state = state_of(&address, &[1, 2, 3], &[1]);
+    let removed = sink.drop_retired_previous(&state).unwrap();
+    assert_eq!(
+        removed,
+        [folder
+            .join("3-x.1.sops.yaml.previous")
+            .display()
+            .to_string()]
+    );
+    assert_eq!(
+        names_in(&folder),
+        ["3-x.2.sops.yaml.previous", "3-x.sops.yaml"]
+    );
+}
+
+#[test]
+fn opening_the_sink_for_an_apply_removes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = identity();
+    let spec = SopsSpec {
+        dir: "s".into(),
+        age: vec![key.to_public().to_string()],
+        format: SopsFormat::Plain,
+        layout: SopsLayout::PerAddress,
+    };
+    let vars = git_vars();
+    let ctx = SinkContext {
+        base_dir: dir.path(),
+        home: None,
+        vars: &vars,
+    };
+    let mut sink = spec.sink(&ctx, false).unwrap();
+    let address = Address::new(3, "x");
+    let secret = Secret::new("tok-open-1".into());
+    sink.deliver(&token_id(&address, 1, &secret)).unwrap();
+    sink.predecessors.insert(address.clone(), 1);
+    sink.deliver(&token_id(&address, 2, &secret)).unwrap();
+    let before = names_in(&dir.path().join("s"));
+    assert_eq!(before, ["3-x.1.sops.yaml.previous", "3-x.sops.yaml"]);
+    // An apply of another manifest, with no state yet, creating another
+    // token in the same folder.
+    let rescue = dir.path().join("rescue");
+    let predecessors = Default::default();
+    let clock = SharedClock::default();
+    let apply = ForApply {
+        rescue_dir: &rescue,
+        creates: &[Address::new(4, "z")],
+        predecessors: &predecessors,
+        clock: &clock,
+    };
+    assert!(spec.open(&ctx, &apply).is_ok());
+    assert_eq!(names_in(&dir.path().join("s")), before);
+}
+
+#[test]
+fn inside_git_the_predecessor_is_kept_beside_its_home_even_once_committed() {
+    let dir = tempfile::tempdir().unwrap();
+    git_in(dir.path(), &["init", "-q"]);
+    let folder = dir.path().join("secrets");
+    let mut sink = home_sink(&folder);
+    sink.vars = Some(git_vars());
+    let address = Address::new(3, "x");
+    let secret = Secret::new("tok-git-1".into());
+    sink.deliver(&token_id(&address, 1, &secret)).unwrap();
+    git_in(dir.path(), &["add", "-A"]);
+    git_in(dir.path(), &["commit", "-qm", "one"]);
+    sink.predecessors.insert(address.clone(), 1);
+    sink.deliver(&token_id(&address, 2, &secret)).unwrap();
+    // A clone's history is no place to rely on: the copy is there too.
+    assert_eq!(
+        names_in(&folder),
+        ["3-x.1.sops.yaml.previous", "3-x.sops.yaml"]
+    );
+}
+
+#[test]
+fn read_backs_find_committed_predecessors_and_say_when_the_clone_is_shallow() {
+    let dir = tempfile::tempdir().unwrap();
+    let origin = dir.path().join("origin");
+    fs::create_dir(&origin).unwrap();
+    git_in(&origin, &["init", "-q"]);
+    let folder = origin.join("secrets");
+    let mut sink = home_sink(&folder);
+    sink.vars = Some(git_vars());
+    let (a, b) = (Address::new(3, "a"), Address::new(3, "b"));
+    let secret = Secret::new("tok-history-1".into());
+    sink.deliver(&token_id(&a, 1, &secret)).unwrap();
+    sink.deliver(&token_id(&b, 10, &secret)).unwrap();
+    git_in(&origin, &["add", "-A"]);
+    git_in(&origin, &["commit", "-qm", "first"]);
+    // Rotations whose kept copies were removed since (as a release
+    // before copies were always kept did once they were committed).
+    for id in 2..=3 {
+        sink.predecessors.insert(a.clone(), id - 1);
+        sink.deliver(&token_id(&a, id, &secret)).unwrap();
+        fs::remove_file(folder.join(format!("3-a.{}.sops.yaml.previous", id - 1))).unwrap();
+        git_in(&origin, &["add", "-A"]);
+        git_in(&origin, &["commit", "-qm", &format!("rotation {id}")]);
+    }
+    // Commits that touch other files only.
+    for n in 0..3 {
+        fs::write(origin.join("other.txt"), n.to_string()).unwrap();
+        git_in(&origin, &["add", "-A"]);
+        git_in(&origin, &["commit", "-qm", "other"]);
+    }
+    let ids = |found: &[FoundSecret]| found.iter().map(|f| f.id).collect::<Vec<_>>();
+    let found = sink.lookup(&a).unwrap();
+    assert_eq!(ids(&found), [1, 2, 3]);
+    assert!(
+        found[0].place.contains("3-a.sops.yaml as of commit "),
+        "{}",
+        found[0].place
+    );
+    // Every address at once: the same tokens.
+    let mut all: Vec<(String, u64)> = sink
+        .lookup_all()
+        .unwrap()
+        .unwrap()
+        .into_iter()
+        .map(|(address, f)| (address.to_string(), f.id))
+        .collect();
+    all.sort();
+    assert_eq!(
+        all,
+        [
+            ("3/a".to_string(), 1),
+            ("3/a".to_string(), 2),
+            ("3/a".to_string(), 3),
+            ("3/b".to_string(), 10)
+        ]
+    );
+    assert!(sink.warnings().is_empty(), "{:?}", sink.warnings());
+    // The home held 1 before it held 3: its consumers moved with it.
+    assert_eq!(
+        sink.handovers(&[(a.clone(), 1, 3), (b.clone(), 9, 10)]),
+        [
+            (a.clone(), 1, Handover::Moved),
+            (b.clone(), 9, Handover::Elsewhere)
+        ]
+    );
+
+    // A clone of depth 1 has only the last commit: the predecessors are
+    // not there, and the read-back says why.
+    let shallow = dir.path().join("shallow");
+    let url = format!("file://{}", origin.display());
+    git_in(
+        dir.path(),
+        &[
+            "clone",
+            "-q",
+            "--depth",
+            "1",
+            &url,
+            shallow.to_str().unwrap(),
+        ],
+    );
+    let mut clone = home_sink(&shallow.join("secrets"));
+    clone.identities = std::mem::take(&mut sink.identities);
+    clone.vars = Some(git_vars());
+    assert_eq!(ids(&clone.lookup(&a).unwrap()), [3]);
+    let warnings = clone.warnings();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(
+        warnings[0]
+            .contains("lies in a shallow git clone: predecessors that only git history keeps"),
+        "{}",
+        warnings[0]
+    );
+}
+
+#[test]
+fn a_superseded_token_moved_with_its_home_only_when_the_home_held_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let folder = dir.path().join("s");
+    let mut sink = home_sink(&folder);
+    let secret = Secret::new("tok-handover-1".into());
+    let (a, b, c, d) = (
+        Address::new(1, "a"),
+        Address::new(1, "b"),
+        Address::new(1, "c"),
+        Address::new(1, "d"),
+    );
+    // a: rotated in place, 1 kept beside its home.
+    sink.deliver(&token_id(&a, 1, &secret)).unwrap();
+    sink.predecessors.insert(a.clone(), 1);
+    sink.deliver(&token_id(&a, 2, &secret)).unwrap();
+    // b: the home started with the successor (1 lived elsewhere).
+    sink.deliver(&token_id(&b, 4, &secret)).unwrap();
+    // c: the successor never reached the home.
+    sink.deliver(&token_id(&c, 5, &secret)).unwrap();
+    assert_eq!(
+        sink.handovers(&[
+            (a.clone(), 1, 2),
+            (b.clone(), 3, 4),
+            (c.clone(), 5, 6),
+            (d.clone(), 7, 8)
+        ]),
+        [
+            (a, 1, Handover::Moved),
+            (b, 3, Handover::Elsewhere),
+            (c, 5, Handover::Holds(5)),
+            (d, 7, Handover::Behind("nothing".into())),
+        ]
+    );
+}
+
+#[test]
+fn the_history_of_a_folder_is_read_per_file_newest_first_and_bounded() {
+    let c1 = "1".repeat(40);
+    let c2 = "2".repeat(40);
+    let (x, y, zero) = ("a".repeat(40), "b".repeat(40), "0".repeat(40));
+    let log = format!(
+        "\u{1}{c2}\n\n:100644 100644 {x} {y} M\tsecrets/1-a.sops.yaml\n:100644 000000 {x} {zero} D\tsecrets/1-b.sops.yaml\n:000000 100644 {zero} {x} A\tsecrets/deeper/1-a.sops.yaml\n\u{1}{c1}\n\n:000000 100644 {zero} {x} A\tsecrets/1-a.sops.yaml\n:000000 100644 {zero} {y} A\tother/1-a.sops.yaml\n"
+    );
+    assert_eq!(
+        logged_blobs(&log, "secrets/", |name| name.ends_with(FILE_SUFFIX)),
+        [
+            ("1-a.sops.yaml".to_string(), c2.clone(), y.clone()),
+            ("1-a.sops.yaml".to_string(), c1.clone(), x.clone()),
+        ]
+    );
+    // At the top of the work tree, the prefix is empty.
+    let top = log.replace("secrets/", "");
+    assert_eq!(
+        logged_blobs(&top, "", |name| name == "1-a.sops.yaml").len(),
+        2
+    );
+    // Each file's versions are bounded, repeats counted once.
+    let mut long = String::new();
+    for n in 0..(HOME_HISTORY + 5) {
+        let blob = format!("{:040x}", n % (HOME_HISTORY + 2) + 1);
+        long.push_str(&format!(
+            "\u{1}{c1}\n\n:100644 100644 {x} {blob} M\t1-a.sops.yaml\n"
+        ));
+    }
+    assert_eq!(logged_blobs(&long, "", |_| true).len(), HOME_HISTORY);
 }
 
 #[test]
@@ -500,45 +973,4 @@ fn a_batch_of_blobs_is_read_in_order_with_the_missing_ones() {
     );
     // Cut short: what is there is read, the rest is absent.
     assert_eq!(batch_blobs(b"0123 blob 5\nhel"), [None]);
-}
-
-#[test]
-fn outside_git_a_kept_predecessor_goes_once_retired() {
-    let dir = tempfile::tempdir().unwrap();
-    let folder = dir.path().join("secrets");
-    let mut sink = SopsSink::new(
-        folder.clone(),
-        vec![identity().to_public()],
-        SopsFormat::Plain,
-        Vec::new(),
-    );
-    // git runs on the test process's PATH.
-    let vars = crate::vars::Vars::from_process();
-    let path = vars.get("PATH").unwrap_or_default();
-    sink.vars = Some(crate::vars::Vars::from_pairs([("PATH", path)]));
-    assert!(!sink.in_git(), "{} is in a git work tree", folder.display());
-    sink.check_writable().unwrap();
-    let address = Address::new(3, "x");
-    let secret = Secret::new("tok-kept-1".into());
-    for id in 1..=3 {
-        if id > 1 {
-            sink.predecessors.insert(address.clone(), id - 1);
-        }
-        sink.deliver(&token_id(&address, id, &secret)).unwrap();
-    }
-    assert_eq!(
-        names_in(&folder),
-        [
-            "3-x.1.sops.yaml.previous",
-            "3-x.2.sops.yaml.previous",
-            "3-x.sops.yaml"
-        ]
-    );
-    // 1 was retired, 2 still waits to be revoked.
-    let recorded: rustc_hash::FxHashSet<u64> = [2, 3].into_iter().collect();
-    sink.drop_settled_previous(&recorded);
-    assert_eq!(
-        names_in(&folder),
-        ["3-x.2.sops.yaml.previous", "3-x.sops.yaml"]
-    );
 }
